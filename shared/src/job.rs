@@ -1,0 +1,201 @@
+//! The job as clients and operators see it: kind, status, error and the record
+//! kept in Redis. The queue protocol that moves jobs lives in [`crate::queue`].
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What a job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Predict,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Predict => "predict",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobKind> {
+        match s {
+            "predict" => Some(JobKind::Predict),
+            _ => None,
+        }
+    }
+}
+
+/// Life cycle: `queued → running → succeeded | failed`, or `queued → canceled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobStatus> {
+        [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Canceled,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
+
+    /// A terminal job never changes again (until its record expires).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled
+        )
+    }
+}
+
+/// Why a job failed: a stable snake_case `code` for programs and a sentence
+/// for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: String,
+    pub message: String,
+}
+
+/// A job's record as stored in its Redis hash (see [`crate::queue::keys`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub model: String,
+    pub model_version: Option<String>,
+    pub status: JobStatus,
+    pub attempts: u32,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    /// The result exactly as the worker encoded it (JSON text), so the API can
+    /// serve it without decoding and re-encoding.
+    pub result_json: Option<String>,
+    pub error: Option<JobError>,
+}
+
+impl JobRecord {
+    /// Builds the record from the hash fields; `None` when the hash is empty
+    /// (unknown or expired job). Unknown extra fields are ignored so newer
+    /// writers do not break older readers.
+    pub fn from_fields(
+        id: Uuid,
+        mut fields: HashMap<String, String>,
+    ) -> Result<Option<JobRecord>, String> {
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let mut take = |k: &str| fields.remove(k).filter(|v| !v.is_empty());
+        let kind = take("kind")
+            .and_then(|s| JobKind::parse(&s))
+            .ok_or("job record has no valid kind")?;
+        let status = take("status")
+            .and_then(|s| JobStatus::parse(&s))
+            .ok_or("job record has no valid status")?;
+        let model = take("model").ok_or("job record has no model")?;
+        let int = |v: Option<String>| v.and_then(|s| s.parse::<i64>().ok());
+        let error = match take("error") {
+            Some(s) => Some(
+                serde_json::from_str::<JobError>(&s)
+                    .map_err(|e| format!("job record has a corrupt error: {e}"))?,
+            ),
+            None => None,
+        };
+        Ok(Some(JobRecord {
+            id,
+            kind,
+            model,
+            model_version: take("model_version"),
+            status,
+            attempts: int(take("attempts"))
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            created_at_ms: int(take("created_at")).unwrap_or(0),
+            started_at_ms: int(take("started_at")),
+            finished_at_ms: int(take("finished_at")),
+            result_json: take("result"),
+            error,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_round_trip_and_terminality() {
+        for st in [
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Succeeded,
+            JobStatus::Failed,
+            JobStatus::Canceled,
+        ] {
+            assert_eq!(JobStatus::parse(st.as_str()), Some(st));
+            assert_eq!(
+                serde_json::to_string(&st).unwrap(),
+                format!("\"{}\"", st.as_str())
+            );
+        }
+        assert!(!JobStatus::Queued.is_terminal());
+        assert!(!JobStatus::Running.is_terminal());
+        assert!(JobStatus::Failed.is_terminal());
+    }
+
+    #[test]
+    fn record_from_fields_parses_and_rejects_garbage() {
+        let id = Uuid::now_v7();
+        assert_eq!(JobRecord::from_fields(id, HashMap::new()), Ok(None));
+        let fields: HashMap<String, String> = [
+            ("kind", "predict"),
+            ("status", "failed"),
+            ("model", "mlp128"),
+            ("attempts", "2"),
+            ("created_at", "1000"),
+            ("started_at", "1500"),
+            ("finished_at", "2000"),
+            ("model_version", "abc"),
+            ("error", r#"{"code":"inference_error","message":"boom"}"#),
+            ("future_field", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let rec = JobRecord::from_fields(id, fields).unwrap().unwrap();
+        assert_eq!(rec.status, JobStatus::Failed);
+        assert_eq!(rec.attempts, 2);
+        assert_eq!(rec.started_at_ms, Some(1500));
+        assert_eq!(rec.error.unwrap().code, "inference_error");
+        assert_eq!(rec.result_json, None);
+
+        let bad: HashMap<String, String> = [("kind", "predict"), ("status", "weird")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert!(JobRecord::from_fields(id, bad).is_err());
+    }
+}

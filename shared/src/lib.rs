@@ -1,0 +1,17 @@
+//! Code both binaries share: the data model of a job and its tensors, the Redis
+//! queue protocol (key layout, stream wire format, atomic state transitions),
+//! connection set-up and logging.
+//!
+//! The API writes jobs through [`queue`] and the worker reads and finishes them
+//! through the same module, so the two sides cannot drift apart: every Redis
+//! key, stream field and Lua script lives in `queue/`.
+
+pub mod job;
+pub mod model;
+pub mod queue;
+pub mod redis_conn;
+pub mod telemetry;
+pub mod tensor;
+pub mod time;
+
+pub use queue::{Keys, QueueError};

@@ -1,0 +1,93 @@
+//! Redis key layout. Every key starts with the deployment's namespace
+//! (`--namespace`, default `infer`) so several deployments, or several test
+//! runs, share one Redis without seeing each other.
+//!
+//! | key                               | type    | holds                                                   |
+//! |-----------------------------------|---------|---------------------------------------------------------|
+//! | `{ns}:job:{id}`                   | hash    | a job's record: status, attempts, times, result, error  |
+//! | `{ns}:stream:{model}`             | stream  | the model's work queue, read by group [`GROUP`]         |
+//! | `{ns}:models`                     | hash    | model name → signature JSON, written by workers         |
+//! | `{ns}:events:job-finished`        | pub/sub | job ids, published when a job reaches a terminal state  |
+//! | `{ns}:events:models`              | pub/sub | model names, published when a signature changes         |
+
+use uuid::Uuid;
+
+/// The consumer group every worker joins on every model stream.
+pub const GROUP: &str = "workers";
+
+/// Builds the keys of one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    pub fn new(namespace: &str) -> Keys {
+        Keys {
+            ns: namespace.to_owned(),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    pub fn job(&self, id: &Uuid) -> String {
+        format!("{}:job:{}", self.ns, id)
+    }
+
+    pub fn stream(&self, model: &str) -> String {
+        format!("{}:stream:{}", self.ns, model)
+    }
+
+    /// The model name of a stream key of this namespace.
+    pub fn model_of_stream<'a>(&self, stream_key: &'a str) -> Option<&'a str> {
+        stream_key
+            .strip_prefix(self.ns.as_str())?
+            .strip_prefix(":stream:")
+    }
+
+    pub fn models(&self) -> String {
+        format!("{}:models", self.ns)
+    }
+
+    pub fn job_finished_channel(&self) -> String {
+        format!("{}:events:job-finished", self.ns)
+    }
+
+    pub fn models_channel(&self) -> String {
+        format!("{}:events:models", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_prefixed_by_the_namespace() {
+        let k = Keys::new("t1");
+        let id = Uuid::parse_str("0193a1b2-0000-7000-8000-000000000001").unwrap();
+        assert_eq!(k.job(&id), "t1:job:0193a1b2-0000-7000-8000-000000000001");
+        assert_eq!(k.stream("mlp128"), "t1:stream:mlp128");
+        assert_eq!(k.models(), "t1:models");
+        assert_eq!(k.job_finished_channel(), "t1:events:job-finished");
+        assert_eq!(k.models_channel(), "t1:events:models");
+    }
+
+    #[test]
+    fn model_of_stream_inverts_stream_and_respects_namespace() {
+        let k = Keys::new("infer");
+        assert_eq!(k.model_of_stream(&k.stream("mlp128")), Some("mlp128"));
+        assert_eq!(k.model_of_stream("other:stream:mlp128"), None);
+        assert_eq!(k.model_of_stream("infer:models"), None);
+    }
+
+    #[test]
+    fn namespaces_do_not_collide() {
+        let a = Keys::new("a");
+        let b = Keys::new("b");
+        assert_ne!(a.stream("m"), b.stream("m"));
+        assert_ne!(a.models(), b.models());
+    }
+}

@@ -1,0 +1,89 @@
+//! Stream entry format. Each entry of `{ns}:stream:{model}` has two fields:
+//!
+//! * `id`: the job id as text, readable even if the payload is not, so a
+//!   worker can fail the right job instead of dropping an undecodable entry;
+//! * `job`: a [`JobEnvelope`] encoded as MessagePack (rmp-serde, struct as
+//!   map so fields can be added without breaking older readers).
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::job::JobKind;
+use crate::tensor::Tensor;
+
+pub const FIELD_ID: &str = "id";
+pub const FIELD_JOB: &str = "job";
+
+/// What a worker needs to run a job, carried on the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEnvelope {
+    pub id: Uuid,
+    pub kind: JobKind,
+    pub model: String,
+    pub inputs: Vec<Tensor>,
+    pub submitted_at_ms: i64,
+}
+
+impl JobEnvelope {
+    pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        rmp_serde::to_vec_named(self)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<JobEnvelope, rmp_serde::decode::Error> {
+        rmp_serde::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::TensorData;
+
+    fn envelope() -> JobEnvelope {
+        JobEnvelope {
+            id: Uuid::now_v7(),
+            kind: JobKind::Predict,
+            model: "two_input".into(),
+            inputs: vec![
+                Tensor {
+                    name: "x".into(),
+                    shape: vec![1, 4],
+                    data: TensorData::Fp32(vec![0.1, -2.5, f32::MIN_POSITIVE, 3.0e38]),
+                },
+                Tensor {
+                    name: "k".into(),
+                    shape: vec![1, 1],
+                    data: TensorData::Int64(vec![i64::MIN]),
+                },
+                Tensor {
+                    name: "b".into(),
+                    shape: vec![2],
+                    data: TensorData::Bool(vec![true, false]),
+                },
+            ],
+            submitted_at_ms: 1_763_792_262_123,
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips_bit_exact() {
+        let env = envelope();
+        let bytes = env.encode().unwrap();
+        assert_eq!(JobEnvelope::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn envelope_is_messagepack_not_json() {
+        let bytes = envelope().encode().unwrap();
+        // A named-field struct starts with a MessagePack fixmap marker.
+        assert_eq!(bytes[0] & 0xf0, 0x80);
+        assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_err());
+    }
+
+    #[test]
+    fn garbage_does_not_decode() {
+        assert!(JobEnvelope::decode(b"").is_err());
+        assert!(JobEnvelope::decode(b"\xc1\xff\x00").is_err());
+        assert!(JobEnvelope::decode(br#"{"id":"x"}"#).is_err());
+    }
+}
