@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::tensor::{DataType, TensorSpec};
+use crate::tensor::{DataType, Tensor, TensorSpec};
 
 /// A served model's public description. Workers write it to Redis when they
 /// load the model; the API never loads ONNX Runtime and relies on this alone.
@@ -29,6 +29,74 @@ impl ModelInfo {
             }
             _ => None,
         }
+    }
+}
+
+impl ModelInfo {
+    /// Checks tensors against the input signature: every input present once
+    /// by name, nothing extra, the declared datatype, an accepted shape and a
+    /// data length equal to the shape's element count. The message names what
+    /// was expected.
+    pub fn check_inputs(&self, inputs: &[Tensor]) -> Result<(), String> {
+        for t in inputs {
+            let Some(spec) = self.inputs.iter().find(|s| s.name == t.name) else {
+                return Err(format!(
+                    "model {} has no input named {:?}; its inputs are {}",
+                    self.name,
+                    t.name,
+                    self.input_names()
+                ));
+            };
+            if inputs.iter().filter(|o| o.name == t.name).count() > 1 {
+                return Err(format!("input {} is given more than once", t.name));
+            }
+            if t.data.datatype() != spec.datatype {
+                return Err(format!(
+                    "input {} expects datatype {}, got {}",
+                    t.name,
+                    spec.datatype,
+                    t.data.datatype()
+                ));
+            }
+            if !spec.accepts_shape(&t.shape) {
+                return Err(format!(
+                    "input {} expects shape {}, got {:?}",
+                    t.name,
+                    spec.shape_text(),
+                    t.shape
+                ));
+            }
+            if Tensor::shape_elements(&t.shape) != Some(t.data.len()) {
+                return Err(format!(
+                    "input {} has shape {:?} ({} elements) but {} data values",
+                    t.name,
+                    t.shape,
+                    Tensor::shape_elements(&t.shape).unwrap_or(0),
+                    t.data.len()
+                ));
+            }
+        }
+        if let Some(missing) = self
+            .inputs
+            .iter()
+            .find(|s| !inputs.iter().any(|t| t.name == s.name))
+        {
+            return Err(format!(
+                "missing input {} ({} {})",
+                missing.name,
+                missing.datatype,
+                missing.shape_text()
+            ));
+        }
+        Ok(())
+    }
+
+    fn input_names(&self) -> String {
+        self.inputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -86,6 +154,49 @@ mod tests {
             .features_width(),
             None
         );
+    }
+
+    #[test]
+    fn check_inputs_names_what_was_expected() {
+        use crate::tensor::TensorData;
+        let m = info(vec![
+            spec("x", DataType::Fp32, &[-1, 4]),
+            spec("k", DataType::Int64, &[-1, 1]),
+        ]);
+        let x = |shape: &[i64], n: usize| Tensor {
+            name: "x".into(),
+            shape: shape.to_vec(),
+            data: TensorData::Fp32(vec![0.0; n]),
+        };
+        let k = Tensor {
+            name: "k".into(),
+            shape: vec![1, 1],
+            data: TensorData::Int64(vec![3]),
+        };
+        assert_eq!(m.check_inputs(&[x(&[1, 4], 4), k.clone()]), Ok(()));
+        assert_eq!(m.check_inputs(&[x(&[2, 4], 8), k.clone()]), Ok(()));
+        let err = m.check_inputs(&[x(&[1, 4], 4)]).unwrap_err();
+        assert!(err.contains("missing input k"), "{err}");
+        let err = m.check_inputs(&[x(&[1, 3], 3), k.clone()]).unwrap_err();
+        assert!(err.contains("[N, 4]"), "{err}");
+        let err = m.check_inputs(&[x(&[1, 4], 5), k.clone()]).unwrap_err();
+        assert!(err.contains("5 data values"), "{err}");
+        let wrong_type = Tensor {
+            data: TensorData::Int32(vec![3]),
+            ..k.clone()
+        };
+        let err = m.check_inputs(&[x(&[1, 4], 4), wrong_type]).unwrap_err();
+        assert!(err.contains("expects datatype INT64, got INT32"), "{err}");
+        let extra = Tensor {
+            name: "z".into(),
+            ..k.clone()
+        };
+        let err = m
+            .check_inputs(&[x(&[1, 4], 4), k.clone(), extra])
+            .unwrap_err();
+        assert!(err.contains("no input named \"z\""), "{err}");
+        let err = m.check_inputs(&[x(&[1, 4], 4), k.clone(), k]).unwrap_err();
+        assert!(err.contains("more than once"), "{err}");
     }
 
     #[test]

@@ -108,7 +108,9 @@ impl TensorData {
             return None;
         }
         match self {
-            TensorData::Fp32(v) => serde_json::Number::from_f64(f64::from(v[0])),
+            // Through the f32's shortest decimal form, so 0.73f32 reads 0.73
+            // like the same value in `outputs`, not 0.7300000190734863.
+            TensorData::Fp32(v) => serde_json::Number::from_f64(v[0].to_string().parse().ok()?),
             TensorData::Fp64(v) => serde_json::Number::from_f64(v[0]),
             TensorData::Int32(v) => Some(v[0].into()),
             TensorData::Int64(v) => Some(v[0].into()),
@@ -243,7 +245,12 @@ mod tests {
 
     #[test]
     fn single_number_only_for_one_numeric_element() {
-        assert!(TensorData::Fp32(vec![0.5]).single_number().is_some());
+        assert_eq!(
+            TensorData::Fp32(vec![0.73])
+                .single_number()
+                .map(|n| n.to_string()),
+            Some("0.73".to_owned())
+        );
         assert_eq!(
             TensorData::Int64(vec![1]).single_number(),
             Some(serde_json::Number::from(1))

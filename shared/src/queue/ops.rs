@@ -10,9 +10,9 @@ use redis::streams::StreamReadReply;
 use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use uuid::Uuid;
 
+use super::QueueError;
 use super::keys::{GROUP, Keys};
 use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
-use super::QueueError;
 use crate::job::{JobError, JobRecord, JobStatus};
 use crate::model::ModelInfo;
 
@@ -297,7 +297,9 @@ return 1
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The result as JSON text, stored as is and served as is.
-    Succeeded { result_json: String },
+    Succeeded {
+        result_json: String,
+    },
     Failed(JobError),
 }
 

@@ -1,0 +1,588 @@
+//! Test harness for the whole system: a real `redis-server` on a free loopback
+//! port, the real `api` and `worker` binaries as child processes, an HTTP
+//! client speaking to the API the way a user does, and the reference fixtures
+//! written by `scripts/gen-models` (Python onnxruntime).
+//!
+//! Everything binds to 127.0.0.1 and every process is killed when its handle
+//! drops, so a failing test leaves nothing behind. Child logs go to
+//! `target/e2e-logs/`, named after the process and its port or pid.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use reqwest::StatusCode;
+
+/// The workspace root (the repository).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// A TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+/// A namespace no other test uses, so tests can share one Redis.
+pub fn unique_namespace(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn log_dir() -> PathBuf {
+    let dir = repo_root().join("target").join("e2e-logs");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok()
+}
+
+// ------------------------------------------------------------------ Redis
+
+/// A private redis-server. Persistence is off unless asked for.
+pub struct RedisServer {
+    port: u16,
+    dir: PathBuf,
+    appendonly: bool,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    /// With AOF (`appendfsync everysec`), as production runs it.
+    pub fn start_persistent() -> RedisServer {
+        RedisServer::start_with(true)
+    }
+
+    fn start_with(appendonly: bool) -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("e2e-redis-{}-{port}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let mut server = RedisServer {
+            port,
+            dir,
+            appendonly,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(log_dir().join(format!("redis-{}.log", self.port)))
+            .expect("cannot create redis log");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
+            .args(["--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::from(log.try_clone().expect("log handle")))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("cannot start redis-server: run scripts/setup");
+        self.child = Some(child);
+        assert!(
+            wait_until(Duration::from_secs(10), || self.ping()),
+            "redis-server on port {} did not answer PING",
+            self.port
+        );
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 7];
+        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A blocking client connection, for inspecting keys from a test.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("redis url")
+    }
+
+    /// kill -9: no shutdown, no final save.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// --------------------------------------------------------------- binaries
+
+/// Path of a workspace binary, built (once per test process) with the same
+/// profile as the test itself, so a test never runs a stale binary.
+pub fn binary(name: &str) -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        // Tests run from target/<profile>/deps/<test>-<hash>.
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .expect("test binary lives in target/<profile>/deps");
+        if std::env::var_os("E2E_NO_BUILD").is_none() {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(repo_root())
+                .args(["build", "--quiet", "-p", "api", "-p", "worker"]);
+            if profile_dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("cannot run cargo build");
+            assert!(
+                status.success(),
+                "building the api and worker binaries failed"
+            );
+        }
+        profile_dir
+    });
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `cargo build -p {name}`",
+        path.display()
+    );
+    path
+}
+
+/// The ONNX Runtime library the tests use: `ORT_DYLIB_PATH`, else the copy
+/// `scripts/setup` makes.
+pub fn ort_lib() -> PathBuf {
+    let path = std::env::var_os("ORT_DYLIB_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".local/onnxruntime/libonnxruntime.so"));
+    assert!(
+        path.is_file(),
+        "ONNX Runtime library {} missing: run scripts/setup",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) on drop.
+pub struct Proc {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
+    }
+
+    /// Whether the process has exited, with its exit code if it did.
+    pub fn try_exit(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().ok().flatten().map(|s| s.code())
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.try_exit() {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(name: &str, args: &[String], stdout: Stdio) -> Proc {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let log = log_dir().join(format!(
+        "{name}-{}-{}.log",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let file = std::fs::File::create(&log).expect("cannot create log file");
+    let child = Command::new(binary(name))
+        .args(args)
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    Proc { child, log }
+}
+
+/// A running API process.
+pub struct Api {
+    pub proc: Proc,
+    pub base_url: String,
+}
+
+impl Api {
+    /// Starts the API on a free port and waits until it listens.
+    pub fn spawn(redis_url: &str, namespace: &str, extra: &[&str]) -> Api {
+        let mut args: Vec<String> = [
+            "--redis-url",
+            redis_url,
+            "--namespace",
+            namespace,
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut proc = spawn("api", &args, Stdio::piped());
+        let stdout = proc.child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("LISTENING ") {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("api did not listen; log:\n{}", proc.log_text()));
+        Api {
+            proc,
+            base_url: format!("http://{addr}"),
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.base_url)
+    }
+}
+
+/// A running worker process serving the repository's `models/`.
+pub struct Worker {
+    pub proc: Proc,
+}
+
+impl Worker {
+    pub fn spawn(redis_url: &str, namespace: &str, extra: &[&str]) -> Worker {
+        Worker::spawn_with_models(redis_url, namespace, &repo_root().join("models"), extra)
+    }
+
+    pub fn spawn_with_models(
+        redis_url: &str,
+        namespace: &str,
+        models_dir: &Path,
+        extra: &[&str],
+    ) -> Worker {
+        let mut args: Vec<String> = vec![
+            "--redis-url".into(),
+            redis_url.into(),
+            "--namespace".into(),
+            namespace.into(),
+            "--models-dir".into(),
+            models_dir.display().to_string(),
+        ];
+        if !extra.contains(&"--ort-lib") {
+            args.extend(["--ort-lib".into(), ort_lib().display().to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Worker {
+            proc: spawn("worker", &args, Stdio::null()),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ HTTP
+
+/// An HTTP response with its body parsed as JSON (or `Value::Null` when the
+/// body is not JSON; `text` keeps the raw body).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub json: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// Asserts the documented error shape and returns the code.
+    pub fn error_code(&self) -> String {
+        let ct = self
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        assert!(
+            ct.starts_with("application/json"),
+            "error without JSON content type: {ct} {}",
+            self.text
+        );
+        let err = &self.json["error"];
+        assert!(
+            err["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "error without message: {}",
+            self.text
+        );
+        let keys: Vec<&String> = self
+            .json
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            keys,
+            vec!["error"],
+            "extra fields in error body: {}",
+            self.text
+        );
+        err["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("error without code: {}", self.text))
+            .to_owned()
+    }
+}
+
+/// A client of the HTTP API.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub base: String,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_max_idle_per_host(64)
+                .build()
+                .expect("http client"),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let resp = req.send().await.expect("http request failed");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// POSTs raw bytes with an optional content type.
+    pub async fn post_raw(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+        let mut req = self.http.post(format!("{}{path}", self.base)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        self.send(req).await
+    }
+
+    pub async fn predict(&self, model: &str, body: &Value) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}/v1/models/{model}/predict", self.base))
+                .json(body),
+        )
+        .await
+    }
+
+    /// Submits and returns the job id, asserting the 202 contract.
+    pub async fn submit(&self, model: &str, body: &Value) -> String {
+        let r = self.predict(model, body).await;
+        assert_eq!(r.status, StatusCode::ACCEPTED, "submit failed: {}", r.text);
+        r.json["job_id"]
+            .as_str()
+            .expect("job_id in 202 body")
+            .to_owned()
+    }
+
+    pub async fn job(&self, id: &str, wait: Option<f64>) -> Reply {
+        let path = match wait {
+            Some(w) => format!("/v1/jobs/{id}?wait={w}"),
+            None => format!("/v1/jobs/{id}"),
+        };
+        self.get(&path).await
+    }
+
+    /// Long-polls until the job is terminal or `timeout` passes.
+    pub async fn wait_terminal(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.job(id, Some(5.0)).await;
+            assert_eq!(r.status, StatusCode::OK, "job {id}: {}", r.text);
+            let status = r.json["status"].as_str().unwrap_or("");
+            if matches!(status, "succeeded" | "failed" | "canceled") {
+                return r.json;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} not terminal after {timeout:?}: {}",
+                r.text
+            );
+        }
+    }
+
+    /// Waits until the API lists every named model (workers published them).
+    pub async fn wait_for_models(&self, names: &[&str], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.get("/v1/models").await;
+            let listed: Vec<String> = r.json["models"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if names.iter().all(|n| listed.iter().any(|l| l == n)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "models {names:?} not published in time; listed {listed:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// --------------------------------------------------------------- fixtures
+
+/// Reference inputs and outputs computed by Python onnxruntime.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fixture {
+    pub model: String,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Case {
+    pub inputs: Vec<Value>,
+    pub outputs: Vec<Value>,
+}
+
+impl Fixture {
+    pub fn load(model: &str) -> Fixture {
+        let path = repo_root()
+            .join("models/fixtures")
+            .join(format!("{model}.json"));
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("bad fixture {}: {e}", path.display()))
+    }
+}
+
+/// Asserts that OIP output tensors match the expected ones: same names,
+/// shapes and datatypes, numbers within `tol` (absolute).
+pub fn assert_outputs_match(actual: &Value, expected: &[Value], tol: f64) {
+    let actual = actual
+        .as_array()
+        .unwrap_or_else(|| panic!("outputs is not an array: {actual}"));
+    assert_eq!(actual.len(), expected.len(), "output count: {actual:?}");
+    for (a, e) in actual.iter().zip(expected) {
+        assert_eq!(a["name"], e["name"]);
+        assert_eq!(a["shape"], e["shape"], "shape of {}", e["name"]);
+        assert_eq!(a["datatype"], e["datatype"], "datatype of {}", e["name"]);
+        let (ad, ed) = (
+            a["data"].as_array().expect("data array"),
+            e["data"].as_array().expect("data array"),
+        );
+        assert_eq!(ad.len(), ed.len(), "data length of {}", e["name"]);
+        for (i, (x, y)) in ad.iter().zip(ed).enumerate() {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => assert!(
+                    (x - y).abs() <= tol,
+                    "{}[{i}]: got {x}, expected {y}",
+                    e["name"]
+                ),
+                _ => assert_eq!(x, y, "{}[{i}]", e["name"]),
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Models behind a trait. [`Backend`] is what the executor needs from a model:
+//! its published signature and a synchronous, CPU-bound `run`. [`OnnxModel`]
+//! implements it with ONNX Runtime; callers must keep `run` off the async
+//! executor.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+use sha2::{Digest, Sha256};
+use shared::model::{ModelInfo, valid_model_name};
+use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
+
+use crate::error::{JobFailure, WorkerError};
+
+/// A servable model.
+pub trait Backend: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+    /// Runs the model on inputs already checked against [`Backend::info`],
+    /// returning the outputs in signature order.
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, JobFailure>;
+}
+
+/// The models one worker serves, by name.
+pub type Models = HashMap<String, Arc<dyn Backend>>;
+
+/// An ONNX model in an ONNX Runtime session.
+pub struct OnnxModel {
+    info: ModelInfo,
+    // `Session::run` takes `&mut self`; a mutex serialises runs of one model
+    // while different models run in parallel.
+    session: Mutex<Session>,
+}
+
+impl OnnxModel {
+    /// Loads `bytes` as model `name`. The version is the content hash, so
+    /// every worker loading the same file reports the same version.
+    pub fn load(
+        env: &Environment,
+        name: &str,
+        bytes: &[u8],
+        intra_threads: usize,
+    ) -> Result<OnnxModel, String> {
+        let session = build_session(env, bytes, intra_threads).map_err(|e| e.to_string())?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| spec(o.name(), o.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let digest = Sha256::digest(bytes);
+        Ok(OnnxModel {
+            info: ModelInfo {
+                name: name.to_owned(),
+                version: hex::encode(&digest[..8]),
+                inputs,
+                outputs,
+                updated_at_ms: shared::time::now_ms(),
+            },
+            session: Mutex::new(session),
+        })
+    }
+}
+
+// Builder errors are not Send/Sync; keep them inside an ort::Result.
+fn build_session(env: &Environment, bytes: &[u8], intra_threads: usize) -> ort::Result<Session> {
+    Session::builder(env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        .with_intra_threads(intra_threads.max(1))?
+        .commit_from_memory(bytes)
+}
+
+fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, String> {
+    match ty {
+        ValueType::Tensor { ty, shape, .. } => Ok(TensorSpec {
+            name: name.to_owned(),
+            datatype: datatype(*ty).ok_or_else(|| format!("{name} has unsupported type {ty:?}"))?,
+            shape: shape.to_vec(),
+        }),
+        other => Err(format!("{name} is not a tensor ({other:?})")),
+    }
+}
+
+fn datatype(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Bool => DataType::Bool,
+        _ => return None,
+    })
+}
+
+impl Backend for OnnxModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, JobFailure> {
+        let ort_err = |e: ort::Error| JobFailure::Inference(e.to_string());
+        let values = inputs
+            .iter()
+            .map(|t| Ok((t.name.as_str(), input_value(t).map_err(ort_err)?)))
+            .collect::<Result<Vec<(&str, SessionInputValue<'_>)>, JobFailure>>()?;
+        // A panic while holding the lock leaves the session itself intact
+        // (ORT state is not mid-update from Rust's view): keep serving.
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session.run(values).map_err(ort_err)?;
+        self.info
+            .outputs
+            .iter()
+            .map(|spec| {
+                let value = outputs.get(spec.name.as_str()).ok_or_else(|| {
+                    JobFailure::Inference(format!("output {} missing from the run", spec.name))
+                })?;
+                output_tensor(&spec.name, value)
+            })
+            .collect()
+    }
+}
+
+fn input_value(t: &Tensor) -> ort::Result<SessionInputValue<'_>> {
+    let shape = t.shape.clone();
+    Ok(match &t.data {
+        TensorData::Fp32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Fp64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Int32(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Int64(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+        TensorData::Bool(v) => TensorRef::from_array_view((shape, v.as_slice()))?.into(),
+    })
+}
+
+fn output_tensor(name: &str, value: &DynValue) -> Result<Tensor, JobFailure> {
+    let unsupported = || JobFailure::UnsupportedOutput {
+        output: name.to_owned(),
+        ty: format!("{:?}", value.dtype()),
+    };
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err(unsupported());
+    };
+    let err = |e: ort::Error| JobFailure::Inference(e.to_string());
+    macro_rules! extract {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = value.try_extract_tensor::<$t>().map_err(err)?;
+            (shape.to_vec(), TensorData::$variant(data.to_vec()))
+        }};
+    }
+    let (shape, data) = match ty {
+        TensorElementType::Float32 => extract!(f32, Fp32),
+        TensorElementType::Float64 => extract!(f64, Fp64),
+        TensorElementType::Int32 => extract!(i32, Int32),
+        TensorElementType::Int64 => extract!(i64, Int64),
+        TensorElementType::Bool => extract!(bool, Bool),
+        _ => return Err(unsupported()),
+    };
+    Ok(Tensor {
+        name: name.to_owned(),
+        shape,
+        data,
+    })
+}
+
+/// Loads every `*.onnx` file of `dir` (sorted, so start-up order is
+/// reproducible). A file that fails to load is logged and skipped: one bad
+/// file must not take the other models down. No model at all is an error.
+pub fn load_dir(
+    env: &Environment,
+    dir: &Path,
+    intra_threads: usize,
+) -> Result<Models, WorkerError> {
+    let models_dir_err = |source| WorkerError::ModelsDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(models_dir_err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx") && p.is_file())
+        .collect();
+    files.sort();
+    let mut models = Models::new();
+    for path in files {
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if !valid_model_name(name) {
+            tracing::error!(path = %path.display(), "skipping model: name must be [A-Za-z0-9_.-]");
+            continue;
+        }
+        let loaded = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| OnnxModel::load(env, name, &bytes, intra_threads));
+        match loaded {
+            Ok(model) => {
+                let info = model.info();
+                tracing::info!(
+                    model = name,
+                    version = %info.version,
+                    inputs = ?info.inputs,
+                    outputs = ?info.outputs,
+                    "model loaded"
+                );
+                models.insert(name.to_owned(), Arc::new(model));
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "skipping model that failed to load")
+            }
+        }
+    }
+    if models.is_empty() {
+        return Err(WorkerError::NoModels(dir.to_path_buf()));
+    }
+    Ok(models)
+}

@@ -1,0 +1,72 @@
+//! The worker's two error types: [`WorkerError`] stops the process at start-up
+//! (missing library, unreadable models dir, bad configuration) and
+//! [`JobFailure`] fails one job with a stable code the client sees.
+
+use std::path::PathBuf;
+
+use shared::job::JobError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(
+        "ONNX Runtime library not found (looked in: {}). Run scripts/setup, or pass --ort-lib / set ORT_DYLIB_PATH to libonnxruntime.so",
+        tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    OrtLibraryMissing { tried: Vec<PathBuf> },
+    #[error("cannot load the ONNX Runtime library {path}: {message}")]
+    OrtLoad { path: PathBuf, message: String },
+    #[error("cannot read models dir {path}: {source}")]
+    ModelsDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no loadable *.onnx model in {0}")]
+    NoModels(PathBuf),
+    #[error("invalid redis url: {0}")]
+    RedisUrl(#[from] redis::RedisError),
+}
+
+/// Why one job failed. Each variant is a stable error code in the job record.
+/// Every variant here is permanent: the same input would fail the same way.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobFailure {
+    /// The payload on the stream could not be decoded.
+    #[error("the job payload could not be decoded: {0}")]
+    InvalidPayload(String),
+    /// No model of that name is loaded by this worker.
+    #[error("model {0} is not loaded by this worker")]
+    ModelUnavailable(String),
+    /// The inputs do not match the model's signature (the API validates
+    /// against the published signature; this catches a model changed since).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// ONNX Runtime rejected the run.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// The model produced NaN or infinity: never reported as a success.
+    #[error("output {output} holds a non-finite value at index {index}")]
+    NonFiniteOutput { output: String, index: usize },
+    /// The model produced an output type the API cannot represent.
+    #[error("output {output} has unsupported type {ty}")]
+    UnsupportedOutput { output: String, ty: String },
+}
+
+impl JobFailure {
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobFailure::InvalidPayload(_) => "invalid_payload",
+            JobFailure::ModelUnavailable(_) => "model_unavailable",
+            JobFailure::InvalidInput(_) => "invalid_input",
+            JobFailure::Inference(_) => "inference_error",
+            JobFailure::NonFiniteOutput { .. } => "non_finite_output",
+            JobFailure::UnsupportedOutput { .. } => "unsupported_output",
+        }
+    }
+
+    pub fn to_job_error(&self) -> JobError {
+        JobError {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+        }
+    }
+}
