@@ -146,7 +146,9 @@ async fn every_bad_request_gets_its_status_and_json_error() {
     let x_ok = json!({"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]});
     let k_ok = json!({"name": "k", "shape": [1, 1], "datatype": "INT64", "data": [3]});
 
-    let cases: Vec<(&str, &str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (what, path, content type, body, status, code)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "unknown model",
             "/v1/models/nope/predict",

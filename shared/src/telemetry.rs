@@ -1,5 +1,7 @@
 //! Logging set-up shared by the binaries: `tracing` with a JSON or a
 //! human-readable format (`LOG_FORMAT=json|pretty`) and `RUST_LOG` filtering.
+//! Logs go to stderr; stdout stays free for machine-readable lines such as
+//! the API's `LISTENING <addr>`.
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -13,13 +15,16 @@ pub fn init(format: &str, default_filter: &str) {
         registry
             .with(
                 fmt::layer()
+                    .with_writer(std::io::stderr)
                     .json()
                     .with_current_span(true)
                     .with_span_list(false),
             )
             .try_init()
     } else {
-        registry.with(fmt::layer().with_target(false)).try_init()
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .try_init()
     };
     // A second init (tests) is harmless; keep the first subscriber.
     drop(result);

@@ -140,8 +140,9 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
     tracing::debug!(slot, "slot stopped");
 }
 
-/// A job that will run: its delivery, the decoded envelope and the attempt.
+/// A job that will run: its delivery and the attempt it runs as.
 struct Runnable {
+    job_id: Uuid,
     delivery: Delivery,
     attempt: u32,
 }
@@ -180,11 +181,15 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
 
     let mut runnable = Vec::with_capacity(with_id.len());
     let mut skipped = Vec::new();
-    for (delivery, start) in with_id.into_iter().zip(starts) {
+    for ((delivery, job_id), start) in with_id.into_iter().zip(ids).zip(starts) {
         match start {
-            Start::Run(attempt) => runnable.push(Runnable { delivery, attempt }),
+            Start::Run(attempt) => runnable.push(Runnable {
+                job_id,
+                delivery,
+                attempt,
+            }),
             Start::Gone | Start::NotRunnable => {
-                tracing::info!(job_id = ?delivery.job_id, ?start, "not running job");
+                tracing::info!(%job_id, ?start, "not running job");
                 skipped.push(delivery);
             }
         }
@@ -216,7 +221,7 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     let finishes: Vec<Finish<'_>> = executed
         .iter()
         .map(|(r, (version, outcome))| Finish {
-            job_id: r.delivery.job_id.unwrap_or_default(),
+            job_id: r.job_id,
             stream: &r.delivery.stream,
             entry_id: &r.delivery.entry_id,
             attempt: r.attempt,
@@ -237,8 +242,7 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
                     Outcome::Succeeded { .. } => "succeeded",
                     Outcome::Failed(_) => "failed",
                 };
-                let _span =
-                    info_span!("job", job_id = ?r.delivery.job_id, attempt = r.attempt).entered();
+                let _span = info_span!("job", job_id = %r.job_id, attempt = r.attempt).entered();
                 match finished {
                     Finished::Written => tracing::info!(status, "job finished"),
                     Finished::Stale => {
@@ -262,7 +266,7 @@ fn execute_one(models: &Models, r: &Runnable) -> (String, Outcome) {
         .as_ref()
         .map(|j| j.model.as_str())
         .unwrap_or("?");
-    let span = info_span!("job", job_id = ?r.delivery.job_id, model, attempt = r.attempt);
+    let span = info_span!("job", job_id = %r.job_id, model, attempt = r.attempt);
     let _entered = span.enter();
     let started = Instant::now();
     let result = match &r.delivery.job {

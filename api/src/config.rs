@@ -1,0 +1,86 @@
+//! Command-line and environment configuration of the API process.
+//!
+//! Every flag has an environment fallback so the same binary runs unchanged
+//! from a shell, a container or a test harness.
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// `api`: accepts inference jobs over HTTP and queues them in Redis.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "api", version, about)]
+pub struct Config {
+    /// Redis holding the queue, job records and model signatures.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Address to listen on; port 0 picks a free port (logged and printed).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+
+    /// Prefix of every Redis key; must match the workers'.
+    #[arg(long, env = "QUEUE_NAMESPACE", default_value = "infer")]
+    pub namespace: String,
+
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Upper bound for the `?wait=` long-poll of `GET /v1/jobs/{id}`, in seconds.
+    #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
+    pub max_wait_secs: u64,
+
+    /// Time limit for connecting to Redis and for each Redis reply, in ms.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+
+    /// Log output format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        }
+    }
+}
+
+impl Config {
+    /// Limits for pooled request traffic: an outage becomes a quick 503.
+    pub fn redis_limits(&self) -> shared::redis_conn::Limits {
+        let t = Duration::from_millis(self.redis_timeout_ms.max(1));
+        shared::redis_conn::Limits {
+            connect: t,
+            response: t,
+        }
+    }
+
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_secs(self.max_wait_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = Config::try_parse_from(["api", "--namespace", "t1", "--log-format", "json"])
+            .expect("valid flags");
+        assert_eq!(c.namespace, "t1");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(Config::try_parse_from(["api", "--log-format", "xml"]).is_err());
+        assert!(Config::try_parse_from(["api", "--max-body-bytes", "-1"]).is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! The one error type of the HTTP layer and its wire form.
+//!
+//! Every failure a client can see, axum's own rejections included, becomes an
+//! [`ApiError`] and leaves through the single [`IntoResponse`] impl below, so
+//! every error body has the same shape:
+//! `{"error":{"code":"<snake_case>","message":"<sentence>"}}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use shared::QueueError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    MalformedJson(String),
+    #[error("{0}")]
+    NonFiniteInput(String),
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error("request content-type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("model {0:?} not found")]
+    ModelNotFound(String),
+    #[error("job {0} not found")]
+    JobNotFound(uuid::Uuid),
+    #[error("{0:?} is not a valid job id (expected a UUID)")]
+    InvalidJobId(String),
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("the job store is unavailable, retry later")]
+    RedisUnavailable(#[source] QueueError),
+    #[error("internal server error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_)
+            | ApiError::NonFiniteInput(_)
+            | ApiError::InvalidQuery(_)
+            | ApiError::InvalidJobId(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ModelNotFound(_) | ApiError::JobNotFound(_) | ApiError::NotFound => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RedisUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed_json",
+            ApiError::NonFiniteInput(_) => "non_finite_input",
+            ApiError::InvalidInput(_) => "invalid_input",
+            ApiError::InvalidQuery(_) => "invalid_query",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::JobNotFound(_) => "job_not_found",
+            ApiError::InvalidJobId(_) => "invalid_job_id",
+            ApiError::NotFound => "not_found",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::RedisUnavailable(_) => "redis_unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> ApiError {
+        if e.is_unavailable() {
+            ApiError::RedisUnavailable(e)
+        } else {
+            ApiError::Internal(e.into())
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        // The causes of 5xx stay in the log: they may name hosts or internals.
+        match &self {
+            ApiError::RedisUnavailable(cause) => {
+                tracing::warn!(error = %cause, "redis unavailable");
+            }
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            _ => {}
+        }
+        let message = self.to_string();
+        let body = serde_json::to_vec(&Body {
+            error: Detail {
+                code: self.code(),
+                message: &message,
+            },
+        })
+        // Two plain strings always serialise; keep a literal fallback anyway
+        // rather than a panic on the error path.
+        .unwrap_or_else(|_| {
+            br#"{"error":{"code":"internal","message":"internal server error"}}"#.to_vec()
+        });
+        let mut res = (status, body).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn error_body_has_the_documented_shape() {
+        let res = ApiError::InvalidInput("input \"x\" is missing".into()).into_response();
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": "invalid_input", "message": "input \"x\" is missing"}})
+        );
+    }
+
+    #[test]
+    fn queue_errors_split_into_unavailable_and_internal() {
+        let io =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(
+            ApiError::from(QueueError::Redis(io)).code(),
+            "redis_unavailable"
+        );
+        assert_eq!(
+            ApiError::from(QueueError::Corrupt("x".into())).code(),
+            "internal"
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! Request extractors whose rejections are [`ApiError`]s, so a bad request
+//! never reaches the client as one of axum's plain-text rejections.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+use serde_json::error::Category;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A request body declared as JSON, not yet parsed: the content type is
+/// checked before anything is read, and the size is bounded by the router's
+/// `DefaultBodyLimit`. Parsing is left to the handler, which knows when the
+/// body is large enough to parse off the async executor.
+pub struct JsonBody(pub Bytes);
+
+impl FromRequest<AppState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        Bytes::from_request(req, state)
+            .await
+            .map(JsonBody)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(state.max_body_bytes())
+                } else {
+                    ApiError::MalformedJson("the request body could not be read".into())
+                }
+            })
+    }
+}
+
+/// Parses JSON text, telling syntax errors (400 `malformed_json`) apart from
+/// well-formed JSON of the wrong shape (422 `invalid_input`).
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(json_error)
+}
+
+/// Maps a serde_json error to the API's error: text that is not JSON (or a
+/// number JSON cannot represent, like `1e400`) is `malformed_json`, valid JSON
+/// that does not fit is `invalid_input`.
+pub fn json_error(e: serde_json::Error) -> ApiError {
+    match e.classify() {
+        Category::Data => ApiError::InvalidInput(format!("invalid request: {e}")),
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::MalformedJson(format!("request body is not valid JSON: {e}"))
+        }
+    }
+}
+
+/// `application/json`, optionally with parameters such as `charset`.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The single `{param}` of a route as a string. A segment that cannot be
+/// percent-decoded to UTF-8 names no resource, hence 404.
+pub struct PathParam(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParam(p.0))
+            .map_err(|_| ApiError::NotFound)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(ct: Option<&'static str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(ct) = ct {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+        }
+        h
+    }
+
+    #[test]
+    fn content_type_must_be_json_parameters_allowed() {
+        assert!(is_json(&headers(Some("application/json"))));
+        assert!(is_json(&headers(Some("application/json; charset=utf-8"))));
+        assert!(is_json(&headers(Some("Application/JSON"))));
+        assert!(!is_json(&headers(Some("text/plain"))));
+        assert!(!is_json(&headers(Some("application/jsonx"))));
+        assert!(!is_json(&headers(None)));
+    }
+
+    #[test]
+    fn syntax_errors_and_shape_errors_are_told_apart() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct T {
+            a: Vec<f32>,
+        }
+        assert_eq!(parse::<T>(b"{").unwrap_err().code(), "malformed_json");
+        assert_eq!(parse::<T>(b"").unwrap_err().code(), "malformed_json");
+        assert_eq!(
+            parse::<T>(br#"{"a":[1e400]}"#).unwrap_err().code(),
+            "malformed_json"
+        );
+        assert_eq!(
+            parse::<T>(br#"{"a":["x"]}"#).unwrap_err().code(),
+            "invalid_input"
+        );
+        assert_eq!(
+            parse::<T>(br#"{"a":[],"b":1}"#).unwrap_err().code(),
+            "invalid_input"
+        );
+        assert!(parse::<T>(br#"{"a":[1,2.5]}"#).is_ok());
+    }
+}

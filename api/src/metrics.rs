@@ -1,0 +1,135 @@
+//! Prometheus metrics: the process-wide recorder, the per-request middleware
+//! (tracing span, request counter, latency histogram) and `GET /metrics`.
+//!
+//! Label values are bounded: the route label is the matched route template
+//! (or `unmatched`), never the raw path, so unknown URLs cannot create series.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
+
+use crate::routes;
+use crate::state::AppState;
+
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+pub const JOBS_SUBMITTED: &str = "jobs_submitted_total";
+
+const DURATION_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The global recorder's handle. The recorder is process-global, but tests
+/// build many routers in one process: install it once and share the handle.
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(install).clone()
+}
+
+fn install() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), &DURATION_BUCKETS)
+        .unwrap_or_else(|_| PrometheusBuilder::new());
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if let Err(e) = metrics::set_global_recorder(recorder) {
+        tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics stays empty");
+    }
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route and status."
+    );
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request latency."
+    );
+    metrics::describe_counter!(JOBS_SUBMITTED, "Jobs accepted onto the queue, by model.");
+    // Histogram samples pile up until upkeep drains them; a scrape does too,
+    // but memory must not depend on someone scraping.
+    let upkeep = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkeep.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the metrics upkeep thread");
+    }
+    handle
+}
+
+/// `GET /metrics`
+pub async fn render(State(state): State<AppState>) -> Response {
+    let handle = state.metrics();
+    handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
+}
+
+/// Wraps every request (matched or not) in a span and records its outcome.
+pub async fn track(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = method_label(req.method());
+    let route = route_label(req.extensions().get::<MatchedPath>());
+    let span = tracing::info_span!("request", method, route, job_id = tracing::field::Empty);
+    let res = next.run(req).instrument(span).await;
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status_label(res.status()))
+        .increment(1);
+    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    res
+}
+
+fn route_label(matched: Option<&MatchedPath>) -> &'static str {
+    matched
+        .and_then(|m| routes::ALL.into_iter().find(|r| *r == m.as_str()))
+        .unwrap_or("unmatched")
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+fn status_label(s: StatusCode) -> SharedString {
+    let label = match s.as_u16() {
+        200 => "200",
+        202 => "202",
+        400 => "400",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        500 => "500",
+        503 => "503",
+        _ => return SharedString::from(s.as_str().to_owned()),
+    };
+    SharedString::const_str(label)
+}

@@ -1,0 +1,154 @@
+//! `GET /v1/jobs/{id}[?wait=SECONDS]`: a job's state, optionally long-polled
+//! until it is terminal. Waiting costs no Redis traffic: the request sleeps
+//! on its [`crate::waiters`] registration and re-reads only when woken.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use shared::job::{JobError, JobRecord};
+use shared::queue::ops;
+use shared::time::rfc3339_ms;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::PathParam;
+use crate::routes::clip;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct JobQuery {
+    wait: Option<f64>,
+}
+
+/// The job as clients see it. `result` is the worker's JSON spliced in
+/// verbatim, never decoded and re-encoded.
+#[derive(Serialize)]
+struct JobView<'a> {
+    job_id: Uuid,
+    kind: &'static str,
+    model: &'a str,
+    model_version: Option<&'a str>,
+    status: &'static str,
+    attempts: u32,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    result: Option<&'a RawValue>,
+    error: Option<&'a JobError>,
+}
+
+pub async fn get_job(
+    State(state): State<AppState>,
+    PathParam(raw_id): PathParam,
+    query: Result<Query<JobQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&raw_id).map_err(|_| ApiError::InvalidJobId(clip(&raw_id)))?;
+    tracing::Span::current().record("job_id", tracing::field::display(id));
+    let wait = wait_duration(query, state.max_wait())?;
+    let record = if wait.is_zero() {
+        read(&state, &id).await?
+    } else {
+        wait_terminal(&state, id, wait).await?
+    };
+    render(&record)
+}
+
+fn wait_duration(
+    query: Result<Query<JobQuery>, QueryRejection>,
+    max: Duration,
+) -> Result<Duration, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::InvalidQuery(format!("invalid query: {e}")))?;
+    match q.wait {
+        None => Ok(Duration::ZERO),
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Ok(Duration::from_secs_f64(s.min(max.as_secs_f64())))
+        }
+        Some(_) => Err(ApiError::InvalidQuery(
+            "wait must be a non-negative number of seconds".into(),
+        )),
+    }
+}
+
+/// Reads the job until it is terminal or `wait` has passed. The waiter is
+/// registered and armed before each read, so a finish published between the
+/// read and the sleep still wakes it.
+async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<JobRecord, ApiError> {
+    let deadline = Instant::now() + wait;
+    let waiters = state.waiters();
+    let registration = waiters.register(id);
+    loop {
+        let mut woken = pin!(registration.notified());
+        woken.as_mut().enable();
+        let record = read(state, &id).await?;
+        if record.status.is_terminal() || waiters.is_closing() || Instant::now() >= deadline {
+            return Ok(record);
+        }
+        // Woken or timed out, the next read decides.
+        let _ = tokio::time::timeout_at(deadline, woken).await;
+    }
+}
+
+async fn read(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
+    let mut conn = state.conn().await?;
+    ops::get_job(&mut conn, state.keys(), id)
+        .await?
+        .ok_or(ApiError::JobNotFound(*id))
+}
+
+fn render(rec: &JobRecord) -> Result<Response, ApiError> {
+    let result = match rec.result_json.as_deref() {
+        // Validated (a scan, no allocation) so a corrupt record cannot make
+        // the whole response invalid JSON.
+        Some(json) => Some(serde_json::from_str::<&RawValue>(json).map_err(|e| {
+            ApiError::Internal(anyhow::anyhow!("job {} has a corrupt result: {e}", rec.id))
+        })?),
+        None => None,
+    };
+    Ok(axum::Json(JobView {
+        job_id: rec.id,
+        kind: rec.kind.as_str(),
+        model: &rec.model,
+        model_version: rec.model_version.as_deref(),
+        status: rec.status.as_str(),
+        attempts: rec.attempts,
+        created_at: rfc3339_ms(rec.created_at_ms),
+        started_at: rec.started_at_ms.map(rfc3339_ms),
+        finished_at: rec.finished_at_ms.map(rfc3339_ms),
+        result,
+        error: rec.error.as_ref(),
+    })
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Uri;
+
+    fn wait(q: &str) -> Result<Duration, ApiError> {
+        let uri: Uri = format!("/v1/jobs/x?{q}").parse().unwrap();
+        wait_duration(Query::try_from_uri(&uri), Duration::from_secs(30))
+    }
+
+    #[test]
+    fn wait_accepts_seconds_and_is_capped() {
+        assert_eq!(wait("").unwrap(), Duration::ZERO);
+        assert_eq!(wait("wait=2").unwrap(), Duration::from_secs(2));
+        assert_eq!(wait("wait=0.25").unwrap(), Duration::from_millis(250));
+        assert_eq!(wait("wait=3600").unwrap(), Duration::from_secs(30));
+        assert_eq!(wait("other=1").unwrap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn wait_rejects_junk() {
+        for q in ["wait=-1", "wait=abc", "wait=NaN", "wait=inf", "wait="] {
+            assert_eq!(wait(q).unwrap_err().code(), "invalid_query", "{q}");
+        }
+    }
+}

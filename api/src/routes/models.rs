@@ -1,0 +1,38 @@
+//! `GET /v1/models` and `GET /v1/models/{model}`: the signatures workers have
+//! published, i.e. what predict requests are validated against.
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use shared::model::{ModelInfo, valid_model_name};
+use shared::queue::ops;
+
+use crate::error::ApiError;
+use crate::extract::PathParam;
+use crate::routes::clip;
+use crate::state::AppState;
+
+#[derive(Serialize)]
+struct ModelList {
+    models: Vec<ModelInfo>,
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let mut conn = state.conn().await?;
+    let models = ops::list_models(&mut conn, state.keys()).await?;
+    Ok(Json(ModelList { models }).into_response())
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    PathParam(model): PathParam,
+) -> Result<Response, ApiError> {
+    if !valid_model_name(&model) {
+        return Err(ApiError::ModelNotFound(clip(&model)));
+    }
+    match state.models().get(&model).await? {
+        Some(info) => Ok(Json(&*info).into_response()),
+        None => Err(ApiError::ModelNotFound(model)),
+    }
+}
