@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::{RedisServer, features_body, mlp};
 use shared::Keys;
-use shared::queue::ops;
+use shared::queue::consume;
 
 struct Api {
     child: Child,
@@ -127,7 +127,7 @@ async fn binary_announces_its_port_serves_and_stops_on_sigterm() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    ops::publish_model(&mut conn, &Keys::new(&ns), &mlp("m", 2))
+    consume::publish_model(&mut conn, &Keys::new(&ns), &mlp("m", 2))
         .await
         .unwrap();
     let (status, body) = http(&addr, "POST", "/v1/models/m/predict", &features_body(2));

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::*;
 use shared::job::JobError;
-use shared::queue::ops::{self, Finish, Outcome, Start};
+use shared::queue::consume::{self, Finish, Outcome, Start};
 use uuid::Uuid;
 
 const PREDICT: &str = "/v1/models/mlp128/predict";
@@ -23,15 +23,15 @@ async fn submit(env: &Env, uri: &str, body: String) -> Uuid {
 async fn finish(env: &Env, model: &str, id: Uuid, outcome: Outcome) {
     let mut conn = env.conn().await;
     let keys = &env.keys;
-    ops::ensure_group(&mut conn, keys, model).await.unwrap();
-    let got = ops::read_new(&mut conn, &[keys.stream(model)], "test-worker", 10, 100)
+    consume::ensure_group(&mut conn, keys, model).await.unwrap();
+    let got = consume::read_new(&mut conn, &[keys.stream(model)], "test-worker", 10, 100)
         .await
         .unwrap();
     let d = got
         .iter()
         .find(|d| d.job_id == Some(id))
         .expect("job on the stream");
-    let started = ops::start(
+    let started = consume::start(
         &mut conn,
         keys,
         "test-worker",
@@ -50,7 +50,7 @@ async fn finish(env: &Env, model: &str, id: Uuid, outcome: Outcome) {
         outcome,
         ttl_secs: 60,
     };
-    ops::finish(&mut conn, keys, &[f], shared::time::now_ms())
+    consume::finish(&mut conn, keys, &[f], shared::time::now_ms())
         .await
         .unwrap();
 }
@@ -103,10 +103,10 @@ async fn submit_answers_202_with_location_and_the_job_reads_back_queued() {
 
     // The queued payload is exactly the validated tensor.
     let mut conn = env.conn().await;
-    ops::ensure_group(&mut conn, &env.keys, "mlp128")
+    consume::ensure_group(&mut conn, &env.keys, "mlp128")
         .await
         .unwrap();
-    let got = ops::read_new(&mut conn, &[env.keys.stream("mlp128")], "c", 10, 100)
+    let got = consume::read_new(&mut conn, &[env.keys.stream("mlp128")], "c", 10, 100)
         .await
         .unwrap();
     let job = got[0].job.as_ref().unwrap();

@@ -12,7 +12,9 @@ use serde_json::json;
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let base = args.next().unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let base = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let jobs: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1000);
     let conc: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(32);
     let client = Client::new(&base);

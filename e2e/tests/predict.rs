@@ -312,6 +312,10 @@ async fn every_bad_request_gets_its_status_and_json_error() {
         let r = c.post_raw(path, ct, bytes).await;
         assert_eq!(r.status.as_u16(), status, "{what}: {}", r.text);
         assert_eq!(r.error_code(), code, "{what}");
+        if status == 413 {
+            let conn = r.headers.get("connection").and_then(|v| v.to_str().ok());
+            assert_eq!(conn, Some("close"), "413 must close: the body was not read");
+        }
     }
 
     let gets: Vec<(&str, String, u16, &str)> = vec![

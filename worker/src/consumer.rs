@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
 use redis::aio::MultiplexedConnection;
-use shared::queue::ops::{self, Delivery, Finish, Finished, Outcome, Start};
+use shared::queue::consume::{self as ops, Delivery, Finish, Finished, Outcome, Start};
 use shared::queue::{Keys, QueueError};
 use shared::redis_conn::{self, Limits};
 use tokio::sync::watch;

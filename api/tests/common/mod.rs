@@ -17,7 +17,7 @@ use http_body_util::BodyExt;
 use redis::aio::MultiplexedConnection;
 use shared::Keys;
 use shared::model::ModelInfo;
-use shared::queue::ops;
+use shared::queue::consume;
 use shared::tensor::{DataType, TensorSpec};
 use tower::ServiceExt;
 
@@ -173,7 +173,7 @@ impl Env {
     }
 
     pub async fn publish(&self, info: &ModelInfo) {
-        ops::publish_model(&mut self.conn().await, &self.keys, info)
+        consume::publish_model(&mut self.conn().await, &self.keys, info)
             .await
             .expect("publish model");
     }

@@ -25,10 +25,13 @@
 //!   the start script: a worker whose attempt is no longer current cannot
 //!   overwrite the result of the attempt that replaced it.
 //!
-//! See [`keys`] for the key layout and [`wire`] for the stream entry format.
+//! See [`keys`] for the key layout and [`wire`] for the stream entry format;
+//! [`ops`] holds the API's operations, [`consume`] the worker's.
 
+pub mod consume;
 pub mod keys;
 pub mod ops;
+mod scripts;
 pub mod wire;
 
 pub use keys::Keys;
