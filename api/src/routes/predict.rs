@@ -56,6 +56,7 @@ pub async fn predict(
         model,
         inputs,
         submitted_at_ms: shared::time::now_ms(),
+        deadline_ms: None,
     };
     let span = tracing::info_span!("submit", job_id = %job.id, model = %job.model);
     async {

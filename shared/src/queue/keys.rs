@@ -9,6 +9,9 @@
 //! | `{ns}:models`                     | hash    | model name → signature JSON, written by workers         |
 //! | `{ns}:events:job-finished`        | pub/sub | job ids, published when a job reaches a terminal state  |
 //! | `{ns}:events:models`              | pub/sub | model names, published when a signature changes         |
+//! | `{ns}:dead`                       | stream  | dead letters: jobs that exhausted their attempts        |
+//! | `{ns}:delayed`                    | zset    | job ids waiting for a retry, scored by due time (ms)    |
+//! | `{ns}:idem:{model}:{key hash}`    | string  | `{job id} {body hash}` for an `Idempotency-Key`         |
 
 use uuid::Uuid;
 
@@ -51,6 +54,24 @@ impl Keys {
         format!("{}:models", self.ns)
     }
 
+    /// The dead-letter stream shared by all models (see
+    /// [`super::wire::dead`] for its fields).
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dead", self.ns)
+    }
+
+    /// Jobs waiting out a retry back-off; their payload waits in the job
+    /// record's `payload` field.
+    pub fn delayed(&self) -> String {
+        format!("{}:delayed", self.ns)
+    }
+
+    /// An idempotency record; `key_hash` is a hex digest of the client's
+    /// key, so arbitrary header bytes never end up in a key name.
+    pub fn idempotency(&self, model: &str, key_hash: &str) -> String {
+        format!("{}:idem:{}:{}", self.ns, model, key_hash)
+    }
+
     pub fn job_finished_channel(&self) -> String {
         format!("{}:events:job-finished", self.ns)
     }
@@ -73,6 +94,9 @@ mod tests {
         assert_eq!(k.models(), "t1:models");
         assert_eq!(k.job_finished_channel(), "t1:events:job-finished");
         assert_eq!(k.models_channel(), "t1:events:models");
+        assert_eq!(k.dead_letters(), "t1:dead");
+        assert_eq!(k.delayed(), "t1:delayed");
+        assert_eq!(k.idempotency("m", "ab12"), "t1:idem:m:ab12");
     }
 
     #[test]

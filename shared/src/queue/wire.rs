@@ -4,6 +4,9 @@
 //!   worker can fail the right job instead of dropping an undecodable entry;
 //! * `job`: a [`JobEnvelope`] encoded as MessagePack (rmp-serde, struct as
 //!   map so fields can be added without breaking older readers).
+//!
+//! The dead-letter stream `{ns}:dead` carries the same two fields plus the
+//! ones named in [`dead`], so a replay puts the exact original payload back.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -14,6 +17,18 @@ use crate::tensor::Tensor;
 pub const FIELD_ID: &str = "id";
 pub const FIELD_JOB: &str = "job";
 
+/// Extra fields of a dead-letter entry (besides `id` and `job`).
+pub mod dead {
+    /// The model, so dead letters can be filtered without decoding payloads.
+    pub const MODEL: &str = "model";
+    /// The last error, as `{"code", "message"}` JSON.
+    pub const ERROR: &str = "error";
+    /// Attempts made before giving up.
+    pub const ATTEMPTS: &str = "attempts";
+    /// When the job was dead-lettered (Unix ms).
+    pub const FAILED_AT: &str = "failed_at";
+}
+
 /// What a worker needs to run a job, carried on the stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobEnvelope {
@@ -22,6 +37,10 @@ pub struct JobEnvelope {
     pub model: String,
     pub inputs: Vec<Tensor>,
     pub submitted_at_ms: i64,
+    /// Latest start time (Unix ms); a job not started by then fails with
+    /// `deadline_exceeded` instead of running late.
+    #[serde(default)]
+    pub deadline_ms: Option<i64>,
 }
 
 impl JobEnvelope {
@@ -62,6 +81,7 @@ mod tests {
                 },
             ],
             submitted_at_ms: 1_763_792_262_123,
+            deadline_ms: Some(1_763_792_263_000),
         }
     }
 
@@ -78,6 +98,30 @@ mod tests {
         // A named-field struct starts with a MessagePack fixmap marker.
         assert_eq!(bytes[0] & 0xf0, 0x80);
         assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_err());
+    }
+
+    #[test]
+    fn envelopes_without_newer_fields_still_decode() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            id: Uuid,
+            kind: JobKind,
+            model: &'a str,
+            inputs: Vec<Tensor>,
+            submitted_at_ms: i64,
+        }
+        let id = Uuid::now_v7();
+        let bytes = rmp_serde::to_vec_named(&Old {
+            id,
+            kind: JobKind::Predict,
+            model: "m",
+            inputs: vec![],
+            submitted_at_ms: 1,
+        })
+        .unwrap();
+        let env = JobEnvelope::decode(&bytes).unwrap();
+        assert_eq!(env.id, id);
+        assert_eq!(env.deadline_ms, None);
     }
 
     #[test]
