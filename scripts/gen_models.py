@@ -11,6 +11,9 @@ Outputs (relative to the repo root):
   models/two_input.onnx         x f32[N,4], k i64[N,1] -> y f32[N,2], z i64[N,1]
   models/fixtures/<model>.json  Open Inference Protocol (KServe V2) style
                                 input/output tensors computed by onnxruntime
+  models/testdata/*.onnx        models only the failure tests use (not served
+                                by default): slow, flaky_broken/flaky_fixed,
+                                inf_output
 """
 
 from __future__ import annotations
@@ -249,6 +252,105 @@ def write_fixture(model_name: str, cases: list[dict]) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------
+# test-only models (models/testdata/)
+# --------------------------------------------------------------------------
+SLOW_SIZE = 2048
+
+
+def build_slow() -> onnx.ModelProto:
+    """x f32[N,1] -> y f32[N,1] with y == x, after two 2048x2048 matrix
+    products built from x (so no constant folding can skip them): a job that
+    takes a noticeable time, for tests that stop or kill a worker mid-job."""
+    n = SLOW_SIZE
+    nodes = [
+        helper.make_node("ReduceMean", ["x"], ["m"], keepdims=0),
+        helper.make_node("Expand", ["m", "square"], ["e"]),
+        helper.make_node("MatMul", ["e", "e"], ["p1"]),
+        helper.make_node("MatMul", ["p1", "e"], ["p2"]),
+        helper.make_node("ReduceSum", ["p2"], ["s"], keepdims=1),
+        helper.make_node("Mul", ["s", "zero"], ["z"]),
+        helper.make_node("Add", ["x", "z"], ["y"]),
+    ]
+    inits = [
+        numpy_helper.from_array(np.array([n, n], dtype=np.int64), "square"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ]
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 1])],
+        inits,
+    )
+    return _finish(graph, "Slow identity for failure tests.")
+
+
+def build_flaky(broken: bool) -> onnx.ModelProto:
+    """x f32[N,4] -> y f32[N,4] = 2x. The broken twin has the same signature
+    but reshapes through [-1, 3], which fails at run time for every input:
+    a model deployed broken, fixed by replacing the file."""
+    nodes = [helper.make_node("Mul", ["x", "two"], ["d"])]
+    inits = [numpy_helper.from_array(np.array(2.0, dtype=np.float32), "two")]
+    if broken:
+        nodes += [
+            helper.make_node("Reshape", ["d", "bad_shape"], ["r"]),
+            helper.make_node("Reshape", ["r", "good_shape"], ["y"]),
+        ]
+        inits += [
+            numpy_helper.from_array(np.array([-1, 3], dtype=np.int64), "bad_shape"),
+            numpy_helper.from_array(np.array([-1, 4], dtype=np.int64), "good_shape"),
+        ]
+    else:
+        nodes += [helper.make_node("Identity", ["d"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "flaky",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 4])],
+        inits,
+    )
+    return _finish(graph, ("Broken" if broken else "Fixed") + " twin for dead-letter tests.")
+
+
+def build_inf_output() -> onnx.ModelProto:
+    """x f32[N,1] -> y = x / 0: an infinite output that must never be
+    reported as a success."""
+    graph = helper.make_graph(
+        [helper.make_node("Div", ["x", "zero"], ["y"])], "inf_output",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 1])],
+        [numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")],
+    )
+    return _finish(graph, "Non-finite output for failure tests.")
+
+
+def save_testdata() -> list:
+    out = []
+    testdata = MODELS / "testdata"
+    testdata.mkdir(exist_ok=True)
+    for name, model in [
+        ("slow", build_slow()),
+        ("flaky_broken", build_flaky(True)),
+        ("flaky_fixed", build_flaky(False)),
+        ("inf_output", build_inf_output()),
+    ]:
+        path = testdata / f"{name}.onnx"
+        path.write_bytes(model.SerializeToString(deterministic=True))
+        out.append((name, path, _session(path)))
+    x4 = np.ones((1, 4), dtype=np.float32)
+    slow = out[0][2]
+    assert slow.run(None, {"x": np.array([[0.5]], dtype=np.float32)})[0].tolist() == [[0.5]]
+    try:
+        out[1][2].run(None, {"x": x4})
+        raise AssertionError("flaky_broken must fail at run time")
+    except AssertionError:
+        raise
+    except Exception:
+        pass
+    assert out[2][2].run(None, {"x": x4})[0].tolist() == [[2.0] * 4]
+    assert np.isinf(out[3][2].run(None, {"x": np.ones((1, 1), np.float32)})[0]).all()
+    return out
+
+
 def save_model(model: onnx.ModelProto, name: str) -> Path:
     path = MODELS / f"{name}.onnx"
     path.write_bytes(model.SerializeToString(deterministic=True))
@@ -318,6 +420,8 @@ def main() -> None:
         assert np.array(c["outputs"][1]["data"]).reshape(ref_z.shape).tolist() == ref_z.tolist()
     write_fixture("two_input", cases)
     summary.append(("two_input", path, sess))
+
+    summary.extend(save_testdata())
 
     # --- summary ----------------------------------------------------------
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}")
