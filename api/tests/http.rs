@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::*;
 use shared::job::JobError;
-use shared::queue::consume::{self, Finish, Outcome, Start};
+use shared::queue::consume::{self, Finish, Outcome, Policy, Start};
 use uuid::Uuid;
 
 const PREDICT: &str = "/v1/models/mlp128/predict";
@@ -31,26 +31,30 @@ async fn finish(env: &Env, model: &str, id: Uuid, outcome: Outcome) {
         .iter()
         .find(|d| d.job_id == Some(id))
         .expect("job on the stream");
+    let policy = Policy {
+        max_attempts: 3,
+        succeeded_ttl_secs: 60,
+        failed_ttl_secs: 60,
+    };
     let started = consume::start(
         &mut conn,
         keys,
         "test-worker",
-        &[id],
+        &policy,
+        &[d],
         shared::time::now_ms(),
     )
     .await
     .unwrap();
     assert_eq!(started, vec![Start::Run(1)]);
     let f = Finish {
+        delivery: d,
         job_id: id,
-        stream: &d.stream,
-        entry_id: &d.entry_id,
         attempt: 1,
         model_version: "0123456789abcdef",
         outcome,
-        ttl_secs: 60,
     };
-    consume::finish(&mut conn, keys, &[f], shared::time::now_ms())
+    consume::finish(&mut conn, keys, &policy, &[f], shared::time::now_ms())
         .await
         .unwrap();
 }

@@ -44,9 +44,46 @@ pub struct Config {
     #[arg(long, env = "ORT_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
 
-    /// How long a finished job's record and result stay readable.
+    /// How long a succeeded job's record and result stay readable.
     #[arg(long, env = "RESULT_TTL_SECS", default_value_t = 86_400)]
     pub result_ttl_secs: u64,
+
+    /// How long a failed job's record stays readable (its dead letter, if
+    /// any, stays in the dead-letter stream independently).
+    #[arg(long, env = "FAILED_TTL_SECS", default_value_t = 604_800)]
+    pub failed_ttl_secs: u64,
+
+    /// Lease on a delivered job: renewed while it runs; once a job's lease
+    /// has been idle this long (its worker died or stalled), another worker
+    /// takes it over.
+    #[arg(long, env = "LEASE_MS", default_value_t = 5_000)]
+    pub lease_ms: u64,
+
+    /// Attempts per job (first run included) before it fails for good and
+    /// is dead-lettered. Counts runs lost to worker crashes too.
+    #[arg(long, env = "MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// First retry back-off; doubles per attempt, with jitter.
+    #[arg(long, env = "RETRY_BASE_MS", default_value_t = 200)]
+    pub retry_base_ms: u64,
+
+    /// Longest retry back-off.
+    #[arg(long, env = "RETRY_MAX_MS", default_value_t = 30_000)]
+    pub retry_max_ms: u64,
+
+    /// On SIGTERM, how long in-flight jobs may take to finish before the
+    /// process exits anyway (their leases then run out and others take over).
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// How often acknowledged entries are trimmed from the streams.
+    #[arg(long, env = "TRIM_INTERVAL_SECS", default_value_t = 10)]
+    pub trim_interval_secs: u64,
+
+    /// Approximate cap of the dead-letter stream.
+    #[arg(long, env = "DEAD_LETTER_MAX_LEN", default_value_t = 100_000)]
+    pub dead_letter_max_len: usize,
 
     /// Redis connect and response time limit for non-blocking commands.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]

@@ -1,22 +1,25 @@
-//! The Redis Streams side of the worker: read a batch of entries, mark the
-//! jobs running, run them on a blocking thread, write results and acks.
+//! The Redis Streams side of the worker: read (or reclaim) a batch of
+//! entries, start the jobs, run them on a blocking thread while their leases
+//! are renewed, then end every attempt in one pipelined round trip.
 //!
 //! Each loop ("slot") owns a dedicated connection for its blocking
 //! `XREADGROUP`; everything else goes through the shared pool. Several slots
 //! overlap one batch's Redis round trips with another batch's inference.
 //! Reads are never cancelled mid-flight: an entry the server has delivered is
-//! always processed, so shutdown waits at most one block interval.
+//! always processed, so shutdown waits at most one block interval plus the
+//! batch in flight.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
+use rand::Rng;
 use redis::aio::MultiplexedConnection;
-use shared::queue::consume::{self as ops, Delivery, Finish, Finished, Outcome, Start};
+use shared::queue::consume::{self, Delivery, Finish, Finished, Outcome, Policy, Start};
 use shared::queue::{Keys, QueueError};
 use shared::redis_conn::{self, Limits};
 use tokio::sync::watch;
-use tracing::{Instrument, info_span};
+use tracing::info_span;
 use uuid::Uuid;
 
 use crate::backend::Models;
@@ -37,7 +40,10 @@ pub struct Context {
     pub limits: Limits,
     pub read_count: usize,
     pub block_ms: u64,
-    pub result_ttl_secs: u64,
+    pub lease: Duration,
+    pub policy: Policy,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
 }
 
 impl Context {
@@ -45,7 +51,7 @@ impl Context {
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         let mut conn = self.pool.get().await?;
         for model in self.models.keys() {
-            ops::ensure_group(&mut conn, &self.keys, model).await?;
+            consume::ensure_group(&mut conn, &self.keys, model).await?;
         }
         Ok(())
     }
@@ -56,9 +62,21 @@ impl Context {
         for model in self.models.values() {
             let mut info = model.info().clone();
             info.updated_at_ms = shared::time::now_ms();
-            ops::publish_model(&mut conn, &self.keys, &info).await?;
+            consume::publish_model(&mut conn, &self.keys, &info).await?;
         }
         Ok(())
+    }
+
+    /// The back-off before retry number `attempt` (1-based attempt that
+    /// just failed): exponential, capped, with "equal jitter" (half fixed,
+    /// half random) so jobs failing together do not retry together.
+    fn retry_delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.retry_max);
+        let half = exp / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
     }
 }
 
@@ -88,16 +106,22 @@ impl Backoff {
     }
 }
 
-/// One read→run→write loop, until `shutdown` turns true.
+/// One read→run→write loop, until `shutdown` turns true. Slot 0 also
+/// reclaims expired leases, every half lease.
 pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Receiver<bool>) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = Backoff(0);
+    let mut last_reclaim = Instant::now();
     // The server blocks up to block_ms; the client must wait longer than that.
     let read_limits = Limits {
         response: ctx.limits.response + Duration::from_millis(ctx.block_ms),
         ..ctx.limits
     };
     while !*shutdown.borrow_and_update() {
+        if slot == 0 && last_reclaim.elapsed() >= ctx.lease / 2 {
+            last_reclaim = Instant::now();
+            reclaim_expired(&ctx).await;
+        }
         if conn.is_none() {
             match redis_conn::dedicated(&ctx.redis_url, read_limits).await {
                 Ok(c) => conn = Some(c),
@@ -112,8 +136,14 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
             }
         }
         let Some(c) = conn.as_mut() else { continue };
+        // Slot 0 must come back in time to reclaim; others may block longer.
+        let block_ms = if slot == 0 {
+            ctx.block_ms.min(duration_ms(ctx.lease / 2).max(1))
+        } else {
+            ctx.block_ms
+        };
         let read =
-            ops::read_new(c, &ctx.streams, &ctx.consumer, ctx.read_count, ctx.block_ms).await;
+            consume::read_new(c, &ctx.streams, &ctx.consumer, ctx.read_count, block_ms).await;
         match read {
             Ok(batch) => {
                 backoff = Backoff(0);
@@ -140,6 +170,42 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
     tracing::debug!(slot, "slot stopped");
 }
 
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Takes over the entries of every served stream whose lease expired and
+/// runs them like new deliveries; their start takes a new attempt.
+async fn reclaim_expired(ctx: &Context) {
+    for stream in &ctx.streams {
+        let claimed = async {
+            let mut conn = ctx.pool.get().await?;
+            consume::reclaim(
+                &mut conn,
+                stream,
+                &ctx.consumer,
+                duration_ms(ctx.lease),
+                ctx.read_count,
+            )
+            .await
+        }
+        .await;
+        match claimed {
+            Ok(batch) if !batch.is_empty() => {
+                tracing::warn!(
+                    stream,
+                    jobs = batch.len(),
+                    "took over jobs whose lease expired"
+                );
+                metrics::counter!("worker_jobs_reclaimed_total").increment(batch.len() as u64);
+                process(ctx, batch).await;
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(stream, %error, "reclaiming expired leases failed"),
+        }
+    }
+}
+
 /// A job that will run: its delivery and the attempt it runs as.
 struct Runnable {
     job_id: Uuid,
@@ -151,54 +217,67 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     // Entries without a job id cannot have come from the API: nothing to
     // report them to, so acknowledge and drop them loudly.
     let (with_id, orphans): (Vec<_>, Vec<_>) = batch.into_iter().partition(|d| d.job_id.is_some());
-    for d in &orphans {
-        tracing::error!(stream = %d.stream, entry = %d.entry_id, "dropping stream entry without a job id");
+    ack_orphans(ctx, &orphans).await;
+    if with_id.is_empty() {
+        return;
     }
-    ack_all(ctx, &orphans).await;
 
-    let ids: Vec<Uuid> = with_id.iter().filter_map(|d| d.job_id).collect();
+    let refs: Vec<&Delivery> = with_id.iter().collect();
     let starts = match with_retry(|| async {
         let mut conn = ctx.pool.get().await?;
-        ops::start(
-            &mut conn,
-            &ctx.keys,
-            &ctx.consumer,
-            &ids,
-            shared::time::now_ms(),
-        )
-        .await
+        let now = shared::time::now_ms();
+        consume::start(&mut conn, &ctx.keys, &ctx.consumer, &ctx.policy, &refs, now).await
     })
     .await
     {
         Ok(s) => s,
         Err(error) => {
             // Not started, so not lost: the entries stay pending under this
-            // consumer until they are claimed again.
-            tracing::error!(%error, jobs = ids.len(), "cannot mark jobs running; leaving them pending");
+            // consumer until their lease runs out and they are reclaimed.
+            tracing::error!(%error, jobs = refs.len(), "cannot start jobs; leaving them pending");
             return;
         }
     };
 
     let mut runnable = Vec::with_capacity(with_id.len());
-    let mut skipped = Vec::new();
-    for ((delivery, job_id), start) in with_id.into_iter().zip(ids).zip(starts) {
+    for (delivery, start) in with_id.into_iter().zip(starts) {
+        let job_id = delivery.job_id.unwrap_or_default();
+        let model = delivery.model(&ctx.keys).to_owned();
         match start {
             Start::Run(attempt) => runnable.push(Runnable {
                 job_id,
                 delivery,
                 attempt,
             }),
+            Start::DeadlineExceeded => {
+                tracing::warn!(%job_id, model, "job failed: deadline exceeded before it started");
+                metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => "failed", "reason" => "deadline_exceeded").increment(1);
+            }
+            Start::Exhausted => {
+                tracing::error!(%job_id, model, "job dead-lettered: attempts exhausted by lost workers");
+                metrics::counter!("worker_jobs_dead_lettered_total", "model" => model).increment(1);
+            }
             Start::Gone | Start::NotRunnable => {
-                tracing::info!(%job_id, ?start, "not running job");
-                skipped.push(delivery);
+                tracing::info!(%job_id, model, ?start, "not running job");
             }
         }
     }
-    ack_all(ctx, &skipped).await;
     if runnable.is_empty() {
         return;
     }
 
+    // Renew the leases while the batch runs, so a long job is not taken over
+    // from a live worker; stop as soon as the batch is done.
+    let leases: Vec<(String, String)> = runnable
+        .iter()
+        .map(|r| (r.delivery.stream.clone(), r.delivery.entry_id.clone()))
+        .collect();
+    let renewer = tokio::spawn(renew_leases(
+        ctx.pool.clone(),
+        ctx.consumer.clone(),
+        leases,
+        ctx.lease / 3,
+    ));
     let models = Arc::clone(&ctx.models);
     let executed = tokio::task::spawn_blocking(move || {
         runnable
@@ -213,53 +292,129 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     let executed = match executed {
         Ok(e) => e,
         Err(error) => {
-            tracing::error!(%error, "inference thread panicked; jobs stay pending");
+            renewer.abort();
+            tracing::error!(%error, "inference thread panicked; jobs stay pending until reclaimed");
             return;
         }
     };
 
     let finishes: Vec<Finish<'_>> = executed
         .iter()
-        .map(|(r, (version, outcome))| Finish {
+        .map(|(r, (version, result))| Finish {
+            delivery: &r.delivery,
             job_id: r.job_id,
-            stream: &r.delivery.stream,
-            entry_id: &r.delivery.entry_id,
             attempt: r.attempt,
             model_version: version,
-            outcome: outcome.clone(),
-            ttl_secs: ctx.result_ttl_secs,
+            outcome: outcome_of(ctx, r.attempt, result),
         })
         .collect();
     let written = with_retry(|| async {
         let mut conn = ctx.pool.get().await?;
-        ops::finish(&mut conn, &ctx.keys, &finishes, shared::time::now_ms()).await
+        let now = shared::time::now_ms();
+        consume::finish(&mut conn, &ctx.keys, &ctx.policy, &finishes, now).await
     })
     .await;
+    renewer.abort();
     match written {
         Ok(results) => {
-            for ((r, (_, outcome)), finished) in executed.iter().zip(results) {
-                let status = match outcome {
-                    Outcome::Succeeded { .. } => "succeeded",
-                    Outcome::Failed(_) => "failed",
-                };
-                let _span = info_span!("job", job_id = %r.job_id, attempt = r.attempt).entered();
-                match finished {
-                    Finished::Written => tracing::info!(status, "job finished"),
-                    Finished::Stale => {
-                        tracing::warn!("result discarded: another attempt owns the job")
-                    }
-                    Finished::Gone => tracing::warn!("job record vanished before its result"),
-                }
+            for (f, finished) in finishes.iter().zip(results) {
+                report(ctx, f, finished);
             }
         }
         Err(error) => {
-            tracing::error!(%error, jobs = finishes.len(), "cannot write results; jobs stay pending");
+            tracing::error!(%error, jobs = finishes.len(), "cannot write results; jobs stay pending until reclaimed");
         }
     }
 }
 
-/// Runs one job on the current (blocking) thread, inside its span.
-fn execute_one(models: &Models, r: &Runnable) -> (String, Outcome) {
+/// Decides how an attempt ends. The failure's type decides whether it is
+/// retried; the attempt count decides whether a retry is still allowed.
+fn outcome_of(ctx: &Context, attempt: u32, result: &Result<String, JobFailure>) -> Outcome {
+    match result {
+        Ok(result_json) => Outcome::Succeeded {
+            result_json: result_json.clone(),
+        },
+        Err(f) if !f.is_transient() => Outcome::Failed(f.to_job_error()),
+        Err(f) if attempt >= ctx.policy.max_attempts => Outcome::DeadLetter(f.to_job_error()),
+        Err(f) => Outcome::Retry {
+            error: f.to_job_error(),
+            retry_at_ms: shared::time::now_ms()
+                + i64::try_from(ctx.retry_delay(attempt).as_millis()).unwrap_or(i64::MAX / 2),
+        },
+    }
+}
+
+/// Logs and counts an attempt's end. Counting only what was written keeps
+/// metrics exact: a discarded late result is never counted twice.
+fn report(ctx: &Context, f: &Finish<'_>, finished: Finished) {
+    let model = f.delivery.model(&ctx.keys).to_owned();
+    let _span = info_span!("job", job_id = %f.job_id, model, attempt = f.attempt).entered();
+    match finished {
+        Finished::Written => {
+            let status = f.outcome.status();
+            match &f.outcome {
+                Outcome::Retry { error, retry_at_ms } => {
+                    tracing::warn!(code = %error.code, error = %error.message, retry_in_ms = retry_at_ms - shared::time::now_ms(), "job will be retried");
+                    metrics::counter!("worker_job_retries_total", "model" => model).increment(1);
+                }
+                Outcome::DeadLetter(error) => {
+                    tracing::error!(status, code = %error.code, error = %error.message, "job finished: dead-lettered after its last attempt");
+                    metrics::counter!("worker_jobs_dead_lettered_total", "model" => model.clone())
+                        .increment(1);
+                    metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => status, "reason" => error.code.clone()).increment(1);
+                }
+                Outcome::Failed(error) => {
+                    tracing::warn!(status, code = %error.code, "job finished");
+                    metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => status, "reason" => error.code.clone()).increment(1);
+                }
+                Outcome::Succeeded { .. } => {
+                    tracing::info!(status, "job finished");
+                    metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => status, "reason" => "").increment(1);
+                }
+            }
+        }
+        Finished::Stale => {
+            tracing::warn!("result discarded: another attempt owns the job");
+            metrics::counter!("worker_results_discarded_total", "model" => model).increment(1);
+        }
+        Finished::Gone => tracing::warn!("job record vanished before its result"),
+    }
+}
+
+/// Keeps the leases of a running batch alive until aborted.
+async fn renew_leases(
+    pool: Pool,
+    consumer: String,
+    leases: Vec<(String, String)>,
+    every: Duration,
+) {
+    let entries: Vec<(&str, &str)> = leases
+        .iter()
+        .map(|(s, e)| (s.as_str(), e.as_str()))
+        .collect();
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.tick().await; // the first tick is immediate; the lease is fresh
+    loop {
+        tick.tick().await;
+        let res = async {
+            let mut conn = pool.get().await?;
+            consume::renew(&mut conn, &consumer, &entries).await
+        }
+        .await;
+        match res {
+            Ok(kept) if kept < entries.len() => tracing::warn!(
+                lost = entries.len() - kept,
+                "lost the lease of running jobs; their results will be discarded"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "renewing leases failed"),
+        }
+    }
+}
+
+/// Runs one job on the current (blocking) thread, inside its span. Returns
+/// the model version it ran on and the result JSON or the failure.
+fn execute_one(models: &Models, r: &Runnable) -> (String, Result<String, JobFailure>) {
     let model = r
         .delivery
         .job
@@ -277,53 +432,38 @@ fn execute_one(models: &Models, r: &Runnable) -> (String, Outcome) {
     match result {
         Ok(s) => {
             tracing::debug!(elapsed_ms, "inference done");
-            (
-                s.model_version,
-                Outcome::Succeeded {
-                    result_json: s.result_json,
-                },
-            )
+            (s.model_version, Ok(s.result_json))
         }
         Err(failure) => {
-            tracing::warn!(code = failure.code(), error = %failure, elapsed_ms, "job failed");
-            let version = r
-                .delivery
-                .job
-                .as_ref()
-                .ok()
-                .and_then(|j| models.get(&j.model))
+            tracing::warn!(code = failure.code(), error = %failure, elapsed_ms, transient = failure.is_transient(), "attempt failed");
+            let version = models
+                .get(model)
                 .map(|m| m.info().version.clone())
                 .unwrap_or_default();
-            (version, Outcome::Failed(failure.to_job_error()))
+            (version, Err(failure))
         }
     }
 }
 
-/// Acknowledges deliveries that will not run, grouped per stream.
-async fn ack_all(ctx: &Context, deliveries: &[Delivery]) {
-    let mut streams: Vec<&str> = deliveries.iter().map(|d| d.stream.as_str()).collect();
-    streams.sort_unstable();
-    streams.dedup();
-    for stream in streams {
-        let ids: Vec<&str> = deliveries
-            .iter()
-            .filter(|d| d.stream == stream)
-            .map(|d| d.entry_id.as_str())
-            .collect();
+/// Acknowledges entries without a job id, grouped per stream.
+async fn ack_orphans(ctx: &Context, orphans: &[Delivery]) {
+    for d in orphans {
+        tracing::error!(stream = %d.stream, entry = %d.entry_id, "dropping stream entry without a job id");
         let res = async {
             let mut conn = ctx.pool.get().await?;
-            ops::ack(&mut conn, stream, &ids).await
+            consume::ack(&mut conn, &d.stream, &[d.entry_id.as_str()]).await
         }
-        .instrument(info_span!("ack", stream))
         .await;
         if let Err(error) = res {
-            tracing::warn!(stream, %error, "ack failed; entries will be delivered again");
+            tracing::warn!(%error, "ack failed; the entry will be delivered again");
         }
     }
 }
 
-/// Retries an idempotent Redis step while Redis is unreachable, a few times
-/// with back-off, so a blip does not strand a finished batch.
+/// Retries a Redis step while Redis is unreachable, a few times with
+/// back-off, so a blip does not strand a finished batch. Both steps it wraps
+/// are safe to repeat: `start` at worst counts one extra attempt, `finish`
+/// is a compare-and-set.
 async fn with_retry<T, F, Fut>(mut step: F) -> Result<T, QueueError>
 where
     F: FnMut() -> Fut,

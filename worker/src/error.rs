@@ -26,8 +26,8 @@ pub enum WorkerError {
     RedisUrl(#[from] redis::RedisError),
 }
 
-/// Why one job failed. Each variant is a stable error code in the job record.
-/// Every variant here is permanent: the same input would fail the same way.
+/// Why one job failed. Each variant is a stable error code in the job record,
+/// and [`JobFailure::is_transient`] decides by variant whether it is retried.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JobFailure {
     /// The payload on the stream could not be decoded.
@@ -63,10 +63,44 @@ impl JobFailure {
         }
     }
 
+    /// Transient failures are retried with back-off and dead-lettered when
+    /// attempts run out: a model that fails to run a valid input (a broken or
+    /// half-deployed model file) may work once fixed, and a model missing on
+    /// this worker may be served by another. Permanent ones fail at once: the
+    /// same input would fail the same way.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            JobFailure::ModelUnavailable(_) | JobFailure::Inference(_) => true,
+            JobFailure::InvalidPayload(_)
+            | JobFailure::InvalidInput(_)
+            | JobFailure::NonFiniteOutput { .. }
+            | JobFailure::UnsupportedOutput { .. } => false,
+        }
+    }
+
     pub fn to_job_error(&self) -> JobError {
         JobError {
             code: self.code().to_owned(),
             message: self.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_variant_decides_retries() {
+        assert!(JobFailure::Inference("x".into()).is_transient());
+        assert!(JobFailure::ModelUnavailable("m".into()).is_transient());
+        assert!(!JobFailure::InvalidInput("x".into()).is_transient());
+        assert!(!JobFailure::InvalidPayload("x".into()).is_transient());
+        let nan = JobFailure::NonFiniteOutput {
+            output: "y".into(),
+            index: 0,
+        };
+        assert!(!nan.is_transient());
+        assert_eq!(nan.code(), "non_finite_output");
     }
 }

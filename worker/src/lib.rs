@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shared::queue::Keys;
+use shared::queue::consume::Policy;
 use shared::redis_conn::{self, Limits};
 use tokio::sync::watch;
 
@@ -63,14 +64,25 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         limits,
         read_count: cfg.read_count.max(1),
         block_ms: cfg.block_ms,
-        result_ttl_secs: cfg.result_ttl_secs,
+        lease: Duration::from_millis(cfg.lease_ms.max(100)),
+        policy: Policy {
+            max_attempts: cfg.max_attempts.max(1),
+            succeeded_ttl_secs: cfg.result_ttl_secs,
+            failed_ttl_secs: cfg.failed_ttl_secs,
+        },
+        retry_base: Duration::from_millis(cfg.retry_base_ms),
+        retry_max: Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_base_ms)),
     });
     tracing::info!(consumer = %ctx.consumer, models = ?names, "worker starting");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let announcer = tokio::spawn(announce(
+    let maintainer = tokio::spawn(maintain(
         Arc::clone(&ctx),
-        Duration::from_secs(cfg.publish_interval_secs.max(1)),
+        Maintenance {
+            announce_every: Duration::from_secs(cfg.publish_interval_secs.max(1)),
+            trim_every: Duration::from_secs(cfg.trim_interval_secs.max(1)),
+            dead_letter_max_len: cfg.dead_letter_max_len,
+        },
         stop_rx.clone(),
     ));
     // Best effort: with Redis down, slots meet NOGROUP or a connection error
@@ -83,39 +95,99 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         .collect();
 
     shutdown_signal().await;
-    tracing::info!("shutting down: finishing in-flight jobs");
+    let grace = Duration::from_secs(cfg.shutdown_grace_secs);
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: finishing in-flight jobs"
+    );
     let _ = stop_tx.send(true);
-    for slot in slots {
-        let _ = slot.await;
+    let drained = tokio::time::timeout(grace, async {
+        for slot in slots {
+            let _ = slot.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        // Unfinished jobs stay pending: their leases run out and another
+        // worker takes them over. Nothing is lost, only delayed.
+        tracing::warn!("grace period over with jobs still running; exiting anyway");
     }
-    let _ = announcer.await;
+    let _ = maintainer.await;
     drop(env);
     tracing::info!("worker stopped");
     Ok(())
 }
 
-/// Publishes model signatures and makes sure the consumer groups exist, at
-/// start and then periodically (the signature doubles as a heartbeat, and a
-/// Redis that lost its data gets them back).
-async fn announce(ctx: Arc<consumer::Context>, every: Duration, mut stop: watch::Receiver<bool>) {
+/// Intervals of the background upkeep.
+struct Maintenance {
+    announce_every: Duration,
+    trim_every: Duration,
+    dead_letter_max_len: usize,
+}
+
+/// Background upkeep, until shutdown: moves due retries back onto their
+/// streams (every 100 ms), re-publishes model signatures and consumer groups
+/// (the signature doubles as a heartbeat, and a Redis that lost its data gets
+/// them back), and trims acknowledged entries. Every step is safe to run in
+/// several workers at once.
+async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::Receiver<bool>) {
+    let mut next_announce = tokio::time::Instant::now();
+    let mut next_trim = tokio::time::Instant::now() + m.trim_every;
     loop {
-        let res = async {
-            ctx.ensure_groups().await?;
-            ctx.publish_models().await
-        }
-        .await;
-        let wait = match res {
-            Ok(()) => every,
-            Err(error) => {
-                tracing::warn!(%error, "cannot publish models; retrying");
-                Duration::from_secs(1)
+        let now = tokio::time::Instant::now();
+        if now >= next_announce {
+            let res = async {
+                ctx.ensure_groups().await?;
+                ctx.publish_models().await
             }
-        };
+            .await;
+            next_announce = match res {
+                Ok(()) => now + m.announce_every,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot publish models; retrying");
+                    now + Duration::from_secs(1)
+                }
+            };
+        }
+        if let Err(error) = promote(&ctx).await {
+            tracing::debug!(%error, "cannot re-queue due retries");
+        }
+        if now >= next_trim {
+            next_trim = now + m.trim_every;
+            if let Err(error) = trim(&ctx, m.dead_letter_max_len).await {
+                tracing::warn!(%error, "cannot trim streams");
+            }
+        }
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = stop.changed() => return,
         }
     }
+}
+
+async fn promote(ctx: &consumer::Context) -> Result<(), shared::QueueError> {
+    let mut conn = ctx.pool.get().await?;
+    let moved =
+        shared::queue::consume::promote_due(&mut conn, &ctx.keys, shared::time::now_ms(), 1000)
+            .await?;
+    if moved > 0 {
+        tracing::debug!(moved, "re-queued due retries");
+    }
+    Ok(())
+}
+
+async fn trim(
+    ctx: &consumer::Context,
+    dead_letter_max_len: usize,
+) -> Result<(), shared::QueueError> {
+    let mut conn = ctx.pool.get().await?;
+    for stream in &ctx.streams {
+        let removed = shared::queue::consume::trim_acked(&mut conn, stream).await?;
+        if removed > 0 {
+            tracing::debug!(stream, removed, "trimmed acknowledged entries");
+        }
+    }
+    shared::queue::consume::trim_dead_letters(&mut conn, &ctx.keys, dead_letter_max_len).await
 }
 
 async fn shutdown_signal() {

@@ -1,19 +1,38 @@
 //! The worker's side of the protocol: publishing model signatures, joining
-//! the consumer groups, reading entries, and the start/finish transitions of
-//! a job. One function per step, each a single Redis round trip.
+//! the consumer groups, reading and reclaiming entries, the start/finish
+//! transitions of a job, lease renewal, delayed retries and trimming. One
+//! function per step, each a single Redis round trip.
+//!
+//! # Leases
+//!
+//! A delivered entry sits in the group's pending list under the consumer that
+//! read it; its idle time is the lease clock. A worker renews the lease of
+//! the entries it is running ([`renew`]) every fraction of `--lease-ms`;
+//! any worker reclaims entries idle longer than the lease ([`reclaim`], i.e.
+//! XAUTOCLAIM), which is how the jobs of a killed or stalled worker move on.
+//! The attempt number taken by [`start`] makes the move safe: [`finish`]
+//! only writes if the job is still on the caller's attempt.
+//!
+//! # Retries and dead letters
+//!
+//! A transient failure goes back to the queue through `{ns}:delayed` (a
+//! sorted set of job ids by due time, payload parked in the job record) and
+//! [`promote_due`] moves due jobs back onto their stream. A job whose last
+//! allowed attempt fails, or which keeps losing its worker, ends `failed` and
+//! is copied to the dead-letter stream before it is acknowledged.
 
 use std::sync::LazyLock;
 
 use redis::Value;
 use redis::aio::ConnectionLike;
-use redis::streams::StreamReadReply;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use uuid::Uuid;
 
 use super::QueueError;
 use super::keys::{GROUP, Keys};
 use super::scripts::invoke_all;
 use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
-use crate::job::{JobError, JobStatus};
+use crate::job::JobError;
 use crate::model::ModelInfo;
 
 /// Publishes a model's signature and tells API processes to refresh it.
@@ -68,8 +87,43 @@ pub struct Delivery {
     pub entry_id: String,
     /// The `id` field; `None` only for an entry no API could have written.
     pub job_id: Option<Uuid>,
+    /// The raw `job` field, kept to park it for a retry or dead-letter it.
+    pub payload: Vec<u8>,
     /// The decoded payload, or why it could not be decoded.
     pub job: Result<JobEnvelope, String>,
+}
+
+impl Delivery {
+    fn from_entry(stream: &str, entry: StreamId) -> Delivery {
+        let job_id = match entry.map.get(FIELD_ID) {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| Uuid::parse_str(s).ok()),
+            _ => None,
+        };
+        let payload = match entry.map.get(FIELD_JOB) {
+            Some(Value::BulkString(b)) => b.clone(),
+            _ => Vec::new(),
+        };
+        let job = if payload.is_empty() {
+            Err("stream entry has no job payload".to_owned())
+        } else {
+            JobEnvelope::decode(&payload).map_err(|e| e.to_string())
+        };
+        Delivery {
+            stream: stream.to_owned(),
+            entry_id: entry.id,
+            job_id,
+            payload,
+            job,
+        }
+    }
+
+    /// The model of the entry, from its stream key, readable even when the
+    /// payload is not.
+    pub fn model<'a>(&'a self, keys: &Keys) -> &'a str {
+        keys.model_of_stream(&self.stream).unwrap_or("")
+    }
 }
 
 /// Reads up to `count` new entries per stream for `consumer`, blocking up to
@@ -100,38 +154,88 @@ pub async fn read_new(
         cmd.arg(">");
     }
     let reply: Option<StreamReadReply> = cmd.query_async(conn).await?;
-    let mut out = Vec::new();
-    for key in reply.map(|r| r.keys).unwrap_or_default() {
-        for entry in key.ids {
-            let job_id = match entry.map.get(FIELD_ID) {
-                Some(Value::BulkString(b)) => std::str::from_utf8(b)
-                    .ok()
-                    .and_then(|s| Uuid::parse_str(s).ok()),
-                _ => None,
-            };
-            let job = match entry.map.get(FIELD_JOB) {
-                Some(Value::BulkString(b)) => JobEnvelope::decode(b).map_err(|e| e.to_string()),
-                _ => Err("stream entry has no job payload".to_owned()),
-            };
-            out.push(Delivery {
-                stream: key.key.clone(),
-                entry_id: entry.id,
-                job_id,
-                job,
-            });
-        }
-    }
-    Ok(out)
+    Ok(reply
+        .map(|r| r.keys)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|key| {
+            let stream = key.key;
+            key.ids
+                .into_iter()
+                .map(move |entry| Delivery::from_entry(&stream, entry))
+        })
+        .collect())
 }
 
-/// Marks jobs `running` and takes a new attempt number for each, in one
-/// pipelined round trip.
+/// Takes over up to `count` entries of `stream` whose lease ran out (idle
+/// longer than `lease_ms`), whoever held them. Entries whose payload was
+/// deleted meanwhile are dropped from the pending list by Redis itself.
+pub async fn reclaim(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    consumer: &str,
+    lease_ms: u64,
+    count: usize,
+) -> Result<Vec<Delivery>, QueueError> {
+    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(GROUP)
+        .arg(consumer)
+        .arg(lease_ms)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(reply
+        .claimed
+        .into_iter()
+        .map(|entry| Delivery::from_entry(stream, entry))
+        .collect())
+}
+
+/// Takes a new attempt for each delivered job, or settles jobs that must not
+/// run: a record that is gone or already terminal (e.g. canceled) is just
+/// acknowledged; a job past its deadline fails with `deadline_exceeded`; a
+/// job that already used every attempt (its workers kept dying) fails with
+/// `attempts_exhausted` and is dead-lettered.
 static START: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
+-- KEYS: job, stream, dead
+-- ARGV: now, consumer, group, entry, max_attempts, failed_ttl, channel,
+--       job id, deadline ('' = none), model, payload
 local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return -1 end
-if st ~= 'queued' and st ~= 'running' then return -2 end
+if not st then
+  redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
+  return -1
+end
+if st ~= 'queued' and st ~= 'running' then
+  redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
+  return -2
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+local function fail(code, message, dead)
+  local err = cjson.encode({code = code, message = message})
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1], 'error', err)
+  redis.call('HDEL', KEYS[1], 'payload', 'retry_at')
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  if dead then
+    redis.call('XADD', KEYS[3], '*', 'id', ARGV[8], 'job', ARGV[11], 'model', ARGV[10],
+      'error', err, 'attempts', attempts, 'failed_at', ARGV[1])
+  end
+  redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('PUBLISH', ARGV[7], ARGV[8])
+end
+if ARGV[9] ~= '' and tonumber(ARGV[1]) > tonumber(ARGV[9]) then
+  fail('deadline_exceeded', 'the job was not started before its deadline', false)
+  return -3
+end
+if attempts >= tonumber(ARGV[5]) then
+  fail('attempts_exhausted', 'gave up after ' .. attempts ..
+    ' attempts: the workers running it stopped or lost their lease each time', true)
+  return -4
+end
 local n = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2])
 return n
@@ -144,27 +248,62 @@ return n
 pub enum Start {
     /// Run it; this is attempt number `n` (1-based).
     Run(u32),
-    /// The record is gone (expired or deleted): nothing to run or report.
+    /// The record is gone (expired or deleted); the entry was acknowledged.
     Gone,
-    /// Already terminal (e.g. canceled): must not run.
+    /// Already terminal (e.g. canceled); the entry was acknowledged.
     NotRunnable,
+    /// Not started before its deadline; failed with `deadline_exceeded`.
+    DeadlineExceeded,
+    /// Every attempt was used up; failed and dead-lettered.
+    Exhausted,
+}
+
+/// Policy for [`start`] and [`finish`].
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    pub max_attempts: u32,
+    pub succeeded_ttl_secs: u64,
+    pub failed_ttl_secs: u64,
 }
 
 pub async fn start(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     consumer: &str,
-    job_ids: &[Uuid],
+    policy: &Policy,
+    deliveries: &[&Delivery],
     now_ms: i64,
 ) -> Result<Vec<Start>, QueueError> {
-    if job_ids.is_empty() {
+    if deliveries.is_empty() {
         return Ok(Vec::new());
     }
-    let invocations: Vec<_> = job_ids
+    let channel = keys.job_finished_channel();
+    let dead = keys.dead_letters();
+    let invocations: Vec<_> = deliveries
         .iter()
-        .map(|id| {
-            let mut inv = START.key(keys.job(id));
-            inv.arg(now_ms).arg(consumer);
+        .map(|d| {
+            let id = d.job_id.unwrap_or_default();
+            let deadline = d
+                .job
+                .as_ref()
+                .ok()
+                .and_then(|j| j.deadline_ms)
+                .map(|ms| ms.to_string())
+                .unwrap_or_default();
+            let mut inv = START.key(keys.job(&id));
+            inv.key(&d.stream)
+                .key(&dead)
+                .arg(now_ms)
+                .arg(consumer)
+                .arg(GROUP)
+                .arg(&d.entry_id)
+                .arg(policy.max_attempts.max(1))
+                .arg(policy.failed_ttl_secs.max(1))
+                .arg(&channel)
+                .arg(id.to_string())
+                .arg(deadline)
+                .arg(d.model(keys))
+                .arg(&d.payload);
             inv
         })
         .collect();
@@ -173,17 +312,23 @@ pub async fn start(
         .into_iter()
         .map(|c| match c {
             -1 => Start::Gone,
+            -3 => Start::DeadlineExceeded,
+            -4 => Start::Exhausted,
             n if n > 0 => Start::Run(u32::try_from(n).unwrap_or(u32::MAX)),
             _ => Start::NotRunnable,
         })
         .collect())
 }
 
-/// Writes a terminal state and acknowledges the entry in one atomic step, if
-/// and only if the job is still `running` under the caller's attempt.
+/// Ends an attempt, atomically and only if the job is still `running` under
+/// the caller's attempt: writes the outcome, acknowledges the entry and
+/// publishes the job id when it became terminal.
 static FINISH: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
+-- KEYS: job, stream, dead, delayed
+-- ARGV: group, entry, attempt, mode (succeeded|failed|dead|retry), now, ttl,
+--       model_version, result, error, channel, job id, retry_at, payload, model
 local att = redis.call('HGET', KEYS[1], 'attempts')
 if not att then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -192,11 +337,25 @@ end
 if att ~= ARGV[3] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return 0
 end
-redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ARGV[5])
+local mode = ARGV[4]
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'model_version', ARGV[7]) end
+if mode == 'retry' then
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'last_error', ARGV[9],
+    'retry_at', ARGV[12], 'payload', ARGV[13])
+  redis.call('ZADD', KEYS[4], ARGV[12], ARGV[11])
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  return 1
+end
+redis.call('HSET', KEYS[1], 'status', mode == 'succeeded' and 'succeeded' or 'failed',
+  'finished_at', ARGV[5])
 if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[8]) end
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[9]) end
+redis.call('HDEL', KEYS[1], 'payload', 'retry_at', 'last_error')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
+if mode == 'dead' then
+  redis.call('XADD', KEYS[3], '*', 'id', ARGV[11], 'job', ARGV[13], 'model', ARGV[14],
+    'error', ARGV[9], 'attempts', ARGV[3], 'failed_at', ARGV[5])
+end
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[10], ARGV[11])
 return 1
@@ -204,33 +363,47 @@ return 1
     )
 });
 
-/// A job's terminal outcome.
+/// How an attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The result as JSON text, stored as is and served as is.
-    Succeeded {
-        result_json: String,
-    },
+    Succeeded { result_json: String },
+    /// A permanent failure: terminal at once.
     Failed(JobError),
+    /// A transient failure with attempts left: back to the queue at
+    /// `retry_at_ms`.
+    Retry { error: JobError, retry_at_ms: i64 },
+    /// A transient failure on the last allowed attempt: terminal, and copied
+    /// to the dead-letter stream.
+    DeadLetter(JobError),
 }
 
-/// One terminal write for [`finish`].
+impl Outcome {
+    /// The job status this outcome leaves behind.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Succeeded { .. } => "succeeded",
+            Outcome::Failed(_) | Outcome::DeadLetter(_) => "failed",
+            Outcome::Retry { .. } => "queued",
+        }
+    }
+}
+
+/// One attempt's end for [`finish`].
 #[derive(Debug, Clone)]
 pub struct Finish<'a> {
+    pub delivery: &'a Delivery,
     pub job_id: Uuid,
-    pub stream: &'a str,
-    pub entry_id: &'a str,
     pub attempt: u32,
     pub model_version: &'a str,
     pub outcome: Outcome,
-    pub ttl_secs: u64,
 }
 
 /// What [`finish`] did with one write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finished {
     Written,
-    /// Another attempt owns the job now; this result was discarded.
+    /// Another attempt owns the job now; this outcome was discarded.
     Stale,
     /// The record was gone; the entry was acknowledged and dropped.
     Gone,
@@ -239,6 +412,7 @@ pub enum Finished {
 pub async fn finish(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
+    policy: &Policy,
     items: &[Finish<'_>],
     now_ms: i64,
 ) -> Result<Vec<Finished>, QueueError> {
@@ -246,32 +420,61 @@ pub async fn finish(
         return Ok(Vec::new());
     }
     let channel = keys.job_finished_channel();
+    let dead = keys.dead_letters();
+    let delayed = keys.delayed();
     let invocations: Vec<_> = items
         .iter()
         .map(|f| {
-            let (status, result, error) = match &f.outcome {
-                Outcome::Succeeded { result_json } => {
-                    (JobStatus::Succeeded, result_json.clone(), String::new())
-                }
-                Outcome::Failed(e) => (
-                    JobStatus::Failed,
+            let error_json = |e: &JobError| serde_json::to_string(e).unwrap_or_default();
+            let (mode, ttl, result, error, retry_at) = match &f.outcome {
+                Outcome::Succeeded { result_json } => (
+                    "succeeded",
+                    policy.succeeded_ttl_secs,
+                    result_json.clone(),
                     String::new(),
-                    serde_json::to_string(e).unwrap_or_default(),
+                    0,
+                ),
+                Outcome::Failed(e) => (
+                    "failed",
+                    policy.failed_ttl_secs,
+                    String::new(),
+                    error_json(e),
+                    0,
+                ),
+                Outcome::DeadLetter(e) => (
+                    "dead",
+                    policy.failed_ttl_secs,
+                    String::new(),
+                    error_json(e),
+                    0,
+                ),
+                Outcome::Retry { error, retry_at_ms } => (
+                    "retry",
+                    policy.failed_ttl_secs,
+                    String::new(),
+                    error_json(error),
+                    *retry_at_ms,
                 ),
             };
+            let d = f.delivery;
             let mut inv = FINISH.key(keys.job(&f.job_id));
-            inv.key(f.stream)
+            inv.key(&d.stream)
+                .key(&dead)
+                .key(&delayed)
                 .arg(GROUP)
-                .arg(f.entry_id)
+                .arg(&d.entry_id)
                 .arg(f.attempt)
-                .arg(status.as_str())
+                .arg(mode)
                 .arg(now_ms)
-                .arg(f.ttl_secs.max(1))
+                .arg(ttl.max(1))
                 .arg(f.model_version)
                 .arg(result)
                 .arg(error)
                 .arg(&channel)
-                .arg(f.job_id.to_string());
+                .arg(f.job_id.to_string())
+                .arg(retry_at)
+                .arg(&d.payload)
+                .arg(d.model(keys));
             inv
         })
         .collect();
@@ -286,8 +489,144 @@ pub async fn finish(
         .collect())
 }
 
-/// Acknowledges entries that carry no runnable job (undecodable, or whose
-/// record is gone or already terminal).
+/// Renews the lease of entries this consumer still owns by resetting their
+/// idle time (XCLAIM JUSTID, which does not count as a delivery). An entry
+/// another consumer has taken over is left alone: stealing it back would
+/// only make the two workers fight over it.
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+-- KEYS: stream; ARGV: group, consumer, entry ids...
+local kept = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"#,
+    )
+});
+
+/// Renews the leases of `entries` (stream key, entry id) held by `consumer`;
+/// returns how many are still held.
+pub async fn renew(
+    conn: &mut impl ConnectionLike,
+    consumer: &str,
+    entries: &[(&str, &str)],
+) -> Result<usize, QueueError> {
+    let mut streams: Vec<&str> = entries.iter().map(|(s, _)| *s).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let invocations: Vec<_> = streams
+        .iter()
+        .map(|stream| {
+            let mut inv = RENEW.key(*stream);
+            inv.arg(GROUP).arg(consumer);
+            for (_, id) in entries.iter().filter(|(s, _)| s == stream) {
+                inv.arg(*id);
+            }
+            inv
+        })
+        .collect();
+    let kept: Vec<i64> = invoke_all(conn, &RENEW, &invocations).await?;
+    Ok(kept
+        .into_iter()
+        .map(|k| usize::try_from(k).unwrap_or(0))
+        .sum())
+}
+
+/// Moves retries that are due from `{ns}:delayed` back onto their streams.
+/// A job canceled while it waited is dropped from the set, not re-queued.
+static PROMOTE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+-- KEYS: delayed; ARGV: now, namespace, limit
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local moved = 0
+for _, id in ipairs(ids) do
+  local job = ARGV[2] .. ':job:' .. id
+  local f = redis.call('HMGET', job, 'status', 'model', 'payload')
+  redis.call('ZREM', KEYS[1], id)
+  if f[1] == 'queued' and f[2] and f[3] then
+    redis.call('XADD', ARGV[2] .. ':stream:' .. f[2], '*', 'id', id, 'job', f[3])
+    redis.call('HDEL', job, 'payload', 'retry_at')
+    moved = moved + 1
+  end
+end
+return moved
+"#,
+    )
+});
+
+/// Re-queues up to `limit` due retries; returns how many were moved.
+pub async fn promote_due(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    now_ms: i64,
+    limit: usize,
+) -> Result<usize, QueueError> {
+    let mut inv = PROMOTE.key(keys.delayed());
+    inv.arg(now_ms).arg(keys.namespace()).arg(limit);
+    let moved: Vec<i64> = invoke_all(conn, &PROMOTE, &[inv]).await?;
+    Ok(moved
+        .first()
+        .and_then(|&m| usize::try_from(m).ok())
+        .unwrap_or(0))
+}
+
+/// Trims a work stream of acknowledged entries only: everything older than
+/// both the oldest pending entry and the group's last delivered entry. Entries
+/// not yet delivered or not yet acknowledged are never touched.
+static TRIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+-- KEYS: stream; ARGV: group
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local t = {}
+  for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+  if t['name'] == ARGV[1] then last = t['last-delivered-id'] end
+end
+if not last or last == '0-0' then return 0 end
+local p = redis.call('XPENDING', KEYS[1], ARGV[1])
+local minid = last
+if tonumber(p[1]) > 0 then minid = p[2] end
+return redis.call('XTRIM', KEYS[1], 'MINID', minid)
+"#,
+    )
+});
+
+/// Trims acknowledged entries from `stream`; returns how many were removed.
+pub async fn trim_acked(conn: &mut impl ConnectionLike, stream: &str) -> Result<usize, QueueError> {
+    let mut inv = TRIM.key(stream);
+    inv.arg(GROUP);
+    let n: Vec<i64> = invoke_all(conn, &TRIM, &[inv]).await?;
+    Ok(n.first()
+        .and_then(|&m| usize::try_from(m).ok())
+        .unwrap_or(0))
+}
+
+/// Caps the dead-letter stream at about `max_len` entries (oldest dropped).
+pub async fn trim_dead_letters(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    max_len: usize,
+) -> Result<(), QueueError> {
+    redis::cmd("XTRIM")
+        .arg(keys.dead_letters())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(max_len)
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+/// Acknowledges entries that carry no runnable job (no job id at all).
 pub async fn ack(
     conn: &mut impl ConnectionLike,
     stream: &str,
