@@ -586,3 +586,101 @@ pub fn assert_outputs_match(actual: &Value, expected: &[Value], tol: f64) {
         }
     }
 }
+
+// ------------------------------------------------------ failure-test helpers
+
+impl RedisServer {
+    /// SHUTDOWN the way an operator restart does (SIGTERM: the AOF is
+    /// flushed), then start again on the same port and data directory.
+    pub fn restart_graceful(&mut self) {
+        self.stop_graceful();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait for the exit, leaving the server down.
+    pub fn stop_graceful(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a server stopped by [`RedisServer::stop_graceful`] again.
+    pub fn start_again(&mut self) {
+        if self.child.is_none() {
+            self.spawn();
+        }
+    }
+}
+
+impl Worker {
+    /// The worker's consumer name, from its "worker starting" log line.
+    pub fn consumer_name(&self, timeout: Duration) -> String {
+        let mut name = None;
+        wait_until(timeout, || {
+            name = self.proc.log_text().lines().find_map(|l| {
+                let v: Value = serde_json::from_str(l).ok()?;
+                (v["fields"]["message"] == "worker starting")
+                    .then(|| v["fields"]["consumer"].as_str().map(str::to_owned))
+                    .flatten()
+            });
+            name.is_some()
+        });
+        name.unwrap_or_else(|| panic!("worker did not start; log:\n{}", self.proc.log_text()))
+    }
+
+    /// JSON log lines whose message is `message`.
+    pub fn log_events(&self, message: &str) -> Vec<Value> {
+        self.proc
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == message)
+            .collect()
+    }
+}
+
+/// A temporary models directory, removed on drop.
+pub struct ModelsDir {
+    pub path: PathBuf,
+}
+
+impl ModelsDir {
+    /// Copies `models/<source>` to `<name>.onnx` for each `(name, source)`.
+    pub fn with(files: &[(&str, &str)]) -> ModelsDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "e2e-models-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("temp models dir");
+        let dir = ModelsDir { path };
+        for (name, source) in files {
+            dir.put(name, source);
+        }
+        dir
+    }
+
+    /// Writes (or replaces) model `name` with the file `models/<source>`.
+    pub fn put(&self, name: &str, source: &str) {
+        std::fs::copy(
+            repo_root().join("models").join(source),
+            self.path.join(format!("{name}.onnx")),
+        )
+        .unwrap_or_else(|e| panic!("copy {source}: {e}"));
+    }
+}
+
+impl Drop for ModelsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
