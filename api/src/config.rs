@@ -35,6 +35,32 @@ pub struct Config {
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
 
+    /// How long an `Idempotency-Key` is remembered, in seconds. Set it to the
+    /// workers' `--result-ttl-secs`: a retry within that time gets the
+    /// original job (and its result) back.
+    #[arg(long, env = "RESULT_TTL_SECS", default_value_t = 86_400)]
+    pub result_ttl_secs: u64,
+
+    /// How long a canceled job stays readable, in seconds.
+    #[arg(long, env = "TTL_CANCELED_SECS", default_value_t = 86_400)]
+    pub ttl_canceled_secs: u64,
+
+    /// Per-model queue bound: unfinished entries (undelivered plus in
+    /// progress) at which submissions get 429; 0 means unbounded.
+    #[arg(long, env = "MAX_QUEUE_DEPTH", default_value_t = 100_000)]
+    pub max_queue_depth: u64,
+
+    /// Requests handled at once; past it requests get 503 `overloaded` at
+    /// once (health, readiness and metrics are never refused).
+    #[arg(long, env = "MAX_CONCURRENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
+    /// After SIGTERM, how long in-flight requests may take before the
+    /// process exits anyway, in seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
     /// Log output format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
@@ -68,6 +94,10 @@ impl Config {
     pub fn max_wait(&self) -> Duration {
         Duration::from_secs(self.max_wait_secs)
     }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
 }
 
 #[cfg(test)]
@@ -82,5 +112,12 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert!(Config::try_parse_from(["api", "--log-format", "xml"]).is_err());
         assert!(Config::try_parse_from(["api", "--max-body-bytes", "-1"]).is_err());
+        assert_eq!(c.result_ttl_secs, 86_400);
+        assert_eq!(c.ttl_canceled_secs, 86_400);
+        assert_eq!(c.max_queue_depth, 100_000);
+        assert_eq!(c.max_concurrent_requests, 1024);
+        assert!(Config::try_parse_from(["api", "--max-concurrent-requests", "0"]).is_err());
+        let c = Config::try_parse_from(["api", "--max-queue-depth", "0"]).expect("valid flags");
+        assert_eq!(c.max_queue_depth, 0);
     }
 }

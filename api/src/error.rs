@@ -30,6 +30,19 @@ pub enum ApiError {
     JobNotFound(uuid::Uuid),
     #[error("{0:?} is not a valid job id (expected a UUID)")]
     InvalidJobId(String),
+    #[error("job {id} is {status}; only queued jobs can be canceled")]
+    JobNotCancelable {
+        id: uuid::Uuid,
+        status: &'static str,
+    },
+    #[error("{0}")]
+    InvalidIdempotencyKey(String),
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyKeyReused,
+    #[error("the queue of model {0:?} is full, retry later")]
+    QueueFull(String),
+    #[error("the server is handling too many requests, retry later")]
+    Overloaded,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -46,15 +59,20 @@ impl ApiError {
             ApiError::MalformedJson(_)
             | ApiError::NonFiniteInput(_)
             | ApiError::InvalidQuery(_)
-            | ApiError::InvalidJobId(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | ApiError::InvalidJobId(_)
+            | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidInput(_) | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::JobNotCancelable { .. } => StatusCode::CONFLICT,
+            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ModelNotFound(_) | ApiError::JobNotFound(_) | ApiError::NotFound => {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::RedisUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RedisUnavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -70,6 +88,11 @@ impl ApiError {
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::JobNotFound(_) => "job_not_found",
             ApiError::InvalidJobId(_) => "invalid_job_id",
+            ApiError::JobNotCancelable { .. } => "job_not_cancelable",
+            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::QueueFull(_) => "queue_full",
+            ApiError::Overloaded => "overloaded",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RedisUnavailable(_) => "redis_unavailable",
@@ -134,7 +157,9 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Both are "come back shortly": say when, so clients back off instead
+        // of hammering.
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
@@ -158,6 +183,23 @@ mod tests {
             v,
             serde_json::json!({"error": {"code": "invalid_input", "message": "input \"x\" is missing"}})
         );
+    }
+
+    #[test]
+    fn back_pressure_errors_say_when_to_retry() {
+        for (e, status) in [
+            (
+                ApiError::QueueFull("m".into()),
+                StatusCode::TOO_MANY_REQUESTS,
+            ),
+            (ApiError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            let res = e.into_response();
+            assert_eq!(res.status(), status);
+            assert_eq!(res.headers()[header::RETRY_AFTER], "1");
+        }
+        let res = ApiError::IdempotencyKeyReused.into_response();
+        assert!(res.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

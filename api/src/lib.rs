@@ -5,17 +5,23 @@
 //! ```text
 //!  client ─ POST /v1/models/{m}/predict ─▶ validate ─▶ queue::ops::submit ─▶ 202 + Location
 //!  client ─ GET /v1/jobs/{id}?wait=5 ────▶ HGETALL; sleep on Waiters ◀─ events (pub/sub) ◀─ worker PUBLISH
+//!  client ─ DELETE /v1/jobs/{id} ────────▶ queue::ops::cancel (queued → canceled, PUBLISH) ─▶ 200 | 409
 //! ```
+//!
+//! Every request except health, readiness and metrics takes one of
+//! `--max-concurrent-requests` slots or is shed with 503 ([`overload`]).
 //!
 //! [`router`] builds the whole HTTP surface from an [`AppState`]; the binary
 //! (`main.rs`) only parses [`Config`], binds and serves.
 
 pub mod config;
+pub mod conn_reuse;
 pub mod error;
 pub mod events;
 pub mod extract;
 pub mod metrics;
 pub mod models_cache;
+pub mod overload;
 pub mod routes;
 pub mod state;
 pub mod validate;
@@ -34,13 +40,16 @@ pub use error::ApiError;
 pub use state::{AppState, StartupError};
 
 /// The application: every route, the JSON 404/405 fallbacks, the body limit,
-/// panic containment and per-request metrics and tracing.
+/// panic containment, load shedding and per-request metrics and tracing.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route(routes::PREDICT, post(routes::predict::predict))
         .route(routes::MODELS, get(routes::models::list))
         .route(routes::MODEL, get(routes::models::get_one))
-        .route(routes::JOB, get(routes::jobs::get_job))
+        .route(
+            routes::JOB,
+            get(routes::jobs::get_job).delete(routes::jobs::cancel),
+        )
         .route(routes::HEALTHZ, get(routes::health::healthz))
         .route(routes::READYZ, get(routes::health::readyz))
         .route(routes::METRICS, get(metrics::render))
@@ -49,7 +58,13 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .layer(CatchPanicLayer::custom(panic_response))
+        // Inside `track`, so shed requests are counted and logged too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            overload::shed,
+        ))
         .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn(conn_reuse::close_if_body_unread))
         .with_state(state)
 }
 

@@ -1,5 +1,12 @@
 //! The `api` binary: parse configuration, bind, serve until SIGTERM/Ctrl-C.
+//!
+//! On the signal the listener is closed (new connections are refused), idle
+//! connections are closed, long-polls answer at once with their job's
+//! current state, and every request in flight is finished; then the process
+//! exits 0. A client that keeps a request open longer than
+//! `--shutdown-grace-secs` does not keep the process alive.
 
+use std::future::IntoFuture;
 use std::io::Write;
 
 use anyhow::Context;
@@ -24,9 +31,30 @@ async fn main() -> anyhow::Result<()> {
         out.flush()?;
     }
 
-    axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(shutdown(state))
-        .await?;
+    // Flipped when the signal arrives, to start the grace period's clock.
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let app = router(state.clone());
+    let signal = async move {
+        shutdown(state).await;
+        stopping_tx.send_replace(true);
+    };
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .into_future();
+    let grace = config.shutdown_grace();
+    let grace_over = async {
+        if stopping.wait_for(|s| *s).await.is_err() {
+            // The signal task ended without signalling: nothing to time.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        res = serve => res?,
+        () = grace_over => {
+            tracing::warn!(?grace, "requests still in flight after the shutdown grace period; exiting");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }

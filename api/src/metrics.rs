@@ -3,6 +3,8 @@
 //!
 //! Label values are bounded: the route label is the matched route template
 //! (or `unmatched`), never the raw path, so unknown URLs cannot create series.
+//! A `model` label is a model some worker published, or [`UNKNOWN_MODEL`];
+//! a `reason` label is an [`ApiError`] code. Never a job id.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -15,12 +17,20 @@ use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::Instrument;
 
+use crate::error::ApiError;
 use crate::routes;
 use crate::state::AppState;
 
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION: &str = "http_request_duration_seconds";
 pub const JOBS_SUBMITTED: &str = "jobs_submitted_total";
+pub const JOBS_DEDUPLICATED: &str = "jobs_deduplicated_total";
+pub const JOBS_CANCELED: &str = "jobs_canceled_total";
+pub const JOBS_REJECTED: &str = "jobs_rejected_total";
+
+/// The `model` label of requests naming no published model: the raw name
+/// would let any client create series at will.
+pub const UNKNOWN_MODEL: &str = "unknown";
 
 const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -53,6 +63,15 @@ fn install() -> PrometheusHandle {
         "HTTP request latency."
     );
     metrics::describe_counter!(JOBS_SUBMITTED, "Jobs accepted onto the queue, by model.");
+    metrics::describe_counter!(
+        JOBS_DEDUPLICATED,
+        "Submissions answered with an earlier job of the same Idempotency-Key, by model."
+    );
+    metrics::describe_counter!(JOBS_CANCELED, "Queued jobs canceled by clients, by model.");
+    metrics::describe_counter!(
+        JOBS_REJECTED,
+        "Submissions refused, by model and reason (the error code)."
+    );
     // Histogram samples pile up until upkeep drains them; a scrape does too,
     // but memory must not depend on someone scraping.
     let upkeep = handle.clone();
@@ -98,6 +117,12 @@ pub async fn track(req: Request, next: Next) -> Response {
     res
 }
 
+/// Counts a refused submission. `model` must be a published model's name or
+/// [`UNKNOWN_MODEL`].
+pub fn count_rejection(model: SharedString, error: &ApiError) {
+    metrics::counter!(JOBS_REJECTED, "model" => model, "reason" => error.code()).increment(1);
+}
+
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {
     matched
         .and_then(|m| routes::ALL.into_iter().find(|r| *r == m.as_str()))
@@ -124,9 +149,11 @@ fn status_label(s: StatusCode) -> SharedString {
         400 => "400",
         404 => "404",
         405 => "405",
+        409 => "409",
         413 => "413",
         415 => "415",
         422 => "422",
+        429 => "429",
         500 => "500",
         503 => "503",
         _ => return SharedString::from(s.as_str().to_owned()),

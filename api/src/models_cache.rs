@@ -42,6 +42,11 @@ impl ModelCache {
             .cloned()
     }
 
+    /// Whether the model is in the cache, without asking Redis.
+    pub fn is_cached(&self, name: &str) -> bool {
+        self.cached(name).is_some()
+    }
+
     /// The model's signature, from the cache or else from Redis; `None` when
     /// no worker has published it.
     pub async fn get(&self, name: &str) -> Result<Option<Arc<ModelInfo>>, QueueError> {

@@ -1,6 +1,7 @@
 //! Everything a request handler needs, built once per process and shared by
 //! cheap clones: the Redis pool, the key layout, the model cache, the
-//! long-poll registry, the event listener task and the metrics handle.
+//! long-poll registry, the event listener task, the metrics handle, the
+//! request slots of the load shedder and the queue policy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use deadpool_redis::{Connection, Pool};
 use metrics_exporter_prometheus::PrometheusHandle;
 use shared::redis_conn::{self, Limits};
 use shared::{Keys, QueueError};
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::events::Listener;
@@ -43,6 +45,19 @@ struct Inner {
     metrics: PrometheusHandle,
     max_wait: Duration,
     max_body_bytes: usize,
+    request_slots: Arc<Semaphore>,
+    queue: QueuePolicy,
+}
+
+/// How submissions and cancels treat the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuePolicy {
+    /// 0 = unbounded.
+    pub max_queue_depth: u64,
+    /// TTL of an idempotency key (the workers' result TTL).
+    pub idempotency_ttl_secs: u64,
+    /// TTL of a canceled job's record.
+    pub canceled_ttl_secs: u64,
 }
 
 impl AppState {
@@ -80,6 +95,12 @@ impl AppState {
                 metrics: crate::metrics::handle(),
                 max_wait: config.max_wait(),
                 max_body_bytes: config.max_body_bytes,
+                request_slots: Arc::new(Semaphore::new(config.max_concurrent_requests as usize)),
+                queue: QueuePolicy {
+                    max_queue_depth: config.max_queue_depth,
+                    idempotency_ttl_secs: config.result_ttl_secs,
+                    canceled_ttl_secs: config.ttl_canceled_secs,
+                },
             }),
         })
     }
@@ -119,6 +140,15 @@ impl AppState {
 
     pub fn max_body_bytes(&self) -> usize {
         self.inner.max_body_bytes
+    }
+
+    /// One permit per request being handled (see [`crate::overload`]).
+    pub fn request_slots(&self) -> &Arc<Semaphore> {
+        &self.inner.request_slots
+    }
+
+    pub fn queue_policy(&self) -> &QueuePolicy {
+        &self.inner.queue
     }
 
     /// Whether the job/model event subscription is currently up.

@@ -2,13 +2,15 @@
 //!
 //! Pure: no I/O, no clock. [`to_tensors`] turns a parsed [`PredictRequest`]
 //! into the exact tensors a worker will feed to ONNX Runtime, or explains in
-//! one sentence why it cannot.
+//! one sentence why it cannot; [`resolve_deadline`] turns the optional
+//! `deadline` into an absolute time, given the current one.
 //!
 //! Tensor `data` is first captured as raw JSON text and only then parsed as a
 //! vector of the datatype the *model* expects, so there is one typed parse and
 //! no intermediate `serde_json::Value` tree.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -29,6 +31,9 @@ pub struct PredictRequest {
     pub features: Option<Vec<f32>>,
     #[serde(default)]
     pub inputs: Option<Vec<InputTensor>>,
+    /// Latest time the job may start; see [`resolve_deadline`].
+    #[serde(default)]
+    pub deadline: Option<Deadline>,
     #[serde(default, rename = "id")]
     _id: Option<IgnoredString>,
     #[serde(default, rename = "parameters")]
@@ -45,6 +50,84 @@ pub struct InputTensor {
     pub data: Box<RawValue>,
     #[serde(default, rename = "parameters")]
     _parameters: Option<IgnoredObject>,
+}
+
+/// The request's `deadline`, as sent: seconds from now, or an RFC 3339
+/// timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Deadline {
+    In(f64),
+    At(String),
+}
+
+/// How far ahead a deadline may lie. Longer makes no sense for a queue
+/// whose records expire after a day or so, and bounds the arithmetic.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl<'de> Deserialize<'de> for Deadline {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Deadline;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a deadline: a number of seconds from now or an RFC 3339 timestamp")
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Deadline, E> {
+                Ok(Deadline::In(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Deadline, E> {
+                Ok(Deadline::In(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Deadline, E> {
+                Ok(Deadline::In(v as f64))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Deadline, E> {
+                Ok(Deadline::At(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The deadline as Unix milliseconds: strictly after `now_ms` and at most
+/// [`MAX_DEADLINE`] after it.
+pub fn resolve_deadline(deadline: &Deadline, now_ms: i64) -> Result<i64, ApiError> {
+    let max_ms = MAX_DEADLINE.as_millis() as i64;
+    let max_secs = MAX_DEADLINE.as_secs();
+    match deadline {
+        Deadline::In(secs) => {
+            // `!(a && b)` rather than `<= 0 || >`: also catches NaN.
+            if !(*secs > 0.0 && *secs <= max_secs as f64) {
+                return Err(invalid(format!(
+                    "deadline must be more than 0 and at most {max_secs} seconds (7 days) \
+                     from now, got {secs}"
+                )));
+            }
+            // Rounded up, so the tiniest positive deadline is still in the future.
+            Ok(now_ms + (secs * 1000.0).ceil() as i64)
+        }
+        Deadline::At(text) => {
+            let at =
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| {
+                    invalid(format!(
+                        "deadline must be a number of seconds or an RFC 3339 timestamp \
+                         (e.g. 2030-01-01T00:00:00Z): {e}"
+                    ))
+                })?;
+            let ms = i64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+                .map_err(|_| invalid("deadline is out of range".to_owned()))?;
+            if ms <= now_ms {
+                return Err(invalid(format!("deadline {text} is not in the future")));
+            }
+            if ms - now_ms > max_ms {
+                return Err(invalid(format!(
+                    "deadline {text} is more than 7 days ahead"
+                )));
+            }
+            Ok(ms)
+        }
+    }
 }
 
 /// Validates `req` against `model` and builds its input tensors, in the
@@ -399,6 +482,57 @@ mod tests {
             "invalid_input",
             &["extra"],
         );
+    }
+
+    #[test]
+    fn deadlines_in_seconds_or_rfc3339_within_seven_days() {
+        let now = 1_800_000_000_000; // 2027-01-15T08:00:00Z
+        let req: PredictRequest =
+            crate::extract::parse(br#"{"features":[1],"deadline":1.5}"#).unwrap();
+        assert_eq!(req.deadline, Some(Deadline::In(1.5)));
+        assert_eq!(
+            resolve_deadline(&Deadline::In(1.5), now).unwrap(),
+            now + 1500
+        );
+        assert_eq!(resolve_deadline(&Deadline::In(1e-9), now).unwrap(), now + 1);
+        assert_eq!(
+            resolve_deadline(&Deadline::In(604_800.0), now).unwrap(),
+            now + 604_800_000
+        );
+        let at = Deadline::At("2027-01-15T08:00:30.250Z".into());
+        assert_eq!(resolve_deadline(&at, now).unwrap(), now + 30_250);
+        let offset = Deadline::At("2027-01-15T09:00:30+01:00".into());
+        assert_eq!(resolve_deadline(&offset, now).unwrap(), now + 30_000);
+
+        let bad = [
+            Deadline::In(0.0),
+            Deadline::In(-0.0),
+            Deadline::In(-1.0),
+            Deadline::In(604_800.001),
+            Deadline::In(9e18),
+            Deadline::In(f64::NAN),
+            Deadline::At("tomorrow".into()),
+            Deadline::At("2027-01-15T08:00:00Z".into()),
+            Deadline::At("2027-01-15T07:00:00Z".into()),
+            Deadline::At("2027-01-22T08:00:00.001Z".into()),
+            Deadline::At("".into()),
+        ];
+        for d in bad {
+            let e = resolve_deadline(&d, now).unwrap_err();
+            assert_eq!(e.code(), "invalid_input", "{d:?}");
+            assert!(e.to_string().contains("deadline"), "{e}");
+        }
+        for body in [
+            &br#"{"features":[1],"deadline":true}"#[..],
+            br#"{"features":[1],"deadline":[1]}"#,
+            br#"{"features":[1],"deadline":{}}"#,
+        ] {
+            let e = crate::extract::parse::<PredictRequest>(body).unwrap_err();
+            assert_eq!(e.code(), "invalid_input");
+        }
+        let req: PredictRequest =
+            crate::extract::parse(br#"{"features":[1],"deadline":null}"#).unwrap();
+        assert_eq!(req.deadline, None);
     }
 
     #[test]

@@ -274,12 +274,13 @@ async fn request_errors_have_their_status_code_and_json_shape() {
     let r = env.send(get(PREDICT)).await;
     r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     assert_eq!(r.headers[header::ALLOW], "POST");
-    let del = Request::delete(format!("/v1/jobs/{id}"))
+    let put = Request::put(format!("/v1/jobs/{id}"))
         .body(Body::empty())
         .unwrap();
-    env.send(del)
-        .await
-        .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let r = env.send(put).await;
+    r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let allow = r.headers[header::ALLOW].to_str().unwrap();
+    assert!(allow.contains("GET") && allow.contains("DELETE"), "{allow}");
     env.send(post_json("/healthz", "{}"))
         .await
         .assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");

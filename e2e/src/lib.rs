@@ -180,15 +180,16 @@ pub fn binary(name: &str) -> PathBuf {
         if std::env::var_os("E2E_NO_BUILD").is_none() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
-            cmd.current_dir(repo_root())
-                .args(["build", "--quiet", "-p", "api", "-p", "worker"]);
+            cmd.current_dir(repo_root()).args([
+                "build", "--quiet", "-p", "api", "-p", "worker", "-p", "jobctl",
+            ]);
             if profile_dir.ends_with("release") {
                 cmd.arg("--release");
             }
             let status = cmd.status().expect("cannot run cargo build");
             assert!(
                 status.success(),
-                "building the api and worker binaries failed"
+                "building the api, worker and jobctl binaries failed"
             );
         }
         profile_dir
@@ -682,5 +683,25 @@ impl ModelsDir {
 impl Drop for ModelsDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+// ------------------------------------------------- reliability additions
+
+impl Client {
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// A predict request with an `Idempotency-Key` header.
+    pub async fn predict_with_key(&self, model: &str, body: &Value, key: &str) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}/v1/models/{model}/predict", self.base))
+                .header("idempotency-key", key)
+                .json(body),
+        )
+        .await
     }
 }

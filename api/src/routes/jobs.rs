@@ -1,6 +1,11 @@
 //! `GET /v1/jobs/{id}[?wait=SECONDS]`: a job's state, optionally long-polled
 //! until it is terminal. Waiting costs no Redis traffic: the request sleeps
 //! on its [`crate::waiters`] registration and re-reads only when woken.
+//!
+//! `DELETE /v1/jobs/{id}`: cancels a job that has not started yet. One
+//! atomic step in Redis decides, so a cancel and a worker's start cannot both
+//! win: either the job is canceled and never runs, or it runs and the cancel
+//! gets 409.
 
 use std::pin::pin;
 use std::time::Duration;
@@ -10,14 +15,15 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use shared::job::{JobError, JobRecord};
-use shared::queue::ops;
+use shared::job::JobError;
+use shared::queue::ops::{self, Canceled, Job};
 use shared::time::rfc3339_ms;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::PathParam;
+use crate::metrics::JOBS_CANCELED;
 use crate::routes::clip;
 use crate::state::AppState;
 
@@ -39,6 +45,7 @@ struct JobView<'a> {
     created_at: String,
     started_at: Option<String>,
     finished_at: Option<String>,
+    deadline: Option<String>,
     result: Option<&'a RawValue>,
     error: Option<&'a JobError>,
 }
@@ -48,15 +55,55 @@ pub async fn get_job(
     PathParam(raw_id): PathParam,
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let id = Uuid::parse_str(&raw_id).map_err(|_| ApiError::InvalidJobId(clip(&raw_id)))?;
-    tracing::Span::current().record("job_id", tracing::field::display(id));
+    let id = job_id(&raw_id)?;
     let wait = wait_duration(query, state.max_wait())?;
-    let record = if wait.is_zero() {
+    let job = if wait.is_zero() {
         read(&state, &id).await?
     } else {
         wait_terminal(&state, id, wait).await?
     };
-    render(&record)
+    render(&job)
+}
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    PathParam(raw_id): PathParam,
+) -> Result<Response, ApiError> {
+    let id = job_id(&raw_id)?;
+    let policy = state.queue_policy();
+    let mut conn = state.conn().await?;
+    let outcome = ops::cancel(
+        &mut conn,
+        state.keys(),
+        &id,
+        policy.canceled_ttl_secs,
+        shared::time::now_ms(),
+    )
+    .await?;
+    match outcome {
+        Canceled::Canceled(job) => {
+            tracing::info!(model = %job.record.model, "job canceled");
+            // The published id wakes long-polls in every API process; waking
+            // ours directly as well keeps them independent of the
+            // subscription being up at this moment.
+            state.waiters().wake(&id);
+            // A model name in a stored job came through validation against a
+            // published signature, so it is a bounded label.
+            metrics::counter!(JOBS_CANCELED, "model" => job.record.model.clone()).increment(1);
+            render(&job)
+        }
+        Canceled::NotFound => Err(ApiError::JobNotFound(id)),
+        Canceled::NotCancelable(status) => Err(ApiError::JobNotCancelable {
+            id,
+            status: status.as_str(),
+        }),
+    }
+}
+
+fn job_id(raw: &str) -> Result<Uuid, ApiError> {
+    let id = Uuid::parse_str(raw).map_err(|_| ApiError::InvalidJobId(clip(raw)))?;
+    tracing::Span::current().record("job_id", tracing::field::display(id));
+    Ok(id)
 }
 
 fn wait_duration(
@@ -78,30 +125,31 @@ fn wait_duration(
 /// Reads the job until it is terminal or `wait` has passed. The waiter is
 /// registered and armed before each read, so a finish published between the
 /// read and the sleep still wakes it.
-async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<JobRecord, ApiError> {
+async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<Job, ApiError> {
     let deadline = Instant::now() + wait;
     let waiters = state.waiters();
     let registration = waiters.register(id);
     loop {
         let mut woken = pin!(registration.notified());
         woken.as_mut().enable();
-        let record = read(state, &id).await?;
-        if record.status.is_terminal() || waiters.is_closing() || Instant::now() >= deadline {
-            return Ok(record);
+        let job = read(state, &id).await?;
+        if job.record.status.is_terminal() || waiters.is_closing() || Instant::now() >= deadline {
+            return Ok(job);
         }
         // Woken or timed out, the next read decides.
         let _ = tokio::time::timeout_at(deadline, woken).await;
     }
 }
 
-async fn read(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
+async fn read(state: &AppState, id: &Uuid) -> Result<Job, ApiError> {
     let mut conn = state.conn().await?;
     ops::get_job(&mut conn, state.keys(), id)
         .await?
         .ok_or(ApiError::JobNotFound(*id))
 }
 
-fn render(rec: &JobRecord) -> Result<Response, ApiError> {
+fn render(job: &Job) -> Result<Response, ApiError> {
+    let rec = &job.record;
     let result = match rec.result_json.as_deref() {
         // Validated (a scan, no allocation) so a corrupt record cannot make
         // the whole response invalid JSON.
@@ -120,6 +168,7 @@ fn render(rec: &JobRecord) -> Result<Response, ApiError> {
         created_at: rfc3339_ms(rec.created_at_ms),
         started_at: rec.started_at_ms.map(rfc3339_ms),
         finished_at: rec.finished_at_ms.map(rfc3339_ms),
+        deadline: job.deadline_ms.map(rfc3339_ms),
         result,
         error: rec.error.as_ref(),
     })

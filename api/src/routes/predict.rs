@@ -1,13 +1,20 @@
 //! `POST /v1/models/{model}/predict`: validate a request against the model's
 //! signature and queue it as a job.
+//!
+//! Submitting is one Redis round trip ([`ops::submit`]) that also enforces
+//! the per-model queue bound and the optional `Idempotency-Key`: a client
+//! that lost a 202 can send the same request with the same key and gets the
+//! same job back instead of a second one.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
 use serde::Serialize;
-use shared::job::JobKind;
+use sha2::{Digest, Sha256};
+use shared::job::{JobKind, JobStatus};
 use shared::model::{ModelInfo, valid_model_name};
-use shared::queue::ops;
+use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
 use shared::queue::wire::JobEnvelope;
 use shared::tensor::Tensor;
 use tracing::Instrument;
@@ -15,15 +22,21 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
-use crate::metrics::JOBS_SUBMITTED;
+use crate::metrics::{JOBS_DEDUPLICATED, JOBS_SUBMITTED, UNKNOWN_MODEL, count_rejection};
 use crate::routes::clip;
 use crate::state::AppState;
-use crate::validate::{self, PredictRequest};
+use crate::validate::{self, Deadline, PredictRequest};
 
 /// Bodies up to this size are parsed on the async executor; larger ones (up
 /// to `--max-body-bytes`) take tens of milliseconds and go to the blocking
 /// pool so they cannot stall other requests.
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
+
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on an answer that returns an earlier job for a repeated key.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// Longest accepted `Idempotency-Key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 #[derive(Serialize)]
 struct Accepted<'a> {
@@ -32,55 +45,198 @@ struct Accepted<'a> {
     status_url: &'a str,
 }
 
+/// Extraction failures (content type, body size) come in as values rather
+/// than early rejections, so every refused submission is counted here.
 pub async fn predict(
     State(state): State<AppState>,
-    PathParam(model): PathParam,
-    JsonBody(body): JsonBody,
+    path: Result<PathParam, ApiError>,
+    headers: HeaderMap,
+    body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
+    let mut model_label = SharedString::const_str(UNKNOWN_MODEL);
+    let res = submit(&state, path, &headers, body, &mut model_label).await;
+    if let Err(e) = &res {
+        count_rejection(model_label, e);
+    }
+    res
+}
+
+async fn submit(
+    state: &AppState,
+    path: Result<PathParam, ApiError>,
+    headers: &HeaderMap,
+    body: Result<JsonBody, ApiError>,
+    model_label: &mut SharedString,
+) -> Result<Response, ApiError> {
+    let PathParam(model) = path?;
     if !valid_model_name(&model) {
         return Err(ApiError::ModelNotFound(clip(&model)));
     }
     let Some(info) = state.models().get(&model).await? else {
         return Err(ApiError::ModelNotFound(model));
     };
-    let inputs = if body.len() <= INLINE_PARSE_BYTES {
-        decode(&body, &info)?
+    *model_label = SharedString::from(model.clone());
+    let key_hash = idempotency_key(headers)?;
+    let JsonBody(body) = body?;
+    let hash_body = key_hash.is_some();
+    let decoded = if body.len() <= INLINE_PARSE_BYTES {
+        decode(&body, &info, hash_body)?
     } else {
-        tokio::task::spawn_blocking(move || decode(&body, &info))
+        tokio::task::spawn_blocking(move || decode(&body, &info, hash_body))
             .await
             .map_err(|e| ApiError::Internal(e.into()))??
     };
+    let now = shared::time::now_ms();
+    let deadline_ms = decoded
+        .deadline
+        .as_ref()
+        .map(|d| validate::resolve_deadline(d, now))
+        .transpose()?;
     let job = JobEnvelope {
         id: Uuid::now_v7(),
         kind: JobKind::Predict,
         model,
-        inputs,
-        submitted_at_ms: shared::time::now_ms(),
-        deadline_ms: None,
+        inputs: decoded.inputs,
+        submitted_at_ms: now,
+        deadline_ms,
+    };
+    let policy = state.queue_policy();
+    let opts = SubmitOptions {
+        max_queue_depth: policy.max_queue_depth,
+        idempotency: key_hash.as_deref().zip(decoded.body_hash.as_deref()).map(
+            |(key_hash, body_hash)| Idempotency {
+                key_hash,
+                body_hash,
+                ttl_secs: policy.idempotency_ttl_secs,
+            },
+        ),
     };
     let span = tracing::info_span!("submit", job_id = %job.id, model = %job.model);
-    async {
+    let outcome = async {
         let mut conn = state.conn().await?;
-        ops::submit(&mut conn, state.keys(), &job).await?;
-        tracing::info!("job queued");
-        Ok::<(), ApiError>(())
+        let outcome = ops::submit(&mut conn, state.keys(), &job, &opts).await?;
+        match outcome {
+            Submitted::Created => tracing::info!("job queued"),
+            Submitted::Duplicate { id, .. } => {
+                tracing::info!(existing = %id, "idempotent retry, answered with the earlier job");
+            }
+            Submitted::KeyReused(id) => {
+                tracing::info!(existing = %id, "idempotency key reused for another body");
+            }
+            // Debug: under overload this fires per request; the metric counts it.
+            Submitted::QueueFull { depth } => tracing::debug!(depth, "queue full, job refused"),
+        }
+        Ok::<_, ApiError>(outcome)
     }
     .instrument(span)
     .await?;
 
-    let JobEnvelope { id, model, .. } = job;
-    metrics::counter!(JOBS_SUBMITTED, "model" => model).increment(1);
+    match outcome {
+        Submitted::Created => {
+            metrics::counter!(JOBS_SUBMITTED, "model" => model_label.clone()).increment(1);
+            Ok(accepted(job.id, JobStatus::Queued, false))
+        }
+        Submitted::Duplicate { id, status } => {
+            metrics::counter!(JOBS_DEDUPLICATED, "model" => model_label.clone()).increment(1);
+            Ok(accepted(id, status, true))
+        }
+        Submitted::KeyReused(_) => Err(ApiError::IdempotencyKeyReused),
+        Submitted::QueueFull { .. } => Err(ApiError::QueueFull(job.model)),
+    }
+}
+
+/// 202 with `Location`. `status` is the job's status now: for a replayed
+/// key the job may have run already.
+fn accepted(id: Uuid, status: JobStatus, replayed: bool) -> Response {
     let status_url = format!("/v1/jobs/{id}");
     let body = axum::Json(Accepted {
         job_id: id,
-        status: "queued",
+        status: status.as_str(),
         status_url: &status_url,
     })
     .into_response();
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, status_url)], body).into_response())
+    let mut res = (StatusCode::ACCEPTED, [(header::LOCATION, status_url)], body).into_response();
+    if replayed {
+        res.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    res
 }
 
-fn decode(body: &[u8], info: &ModelInfo) -> Result<Vec<Tensor>, ApiError> {
-    let req: PredictRequest = extract::parse(body)?;
-    validate::to_tensors(req, info)
+/// The hex SHA-256 of the `Idempotency-Key` header, if sent. Any bytes a
+/// header may carry are accepted; only the digest is used from here on.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = |m: &str| Err(ApiError::InvalidIdempotencyKey(m.to_owned()));
+    if values.next().is_some() {
+        return invalid("send at most one Idempotency-Key header");
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return invalid("Idempotency-Key must not be empty");
+    }
+    if bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return invalid("Idempotency-Key must be at most 256 bytes");
+    }
+    Ok(Some(sha256_hex(bytes)))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+struct Decoded {
+    inputs: Vec<Tensor>,
+    deadline: Option<Deadline>,
+    /// Of the raw body bytes, computed only when an idempotency key needs it.
+    body_hash: Option<String>,
+}
+
+fn decode(body: &[u8], info: &ModelInfo, hash_body: bool) -> Result<Decoded, ApiError> {
+    let mut req: PredictRequest = extract::parse(body)?;
+    let deadline = req.deadline.take();
+    let inputs = validate::to_tensors(req, info)?;
+    Ok(Decoded {
+        inputs,
+        deadline,
+        body_hash: hash_body.then(|| sha256_hex(body)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(IDEMPOTENCY_KEY, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn idempotency_keys_are_hashed_and_bounded() {
+        assert_eq!(idempotency_key(&headers(&[])).unwrap(), None);
+        let a = idempotency_key(&headers(&[b"order-1"])).unwrap().unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(Some(a), idempotency_key(&headers(&[b"order-2"])).unwrap());
+        // Opaque bytes (obs-text) are fine: they only feed the digest.
+        assert!(idempotency_key(&headers(&[b"\xff\x80 key"])).is_ok());
+        assert!(idempotency_key(&headers(&[&[b'k'; 256]])).is_ok());
+        for bad in [
+            headers(&[&[b'k'; 257]]),
+            headers(&[b""]),
+            headers(&[b"a", b"b"]),
+        ] {
+            assert_eq!(
+                idempotency_key(&bad).unwrap_err().code(),
+                "invalid_idempotency_key"
+            );
+        }
+    }
 }

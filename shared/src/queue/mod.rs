@@ -28,6 +28,7 @@
 //! See [`keys`] for the key layout and [`wire`] for the stream entry format;
 //! [`ops`] holds the API's operations, [`consume`] the worker's.
 
+pub mod admin;
 pub mod consume;
 pub mod keys;
 pub mod ops;
@@ -54,15 +55,34 @@ impl QueueError {
     /// time, as opposed to a protocol or data problem.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            QueueError::Redis(e) => {
-                e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_connection_refusal()
-                    || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading)
-            }
+            QueueError::Redis(e) => redis_unavailable(e),
             QueueError::Pool(_) => true,
             QueueError::Encode(_) | QueueError::Corrupt(_) => false,
         }
     }
+}
+
+/// Connection trouble, or a server that is up but not serving yet (still
+/// loading its AOF after a restart, or a replica without its master). A
+/// MULTI/EXEC or pipeline reports those per command, wrapped in an aborted
+/// transaction, so the inner errors are checked too.
+fn redis_unavailable(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    let not_serving = |k: ServerErrorKind| {
+        matches!(
+            k,
+            ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain | ServerErrorKind::MasterDown
+        )
+    };
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    if let ErrorKind::Server(k) = e.kind()
+        && not_serving(k)
+    {
+        return true;
+    }
+    e.clone()
+        .into_server_errors()
+        .is_some_and(|errs| errs.iter().any(|(_, s)| s.kind().is_some_and(not_serving)))
 }

@@ -1,56 +1,198 @@
-//! The API's side of the protocol: submitting jobs, reading job records and
-//! model signatures. One function per step, each a single Redis round trip.
-//! Functions take any async connection (`&mut impl ConnectionLike`), so
-//! callers choose between a pooled and a dedicated one.
+//! The API's side of the protocol: submitting and canceling jobs, reading job
+//! records and model signatures. One function per step, each a single Redis
+//! round trip. Functions take any async connection (`&mut impl
+//! ConnectionLike`), so callers choose between a pooled and a dedicated one.
+//!
+//! Submitting and canceling are Lua scripts because each is a decision plus
+//! writes that must not interleave with another client's: "is this
+//! idempotency key taken, is the queue full, else write the job" and "is the
+//! job still queued, then cancel it".
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
 use super::QueueError;
-use super::keys::Keys;
+use super::keys::{GROUP, Keys};
 use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
 use crate::job::{JobRecord, JobStatus};
 use crate::model::ModelInfo;
 
-// ---------------------------------------------------------------- API side
+/// Hash field of the job record holding the deadline (Unix ms), if any; the
+/// submit script writes it under the same name.
+const FIELD_DEADLINE: &str = "deadline";
 
-/// Writes the job record and its stream entry atomically (MULTI/EXEC): the
-/// job exists in both places or in neither.
+/// How a submission is bounded and deduplicated.
+#[derive(Debug, Clone, Copy)]
+pub struct SubmitOptions<'a> {
+    /// Refuse the job when the model's queue holds this many unfinished
+    /// entries or more; 0 means unbounded.
+    pub max_queue_depth: u64,
+    /// Deduplicate on a client's `Idempotency-Key`.
+    pub idempotency: Option<Idempotency<'a>>,
+}
+
+/// A client's idempotency key, reduced to digests so arbitrary header bytes
+/// never end up in a key name or a comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Idempotency<'a> {
+    /// Hex digest of the key (names the Redis key, see [`Keys::idempotency`]).
+    pub key_hash: &'a str,
+    /// Hex digest of the request body, to tell a retry from a key reused
+    /// for a different request.
+    pub body_hash: &'a str,
+    /// How long the key is remembered.
+    pub ttl_secs: u64,
+}
+
+/// What [`submit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// The job was written: record, stream entry and idempotency key.
+    Created,
+    /// The same key with the same body was accepted before as job `id`,
+    /// now in `status`; nothing was written.
+    Duplicate { id: Uuid, status: JobStatus },
+    /// The key was used before for a different body (by this job).
+    KeyReused(Uuid),
+    /// The model's queue holds `depth` unfinished entries, at or over the
+    /// limit; nothing was written.
+    QueueFull { depth: u64 },
+}
+
+/// Checks the idempotency key, then the queue depth, then writes the job
+/// record, its stream entry and the idempotency key, atomically.
+///
+/// Depth is what the consumer group still owes: `lag` (entries not yet
+/// delivered) plus `pending` (delivered, not yet acknowledged). Without a
+/// group (no worker ever started) or when Redis cannot compute the lag
+/// (entries deleted mid-stream), XLEN stands in: an over-estimate, never an
+/// under-estimate, since acknowledged entries are only ever trimmed.
+static SUBMIT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+-- KEYS: job, stream[, idempotency]
+-- ARGV: job id, payload, kind, model, created_at, deadline ('' = none),
+--       max depth (0 = unbounded), group, body hash, idempotency ttl,
+--       job key prefix, id field, job field
+if KEYS[3] then
+  local v = redis.call('GET', KEYS[3])
+  local sp = v and string.find(v, ' ', 1, true)
+  if sp then
+    local id = string.sub(v, 1, sp - 1)
+    -- A job whose record is gone (expired, e.g. under a short canceled TTL)
+    -- has nothing left to return: the key is treated as new.
+    local st = redis.call('HGET', ARGV[11] .. id, 'status')
+    if st then
+      if string.sub(v, sp + 1) == ARGV[9] then return {'duplicate', id, st} end
+      return {'reused', id}
+    end
+  end
+end
+local max = tonumber(ARGV[7])
+if max > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  local depth
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+    local t = {}
+    for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+    if t['name'] == ARGV[8] and t['lag'] then depth = t['lag'] + t['pending'] end
+  end
+  if not depth then depth = redis.call('XLEN', KEYS[2]) end
+  if depth >= max then return {'full', tostring(depth)} end
+end
+redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'model', ARGV[4], 'status', 'queued',
+  'attempts', 0, 'created_at', ARGV[5])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'deadline', ARGV[6]) end
+redis.call('XADD', KEYS[2], '*', ARGV[12], ARGV[1], ARGV[13], ARGV[2])
+if KEYS[3] then
+  redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10])
+end
+return {'created', ARGV[1]}
+"#,
+    )
+});
+
+/// Submits a job (see [`SUBMIT`]'s rules): the record and the stream entry
+/// are written together or not at all, so there is never one without the
+/// other.
 pub async fn submit(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     job: &JobEnvelope,
-) -> Result<(), QueueError> {
+    opts: &SubmitOptions<'_>,
+) -> Result<Submitted, QueueError> {
     let payload = job.encode()?;
     let id = job.id.to_string();
-    redis::pipe()
-        .atomic()
-        .cmd("HSET")
-        .arg(keys.job(&job.id))
-        .arg("kind")
-        .arg(job.kind.as_str())
-        .arg("model")
-        .arg(&job.model)
-        .arg("status")
-        .arg(JobStatus::Queued.as_str())
-        .arg("attempts")
-        .arg(0)
-        .arg("created_at")
-        .arg(job.submitted_at_ms)
-        .ignore()
-        .cmd("XADD")
-        .arg(keys.stream(&job.model))
-        .arg("*")
-        .arg(FIELD_ID)
-        .arg(&id)
-        .arg(FIELD_JOB)
+    let mut inv = SUBMIT.key(keys.job(&job.id));
+    inv.key(keys.stream(&job.model));
+    if let Some(idem) = &opts.idempotency {
+        inv.key(keys.idempotency(&job.model, idem.key_hash));
+    }
+    let job_key_prefix = keys.job(&job.id);
+    let job_key_prefix = job_key_prefix.strip_suffix(id.as_str()).unwrap_or("");
+    inv.arg(&id)
         .arg(payload)
-        .ignore()
-        .query_async::<()>(conn)
-        .await?;
-    Ok(())
+        .arg(job.kind.as_str())
+        .arg(&job.model)
+        .arg(job.submitted_at_ms)
+        .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
+        .arg(opts.max_queue_depth)
+        .arg(GROUP)
+        .arg(opts.idempotency.map_or("", |i| i.body_hash))
+        .arg(opts.idempotency.map_or(1, |i| i.ttl_secs.max(1)))
+        .arg(job_key_prefix)
+        .arg(FIELD_ID)
+        .arg(FIELD_JOB);
+    let reply: Vec<String> = inv.invoke_async(conn).await?;
+    let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
+    let existing = || {
+        Uuid::parse_str(field(1)).map_err(|_| {
+            QueueError::Corrupt(format!("idempotency record names job {:?}", field(1)))
+        })
+    };
+    match field(0) {
+        "created" => Ok(Submitted::Created),
+        "duplicate" => Ok(Submitted::Duplicate {
+            id: existing()?,
+            status: JobStatus::parse(field(2)).ok_or_else(|| {
+                QueueError::Corrupt(format!("job {} has status {:?}", field(1), field(2)))
+            })?,
+        }),
+        "reused" => Ok(Submitted::KeyReused(existing()?)),
+        "full" => Ok(Submitted::QueueFull {
+            depth: field(1).parse().unwrap_or(u64::MAX),
+        }),
+        other => Err(QueueError::Corrupt(format!(
+            "submit script answered {other:?}"
+        ))),
+    }
+}
+
+/// A job as the API serves it: the shared record plus the fields only the
+/// API reads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub record: JobRecord,
+    /// Latest start time (Unix ms) the client asked for.
+    pub deadline_ms: Option<i64>,
+}
+
+impl Job {
+    fn from_fields(
+        id: Uuid,
+        mut fields: HashMap<String, String>,
+    ) -> Result<Option<Job>, QueueError> {
+        let deadline_ms = fields
+            .remove(FIELD_DEADLINE)
+            .and_then(|s| s.parse::<i64>().ok());
+        let record = JobRecord::from_fields(id, fields).map_err(QueueError::Corrupt)?;
+        Ok(record.map(|record| Job {
+            record,
+            deadline_ms,
+        }))
+    }
 }
 
 /// Reads a job's record; `None` for an unknown or expired id.
@@ -58,12 +200,88 @@ pub async fn get_job(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     id: &Uuid,
-) -> Result<Option<JobRecord>, QueueError> {
+) -> Result<Option<Job>, QueueError> {
     let fields: HashMap<String, String> = redis::cmd("HGETALL")
         .arg(keys.job(id))
         .query_async(conn)
         .await?;
-    JobRecord::from_fields(*id, fields).map_err(QueueError::Corrupt)
+    Job::from_fields(*id, fields)
+}
+
+/// What [`cancel`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Canceled {
+    /// The job was queued and is now canceled; its record after the change.
+    Canceled(Job),
+    /// Unknown or expired id.
+    NotFound,
+    /// The job is running or already terminal; nothing changed.
+    NotCancelable(JobStatus),
+}
+
+/// Cancels a job only if it is still `queued`: marks it canceled, starts the
+/// record's TTL, drops a parked retry, and publishes the id so long-polls
+/// wake. Its stream entry stays until a worker reads it; the worker's start
+/// step sees a terminal job and just acknowledges the entry.
+static CANCEL: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+-- KEYS: job, delayed; ARGV: now, ttl, channel, job id
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return {'missing'} end
+if st ~= 'queued' then return {'not_cancelable', st} end
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+-- A job waiting out a retry back-off must not be put back on its stream.
+redis.call('HDEL', KEYS[1], 'payload', 'retry_at')
+redis.call('ZREM', KEYS[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+local r = redis.call('HGETALL', KEYS[1])
+table.insert(r, 1, 'canceled')
+return r
+"#,
+    )
+});
+
+pub async fn cancel(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    id: &Uuid,
+    ttl_secs: u64,
+    now_ms: i64,
+) -> Result<Canceled, QueueError> {
+    let mut inv = CANCEL.key(keys.job(id));
+    inv.key(keys.delayed())
+        .arg(now_ms)
+        .arg(ttl_secs.max(1))
+        .arg(keys.job_finished_channel())
+        .arg(id.to_string());
+    let reply: Vec<String> = inv.invoke_async(conn).await?;
+    let mut reply = reply.into_iter();
+    match reply.next().as_deref() {
+        Some("missing") => Ok(Canceled::NotFound),
+        Some("not_cancelable") => {
+            let status = reply.next().unwrap_or_default();
+            JobStatus::parse(&status)
+                .map(Canceled::NotCancelable)
+                .ok_or_else(|| QueueError::Corrupt(format!("job {id} has status {status:?}")))
+        }
+        Some("canceled") => {
+            let mut fields = HashMap::new();
+            while let (Some(k), Some(v)) = (reply.next(), reply.next()) {
+                fields.insert(k, v);
+            }
+            match Job::from_fields(*id, fields)? {
+                Some(job) => Ok(Canceled::Canceled(job)),
+                None => Err(QueueError::Corrupt(format!(
+                    "job {id} vanished while being canceled"
+                ))),
+            }
+        }
+        other => Err(QueueError::Corrupt(format!(
+            "cancel script answered {other:?}"
+        ))),
+    }
 }
 
 /// Every model a worker has published, sorted by name.

@@ -1,0 +1,349 @@
+//! The API's queue operations at the edges the end-to-end tests cannot reach
+//! cheaply: a cancel racing a running job or a parked retry, how queue
+//! depth is measured, and idempotency records outliving their jobs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::*;
+use shared::job::JobError;
+use shared::queue::consume::{self, Delivery, Finish, Outcome, Policy, Start};
+use shared::queue::ops::{self, Submitted};
+use shared::queue::wire::JobEnvelope;
+use uuid::Uuid;
+
+const PREDICT: &str = "/v1/models/mlp128/predict";
+
+const POLICY: Policy = Policy {
+    max_attempts: 3,
+    succeeded_ttl_secs: 60,
+    failed_ttl_secs: 60,
+};
+
+async fn submit(env: &Env, body: String) -> Uuid {
+    let r = env.send(post_json(PREDICT, body)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    r.json()["job_id"].as_str().unwrap().parse().unwrap()
+}
+
+fn delete(uri: &str) -> Request<Body> {
+    Request::delete(uri).body(Body::empty()).unwrap()
+}
+
+/// Reads every new entry of mlp128's stream as one consumer.
+async fn read_all(env: &Env) -> Vec<Delivery> {
+    let mut conn = env.conn().await;
+    consume::ensure_group(&mut conn, &env.keys, "mlp128")
+        .await
+        .unwrap();
+    consume::read_new(
+        &mut conn,
+        &[env.keys.stream("mlp128")],
+        "test-worker",
+        100,
+        100,
+    )
+    .await
+    .unwrap()
+}
+
+async fn start(env: &Env, d: &Delivery) -> Start {
+    let got = consume::start(
+        &mut env.conn().await,
+        &env.keys,
+        "test-worker",
+        &POLICY,
+        &[d],
+        shared::time::now_ms(),
+    )
+    .await
+    .unwrap();
+    got[0]
+}
+
+#[tokio::test]
+async fn a_running_job_cannot_be_canceled_and_a_canceled_one_never_starts() {
+    let env = Env::start().await;
+    env.publish(&mlp("mlp128", 128)).await;
+    let running = submit(&env, features_body(128)).await;
+    let canceled = submit(&env, features_body(128)).await;
+    let got = read_all(&env).await;
+    assert_eq!(start(&env, &got[0]).await, Start::Run(1));
+
+    let msg = env
+        .send(delete(&format!("/v1/jobs/{running}")))
+        .await
+        .assert_error(StatusCode::CONFLICT, "job_not_cancelable");
+    assert!(msg.contains("is running"), "{msg}");
+
+    let r = env.send(delete(&format!("/v1/jobs/{canceled}"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(start(&env, &got[1]).await, Start::NotRunnable);
+    let r = env.send(get(&format!("/v1/jobs/{canceled}"))).await;
+    assert_eq!(r.json()["status"], "canceled");
+    assert_eq!(r.json()["attempts"], 0);
+}
+
+#[tokio::test]
+async fn canceling_a_job_parked_for_retry_keeps_it_off_the_stream() {
+    let env = Env::start().await;
+    env.publish(&mlp("mlp128", 128)).await;
+    let id = submit(&env, features_body(128)).await;
+    let got = read_all(&env).await;
+    assert_eq!(start(&env, &got[0]).await, Start::Run(1));
+    let now = shared::time::now_ms();
+    let retry = Finish {
+        delivery: &got[0],
+        job_id: id,
+        attempt: 1,
+        model_version: "",
+        outcome: Outcome::Retry {
+            error: JobError {
+                code: "transient".into(),
+                message: "try again".into(),
+            },
+            retry_at_ms: now,
+        },
+    };
+    consume::finish(&mut env.conn().await, &env.keys, &POLICY, &[retry], now)
+        .await
+        .unwrap();
+
+    let r = env.send(delete(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["status"], "canceled");
+    let moved = consume::promote_due(&mut env.conn().await, &env.keys, now + 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(moved, 0, "a canceled job went back on the stream");
+    let parked: usize = redis::cmd("ZCARD")
+        .arg(env.keys.delayed())
+        .query_async(&mut env.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0);
+    assert!(read_all(&env).await.is_empty());
+}
+
+#[tokio::test]
+async fn queue_depth_counts_undelivered_and_unacknowledged_entries() {
+    let env = Env::start_with(&["--max-queue-depth", "3"]).await;
+    env.publish(&mlp("mlp128", 128)).await;
+    let full = |r: &Reply| r.assert_error(StatusCode::TOO_MANY_REQUESTS, "queue_full");
+
+    // No consumer group yet: the stream length is the depth.
+    let a = submit(&env, features_body(128)).await;
+    submit(&env, features_body(128)).await;
+    submit(&env, features_body(128)).await;
+    full(&env.send(post_json(PREDICT, features_body(128))).await);
+
+    // Delivered but not acknowledged still counts: a worker may die on it.
+    let got = read_all(&env).await;
+    assert_eq!(got.len(), 3);
+    full(&env.send(post_json(PREDICT, features_body(128))).await);
+
+    // Acknowledged (the job finished) frees a place.
+    assert_eq!(start(&env, &got[0]).await, Start::Run(1));
+    let done = Finish {
+        delivery: &got[0],
+        job_id: a,
+        attempt: 1,
+        model_version: "0123456789abcdef",
+        outcome: Outcome::Succeeded {
+            result_json: "{}".into(),
+        },
+    };
+    let now = shared::time::now_ms();
+    consume::finish(&mut env.conn().await, &env.keys, &POLICY, &[done], now)
+        .await
+        .unwrap();
+    submit(&env, features_body(128)).await;
+    full(&env.send(post_json(PREDICT, features_body(128))).await);
+
+    // An undelivered entry deleted (XDEL) leaves Redis unable to tell the
+    // lag: the stream length stands in. It over-counts (the acknowledged,
+    // not yet trimmed entry of `a`), which errs on the side of refusing.
+    let mut conn = env.conn().await;
+    let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(env.keys.stream("mlp128"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("XDEL")
+        .arg(env.keys.stream("mlp128"))
+        .arg(&last.ids[0].id)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The group alone would say 0 undelivered + 2 pending = 2, below 3.
+    let len: usize = redis::cmd("XLEN")
+        .arg(env.keys.stream("mlp128"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 3);
+    full(&env.send(post_json(PREDICT, features_body(128))).await);
+}
+
+#[tokio::test]
+async fn unbounded_queue_and_depth_reported_by_the_script() {
+    let env = Env::start_with(&["--max-queue-depth", "0"]).await;
+    env.publish(&mlp("mlp128", 128)).await;
+    for _ in 0..5 {
+        submit(&env, features_body(128)).await;
+    }
+    let job = JobEnvelope {
+        id: Uuid::now_v7(),
+        kind: shared::job::JobKind::Predict,
+        model: "mlp128".into(),
+        inputs: vec![],
+        submitted_at_ms: shared::time::now_ms(),
+        deadline_ms: None,
+    };
+    let opts = ops::SubmitOptions {
+        max_queue_depth: 4,
+        idempotency: None,
+    };
+    let got = ops::submit(&mut env.conn().await, &env.keys, &job, &opts)
+        .await
+        .unwrap();
+    assert_eq!(got, Submitted::QueueFull { depth: 5 });
+}
+
+#[tokio::test]
+async fn a_replayed_key_reports_the_jobs_current_status_until_the_job_expires() {
+    let env = Env::start().await;
+    env.publish(&mlp("mlp128", 128)).await;
+    let send = |body: String| {
+        Request::post(PREDICT)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "k")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let r = env.send(send(features_body(128))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let id: Uuid = r.json()["job_id"].as_str().unwrap().parse().unwrap();
+    let got = read_all(&env).await;
+    assert_eq!(start(&env, &got[0]).await, Start::Run(1));
+    let r = env.send(send(features_body(128))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_eq!(r.json()["job_id"], id.to_string());
+    assert_eq!(r.json()["status"], "running");
+    assert_eq!(r.headers["idempotent-replayed"], "true");
+
+    // The record is gone (e.g. a short TTL): the key no longer pins anything.
+    let _: () = redis::cmd("DEL")
+        .arg(env.keys.job(&id))
+        .query_async(&mut env.conn().await)
+        .await
+        .unwrap();
+    let r = env.send(send(features_body(128))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    assert_ne!(r.json()["job_id"], id.to_string());
+    assert!(r.headers.get("idempotent-replayed").is_none());
+}
+
+#[tokio::test]
+async fn the_deadline_reaches_the_record_and_the_envelope() {
+    let env = Env::start().await;
+    env.publish(&mlp("mlp128", 128)).await;
+    let before = shared::time::now_ms();
+    let mut body = features_body(128);
+    body.truncate(body.len() - 1);
+    body.push_str(r#","deadline":2.5}"#);
+    let id = submit(&env, body).await;
+    let after = shared::time::now_ms();
+
+    let got = read_all(&env).await;
+    let deadline = got[0].job.as_ref().unwrap().deadline_ms.unwrap();
+    assert!(
+        (before + 2500..=after + 2500).contains(&deadline),
+        "{deadline}"
+    );
+    let stored: String = redis::cmd("HGET")
+        .arg(env.keys.job(&id))
+        .arg("deadline")
+        .query_async(&mut env.conn().await)
+        .await
+        .unwrap();
+    assert_eq!(stored, deadline.to_string());
+    let r = env.send(get(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(
+        r.json()["deadline"],
+        shared::time::rfc3339_ms(deadline).as_str()
+    );
+}
+
+#[tokio::test]
+async fn rejections_are_counted_with_bounded_labels() {
+    let env = Env::start().await;
+    env.publish(&mlp("mlp128", 128)).await;
+    env.send(post_json("/v1/models/no-such-model-4711/predict", "{}"))
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "model_not_found");
+    env.send(post_json(PREDICT, features_body(3)))
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input");
+    let no_ct = Request::post(PREDICT)
+        .body(Body::from(features_body(128)))
+        .unwrap();
+    env.send(no_ct)
+        .await
+        .assert_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type");
+    let id = submit(&env, features_body(128)).await;
+    let r = env.send(delete(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    let text = env.send(get("/metrics")).await.text().to_owned();
+    for line in [
+        r#"jobs_rejected_total{model="unknown",reason="model_not_found"}"#,
+        r#"jobs_rejected_total{model="mlp128",reason="invalid_input"}"#,
+        r#"jobs_rejected_total{model="mlp128",reason="unsupported_media_type"}"#,
+        r#"jobs_canceled_total{model="mlp128"}"#,
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(!text.contains("no-such-model-4711"), "{text}");
+    assert!(!text.contains(&id.to_string()), "{text}");
+}
+
+#[tokio::test]
+async fn cancel_and_keyed_submits_give_503_in_time_when_redis_hangs() {
+    let env = Env::start().await; // --redis-timeout-ms 500
+    env.publish(&mlp("mlp128", 128)).await;
+    let id = submit(&env, features_body(128)).await;
+
+    env.redis.pause();
+    let t = Instant::now();
+    env.send(delete(&format!("/v1/jobs/{id}")))
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable");
+    let keyed = Request::post(PREDICT)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "k")
+        .body(Body::from(features_body(128)))
+        .unwrap();
+    env.send(keyed)
+        .await
+        .assert_error(StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    env.redis.resume();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = env.send(delete(&format!("/v1/jobs/{id}"))).await;
+        if r.status == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
