@@ -42,8 +42,8 @@ pub struct Config {
     pub result_ttl_secs: u64,
 
     /// How long a canceled job stays readable, in seconds.
-    #[arg(long, env = "TTL_CANCELED_SECS", default_value_t = 86_400)]
-    pub ttl_canceled_secs: u64,
+    #[arg(long, env = "CANCELED_TTL_SECS", default_value_t = 86_400)]
+    pub canceled_ttl_secs: u64,
 
     /// Per-model queue bound: unfinished entries (undelivered plus in
     /// progress) at which submissions get 429; 0 means unbounded.
@@ -113,7 +113,7 @@ mod tests {
         assert!(Config::try_parse_from(["api", "--log-format", "xml"]).is_err());
         assert!(Config::try_parse_from(["api", "--max-body-bytes", "-1"]).is_err());
         assert_eq!(c.result_ttl_secs, 86_400);
-        assert_eq!(c.ttl_canceled_secs, 86_400);
+        assert_eq!(c.canceled_ttl_secs, 86_400);
         assert_eq!(c.max_queue_depth, 100_000);
         assert_eq!(c.max_concurrent_requests, 1024);
         assert!(Config::try_parse_from(["api", "--max-concurrent-requests", "0"]).is_err());

@@ -99,7 +99,7 @@ impl AppState {
                 queue: QueuePolicy {
                     max_queue_depth: config.max_queue_depth,
                     idempotency_ttl_secs: config.result_ttl_secs,
-                    canceled_ttl_secs: config.ttl_canceled_secs,
+                    canceled_ttl_secs: config.canceled_ttl_secs,
                 },
             }),
         })

@@ -112,6 +112,11 @@ async fn canceling_a_job_parked_for_retry_keeps_it_off_the_stream() {
         .await
         .unwrap();
 
+    // Parked with its binary payload in the record, the job still reads.
+    let r = env.send(get(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["status"], "queued");
+
     let r = env.send(delete(&format!("/v1/jobs/{id}"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["status"], "canceled");

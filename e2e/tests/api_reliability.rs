@@ -129,7 +129,7 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
     let redis = RedisServer::start();
     let ns = unique_namespace("cancel");
     publish_signatures(&redis, &ns).await;
-    let api = Api::spawn(&redis.url(), &ns, &["--ttl-canceled-secs", "600"]);
+    let api = Api::spawn(&redis.url(), &ns, &["--canceled-ttl-secs", "600"]);
     let c = api.client();
     let a = c.submit("mlp128", &row(128, 0.5)).await;
 
@@ -169,7 +169,7 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
         .expect("TTL");
     assert!(
         (500..=600).contains(&ttl),
-        "canceled TTL {ttl}, expected --ttl-canceled-secs"
+        "canceled TTL {ttl}, expected --canceled-ttl-secs"
     );
 
     let again = c.delete(&format!("/v1/jobs/{a}")).await;

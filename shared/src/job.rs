@@ -91,6 +91,8 @@ pub struct JobRecord {
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    /// Latest start time (Unix ms) the client asked for, if any.
+    pub deadline_ms: Option<i64>,
     /// The result exactly as the worker encoded it (JSON text), so the API can
     /// serve it without decoding and re-encoding.
     pub result_json: Option<String>,
@@ -98,6 +100,23 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// The hash fields a record is built from. Readers fetch only these
+    /// (HMGET): the hash also holds worker-side fields, among them a binary
+    /// payload parked while a retry waits, that are no reader's business.
+    pub const FIELDS: [&'static str; 11] = [
+        "kind",
+        "model",
+        "model_version",
+        "status",
+        "attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "deadline",
+        "result",
+        "error",
+    ];
+
     /// Builds the record from the hash fields; `None` when the hash is empty
     /// (unknown or expired job). Unknown extra fields are ignored so newer
     /// writers do not break older readers.
@@ -136,6 +155,7 @@ impl JobRecord {
             created_at_ms: int(take("created_at")).unwrap_or(0),
             started_at_ms: int(take("started_at")),
             finished_at_ms: int(take("finished_at")),
+            deadline_ms: int(take("deadline")),
             result_json: take("result"),
             error,
         }))
@@ -179,6 +199,7 @@ mod tests {
             ("started_at", "1500"),
             ("finished_at", "2000"),
             ("model_version", "abc"),
+            ("deadline", "1800"),
             ("error", r#"{"code":"inference_error","message":"boom"}"#),
             ("future_field", "x"),
         ]
@@ -189,6 +210,7 @@ mod tests {
         assert_eq!(rec.status, JobStatus::Failed);
         assert_eq!(rec.attempts, 2);
         assert_eq!(rec.started_at_ms, Some(1500));
+        assert_eq!(rec.deadline_ms, Some(1800));
         assert_eq!(rec.error.unwrap().code, "inference_error");
         assert_eq!(rec.result_json, None);
 

@@ -16,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use shared::job::JobError;
-use shared::queue::ops::{self, Canceled, Job};
+use shared::job::JobRecord;
+use shared::queue::ops::{self, Canceled};
 use shared::time::rfc3339_ms;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -82,14 +83,14 @@ pub async fn cancel(
     .await?;
     match outcome {
         Canceled::Canceled(job) => {
-            tracing::info!(model = %job.record.model, "job canceled");
+            tracing::info!(model = %job.model, "job canceled");
             // The published id wakes long-polls in every API process; waking
             // ours directly as well keeps them independent of the
             // subscription being up at this moment.
             state.waiters().wake(&id);
             // A model name in a stored job came through validation against a
             // published signature, so it is a bounded label.
-            metrics::counter!(JOBS_CANCELED, "model" => job.record.model.clone()).increment(1);
+            metrics::counter!(JOBS_CANCELED, "model" => job.model.clone()).increment(1);
             render(&job)
         }
         Canceled::NotFound => Err(ApiError::JobNotFound(id)),
@@ -125,7 +126,7 @@ fn wait_duration(
 /// Reads the job until it is terminal or `wait` has passed. The waiter is
 /// registered and armed before each read, so a finish published between the
 /// read and the sleep still wakes it.
-async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<Job, ApiError> {
+async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<JobRecord, ApiError> {
     let deadline = Instant::now() + wait;
     let waiters = state.waiters();
     let registration = waiters.register(id);
@@ -133,7 +134,7 @@ async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<Job
         let mut woken = pin!(registration.notified());
         woken.as_mut().enable();
         let job = read(state, &id).await?;
-        if job.record.status.is_terminal() || waiters.is_closing() || Instant::now() >= deadline {
+        if job.status.is_terminal() || waiters.is_closing() || Instant::now() >= deadline {
             return Ok(job);
         }
         // Woken or timed out, the next read decides.
@@ -141,15 +142,15 @@ async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<Job
     }
 }
 
-async fn read(state: &AppState, id: &Uuid) -> Result<Job, ApiError> {
+async fn read(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
     let mut conn = state.conn().await?;
     ops::get_job(&mut conn, state.keys(), id)
         .await?
         .ok_or(ApiError::JobNotFound(*id))
 }
 
-fn render(job: &Job) -> Result<Response, ApiError> {
-    let rec = &job.record;
+fn render(job: &JobRecord) -> Result<Response, ApiError> {
+    let rec = &job;
     let result = match rec.result_json.as_deref() {
         // Validated (a scan, no allocation) so a corrupt record cannot make
         // the whole response invalid JSON.
@@ -168,7 +169,7 @@ fn render(job: &Job) -> Result<Response, ApiError> {
         created_at: rfc3339_ms(rec.created_at_ms),
         started_at: rec.started_at_ms.map(rfc3339_ms),
         finished_at: rec.finished_at_ms.map(rfc3339_ms),
-        deadline: job.deadline_ms.map(rfc3339_ms),
+        deadline: rec.deadline_ms.map(rfc3339_ms),
         result,
         error: rec.error.as_ref(),
     })

@@ -342,13 +342,22 @@ pub async fn job_snapshot(
     id: &Uuid,
 ) -> Result<Option<JobSnapshot>, QueueError> {
     let key = keys.job(id);
-    let (fields, ttl): (BTreeMap<String, String>, i64) = redis::pipe()
+    // Values as bytes: a job waiting for a retry parks its binary payload in
+    // the hash.
+    let (raw, ttl): (BTreeMap<String, Vec<u8>>, i64) = redis::pipe()
         .cmd("HGETALL")
         .arg(&key)
         .cmd("TTL")
         .arg(&key)
         .query_async(conn)
         .await?;
+    let fields: BTreeMap<String, String> = raw
+        .into_iter()
+        .map(|(k, v)| match String::from_utf8(v) {
+            Ok(text) => (k, text),
+            Err(e) => (k, format!("<{} binary bytes>", e.as_bytes().len())),
+        })
+        .collect();
     Ok((!fields.is_empty()).then(|| JobSnapshot {
         fields,
         ttl_secs: (ttl >= 0).then_some(ttl),

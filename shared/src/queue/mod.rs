@@ -4,29 +4,39 @@
 //! # Data flow
 //!
 //! ```text
-//!  API  ── submit: MULTI { HSET job:{id} status=queued …; XADD stream:{model} * id {id} job <msgpack> } EXEC
-//!  worker ── XREADGROUP GROUP workers {consumer} COUNT n BLOCK t STREAMS stream:{m1} stream:{m2} … > > …
-//!         ── start (Lua): status queued|running → running, attempts += 1      (one pipelined round trip per read)
-//!         ── inference on a blocking thread
-//!         ── finish (Lua): if attempts unchanged → HSET result/error, EXPIRE ttl, XACK, PUBLISH job-finished
-//!  API  ── GET /v1/jobs/{id}: HGETALL job:{id}; `?wait` sleeps on the job-finished channel
+//!  API    ── submit (Lua): idempotency check, queue-depth check, HSET job:{id} status=queued,
+//!                          XADD stream:{model} * id {id} job <msgpack>               (one round trip)
+//!  worker ── XREADGROUP GROUP workers {consumer} COUNT n BLOCK t STREAMS stream:{m1} … > …
+//!         ── XAUTOCLAIM entries whose lease (idle time) expired              (takeover of dead workers)
+//!         ── start (Lua): deadline and attempt checks, status → running, attempts += 1
+//!         ── inference on a blocking thread, leases renewed meanwhile (XCLAIM JUSTID)
+//!         ── finish (Lua): if attempts unchanged → result | error | retry via delayed set |
+//!                          dead letter; EXPIRE per state; XACK; PUBLISH job-finished
+//!  API    ── GET /v1/jobs/{id}: HMGET job:{id} <record fields>; `?wait` sleeps on the job-finished channel
+//!  API    ── DELETE /v1/jobs/{id} (Lua): queued → canceled; workers ack it unrun
+//!  jobctl ── replay (Lua): dead letter → same id and payload back on the stream
 //! ```
 //!
 //! # Guarantees
 //!
 //! * A job is accepted (202) only after its record and its stream entry are
-//!   written in one MULTI/EXEC: there is never a record without an entry or
-//!   the reverse.
+//!   written by one script: there is never a record without an entry or the
+//!   reverse, and an `Idempotency-Key` can never create two jobs.
 //! * A stream entry is acknowledged only inside the same Lua script that
-//!   writes the job's terminal state, so a crash can neither lose a finished
-//!   result nor leave a finished job unacknowledged: until the ack, the entry
-//!   stays in the consumer group's pending list.
+//!   writes the job's terminal state (or parks it for a retry), so a crash can
+//!   neither lose a finished result nor leave a finished job unacknowledged:
+//!   until the ack, the entry stays in the consumer group's pending list, and
+//!   another worker takes it over once its lease expires.
 //! * The finish script is a compare-and-set on the attempt number taken by
-//!   the start script: a worker whose attempt is no longer current cannot
-//!   overwrite the result of the attempt that replaced it.
+//!   the start script: a worker whose attempt is no longer current (it
+//!   stalled past its lease) cannot overwrite the result of the attempt that
+//!   replaced it.
+//! * Streams are trimmed only below the oldest pending and the last delivered
+//!   entry, i.e. only of acknowledged entries.
 //!
 //! See [`keys`] for the key layout and [`wire`] for the stream entry format;
-//! [`ops`] holds the API's operations, [`consume`] the worker's.
+//! [`ops`] holds the API's operations, [`consume`] the worker's and
+//! [`admin`] the operator's (`jobctl`).
 
 pub mod admin;
 pub mod consume;

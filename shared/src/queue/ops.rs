@@ -20,10 +20,6 @@ use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
 use crate::job::{JobRecord, JobStatus};
 use crate::model::ModelInfo;
 
-/// Hash field of the job record holding the deadline (Unix ms), if any; the
-/// submit script writes it under the same name.
-const FIELD_DEADLINE: &str = "deadline";
-
 /// How a submission is bounded and deduplicated.
 #[derive(Debug, Clone, Copy)]
 pub struct SubmitOptions<'a> {
@@ -170,29 +166,8 @@ pub async fn submit(
     }
 }
 
-/// A job as the API serves it: the shared record plus the fields only the
-/// API reads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Job {
-    pub record: JobRecord,
-    /// Latest start time (Unix ms) the client asked for.
-    pub deadline_ms: Option<i64>,
-}
-
-impl Job {
-    fn from_fields(
-        id: Uuid,
-        mut fields: HashMap<String, String>,
-    ) -> Result<Option<Job>, QueueError> {
-        let deadline_ms = fields
-            .remove(FIELD_DEADLINE)
-            .and_then(|s| s.parse::<i64>().ok());
-        let record = JobRecord::from_fields(id, fields).map_err(QueueError::Corrupt)?;
-        Ok(record.map(|record| Job {
-            record,
-            deadline_ms,
-        }))
-    }
+fn record_from(id: Uuid, fields: HashMap<String, String>) -> Result<Option<JobRecord>, QueueError> {
+    JobRecord::from_fields(id, fields).map_err(QueueError::Corrupt)
 }
 
 /// Reads a job's record; `None` for an unknown or expired id.
@@ -200,19 +175,25 @@ pub async fn get_job(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     id: &Uuid,
-) -> Result<Option<Job>, QueueError> {
-    let fields: HashMap<String, String> = redis::cmd("HGETALL")
+) -> Result<Option<JobRecord>, QueueError> {
+    let values: Vec<Option<String>> = redis::cmd("HMGET")
         .arg(keys.job(id))
+        .arg(&JobRecord::FIELDS[..])
         .query_async(conn)
         .await?;
-    Job::from_fields(*id, fields)
+    let fields = JobRecord::FIELDS
+        .iter()
+        .zip(values)
+        .filter_map(|(k, v)| Some(((*k).to_owned(), v?)))
+        .collect();
+    record_from(*id, fields)
 }
 
 /// What [`cancel`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Canceled {
     /// The job was queued and is now canceled; its record after the change.
-    Canceled(Job),
+    Canceled(JobRecord),
     /// Unknown or expired id.
     NotFound,
     /// The job is running or already terminal; nothing changed.
@@ -271,7 +252,7 @@ pub async fn cancel(
             while let (Some(k), Some(v)) = (reply.next(), reply.next()) {
                 fields.insert(k, v);
             }
-            match Job::from_fields(*id, fields)? {
+            match record_from(*id, fields)? {
                 Some(job) => Ok(Canceled::Canceled(job)),
                 None => Err(QueueError::Corrupt(format!(
                     "job {id} vanished while being canceled"
