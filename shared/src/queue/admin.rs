@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::QueueError;
 use super::keys::{GROUP, Keys};
-use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope, dead};
+use super::wire::{EntryJob, JobEnvelope, dead};
 use crate::job::JobError;
 use crate::model::valid_model_name;
 
@@ -162,15 +162,11 @@ impl DeadLetter {
             Some(v) => value_string(v),
             None => None,
         };
-        let payload = match entry.map.get(FIELD_JOB) {
-            Some(Value::BulkString(b)) => b.clone(),
-            _ => Vec::new(),
-        };
-        let envelope = if payload.is_empty() {
-            Err("the entry has no job payload".to_owned())
-        } else {
-            JobEnvelope::decode(&payload).map_err(|e| format!("undecodable payload: {e}"))
-        };
+        let EntryJob {
+            job_id,
+            payload,
+            job: envelope,
+        } = EntryJob::read(&entry.map);
         let model = text(dead::MODEL)
             .filter(|m| !m.is_empty())
             .or_else(|| envelope.as_ref().ok().map(|e| e.model.clone()))
@@ -186,7 +182,7 @@ impl DeadLetter {
             },
         };
         DeadLetter {
-            job_id: text(FIELD_ID).and_then(|s| Uuid::parse_str(&s).ok()),
+            job_id,
             model,
             error,
             attempts: text(dead::ATTEMPTS)
@@ -785,6 +781,7 @@ fn value_u64(v: &Value) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::job::JobKind;
+    use crate::queue::wire::{FIELD_ID, FIELD_JOB};
 
     const NOW: i64 = 1_763_792_262_123;
 

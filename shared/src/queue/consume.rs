@@ -23,7 +23,6 @@
 
 use std::sync::LazyLock;
 
-use redis::Value;
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use uuid::Uuid;
@@ -31,7 +30,7 @@ use uuid::Uuid;
 use super::QueueError;
 use super::keys::{GROUP, Keys};
 use super::scripts::invoke_all;
-use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
+use super::wire::{EntryJob, JobEnvelope};
 use crate::job::JobError;
 use crate::model::ModelInfo;
 
@@ -95,21 +94,11 @@ pub struct Delivery {
 
 impl Delivery {
     fn from_entry(stream: &str, entry: StreamId) -> Delivery {
-        let job_id = match entry.map.get(FIELD_ID) {
-            Some(Value::BulkString(b)) => std::str::from_utf8(b)
-                .ok()
-                .and_then(|s| Uuid::parse_str(s).ok()),
-            _ => None,
-        };
-        let payload = match entry.map.get(FIELD_JOB) {
-            Some(Value::BulkString(b)) => b.clone(),
-            _ => Vec::new(),
-        };
-        let job = if payload.is_empty() {
-            Err("stream entry has no job payload".to_owned())
-        } else {
-            JobEnvelope::decode(&payload).map_err(|e| e.to_string())
-        };
+        let EntryJob {
+            job_id,
+            payload,
+            job,
+        } = EntryJob::read(&entry.map);
         Delivery {
             stream: stream.to_owned(),
             entry_id: entry.id,

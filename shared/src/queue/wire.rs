@@ -8,6 +8,9 @@
 //! The dead-letter stream `{ns}:dead` carries the same two fields plus the
 //! ones named in [`dead`], so a replay puts the exact original payload back.
 
+use std::collections::HashMap;
+
+use redis::Value;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -50,6 +53,44 @@ impl JobEnvelope {
 
     pub fn decode(bytes: &[u8]) -> Result<JobEnvelope, rmp_serde::decode::Error> {
         rmp_serde::from_slice(bytes)
+    }
+}
+
+/// The `id` and `job` fields of a work or dead-letter entry, read as far as
+/// they go: an entry with a bad payload still names its job.
+#[derive(Debug)]
+pub struct EntryJob {
+    /// The `id` field, if it is a UUID.
+    pub job_id: Option<Uuid>,
+    /// The raw `job` field (empty when missing), kept to re-enqueue or
+    /// dead-letter the exact bytes.
+    pub payload: Vec<u8>,
+    /// The decoded payload, or why it could not be decoded.
+    pub job: Result<JobEnvelope, String>,
+}
+
+impl EntryJob {
+    pub fn read(fields: &HashMap<String, Value>) -> EntryJob {
+        let job_id = match fields.get(FIELD_ID) {
+            Some(Value::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| Uuid::parse_str(s).ok()),
+            _ => None,
+        };
+        let payload = match fields.get(FIELD_JOB) {
+            Some(Value::BulkString(b)) => b.clone(),
+            _ => Vec::new(),
+        };
+        let job = if payload.is_empty() {
+            Err("the entry has no job payload".to_owned())
+        } else {
+            JobEnvelope::decode(&payload).map_err(|e| format!("undecodable payload: {e}"))
+        };
+        EntryJob {
+            job_id,
+            payload,
+            job,
+        }
     }
 }
 
