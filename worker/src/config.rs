@@ -94,6 +94,11 @@ pub struct Config {
     #[arg(long, env = "PUBLISH_INTERVAL_SECS", default_value_t = 15)]
     pub publish_interval_secs: u64,
 
+    /// Address for `/metrics`, `/healthz` and `/readyz` (e.g. `0.0.0.0:9090`);
+    /// unset: no HTTP listener.
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
     /// Log format: `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,

@@ -265,6 +265,15 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     if runnable.is_empty() {
         return;
     }
+    metrics::histogram!("worker_batch_size").record(runnable.len() as f64);
+    let now = shared::time::now_ms();
+    for r in &runnable {
+        if let Ok(job) = &r.delivery.job {
+            let waited = (now - job.submitted_at_ms).max(0) as f64 / 1e3;
+            metrics::histogram!("worker_queue_wait_seconds", "model" => job.model.clone())
+                .record(waited);
+        }
+    }
 
     // Renew the leases while the batch runs, so a long job is not taken over
     // from a live worker; stop as soon as the batch is done.
@@ -369,7 +378,7 @@ fn report(ctx: &Context, f: &Finish<'_>, finished: Finished) {
                 }
                 Outcome::Succeeded { .. } => {
                     tracing::info!(status, "job finished");
-                    metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => status, "reason" => "").increment(1);
+                    metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => status, "reason" => "none").increment(1);
                 }
             }
         }
@@ -428,7 +437,9 @@ fn execute_one(models: &Models, r: &Runnable) -> (String, Result<String, JobFail
         Ok(job) => execute::run(models, job),
         Err(e) => Err(JobFailure::InvalidPayload(e.clone())),
     };
-    let elapsed_ms = started.elapsed().as_secs_f64() * 1e3;
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!("worker_inference_seconds", "model" => model.to_owned()).record(elapsed);
+    let elapsed_ms = elapsed * 1e3;
     match result {
         Ok(s) => {
             tracing::debug!(elapsed_ms, "inference done");

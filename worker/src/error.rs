@@ -22,6 +22,8 @@ pub enum WorkerError {
     },
     #[error("no loadable *.onnx model in {0}")]
     NoModels(PathBuf),
+    #[error("cannot install the metrics recorder: {0}")]
+    Metrics(String),
     #[error("invalid redis url: {0}")]
     RedisUrl(#[from] redis::RedisError),
 }

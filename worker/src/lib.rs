@@ -7,12 +7,14 @@
 //! * [`backend`]: the model trait and its ONNX Runtime implementation.
 //! * [`execute`]: one job's inputs → model → result JSON or a job error.
 //! * [`consumer`]: the Redis Streams loop around it.
+//! * [`http`]: metrics, liveness and readiness on `--metrics-listen`.
 
 pub mod backend;
 pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod execute;
+pub mod http;
 pub mod runtime;
 
 pub use config::Config;
@@ -76,6 +78,21 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     tracing::info!(consumer = %ctx.consumer, models = ?names, "worker starting");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let http = match cfg.metrics_listen {
+        Some(addr) => {
+            let handle = http::install_recorder().map_err(WorkerError::Metrics)?;
+            let listener = http::bind(addr)
+                .await
+                .map_err(|e| WorkerError::Metrics(format!("cannot listen on {addr}: {e}")))?;
+            Some(tokio::spawn(http::serve(
+                listener,
+                Arc::clone(&ctx),
+                handle,
+                stop_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let maintainer = tokio::spawn(maintain(
         Arc::clone(&ctx),
         Maintenance {
@@ -113,6 +130,11 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         tracing::warn!("grace period over with jobs still running; exiting anyway");
     }
     let _ = maintainer.await;
+    if let Some(http) = http
+        && let Ok(Err(error)) = http.await
+    {
+        tracing::error!(%error, "metrics listener failed");
+    }
     drop(env);
     tracing::info!("worker stopped");
     Ok(())
