@@ -448,7 +448,7 @@ async fn e2e_seed_models(sys: &System) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_process_500_jobs_exactly_once() {
-    let sys = system(2, &["--read-count", "8"], &[]).await;
+    let sys = system(2, &["--max-batch", "8"], &[]).await;
     let c = sys.api.client();
     let cases = Fixture::load("mlp128").cases;
     let n = 500;

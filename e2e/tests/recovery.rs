@@ -60,7 +60,7 @@ async fn a_killed_workers_jobs_are_taken_over_and_finish_exactly_once() {
     let args = [
         "--lease-ms",
         "3000",
-        "--read-count",
+        "--max-batch",
         "64",
         "--block-ms",
         "200",

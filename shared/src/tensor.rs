@@ -91,6 +91,39 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// Joins same-typed data end to end (stacking along the first dimension
+    /// of row-major tensors); `None` when the datatypes differ.
+    pub fn concat<'a>(parts: impl IntoIterator<Item = &'a TensorData>) -> Option<TensorData> {
+        let mut parts = parts.into_iter();
+        let mut out = parts.next()?.clone();
+        for p in parts {
+            match (&mut out, p) {
+                (TensorData::Fp32(a), TensorData::Fp32(b)) => a.extend_from_slice(b),
+                (TensorData::Fp64(a), TensorData::Fp64(b)) => a.extend_from_slice(b),
+                (TensorData::Int32(a), TensorData::Int32(b)) => a.extend_from_slice(b),
+                (TensorData::Int64(a), TensorData::Int64(b)) => a.extend_from_slice(b),
+                (TensorData::Bool(a), TensorData::Bool(b)) => a.extend_from_slice(b),
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+
+    /// Elements `start..end` (clamped to the data).
+    pub fn slice(&self, start: usize, end: usize) -> TensorData {
+        fn cut<T: Clone>(v: &[T], start: usize, end: usize) -> Vec<T> {
+            let end = end.min(v.len());
+            v[start.min(end)..end].to_vec()
+        }
+        match self {
+            TensorData::Fp32(v) => TensorData::Fp32(cut(v, start, end)),
+            TensorData::Fp64(v) => TensorData::Fp64(cut(v, start, end)),
+            TensorData::Int32(v) => TensorData::Int32(cut(v, start, end)),
+            TensorData::Int64(v) => TensorData::Int64(cut(v, start, end)),
+            TensorData::Bool(v) => TensorData::Bool(cut(v, start, end)),
+        }
+    }
+
     /// Index of the first NaN or infinity, if any. Integer and boolean data
     /// are always finite.
     pub fn first_non_finite(&self) -> Option<usize> {
@@ -241,6 +274,19 @@ mod tests {
         );
         let back: Vec<f32> = serde_json::from_str("[0.1,1e-7]").unwrap();
         assert_eq!(back, vec![0.1f32, 1.0e-7]);
+    }
+
+    #[test]
+    fn concat_and_slice_are_inverse_and_type_checked() {
+        let a = TensorData::Int64(vec![1, 2]);
+        let b = TensorData::Int64(vec![3]);
+        let ab = TensorData::concat([&a, &b]).unwrap();
+        assert_eq!(ab, TensorData::Int64(vec![1, 2, 3]));
+        assert_eq!(ab.slice(0, 2), a);
+        assert_eq!(ab.slice(2, 3), b);
+        assert_eq!(ab.slice(2, 99), b);
+        assert_eq!(TensorData::concat([&a, &TensorData::Fp32(vec![1.0])]), None);
+        assert_eq!(TensorData::concat([]), None);
     }
 
     #[test]

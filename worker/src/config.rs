@@ -32,9 +32,20 @@ pub struct Config {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 2)]
     pub concurrency: usize,
 
-    /// Maximum stream entries fetched per model stream in one read.
-    #[arg(long, env = "READ_COUNT", default_value_t = 16)]
-    pub read_count: usize,
+    /// Most jobs fetched per model stream in one read, and most rows stacked
+    /// into one ONNX Runtime run (dynamic batching); 1 turns batching off.
+    #[arg(
+        long = "max-batch",
+        alias = "read-count",
+        env = "MAX_BATCH",
+        default_value_t = 16
+    )]
+    pub max_batch: usize,
+
+    /// After a read that returned fewer than `--max-batch` jobs, wait at most
+    /// this long for more before running the batch (0: run at once).
+    #[arg(long, env = "MAX_BATCH_DELAY_MS", default_value_t = 0)]
+    pub max_batch_delay_ms: u64,
 
     /// How long one read blocks server-side when the streams are empty.
     #[arg(long, env = "BLOCK_MS", default_value_t = 2000)]

@@ -39,6 +39,11 @@ pub struct Context {
     pub pool: Pool,
     pub limits: Limits,
     pub read_count: usize,
+    /// Rows stacked into one ONNX Runtime run at most; 1 turns stacking off.
+    pub max_batch_rows: usize,
+    /// After a read that returned fewer than `read_count` entries, how long
+    /// to wait for more before running the batch (0: run at once).
+    pub max_batch_delay_ms: u64,
     pub block_ms: u64,
     pub lease: Duration,
     pub policy: Policy,
@@ -144,6 +149,33 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
         };
         let read =
             consume::read_new(c, &ctx.streams, &ctx.consumer, ctx.read_count, block_ms).await;
+        let read = match read {
+            Ok(mut batch)
+                if ctx.max_batch_delay_ms > 0
+                    && !batch.is_empty()
+                    && batch.len() < ctx.read_count =>
+            {
+                // Triton's max_queue_delay: give stragglers a moment to join.
+                let more = consume::read_new(
+                    c,
+                    &ctx.streams,
+                    &ctx.consumer,
+                    ctx.read_count - batch.len(),
+                    ctx.max_batch_delay_ms,
+                )
+                .await;
+                match more {
+                    Ok(more) => batch.extend(more),
+                    Err(error) => {
+                        // What was already read must still run: keep it.
+                        tracing::warn!(slot, %error, "second read of a batch failed");
+                        conn = None;
+                    }
+                }
+                Ok(batch)
+            }
+            other => other,
+        };
         match read {
             Ok(batch) => {
                 backoff = Backoff(0);
@@ -288,16 +320,9 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
         ctx.lease / 3,
     ));
     let models = Arc::clone(&ctx.models);
-    let executed = tokio::task::spawn_blocking(move || {
-        runnable
-            .into_iter()
-            .map(|r| {
-                let outcome = execute_one(&models, &r);
-                (r, outcome)
-            })
-            .collect::<Vec<_>>()
-    })
-    .await;
+    let max_rows = ctx.max_batch_rows;
+    let executed =
+        tokio::task::spawn_blocking(move || execute_all(&models, runnable, max_rows)).await;
     let executed = match executed {
         Ok(e) => e,
         Err(error) => {
@@ -421,39 +446,70 @@ async fn renew_leases(
     }
 }
 
-/// Runs one job on the current (blocking) thread, inside its span. Returns
-/// the model version it ran on and the result JSON or the failure.
-fn execute_one(models: &Models, r: &Runnable) -> (String, Result<String, JobFailure>) {
-    let model = r
-        .delivery
-        .job
-        .as_ref()
-        .map(|j| j.model.as_str())
-        .unwrap_or("?");
-    let span = info_span!("job", job_id = %r.job_id, model, attempt = r.attempt);
-    let _entered = span.enter();
+/// The model version an attempt ran on, and its result JSON or failure.
+type Attempted = (String, Result<String, JobFailure>);
+
+/// Runs a read's jobs on the current (blocking) thread, stacked per model
+/// where possible ([`execute::run_many`]), then logs and times each job in its
+/// own span. Returns each job with the model version it ran on and its result
+/// JSON or failure.
+fn execute_all(
+    models: &Models,
+    runnable: Vec<Runnable>,
+    max_rows: usize,
+) -> Vec<(Runnable, Attempted)> {
     let started = Instant::now();
-    let result = match &r.delivery.job {
-        Ok(job) => execute::run(models, job),
-        Err(e) => Err(JobFailure::InvalidPayload(e.clone())),
-    };
+    let decoded: Vec<&shared::queue::wire::JobEnvelope> = runnable
+        .iter()
+        .filter_map(|r| r.delivery.job.as_ref().ok())
+        .collect();
+    let mut ran = execute::run_many(models, &decoded, max_rows).into_iter();
     let elapsed = started.elapsed().as_secs_f64();
-    metrics::histogram!("worker_inference_seconds", "model" => model.to_owned()).record(elapsed);
-    let elapsed_ms = elapsed * 1e3;
-    match result {
-        Ok(s) => {
-            tracing::debug!(elapsed_ms, "inference done");
-            (s.model_version, Ok(s.result_json))
-        }
-        Err(failure) => {
-            tracing::warn!(code = failure.code(), error = %failure, elapsed_ms, transient = failure.is_transient(), "attempt failed");
-            let version = models
-                .get(model)
-                .map(|m| m.info().version.clone())
+    let results: Vec<_> = runnable
+        .iter()
+        .map(|r| match &r.delivery.job {
+            Ok(_) => ran
+                .next()
+                .map(|x| (x.result, x.batch_rows))
+                .unwrap_or_else(|| (Err(JobFailure::Inference("job was not run".to_owned())), 0)),
+            Err(e) => (Err(JobFailure::InvalidPayload(e.clone())), 0),
+        })
+        .collect();
+    runnable
+        .into_iter()
+        .zip(results)
+        .map(|(r, (result, batch_rows))| {
+            let model = r
+                .delivery
+                .job
+                .as_ref()
+                .map(|j| j.model.clone())
                 .unwrap_or_default();
-            (version, Err(failure))
-        }
-    }
+            let span = info_span!("job", job_id = %r.job_id, model = %model, attempt = r.attempt);
+            let _entered = span.enter();
+            metrics::histogram!("worker_inference_seconds", "model" => model.clone())
+                .record(elapsed);
+            let elapsed_ms = elapsed * 1e3;
+            let outcome = match result {
+                Ok(s) => {
+                    tracing::debug!(elapsed_ms, batch_rows, "inference done");
+                    (s.model_version, Ok(s.result_json))
+                }
+                Err(failure) => {
+                    tracing::warn!(code = failure.code(), error = %failure, elapsed_ms, transient = failure.is_transient(), "attempt failed");
+                    let version = models
+                        .get(&model)
+                        .map(|m| m.info().version.clone())
+                        .unwrap_or_default();
+                    (version, Err(failure))
+                }
+            };
+            if batch_rows > 0 {
+                metrics::histogram!("worker_inference_batch_rows").record(batch_rows as f64);
+            }
+            (r, outcome)
+        })
+        .collect()
 }
 
 /// Acknowledges entries without a job id, grouped per stream.

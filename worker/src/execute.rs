@@ -1,12 +1,23 @@
-//! Executing one job: decoded envelope → model → result JSON or a
-//! [`JobFailure`]. Synchronous and CPU-bound; the consumer calls it on a
-//! blocking thread.
+//! Executing jobs: decoded envelopes → model → result JSON or a
+//! [`JobFailure`] per job. Synchronous and CPU-bound; the consumer calls it
+//! on a blocking thread.
+//!
+//! # Dynamic batching
+//!
+//! [`run_many`] stacks the jobs of one read that target the same model into
+//! one ONNX Runtime run when the model's every input has a dynamic first
+//! (batch) dimension and the jobs agree on the other dimensions, then splits
+//! the outputs back by each job's rows. Like Triton's dynamic batcher it
+//! assumes that such a model computes each row independently. A job's result
+//! is bit-identical alone or stacked (tested). Anything that cannot be
+//! stacked, or a stacked run that fails, runs job by job, so one bad job never
+//! fails its neighbours.
 
 use serde::Serialize;
 use shared::queue::wire::JobEnvelope;
-use shared::tensor::{OipTensor, Tensor};
+use shared::tensor::{OipTensor, Tensor, TensorData};
 
-use crate::backend::Models;
+use crate::backend::{Backend, Models};
 use crate::error::JobFailure;
 
 /// A successful run: the model version it ran on and the result as the JSON
@@ -27,7 +38,16 @@ pub fn run(models: &Models, job: &JobEnvelope) -> Result<Success, JobFailure> {
     let info = model.info();
     info.check_inputs(&job.inputs)
         .map_err(JobFailure::InvalidInput)?;
-    let outputs = model.run(&job.inputs)?;
+    run_checked(model.as_ref(), job)
+}
+
+/// Runs an already checked job alone.
+fn run_checked(model: &dyn Backend, job: &JobEnvelope) -> Result<Success, JobFailure> {
+    success(model, model.run(&job.inputs)?)
+}
+
+/// Outputs to a success, unless they hold a NaN or infinity.
+fn success(model: &dyn Backend, outputs: Vec<Tensor>) -> Result<Success, JobFailure> {
     for t in &outputs {
         if let Some(index) = t.data.first_non_finite() {
             return Err(JobFailure::NonFiniteOutput {
@@ -37,9 +57,179 @@ pub fn run(models: &Models, job: &JobEnvelope) -> Result<Success, JobFailure> {
         }
     }
     Ok(Success {
-        model_version: info.version.clone(),
+        model_version: model.info().version.clone(),
         result_json: result_json(&outputs),
     })
+}
+
+/// One job's result.
+pub type JobResult = Result<Success, JobFailure>;
+
+/// What one job of a [`run_many`] call gets, and how many jobs shared its
+/// ONNX Runtime run.
+pub struct Ran {
+    pub result: JobResult,
+    pub batch_rows: usize,
+}
+
+/// Runs the jobs of one read, stacking those of the same model into one
+/// ONNX Runtime run where possible (see the module docs); results come back
+/// in the order of `jobs`. `max_rows` caps the rows of one stacked run.
+pub fn run_many(models: &Models, jobs: &[&JobEnvelope], max_rows: usize) -> Vec<Ran> {
+    let mut out: Vec<Option<Ran>> = jobs.iter().map(|_| None).collect();
+    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (i, job) in jobs.iter().enumerate() {
+        match groups.iter_mut().find(|(m, _)| *m == job.model) {
+            Some((_, idx)) => idx.push(i),
+            None => groups.push((&job.model, vec![i])),
+        }
+    }
+    for (name, idx) in groups {
+        let Some(model) = models.get(name) else {
+            for i in idx {
+                out[i] = Some(Ran {
+                    result: Err(JobFailure::ModelUnavailable(name.to_owned())),
+                    batch_rows: 0,
+                });
+            }
+            continue;
+        };
+        let mut valid = Vec::with_capacity(idx.len());
+        for i in idx {
+            match model.info().check_inputs(&jobs[i].inputs) {
+                Ok(()) => valid.push(i),
+                Err(e) => {
+                    out[i] = Some(Ran {
+                        result: Err(JobFailure::InvalidInput(e)),
+                        batch_rows: 0,
+                    })
+                }
+            }
+        }
+        for chunk in chunk_by_rows(jobs, &valid, max_rows.max(1)) {
+            let group: Vec<&JobEnvelope> = chunk.iter().map(|&i| jobs[i]).collect();
+            let stacked = (group.len() > 1)
+                .then(|| run_stacked(model.as_ref(), &group))
+                .flatten();
+            match stacked {
+                Some((results, rows)) => {
+                    for (&i, result) in chunk.iter().zip(results) {
+                        out[i] = Some(Ran {
+                            result,
+                            batch_rows: rows,
+                        });
+                    }
+                }
+                None => {
+                    for &i in &chunk {
+                        out[i] = Some(Ran {
+                            result: run_checked(model.as_ref(), jobs[i]),
+                            batch_rows: rows_of(jobs[i]).unwrap_or(1),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| {
+            r.unwrap_or(Ran {
+                result: Err(JobFailure::Inference("job was not run".to_owned())),
+                batch_rows: 0,
+            })
+        })
+        .collect()
+}
+
+/// A job's rows: the first dimension, the same for every input.
+fn rows_of(job: &JobEnvelope) -> Option<usize> {
+    let mut dims = job.inputs.iter().map(|t| t.shape.first().copied());
+    let first = dims.next()??;
+    dims.all(|d| d == Some(first))
+        .then(|| usize::try_from(first).ok())
+        .flatten()
+}
+
+/// Splits job indices into runs of at most `max_rows` rows (a single job
+/// larger than that runs alone).
+fn chunk_by_rows(jobs: &[&JobEnvelope], idx: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    let mut rows = 0;
+    for &i in idx {
+        let r = rows_of(jobs[i]).unwrap_or(max_rows);
+        match chunks.last_mut() {
+            Some(c) if rows + r <= max_rows => c.push(i),
+            _ => {
+                chunks.push(vec![i]);
+                rows = 0;
+            }
+        }
+        rows += r;
+    }
+    chunks
+}
+
+/// One stacked run for checked jobs of one model; `None` when they cannot be
+/// stacked or the stacked run fails (the caller then runs them one by one).
+/// Returns each job's result and the rows of the run.
+fn run_stacked(model: &dyn Backend, jobs: &[&JobEnvelope]) -> Option<(Vec<JobResult>, usize)> {
+    let info = model.info();
+    if info.inputs.iter().any(|s| s.shape.first() != Some(&-1)) {
+        return None;
+    }
+    let rows: Vec<usize> = jobs.iter().map(|j| rows_of(j)).collect::<Option<_>>()?;
+    let total: usize = rows.iter().sum();
+    let mut stacked = Vec::with_capacity(info.inputs.len());
+    for spec in &info.inputs {
+        let parts: Vec<&Tensor> = jobs
+            .iter()
+            .map(|j| j.inputs.iter().find(|t| t.name == spec.name))
+            .collect::<Option<_>>()?;
+        let tail = &parts[0].shape[1..];
+        if parts.iter().any(|t| &t.shape[1..] != tail) {
+            return None;
+        }
+        let mut shape = vec![i64::try_from(total).ok()?];
+        shape.extend_from_slice(tail);
+        stacked.push(Tensor {
+            name: spec.name.clone(),
+            shape,
+            data: TensorData::concat(parts.iter().map(|t| &t.data))?,
+        });
+    }
+    let outputs = match model.run(&stacked) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = jobs.len(), "stacked run failed; running the jobs one by one");
+            return None;
+        }
+    };
+    if outputs
+        .iter()
+        .any(|o| o.shape.first().and_then(|&d| usize::try_from(d).ok()) != Some(total))
+    {
+        return None;
+    }
+    let mut offset = 0;
+    let mut results = Vec::with_capacity(jobs.len());
+    for &r in &rows {
+        let per_job = outputs
+            .iter()
+            .map(|o| {
+                let inner = Tensor::shape_elements(&o.shape[1..]).unwrap_or(0);
+                let mut shape = o.shape.clone();
+                shape[0] = r as i64;
+                Tensor {
+                    name: o.name.clone(),
+                    shape,
+                    data: o.data.slice(offset * inner, (offset + r) * inner),
+                }
+            })
+            .collect();
+        results.push(success(model, per_job));
+        offset += r;
+    }
+    Some((results, total))
 }
 
 #[derive(Serialize)]

@@ -64,7 +64,9 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         keys,
         models: Arc::new(models),
         limits,
-        read_count: cfg.read_count.max(1),
+        read_count: cfg.max_batch.max(1),
+        max_batch_rows: cfg.max_batch.max(1),
+        max_batch_delay_ms: cfg.max_batch_delay_ms,
         block_ms: cfg.block_ms,
         lease: Duration::from_millis(cfg.lease_ms.max(100)),
         policy: Policy {
