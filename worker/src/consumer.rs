@@ -512,7 +512,7 @@ fn execute_all(
         .collect()
 }
 
-/// Acknowledges entries without a job id, grouped per stream.
+/// Acknowledges entries without a job id.
 async fn ack_orphans(ctx: &Context, orphans: &[Delivery]) {
     for d in orphans {
         tracing::error!(stream = %d.stream, entry = %d.entry_id, "dropping stream entry without a job id");

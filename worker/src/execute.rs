@@ -28,19 +28,6 @@ pub struct Success {
     pub result_json: String,
 }
 
-/// Runs one predict job. Inputs are re-checked against the loaded model's
-/// signature: the API validated them against the published one, and a model
-/// file may have changed between the two.
-pub fn run(models: &Models, job: &JobEnvelope) -> Result<Success, JobFailure> {
-    let model = models
-        .get(&job.model)
-        .ok_or_else(|| JobFailure::ModelUnavailable(job.model.clone()))?;
-    let info = model.info();
-    info.check_inputs(&job.inputs)
-        .map_err(JobFailure::InvalidInput)?;
-    run_checked(model.as_ref(), job)
-}
-
 /// Runs an already checked job alone.
 fn run_checked(model: &dyn Backend, job: &JobEnvelope) -> Result<Success, JobFailure> {
     success(model, model.run(&job.inputs)?)
@@ -75,6 +62,9 @@ pub struct Ran {
 /// Runs the jobs of one read, stacking those of the same model into one
 /// ONNX Runtime run where possible (see the module docs); results come back
 /// in the order of `jobs`. `max_rows` caps the rows of one stacked run.
+/// Inputs are re-checked against the loaded model's signature first: the API
+/// validated them against the published one, and a model file may have
+/// changed in between.
 pub fn run_many(models: &Models, jobs: &[&JobEnvelope], max_rows: usize) -> Vec<Ran> {
     let mut out: Vec<Option<Ran>> = jobs.iter().map(|_| None).collect();
     let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
