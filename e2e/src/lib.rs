@@ -170,13 +170,16 @@ impl Drop for RedisServer {
 pub fn binary(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        // Tests run from target/<profile>/deps/<test>-<hash>.
+        // Tests run from target/<profile>/deps/<test>-<hash>, examples from
+        // target/<profile>/examples/, binaries (the bench) from target/<profile>/.
         let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .expect("test binary lives in target/<profile>/deps");
+        let parent = exe.parent().expect("executable has a directory");
+        let profile_dir = if parent.ends_with("deps") || parent.ends_with("examples") {
+            parent.parent().map(Path::to_path_buf)
+        } else {
+            Some(parent.to_path_buf())
+        }
+        .expect("executable lives in target/<profile>/{deps,examples,}");
         if std::env::var_os("E2E_NO_BUILD").is_none() {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut cmd = Command::new(cargo);
