@@ -86,24 +86,17 @@ pub struct Delivery {
     pub entry_id: String,
     /// The `id` field; `None` only for an entry no API could have written.
     pub job_id: Option<Uuid>,
-    /// The raw `job` field, kept to park it for a retry or dead-letter it.
-    pub payload: Vec<u8>,
     /// The decoded payload, or why it could not be decoded.
     pub job: Result<JobEnvelope, String>,
 }
 
 impl Delivery {
     fn from_entry(stream: &str, entry: StreamId) -> Delivery {
-        let EntryJob {
-            job_id,
-            payload,
-            job,
-        } = EntryJob::read(&entry.map);
+        let EntryJob { job_id, job, .. } = EntryJob::read(&entry.map);
         Delivery {
             stream: stream.to_owned(),
             entry_id: entry.id,
             job_id,
-            payload,
             job,
         }
     }
@@ -183,17 +176,36 @@ pub async fn reclaim(
         .collect())
 }
 
+/// Lua: the `job` field of a pending entry. The entry is still in its stream
+/// (trimming never touches unacknowledged entries), so the payload need not
+/// travel with every start and finish; only a retry or a dead letter reads it.
+const ENTRY_PAYLOAD_LUA: &str = r#"
+local function entry_payload(stream, id)
+  local e = redis.call('XRANGE', stream, id, id)
+  if not e[1] then return nil end
+  local f = e[1][2]
+  for i = 1, #f, 2 do
+    if f[i] == 'job' then return f[i + 1] end
+  end
+  return nil
+end
+"#;
+
+fn with_entry_payload(body: &str) -> redis::Script {
+    redis::Script::new(&format!("{ENTRY_PAYLOAD_LUA}{body}"))
+}
+
 /// Takes a new attempt for each delivered job, or settles jobs that must not
 /// run: a record that is gone or already terminal (e.g. canceled) is just
 /// acknowledged; a job past its deadline fails with `deadline_exceeded`; a
 /// job that already used every attempt (its workers kept dying) fails with
 /// `attempts_exhausted` and is dead-lettered.
 static START: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    with_entry_payload(
         r#"
 -- KEYS: job, stream, dead
 -- ARGV: now, consumer, group, entry, max_attempts, failed_ttl, channel,
---       job id, deadline ('' = none), model, payload
+--       job id, deadline ('' = none), model
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then
   redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
@@ -210,7 +222,8 @@ local function fail(code, message, dead)
   redis.call('HDEL', KEYS[1], 'payload', 'retry_at')
   redis.call('EXPIRE', KEYS[1], ARGV[6])
   if dead then
-    redis.call('XADD', KEYS[3], '*', 'id', ARGV[8], 'job', ARGV[11], 'model', ARGV[10],
+    redis.call('XADD', KEYS[3], '*', 'id', ARGV[8], 'job', entry_payload(KEYS[2], ARGV[4]) or '',
+      'model', ARGV[10],
       'error', err, 'attempts', attempts, 'failed_at', ARGV[1])
   end
   redis.call('XACK', KEYS[2], ARGV[3], ARGV[4])
@@ -291,8 +304,7 @@ pub async fn start(
                 .arg(&channel)
                 .arg(id.to_string())
                 .arg(deadline)
-                .arg(d.model(keys))
-                .arg(&d.payload);
+                .arg(d.model(keys));
             inv
         })
         .collect();
@@ -313,11 +325,11 @@ pub async fn start(
 /// the caller's attempt: writes the outcome, acknowledges the entry and
 /// publishes the job id when it became terminal.
 static FINISH: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    with_entry_payload(
         r#"
 -- KEYS: job, stream, dead, delayed
 -- ARGV: group, entry, attempt, mode (succeeded|failed|dead|retry), now, ttl,
---       model_version, result, error, channel, job id, retry_at, payload, model
+--       model_version, result, error, channel, job id, retry_at, model
 local att = redis.call('HGET', KEYS[1], 'attempts')
 if not att then
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -327,10 +339,16 @@ if att ~= ARGV[3] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return 0
 end
 local mode = ARGV[4]
+local payload
+if mode == 'retry' or mode == 'dead' then
+  payload = entry_payload(KEYS[2], ARGV[2])
+  -- Without its entry (deleted by hand) a job cannot be re-queued: end it.
+  if not payload then mode = 'dead' end
+end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'model_version', ARGV[7]) end
 if mode == 'retry' then
   redis.call('HSET', KEYS[1], 'status', 'queued', 'last_error', ARGV[9],
-    'retry_at', ARGV[12], 'payload', ARGV[13])
+    'retry_at', ARGV[12], 'payload', payload)
   redis.call('ZADD', KEYS[4], ARGV[12], ARGV[11])
   redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
   return 1
@@ -342,7 +360,7 @@ if ARGV[9] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[9]) end
 redis.call('HDEL', KEYS[1], 'payload', 'retry_at', 'last_error')
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 if mode == 'dead' then
-  redis.call('XADD', KEYS[3], '*', 'id', ARGV[11], 'job', ARGV[13], 'model', ARGV[14],
+  redis.call('XADD', KEYS[3], '*', 'id', ARGV[11], 'job', payload or '', 'model', ARGV[13],
     'error', ARGV[9], 'attempts', ARGV[3], 'failed_at', ARGV[5])
 end
 redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
@@ -462,7 +480,6 @@ pub async fn finish(
                 .arg(&channel)
                 .arg(f.job_id.to_string())
                 .arg(retry_at)
-                .arg(&d.payload)
                 .arg(d.model(keys));
             inv
         })
