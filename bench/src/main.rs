@@ -182,21 +182,15 @@ impl Http {
 
     /// One predict; the job id of a 202, else an error text.
     async fn submit(&self) -> Result<String, String> {
-        let resp = self
-            .client
-            .post(format!("{}/v1/models/{MODEL}/predict", self.base))
-            .header("content-type", "application/json")
-            .body(self.body.as_ref().clone())
-            .send()
-            .await
-            .map_err(|e| format!("submit: {e}"))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| format!("submit: {e}"))?;
-        if status != StatusCode::ACCEPTED {
-            return Err(http_error("submit", status, &bytes));
-        }
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| format!("submit body: {e}"))?;
+        let v = expect_json(
+            "submit",
+            StatusCode::ACCEPTED,
+            self.client
+                .post(format!("{}/v1/models/{MODEL}/predict", self.base))
+                .header("content-type", "application/json")
+                .body(self.body.as_ref().clone()),
+        )
+        .await?;
         v["job_id"]
             .as_str()
             .map(str::to_owned)
@@ -206,19 +200,13 @@ impl Http {
     /// Long-polls (`?wait=5`) until the job is terminal; Ok when it succeeded.
     async fn wait(&self, id: &str, deadline: Instant) -> Result<(), String> {
         loop {
-            let resp = self
-                .client
-                .get(format!("{}/v1/jobs/{id}?wait=5", self.base))
-                .send()
-                .await
-                .map_err(|e| format!("poll: {e}"))?;
-            let status = resp.status();
-            let bytes = resp.bytes().await.map_err(|e| format!("poll: {e}"))?;
-            if status != StatusCode::OK {
-                return Err(http_error("poll", status, &bytes));
-            }
-            let v: serde_json::Value =
-                serde_json::from_slice(&bytes).map_err(|e| format!("poll body: {e}"))?;
+            let v = expect_json(
+                "poll",
+                StatusCode::OK,
+                self.client
+                    .get(format!("{}/v1/jobs/{id}?wait=5", self.base)),
+            )
+            .await?;
             match v["status"].as_str().unwrap_or("") {
                 "succeeded" => return Ok(()),
                 s @ ("failed" | "canceled") => return Err(format!("job {s}")),
@@ -227,6 +215,22 @@ impl Http {
             }
         }
     }
+}
+
+/// Sends a request and parses its JSON body, or says what went wrong
+/// (`stage: status error_code`, or a transport or body error).
+async fn expect_json(
+    stage: &str,
+    expected: StatusCode,
+    req: reqwest::RequestBuilder,
+) -> Result<serde_json::Value, String> {
+    let resp = req.send().await.map_err(|e| format!("{stage}: {e}"))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.map_err(|e| format!("{stage}: {e}"))?;
+    if status != expected {
+        return Err(http_error(stage, status, &bytes));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| format!("{stage} body: {e}"))
 }
 
 fn http_error(stage: &str, status: StatusCode, body: &[u8]) -> String {
