@@ -9,27 +9,23 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use deadpool_redis::Pool;
 use shared::model::ModelInfo;
 use shared::queue::ops;
-use shared::redis_conn::Limits;
+use redis::aio::ConnectionManager;
 use shared::{Keys, QueueError};
 
-use crate::state::checkout;
 
 pub struct ModelCache {
-    pool: Pool,
+    redis: ConnectionManager,
     keys: Keys,
-    limits: Limits,
     models: RwLock<HashMap<String, Arc<ModelInfo>>>,
 }
 
 impl ModelCache {
-    pub fn new(pool: Pool, keys: Keys, limits: Limits) -> ModelCache {
+    pub fn new(redis: ConnectionManager, keys: Keys) -> ModelCache {
         ModelCache {
-            pool,
+            redis,
             keys,
-            limits,
             models: RwLock::new(HashMap::new()),
         }
     }
@@ -82,7 +78,7 @@ impl ModelCache {
 
     /// Replaces the whole cache with what Redis holds now.
     pub async fn reload_all(&self) -> Result<usize, QueueError> {
-        let mut conn = checkout(&self.pool, self.limits).await?;
+        let mut conn = self.redis.clone();
         let all = ops::list_models(&mut conn, &self.keys).await?;
         drop(conn);
         let fresh: HashMap<String, Arc<ModelInfo>> = all
@@ -103,7 +99,7 @@ impl ModelCache {
     }
 
     async fn fetch(&self, name: &str) -> Result<Option<ModelInfo>, QueueError> {
-        let mut conn = checkout(&self.pool, self.limits).await?;
+        let mut conn = self.redis.clone();
         ops::get_model(&mut conn, &self.keys, name).await
     }
 }

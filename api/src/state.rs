@@ -1,15 +1,15 @@
 //! Everything a request handler needs, built once per process and shared by
-//! cheap clones: the Redis pool, the key layout, the model cache, the
+//! cheap clones: the shared Redis connection, the key layout, the model cache, the
 //! long-poll registry, the event listener task, the metrics handle, the
 //! request slots of the load shedder and the queue policy.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::{Connection, Pool};
 use metrics_exporter_prometheus::PrometheusHandle;
+use redis::aio::ConnectionManager;
+use shared::Keys;
 use shared::redis_conn::{self, Limits};
-use shared::{Keys, QueueError};
 use tokio::sync::Semaphore;
 
 use crate::config::Config;
@@ -17,15 +17,10 @@ use crate::events::Listener;
 use crate::models_cache::ModelCache;
 use crate::waiters::Waiters;
 
-/// Connections the pool may open; request traffic is multiplexed over them.
-const POOL_SIZE: usize = 32;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("invalid redis url: {0}")]
     RedisUrl(#[source] redis::RedisError),
-    #[error("cannot build the redis pool: {0}")]
-    Pool(#[source] redis::RedisError),
     #[error("the queue namespace must not be empty")]
     EmptyNamespace,
 }
@@ -36,7 +31,7 @@ pub struct AppState {
 }
 
 struct Inner {
-    pool: Pool,
+    redis: ConnectionManager,
     keys: Keys,
     limits: Limits,
     models: Arc<ModelCache>,
@@ -72,10 +67,9 @@ impl AppState {
         let limits = config.redis_limits();
         let client =
             redis::Client::open(config.redis_url.as_str()).map_err(StartupError::RedisUrl)?;
-        let pool =
-            redis_conn::pool(&config.redis_url, POOL_SIZE, limits).map_err(StartupError::Pool)?;
+        let redis = redis_conn::shared(&config.redis_url, limits).map_err(StartupError::RedisUrl)?;
         let keys = Keys::new(&config.namespace);
-        let models = Arc::new(ModelCache::new(pool.clone(), keys.clone(), limits));
+        let models = Arc::new(ModelCache::new(redis.clone(), keys.clone()));
         let waiters = Arc::new(Waiters::new());
         let listener = Listener::spawn(
             client,
@@ -86,7 +80,7 @@ impl AppState {
         );
         Ok(AppState {
             inner: Arc::new(Inner {
-                pool,
+                redis,
                 keys,
                 limits,
                 models,
@@ -105,13 +99,11 @@ impl AppState {
         })
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
-    }
-
-    /// A pooled connection, within the Redis time budget.
-    pub async fn conn(&self) -> Result<Connection, QueueError> {
-        checkout(&self.inner.pool, self.inner.limits).await
+    /// A handle to the process's shared Redis connection (see
+    /// [`redis_conn::shared`]); every command on it is bounded by the
+    /// configured Redis limits.
+    pub fn conn(&self) -> ConnectionManager {
+        self.inner.redis.clone()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -165,21 +157,5 @@ impl AppState {
     /// their job's current state instead of keeping the server up.
     pub fn begin_shutdown(&self) {
         self.inner.waiters.close();
-    }
-}
-
-/// Checks a connection out of the pool within one overall budget. deadpool
-/// bounds each step (wait, create, recycle) on its own and, when recycling an
-/// idle connection fails, moves on to the next one: against a hung Redis an
-/// unbounded `get` could spend one recycle timeout per idle connection.
-pub async fn checkout(pool: &Pool, limits: Limits) -> Result<Connection, QueueError> {
-    match tokio::time::timeout(limits.connect + limits.response, pool.get()).await {
-        Ok(conn) => Ok(conn?),
-        Err(_) => Err(QueueError::Redis(redis::RedisError::from(
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "timed out waiting for a redis connection",
-            ),
-        ))),
     }
 }

@@ -1,16 +1,27 @@
 //! Redis connections with explicit time limits.
 //!
 //! redis-rs gives every response 500 ms by default and deadpool waits forever
-//! for a connection; neither suits us. Request/response traffic goes through a
-//! [`Pool`] whose every step is bounded (so an outage turns into a quick error,
-//! not a hung request); a worker's blocking `XREADGROUP` gets a dedicated
-//! connection whose response timeout exceeds the block time.
+//! for a connection; neither suits us, so every connection here is built with
+//! explicit limits (an outage turns into a quick error, not a hung request).
+//!
+//! Three shapes, by traffic:
+//! * [`shared`]: one multiplexed connection for a whole process, reconnected
+//!   in the background after a failure. Concurrent requests are pipelined on
+//!   one socket, so Redis reads many commands per syscall and a request costs
+//!   exactly its own round trip. The API uses it: a pool's checkout would add
+//!   a health-check round trip (deadpool-redis sends `UNWATCH` + `PING` on
+//!   every checkout) to every HTTP request.
+//! * [`pool`]: a bounded deadpool of multiplexed connections, for callers that
+//!   check a connection out once per batch of work (the worker).
+//! * [`dedicated`]: a connection of its own, for commands that block
+//!   server-side (a worker's `XREADGROUP`), with a response timeout above the
+//!   block time.
 
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 
 /// Time limits for one class of connections.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +43,19 @@ fn config(limits: Limits) -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(limits.connect))
         .set_response_timeout(Some(limits.response))
+}
+
+/// One connection shared by every task of the process (clones are cheap
+/// handles to it). Connects lazily: a Redis that is down at start-up only
+/// makes requests fail until it is back. After a connection error the next
+/// request reconnects once, within the connect limit, rather than retrying
+/// for long: callers turn errors into quick 503s and clients retry.
+pub fn shared(url: &str, limits: Limits) -> Result<ConnectionManager, redis::RedisError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(limits.connect))
+        .set_response_timeout(Some(limits.response))
+        .set_number_of_retries(0);
+    ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)
 }
 
 /// A bounded pool of multiplexed connections.

@@ -16,7 +16,7 @@ pub async fn healthz() -> Response {
 /// Bounded by the connection budget plus one response timeout.
 pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     let ping = async {
-        let mut conn = state.conn().await?;
+        let mut conn = state.conn();
         redis::cmd("PING")
             .query_async::<()>(&mut conn)
             .await

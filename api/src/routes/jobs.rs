@@ -72,7 +72,7 @@ pub async fn cancel(
 ) -> Result<Response, ApiError> {
     let id = job_id(&raw_id)?;
     let policy = state.queue_policy();
-    let mut conn = state.conn().await?;
+    let mut conn = state.conn();
     let outcome = ops::cancel(
         &mut conn,
         state.keys(),
@@ -143,7 +143,7 @@ async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<Job
 }
 
 async fn read(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
-    let mut conn = state.conn().await?;
+    let mut conn = state.conn();
     ops::get_job(&mut conn, state.keys(), id)
         .await?
         .ok_or(ApiError::JobNotFound(*id))

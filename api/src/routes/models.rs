@@ -19,7 +19,7 @@ struct ModelList {
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let mut conn = state.conn().await?;
+    let mut conn = state.conn();
     let models = ops::list_models(&mut conn, state.keys()).await?;
     Ok(Json(ModelList { models }).into_response())
 }

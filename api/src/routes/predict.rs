@@ -113,7 +113,7 @@ async fn submit(
     };
     let span = tracing::info_span!("submit", job_id = %job.id, model = %job.model);
     let outcome = async {
-        let mut conn = state.conn().await?;
+        let mut conn = state.conn();
         let outcome = ops::submit(&mut conn, state.keys(), &job, &opts).await?;
         match outcome {
             Submitted::Created => tracing::info!("job queued"),
