@@ -152,6 +152,64 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// CPU time (user + system) a process has used so far. /proc counts it in
+/// USER_HZ ticks, which Linux fixes at 100 per second for user space.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may itself hold spaces: state is
+    // field 3, utime and stime are fields 14 and 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// CPU time of each process of the system under test, and of this one.
+struct CpuSample(Vec<(String, Option<Duration>)>);
+
+impl CpuSample {
+    fn take(procs: &[(String, u32)]) -> CpuSample {
+        let mut v: Vec<_> = procs
+            .iter()
+            .map(|(name, pid)| (name.clone(), cpu_time(*pid)))
+            .collect();
+        v.push(("load generator".into(), cpu_time(std::process::id())));
+        CpuSample(v)
+    }
+
+    /// Rows of CPU microseconds per job between `self` and `later`, their
+    /// total, and the jobs/s that total allows on `cores`: the ceiling no
+    /// tuning of one process can lift past.
+    fn report(
+        &self,
+        later: &CpuSample,
+        jobs: usize,
+        cores: usize,
+        measured: f64,
+        rep: &mut Report,
+    ) {
+        let section = "CPU per job (closed loop)";
+        let mut total = 0.0;
+        for ((name, a), (_, b)) in self.0.iter().zip(&later.0) {
+            let (Some(a), Some(b)) = (a, b) else { continue };
+            let us = (*b - *a).as_secs_f64() * 1e6 / jobs as f64;
+            total += us;
+            rep.row(section, name, format!("{us:.0} us"), String::new());
+        }
+        let ceiling = cores as f64 * 1e6 / total;
+        rep.row(
+            section,
+            "total",
+            format!("{total:.0} us"),
+            format!(
+                "ceiling on {cores} cores: {ceiling:.0} jobs/s; measured {measured:.0} ({:.2} x ceiling)",
+                measured / ceiling
+            ),
+        );
+    }
+}
+
 fn mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
@@ -799,8 +857,20 @@ async fn main() -> Result<()> {
 
     let on_label = format!("closed, read-count {}", batch_flag(&args.worker_args));
     progress(&format!("{on_label}: {} jobs", args.jobs));
+    let mut procs = vec![("api".to_owned(), api.proc.pid())];
+    procs.extend(
+        workers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("worker {}", i + 1), w.proc.pid())),
+    );
+    procs.extend(redis.pid().map(|p| ("redis-server".to_owned(), p)));
+    let cpu_before = CpuSample::take(&procs);
     let on = closed_loop(&http, args.jobs, args.concurrency).await?;
+    let cpu_after = CpuSample::take(&procs);
     report_closed(&mut rep, &on_label, &on, ort1);
+    // closed_loop runs the jobs twice: a burst, then submit-and-wait.
+    cpu_before.report(&cpu_after, 2 * args.jobs, nproc, on.e2e_jps, &mut rep);
     rep.row(
         &on_label,
         "end-to-end ÷ Redis jobs/s bound",

@@ -88,8 +88,10 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
-    /// How often acknowledged entries are trimmed from the streams.
-    #[arg(long, env = "TRIM_INTERVAL_SECS", default_value_t = 10)]
+    /// How often acknowledged entries are trimmed from the streams. Redis is
+    /// blocked while it frees trimmed entries (about 0.15 us each), so short
+    /// intervals keep each pause small: 1 s at 5000 jobs/s is under 1 ms.
+    #[arg(long, env = "TRIM_INTERVAL_SECS", default_value_t = 1)]
     pub trim_interval_secs: u64,
 
     /// Approximate cap of the dead-letter stream.
