@@ -11,6 +11,8 @@ Outputs (relative to the repo root):
   models/two_input.onnx         x f32[N,4], k i64[N,1] -> y f32[N,2], z i64[N,1]
   models/fixtures/<model>.json  Open Inference Protocol (KServe V2) style
                                 input/output tensors computed by onnxruntime
+  models/datasets/breast_cancer.csv  the breast-cancer training data (header row,
+                                30 features, `target` 0/1) for the trainer crate
   models/testdata/*.onnx        models only the failure tests use (not served
                                 by default): slow, flaky_broken/flaky_fixed,
                                 inf_output
@@ -351,6 +353,25 @@ def save_testdata() -> list:
     return out
 
 
+def write_breast_cancer_csv() -> Path:
+    """sklearn's breast-cancer data as CSV: the 30 feature names, then
+    `target`. repr() of a float64 is its shortest exact round-trip form, so
+    parsers get back the very values sklearn holds."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    names = [str(n) for n in data.feature_names] + ["target"]
+    assert not any(c in n for n in names for c in ',"\n'), names
+    lines = [",".join(names)]
+    for row, t in zip(data.data, data.target):
+        lines.append(",".join([repr(float(v)) for v in row] + [str(int(t))]))
+    path = MODELS / "datasets" / "breast_cancer.csv"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert len(lines) == 570 and len(names) == 31
+    return path
+
+
 def save_model(model: onnx.ModelProto, name: str) -> Path:
     path = MODELS / f"{name}.onnx"
     path.write_bytes(model.SerializeToString(deterministic=True))
@@ -422,6 +443,7 @@ def main() -> None:
     summary.append(("two_input", path, sess))
 
     summary.extend(save_testdata())
+    csv_path = write_breast_cancer_csv()
 
     # --- summary ----------------------------------------------------------
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}")
@@ -434,6 +456,7 @@ def main() -> None:
             f"{name}: {path.relative_to(ROOT)} ({path.stat().st_size} B, ir {m.ir_version}, {opsets})\n"
             f"  inputs:  {ins}\n  outputs: {outs}"
         )
+    print(f"dataset: {csv_path.relative_to(ROOT)} ({csv_path.stat().st_size} B)")
 
 
 if __name__ == "__main__":

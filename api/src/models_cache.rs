@@ -9,11 +9,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use redis::aio::ConnectionManager;
 use shared::model::ModelInfo;
 use shared::queue::ops;
-use redis::aio::ConnectionManager;
 use shared::{Keys, QueueError};
-
 
 pub struct ModelCache {
     redis: ConnectionManager,

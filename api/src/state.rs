@@ -67,7 +67,8 @@ impl AppState {
         let limits = config.redis_limits();
         let client =
             redis::Client::open(config.redis_url.as_str()).map_err(StartupError::RedisUrl)?;
-        let redis = redis_conn::shared(&config.redis_url, limits).map_err(StartupError::RedisUrl)?;
+        let redis =
+            redis_conn::shared(&config.redis_url, limits).map_err(StartupError::RedisUrl)?;
         let keys = Keys::new(&config.namespace);
         let models = Arc::new(ModelCache::new(redis.clone(), keys.clone()));
         let waiters = Arc::new(Waiters::new());
