@@ -1,6 +1,8 @@
 # Multi-stage build: the binaries (api, worker, jobctl) plus the ONNX Runtime
 # library in one small runtime image, run as a non-root user. The same image
-# runs `api` or `worker`; `jobctl` is there for operators.
+# runs `api` or `worker`; `jobctl` is there for operators. compose.yaml and
+# deploy/k8s/ use it; e2e/tests/deploy.rs checks that the paths and the user
+# below agree with them.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -9,7 +11,9 @@ WORKDIR /src
 COPY . .
 RUN cargo build --release --locked -p api -p worker -p jobctl
 
-# The ONNX Runtime shared library ships inside the onnxruntime wheel on PyPI.
+# The ONNX Runtime shared library ships inside the onnxruntime wheel on PyPI
+# (1.31.x matches the `api-31` feature of the ort crate). pip picks the wheel
+# of the build platform, so an arm64 build gets the arm64 library.
 FROM python:3.11-slim-bookworm AS ort
 ARG ORT_VERSION=1.31.1
 RUN pip download --no-deps --only-binary=:all: "onnxruntime==${ORT_VERSION}" -d /wheels \
@@ -18,16 +22,24 @@ n=max((n for n in z.namelist() if n.startswith('onnxruntime/capi/libonnxruntime.
 open('/libonnxruntime.so','wb').write(z.read(n))"
 
 FROM debian:bookworm-slim
+# libstdc++6: ONNX Runtime's only dependency beyond libc. curl: the compose
+# healthchecks (GET /healthz from inside the container).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libstdc++6 ca-certificates \
+ && apt-get install -y --no-install-recommends libstdc++6 ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home app
+ && groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin app
 COPY --from=build /src/target/release/api /src/target/release/worker /src/target/release/jobctl /usr/local/bin/
 COPY --from=ort /libonnxruntime.so /usr/local/lib/libonnxruntime.so
-COPY models /models
+# Only the served models: the worker loads every *.onnx directly in MODELS_DIR
+# (test models and fixtures stay out of the image).
+COPY models/*.onnx /models/
 ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so \
     MODELS_DIR=/models \
     LOG_FORMAT=json
-USER app
-EXPOSE 8080
+# Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
+USER 10001:10001
+# 8080: the API (LISTEN_ADDR); 9090: a worker's /metrics, /healthz, /readyz
+# (METRICS_LISTEN, off unless set).
+EXPOSE 8080 9090
 CMD ["api"]

@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use shared::QueueError;
+use shared::telemetry::ErrorChain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -111,14 +112,20 @@ impl From<QueueError> for ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every error response.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody)]
+pub(crate) struct Body<'a> {
     error: Detail<'a>,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorDetail)]
+pub(crate) struct Detail<'a> {
+    /// Stable, for programs.
+    #[schema(value_type = crate::openapi::ErrorCode)]
     code: &'a str,
+    /// One sentence, for people.
     message: &'a str,
 }
 
@@ -128,9 +135,12 @@ impl IntoResponse for ApiError {
         // The causes of 5xx stay in the log: they may name hosts or internals.
         match &self {
             ApiError::RedisUnavailable(cause) => {
-                tracing::warn!(error = %cause, "redis unavailable");
+                tracing::warn!(error = %ErrorChain(cause), "redis unavailable");
             }
-            ApiError::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            // `{:#}`: the whole cause chain on one line.
+            ApiError::Internal(cause) => {
+                tracing::error!(error = %format_args!("{cause:#}"), "internal error");
+            }
             _ => {}
         }
         let message = self.to_string();

@@ -21,9 +21,11 @@ pub mod events;
 pub mod extract;
 pub mod metrics;
 pub mod models_cache;
+pub mod openapi;
 pub mod overload;
 pub mod routes;
 pub mod state;
+pub mod stream_stats;
 pub mod validate;
 pub mod waiters;
 
@@ -32,7 +34,6 @@ use std::any::Any;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use config::{Config, LogFormat};
@@ -42,17 +43,11 @@ pub use state::{AppState, StartupError};
 /// The application: every route, the JSON 404/405 fallbacks, the body limit,
 /// panic containment, load shedding and per-request metrics and tracing.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route(routes::PREDICT, post(routes::predict::predict))
-        .route(routes::MODELS, get(routes::models::list))
-        .route(routes::MODEL, get(routes::models::get_one))
-        .route(
-            routes::JOB,
-            get(routes::jobs::get_job).delete(routes::jobs::cancel),
-        )
-        .route(routes::HEALTHZ, get(routes::health::healthz))
-        .route(routes::READYZ, get(routes::health::readyz))
-        .route(routes::METRICS, get(metrics::render))
+    // Exactly the routes of the table, which the OpenAPI tests check the
+    // document against: add a route there, never here.
+    routes::TABLE
+        .iter()
+        .fold(Router::new(), |app, r| app.route(r.path, (r.handler)()))
         // Must follow the routes: it is applied to the routes present.
         .method_not_allowed_fallback(routes::method_not_allowed)
         .fallback(routes::not_found)

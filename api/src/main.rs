@@ -16,8 +16,19 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    shared::telemetry::init(config.log_format.as_str(), "info");
+    let telemetry = shared::telemetry::init_with(&shared::telemetry::Options {
+        format: config.log_format.as_str(),
+        default_filter: "info",
+        service_name: "onnx-queue-api",
+        otlp_endpoint: config.otlp_endpoint.as_deref(),
+    })?;
+    let served = serve(config).await;
+    // Export the last spans; blocking, so off the executor.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    served
+}
 
+async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(&config)?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

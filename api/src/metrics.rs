@@ -1,40 +1,42 @@
 //! Prometheus metrics: the process-wide recorder, the per-request middleware
-//! (tracing span, request counter, latency histogram) and `GET /metrics`.
+//! (tracing span, request counter, latency histogram), Redis error counting
+//! and `GET /metrics`, which appends the queue gauges sampled at scrape time
+//! ([`crate::stream_stats`]).
 //!
-//! Label values are bounded: the route label is the matched route template
-//! (or `unmatched`), never the raw path, so unknown URLs cannot create series.
+//! Names come from the catalogue in [`shared::metric_names`]. Label values
+//! are bounded: the route label is the matched route template (or
+//! `unmatched`), never the raw path, so unknown URLs cannot create series.
 //! A `model` label is a model some worker published, or [`UNKNOWN_MODEL`];
-//! a `reason` label is an [`ApiError`] code. Never a job id.
+//! a `reason` label is an [`ApiError`] code; an `op` label one of
+//! [`redis_op`]. Never a job id.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use shared::QueueError;
+use shared::metric_names::SECONDS_BUCKETS;
+pub use shared::metric_names::{
+    HTTP_DURATION, HTTP_REQUESTS, JOBS_CANCELED, JOBS_DEDUPLICATED, JOBS_REJECTED, JOBS_SUBMITTED,
+    REDIS_ERRORS, redis_op,
+};
 use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::routes;
 use crate::state::AppState;
-
-pub const HTTP_REQUESTS: &str = "http_requests_total";
-pub const HTTP_DURATION: &str = "http_request_duration_seconds";
-pub const JOBS_SUBMITTED: &str = "jobs_submitted_total";
-pub const JOBS_DEDUPLICATED: &str = "jobs_deduplicated_total";
-pub const JOBS_CANCELED: &str = "jobs_canceled_total";
-pub const JOBS_REJECTED: &str = "jobs_rejected_total";
+use crate::stream_stats::StreamStats;
 
 /// The `model` label of requests naming no published model: the raw name
 /// would let any client create series at will.
 pub const UNKNOWN_MODEL: &str = "unknown";
 
-const DURATION_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The global recorder's handle. The recorder is process-global, but tests
@@ -46,32 +48,14 @@ pub fn handle() -> PrometheusHandle {
 
 fn install() -> PrometheusHandle {
     let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), &DURATION_BUCKETS)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
         .unwrap_or_else(|_| PrometheusBuilder::new());
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
     if let Err(e) = metrics::set_global_recorder(recorder) {
         tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics stays empty");
     }
-    metrics::describe_counter!(
-        HTTP_REQUESTS,
-        "HTTP requests answered, by method, route and status."
-    );
-    metrics::describe_histogram!(
-        HTTP_DURATION,
-        metrics::Unit::Seconds,
-        "HTTP request latency."
-    );
-    metrics::describe_counter!(JOBS_SUBMITTED, "Jobs accepted onto the queue, by model.");
-    metrics::describe_counter!(
-        JOBS_DEDUPLICATED,
-        "Submissions answered with an earlier job of the same Idempotency-Key, by model."
-    );
-    metrics::describe_counter!(JOBS_CANCELED, "Queued jobs canceled by clients, by model.");
-    metrics::describe_counter!(
-        JOBS_REJECTED,
-        "Submissions refused, by model and reason (the error code)."
-    );
+    describe();
     // Histogram samples pile up until upkeep drains them; a scrape does too,
     // but memory must not depend on someone scraping.
     let upkeep = handle.clone();
@@ -89,16 +73,53 @@ fn install() -> PrometheusHandle {
     handle
 }
 
-/// `GET /metrics`
-pub async fn render(State(state): State<AppState>) -> Response {
+fn describe() {
+    metrics::describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by method, route template and status."
+    );
+    metrics::describe_histogram!(
+        HTTP_DURATION,
+        metrics::Unit::Seconds,
+        "HTTP request latency, by method, route template and status."
+    );
+    metrics::describe_counter!(
+        JOBS_SUBMITTED,
+        "Jobs accepted onto the queue, by model and kind."
+    );
+    metrics::describe_counter!(
+        JOBS_DEDUPLICATED,
+        "Submissions answered with an earlier job of the same Idempotency-Key, by model."
+    );
+    metrics::describe_counter!(JOBS_CANCELED, "Queued jobs canceled by clients, by model.");
+    metrics::describe_counter!(
+        JOBS_REJECTED,
+        "Submissions refused, by model and reason (the error code)."
+    );
+    metrics::describe_counter!(
+        REDIS_ERRORS,
+        "Failed Redis calls (unreachable, timed out, or an error reply), by operation."
+    );
+}
+
+/// `GET /metrics`: the recorder's metrics, then the queue gauges.
+pub async fn render(
+    State(state): State<AppState>,
+    Extension(streams): Extension<StreamStats>,
+) -> Response {
+    // Sampled first, so a failure to sample is already counted in this
+    // scrape's onnxq_redis_errors_total.
+    let gauges = streams.render(&state).await;
     let handle = state.metrics();
     handle.run_upkeep();
+    let mut text = handle.render();
+    text.push_str(&gauges);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        handle.render(),
+        text,
     )
         .into_response()
 }
@@ -110,10 +131,11 @@ pub async fn track(req: Request, next: Next) -> Response {
     let route = route_label(req.extensions().get::<MatchedPath>());
     let span = tracing::info_span!("request", method, route, job_id = tracing::field::Empty);
     let res = next.run(req).instrument(span).await;
-    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status_label(res.status()))
-        .increment(1);
-    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route)
+    let status = status_label(res.status());
+    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route, "status" => status.clone())
         .record(start.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
+        .increment(1);
     res
 }
 
@@ -121,6 +143,23 @@ pub async fn track(req: Request, next: Next) -> Response {
 /// [`UNKNOWN_MODEL`].
 pub fn count_rejection(model: SharedString, error: &ApiError) {
     metrics::counter!(JOBS_REJECTED, "model" => model, "reason" => error.code()).increment(1);
+}
+
+/// Counts a failed Redis call of kind `op` (one of [`redis_op`]) and turns
+/// the error into the client's answer. Errors that are not Redis's (corrupt
+/// data, encoding) are not counted.
+pub fn redis_failed(op: &'static str) -> impl Fn(QueueError) -> ApiError {
+    move |e| {
+        count_redis_error(op, &e);
+        ApiError::from(e)
+    }
+}
+
+/// Counts `e` under `op` if it is a failure of Redis itself.
+pub fn count_redis_error(op: &'static str, e: &QueueError) {
+    if matches!(e, QueueError::Redis(_) | QueueError::Pool(_)) {
+        metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
+    }
 }
 
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {

@@ -490,7 +490,12 @@ async fn health_ready_and_redis_outage() {
     assert_eq!(r.json(), serde_json::json!({"status": "ok"}));
     let r = env.send(get("/readyz")).await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json(), serde_json::json!({"status": "ready"}));
+    assert_eq!(r.json()["status"], "ready");
+    assert_eq!(
+        r.json()["models"]["mlp128"],
+        serde_json::json!({"workers": 0, "last_heartbeat_age_seconds": null}),
+        "published, but no worker heartbeats"
+    );
     // Warm the model cache so predict reaches the submit step.
     submit(&env, PREDICT, features_body(128)).await;
 
@@ -600,22 +605,23 @@ async fn metrics_count_submits_and_requests_with_bounded_labels() {
     );
     let text = r.text();
     assert!(
-        text.lines()
-            .any(|l| l.starts_with(r#"jobs_submitted_total{model="metered"} "#)),
-        "{text}"
-    );
-    assert!(
-        text.contains(
-            r#"http_requests_total{method="POST",route="/v1/models/{model}/predict",status="202"}"#
+        text.lines().any(
+            |l| l.starts_with(r#"onnxq_jobs_submitted_total{model="metered",kind="predict"} "#)
         ),
         "{text}"
     );
     assert!(
-        text.contains(r#"http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        text.contains(
+            r#"onnxq_http_requests_total{method="POST",route="/v1/models/{model}/predict",status="202"}"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains("http_request_duration_seconds_bucket{"),
+        text.contains(r#"onnxq_http_requests_total{method="GET",route="unmatched",status="404"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("onnxq_http_request_duration_seconds_bucket{"),
         "{text}"
     );
     assert!(!text.contains("9f1c2d"), "raw path leaked into labels");

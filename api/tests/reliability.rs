@@ -211,6 +211,7 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
         inputs: vec![],
         submitted_at_ms: shared::time::now_ms(),
         deadline_ms: None,
+        traceparent: None,
     };
     let opts = ops::SubmitOptions {
         max_queue_depth: 4,
@@ -309,10 +310,10 @@ async fn rejections_are_counted_with_bounded_labels() {
 
     let text = env.send(get("/metrics")).await.text().to_owned();
     for line in [
-        r#"jobs_rejected_total{model="unknown",reason="model_not_found"}"#,
-        r#"jobs_rejected_total{model="mlp128",reason="invalid_input"}"#,
-        r#"jobs_rejected_total{model="mlp128",reason="unsupported_media_type"}"#,
-        r#"jobs_canceled_total{model="mlp128"}"#,
+        r#"onnxq_jobs_rejected_total{model="unknown",reason="model_not_found"}"#,
+        r#"onnxq_jobs_rejected_total{model="mlp128",reason="invalid_input"}"#,
+        r#"onnxq_jobs_rejected_total{model="mlp128",reason="unsupported_media_type"}"#,
+        r#"onnxq_jobs_canceled_total{model="mlp128"}"#,
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }

@@ -7,6 +7,8 @@
 //! drops, so a failing test leaves nothing behind. Child logs go to
 //! `target/e2e-logs/`, named after the process and its port or pid.
 
+pub mod prom;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

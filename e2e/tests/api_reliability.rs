@@ -219,7 +219,7 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
 
     let m = c.get("/metrics").await.text;
     assert_eq!(
-        metric(&m, "jobs_canceled_total", &[("model", "mlp128")]),
+        metric(&m, "onnxq_jobs_canceled_total", &[("model", "mlp128")]),
         Some(1.0),
         "{m}"
     );
@@ -337,16 +337,20 @@ async fn idempotency_key_returns_the_first_job_per_model() {
 
     let m = c.get("/metrics").await.text;
     let count = |name, model| metric(&m, name, &[("model", model)]);
-    assert_eq!(count("jobs_submitted_total", "mlp128"), Some(3.0), "{m}");
     assert_eq!(
-        count("jobs_deduplicated_total", "mlp128"),
+        count("onnxq_jobs_submitted_total", "mlp128"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(
+        count("onnxq_jobs_deduplicated_total", "mlp128"),
         Some(20.0),
         "{m}"
     );
     assert_eq!(
         metric(
             &m,
-            "jobs_rejected_total",
+            "onnxq_jobs_rejected_total",
             &[("model", "mlp128"), ("reason", "idempotency_key_reused")]
         ),
         Some(2.0),
@@ -464,7 +468,7 @@ async fn a_full_queue_answers_429_until_workers_drain_it() {
     assert_eq!(
         metric(
             &m,
-            "jobs_rejected_total",
+            "onnxq_jobs_rejected_total",
             &[("model", "mlp128"), ("reason", "queue_full")]
         ),
         Some(1.0),
@@ -512,7 +516,7 @@ async fn past_the_concurrency_limit_requests_are_shed_with_503() {
     assert_eq!(
         metric(
             &m,
-            "jobs_rejected_total",
+            "onnxq_jobs_rejected_total",
             &[("model", "mlp128"), ("reason", "overloaded")]
         ),
         Some(1.0),

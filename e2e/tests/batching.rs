@@ -8,6 +8,10 @@ use e2e::{
 };
 use serde_json::{Value, json};
 
+/// Rows per ONNX Runtime run of mlp128 (one sample per run).
+const ROWS_SUM: &str = r#"onnxq_worker_inference_batch_rows_sum{model="mlp128"}"#;
+const ROWS_COUNT: &str = r#"onnxq_worker_inference_batch_rows_count{model="mlp128"}"#;
+
 fn sample(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
@@ -68,10 +72,7 @@ async fn stacked_jobs_get_bit_identical_results() {
         alone.push(job["result"]["outputs"][0]["data"].clone());
     }
     let m = metrics.get("/metrics").await.text;
-    let (sum, count) = (
-        sample(&m, "worker_inference_batch_rows_sum"),
-        sample(&m, "worker_inference_batch_rows_count"),
-    );
+    let (sum, count) = (sample(&m, ROWS_SUM), sample(&m, ROWS_COUNT));
     assert_eq!(
         (sum, count),
         (40.0, 40.0),
@@ -107,10 +108,10 @@ async fn stacked_jobs_get_bit_identical_results() {
         assert_outputs_match(&job["result"]["outputs"], want, 1e-5);
     }
     let m = metrics.get("/metrics").await.text;
-    let stacked_rows = sample(&m, "worker_inference_batch_rows_sum") - 40.0;
-    let stacked_jobs = sample(&m, "worker_inference_batch_rows_count") - 40.0;
+    let stacked_rows = sample(&m, ROWS_SUM) - 40.0;
+    let stacked_runs = sample(&m, ROWS_COUNT) - 40.0;
     assert!(
-        stacked_rows > stacked_jobs * 4.0,
-        "jobs were not stacked: {stacked_rows} rows over {stacked_jobs} jobs"
+        stacked_rows > stacked_runs * 4.0,
+        "jobs were not stacked: {stacked_rows} rows over {stacked_runs} runs"
     );
 }

@@ -117,6 +117,7 @@ fn envelope(model: &str, inputs: Vec<Tensor>, submitted_at_ms: i64) -> JobEnvelo
         inputs,
         submitted_at_ms,
         deadline_ms: None,
+        traceparent: None,
     }
 }
 

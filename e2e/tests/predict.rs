@@ -568,8 +568,8 @@ async fn health_readiness_models_and_metrics() {
     let metrics = c.get("/metrics").await.text;
     let submitted = metrics
         .lines()
-        .find(|l| l.starts_with("jobs_submitted_total") && l.contains("model=\"mlp128\""))
-        .unwrap_or_else(|| panic!("no jobs_submitted_total for mlp128:\n{metrics}"));
+        .find(|l| l.starts_with("onnxq_jobs_submitted_total") && l.contains("model=\"mlp128\""))
+        .unwrap_or_else(|| panic!("no onnxq_jobs_submitted_total for mlp128:\n{metrics}"));
     assert!(submitted.ends_with(" 2"), "{submitted}");
     assert!(metrics.contains("http_requests_total"), "{metrics}");
 

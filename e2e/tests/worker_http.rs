@@ -4,18 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use e2e::prom::Scrape;
 use e2e::{Api, Client, ModelsDir, RedisServer, StatusCode, Worker, free_port, unique_namespace};
 use serde_json::json;
-
-/// The value of the sample of `name` whose labels include all of `labels`.
-fn sample(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .find(|l| labels.iter().all(|want| l.contains(want)))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_exposes_exact_job_counts_timings_and_readiness() {
@@ -58,50 +49,48 @@ async fn worker_exposes_exact_job_counts_timings_and_readiness() {
         "failed"
     );
 
-    let m = worker.get("/metrics").await.text;
-    let finished = "worker_jobs_finished_total";
+    let text = worker.get("/metrics").await.text;
+    let m = Scrape::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let finished = "onnxq_worker_jobs_finished_total";
     assert_eq!(
-        sample(
-            &m,
+        m.value(
             finished,
             &[
-                "model=\"mlp128\"",
-                "status=\"succeeded\"",
-                "reason=\"none\""
+                ("model", "mlp128"),
+                ("kind", "predict"),
+                ("status", "succeeded"),
+                ("reason", "none")
             ]
         ),
         Some(2.0),
-        "{m}"
+        "{text}"
     );
     assert_eq!(
-        sample(
-            &m,
+        m.value(
             finished,
             &[
-                "model=\"inf\"",
-                "status=\"failed\"",
-                "reason=\"non_finite_output\""
+                ("model", "inf"),
+                ("kind", "predict"),
+                ("status", "failed"),
+                ("reason", "non_finite_output")
             ]
         ),
         Some(1.0),
-        "{m}"
+        "{text}"
     );
-    assert_eq!(
-        sample(&m, "worker_inference_seconds_count", &["model=\"mlp128\""]),
-        Some(2.0),
-        "{m}"
-    );
-    assert_eq!(
-        sample(&m, "worker_queue_wait_seconds_count", &["model=\"inf\""]),
-        Some(1.0),
-        "{m}"
-    );
-    assert_eq!(sample(&m, "worker_batch_size_count", &[]), Some(3.0), "{m}");
-    assert!(
-        m.contains("worker_inference_seconds_bucket"),
-        "histograms need explicit buckets: {m}"
-    );
-    assert!(!m.contains(&id), "job ids must never be metric labels");
+    let count = |name: &str, model: &str| {
+        m.histogram(name, &[("model", model)])
+            .unwrap_or_else(|| panic!("no {name}{{model={model}}}:\n{text}"))
+            .count
+    };
+    // One job at a time: one ONNX Runtime run per job.
+    assert_eq!(count("onnxq_worker_inference_seconds", "mlp128"), 2.0);
+    assert_eq!(count("onnxq_worker_queue_wait_seconds", "inf"), 1.0);
+    let reads = m
+        .histogram("onnxq_worker_batch_size", &[])
+        .expect("batch size");
+    assert_eq!(reads.sum, 3.0, "{text}");
+    assert!(!text.contains(&id), "job ids must never be metric labels");
 
     redis.kill();
     let started = Instant::now();

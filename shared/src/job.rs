@@ -97,13 +97,15 @@ pub struct JobRecord {
     /// serve it without decoding and re-encoding.
     pub result_json: Option<String>,
     pub error: Option<JobError>,
+    /// W3C `traceparent` stored at submission (see [`crate::trace`]).
+    pub traceparent: Option<String>,
 }
 
 impl JobRecord {
     /// The hash fields a record is built from. Readers fetch only these
     /// (HMGET): the hash also holds worker-side fields, among them a binary
     /// payload parked while a retry waits, that are no reader's business.
-    pub const FIELDS: [&'static str; 11] = [
+    pub const FIELDS: [&'static str; 12] = [
         "kind",
         "model",
         "model_version",
@@ -115,6 +117,7 @@ impl JobRecord {
         "deadline",
         "result",
         "error",
+        "traceparent",
     ];
 
     /// Builds the record from the hash fields; `None` when the hash is empty
@@ -158,6 +161,7 @@ impl JobRecord {
             deadline_ms: int(take("deadline")),
             result_json: take("result"),
             error,
+            traceparent: take("traceparent"),
         }))
     }
 }
@@ -201,6 +205,10 @@ mod tests {
             ("model_version", "abc"),
             ("deadline", "1800"),
             ("error", r#"{"code":"inference_error","message":"boom"}"#),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
             ("future_field", "x"),
         ]
         .into_iter()
@@ -213,6 +221,7 @@ mod tests {
         assert_eq!(rec.deadline_ms, Some(1800));
         assert_eq!(rec.error.unwrap().code, "inference_error");
         assert_eq!(rec.result_json, None);
+        assert!(rec.traceparent.is_some_and(|t| t.starts_with("00-4bf92f")));
 
         let bad: HashMap<String, String> = [("kind", "predict"), ("status", "weird")]
             .into_iter()

@@ -7,11 +7,13 @@
 //! key, stream field and Lua script lives in `queue/`.
 
 pub mod job;
+pub mod metric_names;
 pub mod model;
 pub mod queue;
 pub mod redis_conn;
 pub mod telemetry;
 pub mod tensor;
 pub mod time;
+pub mod trace;
 
 pub use queue::{Keys, QueueError};

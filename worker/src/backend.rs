@@ -114,7 +114,21 @@ impl Backend for OnnxModel {
         // A panic while holding the lock leaves the session itself intact
         // (ORT state is not mid-update from Rust's view): keep serving.
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-        let outputs = session.run(values).map_err(ort_err)?;
+        let started = std::time::Instant::now();
+        let outputs = session.run(values);
+        // One sample per ONNX Runtime run, failed runs included: whether one
+        // job ran or several were stacked, this is where the time goes.
+        let model = self.info.name.clone();
+        metrics::histogram!(shared::metric_names::WORKER_INFERENCE, "model" => model.clone())
+            .record(started.elapsed().as_secs_f64());
+        let rows = inputs
+            .first()
+            .and_then(|t| t.shape.first())
+            .copied()
+            .unwrap_or(1);
+        metrics::histogram!(shared::metric_names::WORKER_INFERENCE_BATCH_ROWS, "model" => model)
+            .record(rows as f64);
+        let outputs = outputs.map_err(ort_err)?;
         self.info
             .outputs
             .iter()

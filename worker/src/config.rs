@@ -115,4 +115,9 @@ pub struct Config {
     /// Log format: `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
+
+    /// OTLP/HTTP base URL (e.g. `http://127.0.0.1:4318`) to export job
+    /// traces to; `/v1/traces` is appended. Unset: no export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }

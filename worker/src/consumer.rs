@@ -10,21 +10,29 @@
 //! batch in flight.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use deadpool_redis::Pool;
 use rand::Rng;
 use redis::aio::MultiplexedConnection;
+use shared::metric_names::{
+    WORKER_BATCH_SIZE, WORKER_END_TO_END, WORKER_JOB_RETRIES, WORKER_JOBS_DEAD_LETTERED,
+    WORKER_JOBS_FINISHED, WORKER_JOBS_RECLAIMED, WORKER_QUEUE_WAIT, WORKER_RESULTS_DISCARDED,
+    WORKER_RUN, redis_op,
+};
 use shared::queue::consume::{self, Delivery, Finish, Finished, Outcome, Policy, Start};
 use shared::queue::{Keys, QueueError};
 use shared::redis_conn::{self, Limits};
+use shared::telemetry::{self, spans};
+use shared::trace::TraceContext;
 use tokio::sync::watch;
-use tracing::info_span;
+use tracing::{Span, info_span, trace_span};
 use uuid::Uuid;
 
 use crate::backend::Models;
 use crate::error::JobFailure;
 use crate::execute;
+use crate::http::count_redis_error;
 
 /// What every slot of one worker process shares.
 pub struct Context {
@@ -131,6 +139,8 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
             match redis_conn::dedicated(&ctx.redis_url, read_limits).await {
                 Ok(c) => conn = Some(c),
                 Err(error) => {
+                    metrics::counter!(shared::metric_names::REDIS_ERRORS, "op" => redis_op::CONNECT)
+                        .increment(1);
                     tracing::warn!(slot, %error, "cannot connect to redis; backing off");
                     tokio::select! {
                         _ = backoff.wait() => {}
@@ -167,6 +177,7 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
                 match more {
                     Ok(more) => batch.extend(more),
                     Err(error) => {
+                        count_redis_error(redis_op::READ, &error);
                         // What was already read must still run: keep it.
                         tracing::warn!(slot, %error, "second read of a batch failed");
                         conn = None;
@@ -184,15 +195,19 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
                 }
             }
             Err(QueueError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                metrics::counter!(shared::metric_names::REDIS_ERRORS, "op" => redis_op::READ)
+                    .increment(1);
                 // The stream or group vanished (e.g. a Redis without
                 // persistence restarted): recreate and read again.
                 tracing::warn!(slot, "consumer group missing; recreating");
                 if let Err(error) = ctx.ensure_groups().await {
+                    count_redis_error(redis_op::ENSURE_GROUP, &error);
                     tracing::warn!(slot, %error, "cannot recreate consumer groups");
                     backoff.wait().await;
                 }
             }
             Err(error) => {
+                count_redis_error(redis_op::READ, &error);
                 tracing::warn!(slot, %error, "reading the job streams failed; reconnecting");
                 conn = None;
                 backoff.wait().await;
@@ -229,11 +244,16 @@ async fn reclaim_expired(ctx: &Context) {
                     jobs = batch.len(),
                     "took over jobs whose lease expired"
                 );
-                metrics::counter!("worker_jobs_reclaimed_total").increment(batch.len() as u64);
+                let model = ctx.keys.model_of_stream(stream).unwrap_or("").to_owned();
+                metrics::counter!(WORKER_JOBS_RECLAIMED, "model" => model)
+                    .increment(batch.len() as u64);
                 process(ctx, batch).await;
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(stream, %error, "reclaiming expired leases failed"),
+            Err(error) => {
+                count_redis_error(redis_op::RECLAIM, &error);
+                tracing::warn!(stream, %error, "reclaiming expired leases failed");
+            }
         }
     }
 }
@@ -243,9 +263,73 @@ struct Runnable {
     job_id: Uuid,
     delivery: Delivery,
     attempt: u32,
+    /// Every line about the job is logged inside it; it ends once the
+    /// attempt's result is written.
+    span: Span,
+}
+
+/// The span of one delivered job, with `job_id`, `model`, `attempt` (once
+/// started) and, from the `traceparent` the API stored, `trace_id` and
+/// `parent_span_id` (the API's submit span). With OTLP export it continues
+/// that trace, and the job's wait in the queue is exported as a span ending
+/// `started_ms`.
+fn job_span(
+    delivery: &Delivery,
+    job_id: Uuid,
+    model: &str,
+    attempt: Option<u32>,
+    started_ms: i64,
+) -> Span {
+    let job = delivery.job.as_ref().ok();
+    let parent = job
+        .and_then(|j| j.traceparent.as_deref())
+        .and_then(TraceContext::parse);
+    let span = info_span!(
+        spans::JOB,
+        job_id = %job_id,
+        model,
+        attempt,
+        trace_id = parent.as_ref().map(|p| tracing::field::display(p.trace_id)),
+        parent_span_id = parent.as_ref().map(|p| tracing::field::display(p.span_id)),
+    );
+    if let Some(parent) = &parent {
+        telemetry::continue_trace(&span, parent);
+        if let (Some(job), Some(attempt)) = (job, attempt)
+            && telemetry::otlp_enabled()
+        {
+            let at = |ms: i64| UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+            telemetry::record_finished_span(
+                spans::QUEUE_WAIT,
+                parent,
+                at(job.submitted_at_ms),
+                at(started_ms),
+                &[
+                    ("job_id", &job_id),
+                    ("model", &model),
+                    ("attempt", &attempt),
+                ],
+            );
+        }
+    }
+    span
+}
+
+/// Child spans of each job's span, only for export: without it they would
+/// be disabled spans anyway, and skipping them saves a vector per batch.
+fn child_spans<'a>(name: &'static str, parents: impl Iterator<Item = &'a Span>) -> Vec<Span> {
+    if !telemetry::otlp_enabled() {
+        return Vec::new();
+    }
+    parents
+        .map(|parent| match name {
+            spans::INFERENCE => trace_span!(parent: parent, spans::INFERENCE),
+            _ => trace_span!(parent: parent, spans::WRITE_RESULT),
+        })
+        .collect()
 }
 
 async fn process(ctx: &Context, batch: Vec<Delivery>) {
+    metrics::histogram!(WORKER_BATCH_SIZE).record(batch.len() as f64);
     // Entries without a job id cannot have come from the API: nothing to
     // report them to, so acknowledge and drop them loudly.
     let (with_id, orphans): (Vec<_>, Vec<_>) = batch.into_iter().partition(|d| d.job_id.is_some());
@@ -255,7 +339,8 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     }
 
     let refs: Vec<&Delivery> = with_id.iter().collect();
-    let starts = match with_retry(|| async {
+    let started = Instant::now();
+    let starts = match with_retry(redis_op::START, || async {
         let mut conn = ctx.pool.get().await?;
         let now = shared::time::now_ms();
         consume::start(&mut conn, &ctx.keys, &ctx.consumer, &ctx.policy, &refs, now).await
@@ -272,24 +357,42 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     };
 
     let mut runnable = Vec::with_capacity(with_id.len());
+    let started_ms = shared::time::now_ms();
     for (delivery, start) in with_id.into_iter().zip(starts) {
         let job_id = delivery.job_id.unwrap_or_default();
         let model = delivery.model(&ctx.keys).to_owned();
+        let attempt = match start {
+            Start::Run(attempt) => Some(attempt),
+            _ => None,
+        };
+        let span = job_span(&delivery, job_id, &model, attempt, started_ms);
+        let _entered = span.enter();
         match start {
             Start::Run(attempt) => runnable.push(Runnable {
                 job_id,
                 delivery,
                 attempt,
+                span: span.clone(),
             }),
             Start::DeadlineExceeded => {
                 tracing::warn!(%job_id, model, "job failed: deadline exceeded before it started");
-                metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => "failed", "reason" => "deadline_exceeded").increment(1);
+                count_finished(&delivery, model, "expired", "deadline_exceeded");
+                record_end_to_end(&delivery, &ctx.keys);
             }
             Start::Exhausted => {
                 tracing::error!(%job_id, model, "job dead-lettered: attempts exhausted by lost workers");
-                metrics::counter!("worker_jobs_dead_lettered_total", "model" => model).increment(1);
+                metrics::counter!(WORKER_JOBS_DEAD_LETTERED, "model" => model.clone(), "reason" => "attempts_exhausted").increment(1);
+                count_finished(&delivery, model, "failed", "attempts_exhausted");
+                record_end_to_end(&delivery, &ctx.keys);
             }
-            Start::Gone | Start::NotRunnable => {
+            Start::NotRunnable => {
+                // Only a job canceled while queued leaves an unacknowledged
+                // entry behind a terminal record: every other end
+                // acknowledges in the script that makes the job terminal.
+                tracing::info!(%job_id, model, "not running job: canceled");
+                count_finished(&delivery, model, "canceled", "none");
+            }
+            Start::Gone => {
                 tracing::info!(%job_id, model, ?start, "not running job");
             }
         }
@@ -297,13 +400,11 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     if runnable.is_empty() {
         return;
     }
-    metrics::histogram!("worker_batch_size").record(runnable.len() as f64);
     let now = shared::time::now_ms();
     for r in &runnable {
         if let Ok(job) = &r.delivery.job {
             let waited = (now - job.submitted_at_ms).max(0) as f64 / 1e3;
-            metrics::histogram!("worker_queue_wait_seconds", "model" => job.model.clone())
-                .record(waited);
+            metrics::histogram!(WORKER_QUEUE_WAIT, "model" => job.model.clone()).record(waited);
         }
     }
 
@@ -342,17 +443,21 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
             outcome: outcome_of(ctx, r.attempt, result),
         })
         .collect();
-    let written = with_retry(|| async {
+    let writing = child_spans(spans::WRITE_RESULT, executed.iter().map(|(r, _)| &r.span));
+    let written = with_retry(redis_op::FINISH, || async {
         let mut conn = ctx.pool.get().await?;
         let now = shared::time::now_ms();
         consume::finish(&mut conn, &ctx.keys, &ctx.policy, &finishes, now).await
     })
     .await;
     renewer.abort();
+    drop(writing);
     match written {
         Ok(results) => {
-            for (f, finished) in finishes.iter().zip(results) {
-                report(ctx, f, finished);
+            let run_secs = started.elapsed().as_secs_f64();
+            for ((f, finished), (r, _)) in finishes.iter().zip(results).zip(&executed) {
+                let _entered = r.span.enter();
+                report(ctx, f, finished, run_secs);
             }
         }
         Err(error) => {
@@ -380,36 +485,38 @@ fn outcome_of(ctx: &Context, attempt: u32, result: &Result<String, JobFailure>) 
 
 /// Logs and counts an attempt's end. Counting only what was written keeps
 /// metrics exact: a discarded late result is never counted twice.
-fn report(ctx: &Context, f: &Finish<'_>, finished: Finished) {
+fn report(ctx: &Context, f: &Finish<'_>, finished: Finished, run_secs: f64) {
     let model = f.delivery.model(&ctx.keys).to_owned();
-    let _span = info_span!("job", job_id = %f.job_id, model, attempt = f.attempt).entered();
     match finished {
         Finished::Written => {
             let status = f.outcome.status();
+            metrics::histogram!(WORKER_RUN, "model" => model.clone()).record(run_secs);
             match &f.outcome {
                 Outcome::Retry { error, retry_at_ms } => {
                     tracing::warn!(code = %error.code, error = %error.message, retry_in_ms = retry_at_ms - shared::time::now_ms(), "job will be retried");
-                    metrics::counter!("worker_job_retries_total", "model" => model).increment(1);
+                    metrics::counter!(WORKER_JOB_RETRIES, "model" => model, "reason" => error.code.clone()).increment(1);
+                    return;
                 }
                 Outcome::DeadLetter(error) => {
                     tracing::error!(status, code = %error.code, error = %error.message, "job finished: dead-lettered after its last attempt");
-                    metrics::counter!("worker_jobs_dead_lettered_total", "model" => model.clone())
+                    metrics::counter!(WORKER_JOBS_DEAD_LETTERED, "model" => model.clone(), "reason" => error.code.clone())
                         .increment(1);
-                    metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => status, "reason" => error.code.clone()).increment(1);
+                    count_finished(f.delivery, model, status, error.code.clone());
                 }
                 Outcome::Failed(error) => {
                     tracing::warn!(status, code = %error.code, "job finished");
-                    metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => status, "reason" => error.code.clone()).increment(1);
+                    count_finished(f.delivery, model, status, error.code.clone());
                 }
                 Outcome::Succeeded { .. } => {
                     tracing::info!(status, "job finished");
-                    metrics::counter!("worker_jobs_finished_total", "model" => model, "status" => status, "reason" => "none").increment(1);
+                    count_finished(f.delivery, model, status, "none");
                 }
             }
+            record_end_to_end(f.delivery, &ctx.keys);
         }
         Finished::Stale => {
             tracing::warn!("result discarded: another attempt owns the job");
-            metrics::counter!("worker_results_discarded_total", "model" => model).increment(1);
+            metrics::counter!(WORKER_RESULTS_DISCARDED, "model" => model).increment(1);
         }
         Finished::Gone => tracing::warn!("job record vanished before its result"),
     }
@@ -441,7 +548,10 @@ async fn renew_leases(
                 "lost the lease of running jobs; their results will be discarded"
             ),
             Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "renewing leases failed"),
+            Err(error) => {
+                count_redis_error(redis_op::RENEW, &error);
+                tracing::warn!(%error, "renewing leases failed");
+            }
         }
     }
 }
@@ -463,7 +573,9 @@ fn execute_all(
         .iter()
         .filter_map(|r| r.delivery.job.as_ref().ok())
         .collect();
+    let inference = child_spans(spans::INFERENCE, runnable.iter().map(|r| &r.span));
     let mut ran = execute::run_many(models, &decoded, max_rows).into_iter();
+    drop(inference);
     let elapsed = started.elapsed().as_secs_f64();
     let results: Vec<_> = runnable
         .iter()
@@ -485,10 +597,7 @@ fn execute_all(
                 .as_ref()
                 .map(|j| j.model.clone())
                 .unwrap_or_default();
-            let span = info_span!("job", job_id = %r.job_id, model = %model, attempt = r.attempt);
-            let _entered = span.enter();
-            metrics::histogram!("worker_inference_seconds", "model" => model.clone())
-                .record(elapsed);
+            let entered = r.span.enter();
             let elapsed_ms = elapsed * 1e3;
             let outcome = match result {
                 Ok(s) => {
@@ -504,9 +613,7 @@ fn execute_all(
                     (version, Err(failure))
                 }
             };
-            if batch_rows > 0 {
-                metrics::histogram!("worker_inference_batch_rows").record(batch_rows as f64);
-            }
+            drop(entered);
             (r, outcome)
         })
         .collect()
@@ -522,6 +629,7 @@ async fn ack_orphans(ctx: &Context, orphans: &[Delivery]) {
         }
         .await;
         if let Err(error) = res {
+            count_redis_error(redis_op::ACK, &error);
             tracing::warn!(%error, "ack failed; the entry will be delivered again");
         }
     }
@@ -531,7 +639,7 @@ async fn ack_orphans(ctx: &Context, orphans: &[Delivery]) {
 /// back-off, so a blip does not strand a finished batch. Both steps it wraps
 /// are safe to repeat: `start` at worst counts one extra attempt, `finish`
 /// is a compare-and-set.
-async fn with_retry<T, F, Fut>(mut step: F) -> Result<T, QueueError>
+async fn with_retry<T, F, Fut>(op: &'static str, mut step: F) -> Result<T, QueueError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, QueueError>>,
@@ -540,10 +648,35 @@ where
     loop {
         match step().await {
             Err(e) if e.is_unavailable() && backoff.0 < 6 => {
+                count_redis_error(op, &e);
                 tracing::warn!(error = %e, "redis unavailable; retrying");
                 backoff.wait().await;
             }
-            other => return other,
+            Err(e) => {
+                count_redis_error(op, &e);
+                return Err(e);
+            }
+            ok => return ok,
         }
+    }
+}
+
+/// Counts a job this worker brought to an end (once per job).
+fn count_finished(
+    d: &Delivery,
+    model: String,
+    status: &'static str,
+    reason: impl Into<metrics::SharedString>,
+) {
+    let kind = d.job.as_ref().map_or("unknown", |j| j.kind.as_str());
+    metrics::counter!(WORKER_JOBS_FINISHED, "model" => model, "kind" => kind, "status" => status, "reason" => reason.into())
+        .increment(1);
+}
+
+/// Records submission → final outcome for a job that just ended.
+fn record_end_to_end(d: &Delivery, keys: &Keys) {
+    if let Ok(job) = &d.job {
+        let secs = (shared::time::now_ms() - job.submitted_at_ms).max(0) as f64 / 1e3;
+        metrics::histogram!(WORKER_END_TO_END, "model" => d.model(keys).to_owned()).record(secs);
     }
 }

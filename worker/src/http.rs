@@ -1,7 +1,9 @@
 //! The worker's own small HTTP surface on `--metrics-listen`: Prometheus
 //! metrics (`/metrics`), liveness (`/healthz`) and readiness (`/readyz`:
-//! Redis answers). Everything a worker counts is recorded through the
-//! `metrics` facade; this module installs the recorder and serves it.
+//! Redis answers and the models are loaded, with JSON detail). Everything a
+//! worker counts is recorded through the `metrics` facade under the names of
+//! [`shared::metric_names`]; this module installs the recorder, describes
+//! the metrics and serves them.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,62 +15,99 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use shared::metric_names::{
+    BATCH_BUCKETS, REDIS_ERRORS, SECONDS_BUCKETS, WORKER_BATCH_SIZE, WORKER_END_TO_END,
+    WORKER_INFERENCE, WORKER_INFERENCE_BATCH_ROWS, WORKER_JOB_RETRIES, WORKER_JOBS_DEAD_LETTERED,
+    WORKER_JOBS_FINISHED, WORKER_JOBS_RECLAIMED, WORKER_MODEL_SWAPS, WORKER_MODELS_LOADED,
+    WORKER_QUEUE_WAIT, WORKER_RESULTS_DISCARDED, WORKER_RUN, redis_op,
+};
 use tokio::sync::watch;
 
 use crate::consumer::Context;
-
-/// Buckets for the `*_seconds` histograms: 100 µs to 30 s.
-const SECONDS_BUCKETS: [f64; 14] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
-];
-const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// Installs the process-wide recorder and describes what the worker records.
 pub fn install_recorder() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
         .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full("worker_batch_size".into()), &BATCH_BUCKETS)
+            b.set_buckets_for_metric(Matcher::Full(WORKER_BATCH_SIZE.into()), &BATCH_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(WORKER_INFERENCE_BATCH_ROWS.into()),
+                &BATCH_BUCKETS,
+            )
         })
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
     metrics::describe_counter!(
-        "worker_jobs_finished_total",
-        "Jobs this worker brought to a terminal state, by model, status and reason (error code, or none). Counted once per job: discarded late results are not counted."
+        WORKER_JOBS_FINISHED,
+        "Jobs this worker brought to an end, by model, kind, status (succeeded, failed, expired: \
+         deadline passed before the start, canceled: entry of a canceled job dropped unrun) and \
+         reason (error code, or none). Counted once per job: discarded late results and retried \
+         attempts are not counted."
+    );
+    metrics::describe_histogram!(
+        WORKER_QUEUE_WAIT,
+        metrics::Unit::Seconds,
+        "Submission to the start of an attempt, by model."
+    );
+    metrics::describe_histogram!(
+        WORKER_RUN,
+        metrics::Unit::Seconds,
+        "Start of an attempt to its outcome written to Redis, by model."
+    );
+    metrics::describe_histogram!(
+        WORKER_END_TO_END,
+        metrics::Unit::Seconds,
+        "Submission to the final outcome written to Redis, by model (every finished job but canceled ones)."
+    );
+    metrics::describe_histogram!(
+        WORKER_INFERENCE,
+        metrics::Unit::Seconds,
+        "Duration of one ONNX Runtime run (one job, or several stacked), by model."
+    );
+    metrics::describe_histogram!(
+        WORKER_BATCH_SIZE,
+        metrics::Unit::Count,
+        "Jobs per read (or takeover) of the streams."
+    );
+    metrics::describe_histogram!(
+        WORKER_INFERENCE_BATCH_ROWS,
+        metrics::Unit::Count,
+        "Rows per ONNX Runtime run, by model."
     );
     metrics::describe_counter!(
-        "worker_job_retries_total",
-        "Transient failures sent back to the queue with a back-off, by model."
+        WORKER_JOB_RETRIES,
+        "Transient failures sent back to the queue with a back-off, by model and reason."
     );
     metrics::describe_counter!(
-        "worker_jobs_dead_lettered_total",
-        "Jobs copied to the dead-letter stream, by model."
+        WORKER_JOBS_DEAD_LETTERED,
+        "Jobs copied to the dead-letter stream, by model and reason."
     );
     metrics::describe_counter!(
-        "worker_jobs_reclaimed_total",
-        "Jobs taken over from workers whose lease expired."
+        WORKER_JOBS_RECLAIMED,
+        "Jobs taken over from workers whose lease expired, by model."
     );
     metrics::describe_counter!(
-        "worker_results_discarded_total",
+        WORKER_RESULTS_DISCARDED,
         "Late results dropped because another attempt owned the job, by model."
     );
-    metrics::describe_histogram!(
-        "worker_queue_wait_seconds",
-        metrics::Unit::Seconds,
-        "Submission to start of the attempt, by model."
+    metrics::describe_gauge!(WORKER_MODELS_LOADED, "Models this worker serves.");
+    metrics::describe_counter!(
+        WORKER_MODEL_SWAPS,
+        "Times a served model was replaced by a new version, by model."
     );
-    metrics::describe_histogram!(
-        "worker_inference_seconds",
-        metrics::Unit::Seconds,
-        "ONNX Runtime time per job, by model."
+    metrics::describe_counter!(
+        REDIS_ERRORS,
+        "Failed Redis calls (unreachable, timed out, or an error reply), by operation."
     );
-    metrics::describe_histogram!(
-        "worker_batch_size",
-        metrics::Unit::Count,
-        "Jobs started together from one read."
-    );
-    Ok(handle)
 }
 
 #[derive(Clone)]
@@ -131,6 +170,18 @@ async fn healthz() -> Response {
     json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
 }
 
+#[derive(serde::Serialize)]
+struct Ready<'a> {
+    status: &'static str,
+    redis: &'static str,
+    consumer: &'a str,
+    models_loaded: usize,
+    models: Vec<&'a str>,
+}
+
+/// 200 with detail when Redis answers a PING (the models are loaded before
+/// this server starts); 503 `redis_unavailable` otherwise, within the Redis
+/// time limits.
 async fn readyz(State(s): State<HttpState>) -> Response {
     let ping = tokio::time::timeout(s.ctx.limits.connect + s.ctx.limits.response, async {
         let mut conn = s.ctx.pool.get().await.map_err(|e| e.to_string())?;
@@ -141,13 +192,28 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     })
     .await;
     match ping {
-        Ok(Ok(_)) => json(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        Ok(Ok(_)) => {
+            let mut models: Vec<&str> = s.ctx.models.keys().map(String::as_str).collect();
+            models.sort_unstable();
+            let body = Ready {
+                status: "ready",
+                redis: "ok",
+                consumer: &s.ctx.consumer,
+                models_loaded: models.len(),
+                models,
+            };
+            // Strings and numbers always serialise; keep a fallback anyway.
+            let text =
+                serde_json::to_string(&body).unwrap_or_else(|_| r#"{"status":"ready"}"#.to_owned());
+            json(StatusCode::OK, text)
+        }
         Ok(Err(e)) => unavailable(&e),
         Err(_) => unavailable("timed out"),
     }
 }
 
 fn unavailable(cause: &str) -> Response {
+    metrics::counter!(REDIS_ERRORS, "op" => redis_op::READYZ).increment(1);
     tracing::warn!(cause, "readiness check failed: redis unavailable");
     let body = serde_json::json!({"error": {"code": "redis_unavailable", "message": "redis does not answer"}});
     json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())
@@ -155,4 +221,15 @@ fn unavailable(cause: &str) -> Response {
 
 fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Counts a failed Redis call of kind `op` (one of [`redis_op`]); errors that
+/// are not Redis's own (corrupt data, encoding) are not counted.
+pub fn count_redis_error(op: &'static str, e: &shared::QueueError) {
+    if matches!(
+        e,
+        shared::QueueError::Redis(_) | shared::QueueError::Pool(_)
+    ) {
+        metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
+    }
 }

@@ -23,8 +23,9 @@ pub use error::{JobFailure, WorkerError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::queue::Keys;
+use shared::metric_names::{WORKER_MODEL_SWAPS, WORKER_MODELS_LOADED, redis_op};
 use shared::queue::consume::Policy;
+use shared::queue::{Keys, heartbeat};
 use shared::redis_conn::{self, Limits};
 use tokio::sync::watch;
 
@@ -95,6 +96,12 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         }
         None => None,
     };
+    metrics::gauge!(WORKER_MODELS_LOADED).set(names.len() as f64);
+    for name in &names {
+        // Present from the start (at 0), so a dashboard's rate() has a series
+        // before the first swap.
+        metrics::counter!(WORKER_MODEL_SWAPS, "model" => name.clone()).absolute(0);
+    }
     let maintainer = tokio::spawn(maintain(
         Arc::clone(&ctx),
         Maintenance {
@@ -150,21 +157,37 @@ struct Maintenance {
 }
 
 /// Background upkeep, until shutdown: moves due retries back onto their
-/// streams (every 100 ms), re-publishes model signatures and consumer groups
-/// (the signature doubles as a heartbeat, and a Redis that lost its data gets
-/// them back), and trims acknowledged entries. Every step is safe to run in
-/// several workers at once.
+/// streams (every 100 ms), writes this worker's heartbeat (every
+/// [`heartbeat::BEAT_EVERY`]), re-publishes model signatures and consumer
+/// groups (a Redis that lost its data gets them back), and trims
+/// acknowledged entries. Every step is safe to run in several workers at
+/// once. On shutdown the heartbeat is withdrawn.
 async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::Receiver<bool>) {
     let mut next_announce = tokio::time::Instant::now();
+    let mut next_beat = tokio::time::Instant::now();
     let mut next_trim = tokio::time::Instant::now() + m.trim_every;
+    let mut served: Vec<String> = ctx.models.keys().cloned().collect();
+    served.sort();
     loop {
         let now = tokio::time::Instant::now();
-        if now >= next_announce {
-            let res = async {
-                ctx.ensure_groups().await?;
-                ctx.publish_models().await
+        if now >= next_beat {
+            next_beat = now + heartbeat::BEAT_EVERY;
+            if let Err(error) = beat(&ctx, &served).await {
+                http::count_redis_error(redis_op::HEARTBEAT, &error);
+                tracing::debug!(%error, "cannot write the heartbeat");
             }
-            .await;
+        }
+        if now >= next_announce {
+            let res = match ctx.ensure_groups().await {
+                Ok(()) => ctx
+                    .publish_models()
+                    .await
+                    .inspect_err(|e| http::count_redis_error(redis_op::PUBLISH, e)),
+                Err(e) => {
+                    http::count_redis_error(redis_op::ENSURE_GROUP, &e);
+                    Err(e)
+                }
+            };
             next_announce = match res {
                 Ok(()) => now + m.announce_every,
                 Err(error) => {
@@ -174,19 +197,37 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
             };
         }
         if let Err(error) = promote(&ctx).await {
+            http::count_redis_error(redis_op::PROMOTE, &error);
             tracing::debug!(%error, "cannot re-queue due retries");
         }
         if now >= next_trim {
             next_trim = now + m.trim_every;
             if let Err(error) = trim(&ctx, m.dead_letter_max_len).await {
+                http::count_redis_error(redis_op::TRIM, &error);
                 tracing::warn!(%error, "cannot trim streams");
             }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => break,
         }
     }
+    // Best effort: if it fails, the heartbeat goes stale within
+    // `heartbeat::FRESH_WITHIN` anyway.
+    let left = async {
+        let mut conn = ctx.pool.get().await?;
+        heartbeat::leave(&mut conn, &ctx.keys, &ctx.consumer, &served).await
+    };
+    match tokio::time::timeout(ctx.limits.connect + ctx.limits.response, left).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "cannot withdraw the heartbeat"),
+        Err(_) => tracing::debug!("timed out withdrawing the heartbeat"),
+    }
+}
+
+async fn beat(ctx: &consumer::Context, served: &[String]) -> Result<(), shared::QueueError> {
+    let mut conn = ctx.pool.get().await?;
+    heartbeat::beat(&mut conn, &ctx.keys, &ctx.consumer, served).await
 }
 
 async fn promote(ctx: &consumer::Context) -> Result<(), shared::QueueError> {

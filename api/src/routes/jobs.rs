@@ -19,12 +19,13 @@ use shared::job::JobError;
 use shared::job::JobRecord;
 use shared::queue::ops::{self, Canceled};
 use shared::time::rfc3339_ms;
+use shared::trace::TraceContext;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::PathParam;
-use crate::metrics::JOBS_CANCELED;
+use crate::metrics::{JOBS_CANCELED, redis_failed, redis_op};
 use crate::routes::clip;
 use crate::state::AppState;
 
@@ -35,20 +36,44 @@ pub struct JobQuery {
 
 /// The job as clients see it. `result` is the worker's JSON spliced in
 /// verbatim, never decoded and re-encoded.
-#[derive(Serialize)]
-struct JobView<'a> {
+///
+/// Every field is always present (`null` when not applicable).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Job)]
+pub(crate) struct JobView<'a> {
     job_id: Uuid,
+    #[schema(value_type = crate::openapi::JobKindDoc)]
     kind: &'static str,
     model: &'a str,
+    /// Content hash of the model file the job ran on, once run.
+    #[schema(required = true)]
     model_version: Option<&'a str>,
+    #[schema(value_type = crate::openapi::JobStatusDoc)]
     status: &'static str,
+    /// Attempts started so far (retries and takeovers included).
     attempts: u32,
+    #[schema(format = DateTime)]
     created_at: String,
+    #[schema(required = true, format = DateTime)]
     started_at: Option<String>,
+    #[schema(required = true, format = DateTime)]
     finished_at: Option<String>,
+    /// Latest start time the client asked for.
+    #[schema(required = true, format = DateTime)]
     deadline: Option<String>,
+    /// Set when `succeeded`.
+    #[schema(required = true, value_type = Option<crate::openapi::JobResultDoc>)]
     result: Option<&'a RawValue>,
+    /// Set when `failed`.
+    #[schema(required = true, value_type = Option<crate::openapi::JobErrorDoc>)]
     error: Option<&'a JobError>,
+    /// The W3C trace id the job's spans and log lines carry: the client's
+    /// `traceparent` trace, or one the API started.
+    #[schema(required = true)]
+    trace_id: Option<String>,
+    /// The stored W3C `traceparent`: the trace id and the API's submit span.
+    #[schema(required = true)]
+    traceparent: Option<&'a str>,
 }
 
 pub async fn get_job(
@@ -80,10 +105,16 @@ pub async fn cancel(
         policy.canceled_ttl_secs,
         shared::time::now_ms(),
     )
-    .await?;
+    .await
+    .map_err(redis_failed(redis_op::CANCEL))?;
     match outcome {
         Canceled::Canceled(job) => {
-            tracing::info!(model = %job.model, "job canceled");
+            let trace_id = job
+                .traceparent
+                .as_deref()
+                .and_then(TraceContext::parse)
+                .map(|t| tracing::field::display(t.trace_id));
+            tracing::info!(job_id = %id, model = %job.model, attempt = job.attempts, trace_id, "job canceled");
             // The published id wakes long-polls in every API process; waking
             // ours directly as well keeps them independent of the
             // subscription being up at this moment.
@@ -145,7 +176,8 @@ async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<Job
 async fn read(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
     let mut conn = state.conn();
     ops::get_job(&mut conn, state.keys(), id)
-        .await?
+        .await
+        .map_err(redis_failed(redis_op::GET_JOB))?
         .ok_or(ApiError::JobNotFound(*id))
 }
 
@@ -172,6 +204,12 @@ fn render(job: &JobRecord) -> Result<Response, ApiError> {
         deadline: rec.deadline_ms.map(rfc3339_ms),
         result,
         error: rec.error.as_ref(),
+        trace_id: rec
+            .traceparent
+            .as_deref()
+            .and_then(TraceContext::parse)
+            .map(|t| t.trace_id.to_string()),
+        traceparent: rec.traceparent.as_deref(),
     })
     .into_response())
 }

@@ -8,7 +8,12 @@ pub mod jobs;
 pub mod models;
 pub mod predict;
 
+use axum::Extension;
+use axum::http::Method;
+use axum::routing::{MethodRouter, get, post};
+
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub const PREDICT: &str = "/v1/models/{model}/predict";
 pub const MODELS: &str = "/v1/models";
@@ -17,8 +22,72 @@ pub const JOB: &str = "/v1/jobs/{id}";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
+pub const OPENAPI: &str = "/openapi.json";
 
-pub const ALL: [&str; 7] = [PREDICT, MODELS, MODEL, JOB, HEALTHZ, READYZ, METRICS];
+pub const ALL: [&str; 8] = [
+    PREDICT, MODELS, MODEL, JOB, HEALTHZ, READYZ, METRICS, OPENAPI,
+];
+
+/// One route: a method on a path, and its handler.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    /// Builds the handler; called once, when the router is built.
+    pub handler: fn() -> MethodRouter<AppState>,
+}
+
+/// Every route the API serves. [`crate::router`] is built from this table
+/// alone, and the OpenAPI tests check the document against it in both
+/// directions, so a route cannot be added without being documented.
+pub const TABLE: [Route; 9] = [
+    Route {
+        method: Method::POST,
+        path: PREDICT,
+        handler: || post(predict::predict),
+    },
+    Route {
+        method: Method::GET,
+        path: MODELS,
+        handler: || get(models::list),
+    },
+    Route {
+        method: Method::GET,
+        path: MODEL,
+        handler: || get(models::get_one),
+    },
+    Route {
+        method: Method::GET,
+        path: JOB,
+        handler: || get(jobs::get_job),
+    },
+    Route {
+        method: Method::DELETE,
+        path: JOB,
+        handler: || axum::routing::delete(jobs::cancel),
+    },
+    Route {
+        method: Method::GET,
+        path: HEALTHZ,
+        handler: || get(health::healthz),
+    },
+    Route {
+        method: Method::GET,
+        path: READYZ,
+        handler: || get(health::readyz),
+    },
+    Route {
+        method: Method::GET,
+        path: METRICS,
+        handler: || {
+            get(crate::metrics::render).layer(Extension(crate::stream_stats::StreamStats::new()))
+        },
+    },
+    Route {
+        method: Method::GET,
+        path: OPENAPI,
+        handler: || get(crate::openapi::serve),
+    },
+];
 
 pub async fn not_found() -> ApiError {
     ApiError::NotFound

@@ -10,17 +10,21 @@ use shared::queue::ops;
 
 use crate::error::ApiError;
 use crate::extract::PathParam;
+use crate::metrics::{redis_failed, redis_op};
 use crate::routes::clip;
 use crate::state::AppState;
 
-#[derive(Serialize)]
-struct ModelList {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ModelList {
+    #[schema(value_type = Vec<crate::openapi::ModelDoc>)]
     models: Vec<ModelInfo>,
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut conn = state.conn();
-    let models = ops::list_models(&mut conn, state.keys()).await?;
+    let models = ops::list_models(&mut conn, state.keys())
+        .await
+        .map_err(redis_failed(redis_op::LIST_MODELS))?;
     Ok(Json(ModelList { models }).into_response())
 }
 
@@ -31,7 +35,12 @@ pub async fn get_one(
     if !valid_model_name(&model) {
         return Err(ApiError::ModelNotFound(clip(&model)));
     }
-    match state.models().get(&model).await? {
+    match state
+        .models()
+        .get(&model)
+        .await
+        .map_err(redis_failed(redis_op::GET_MODEL))?
+    {
         Some(info) => Ok(Json(&*info).into_response()),
         None => Err(ApiError::ModelNotFound(model)),
     }

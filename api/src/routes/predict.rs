@@ -16,13 +16,17 @@ use shared::job::{JobKind, JobStatus};
 use shared::model::{ModelInfo, valid_model_name};
 use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
 use shared::queue::wire::JobEnvelope;
+use shared::telemetry::{self, spans};
 use shared::tensor::Tensor;
+use shared::trace::{TRACEPARENT, TraceContext};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
-use crate::metrics::{JOBS_DEDUPLICATED, JOBS_SUBMITTED, UNKNOWN_MODEL, count_rejection};
+use crate::metrics::{
+    JOBS_DEDUPLICATED, JOBS_SUBMITTED, UNKNOWN_MODEL, count_rejection, redis_failed, redis_op,
+};
 use crate::routes::clip;
 use crate::state::AppState;
 use crate::validate::{self, Deadline, PredictRequest};
@@ -38,10 +42,14 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 /// Longest accepted `Idempotency-Key`, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
-#[derive(Serialize)]
-struct Accepted<'a> {
+/// The 202 body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Accepted<'a> {
     job_id: Uuid,
+    /// `queued`, or for a replayed `Idempotency-Key` the job's current status.
+    #[schema(value_type = crate::openapi::JobStatusDoc)]
     status: &'static str,
+    /// Where to poll the job: `/v1/jobs/{job_id}`.
     status_url: &'a str,
 }
 
@@ -72,10 +80,33 @@ async fn submit(
     if !valid_model_name(&model) {
         return Err(ApiError::ModelNotFound(clip(&model)));
     }
-    let Some(info) = state.models().get(&model).await? else {
+    let Some(info) = state
+        .models()
+        .get(&model)
+        .await
+        .map_err(redis_failed(redis_op::GET_MODEL))?
+    else {
         return Err(ApiError::ModelNotFound(model));
     };
     *model_label = SharedString::from(model.clone());
+    // The job's span starts here, so an exported trace covers validation too.
+    let id = Uuid::now_v7();
+    let client = client_trace(headers);
+    // Without export the ids are made here, so the span gets its trace id at
+    // creation: recording it afterwards re-encodes the span's JSON fields.
+    let local = (!telemetry::otlp_enabled()).then(|| TraceContext::child_of(client.as_ref()));
+    let span = tracing::info_span!(
+        spans::SUBMIT,
+        job_id = %id,
+        model = %model,
+        attempt = 0u32,
+        trace_id = local.as_ref().map(|t| tracing::field::display(t.trace_id)),
+    );
+    let trace = local.unwrap_or_else(|| {
+        let t = telemetry::submit_trace(&span, client.as_ref());
+        span.record("trace_id", tracing::field::display(t.trace_id));
+        t
+    });
     let key_hash = idempotency_key(headers)?;
     let JsonBody(body) = body?;
     let hash_body = key_hash.is_some();
@@ -93,12 +124,13 @@ async fn submit(
         .map(|d| validate::resolve_deadline(d, now))
         .transpose()?;
     let job = JobEnvelope {
-        id: Uuid::now_v7(),
+        id,
         kind: JobKind::Predict,
         model,
         inputs: decoded.inputs,
         submitted_at_ms: now,
         deadline_ms,
+        traceparent: Some(trace.to_string()),
     };
     let policy = state.queue_policy();
     let opts = SubmitOptions {
@@ -111,17 +143,22 @@ async fn submit(
             },
         ),
     };
-    let span = tracing::info_span!("submit", job_id = %job.id, model = %job.model);
     let outcome = async {
         let mut conn = state.conn();
-        let outcome = ops::submit(&mut conn, state.keys(), &job, &opts).await?;
+        let outcome = ops::submit(&mut conn, state.keys(), &job, &opts)
+            .await
+            .map_err(redis_failed(redis_op::SUBMIT))?;
         match outcome {
-            Submitted::Created => tracing::info!("job queued"),
+            // Debug: the worker's "job finished" is the one info line per job.
+            Submitted::Created => tracing::debug!("job queued"),
+            // The line is about the earlier job, not the one never created.
             Submitted::Duplicate { id, .. } => {
-                tracing::info!(existing = %id, "idempotent retry, answered with the earlier job");
+                tracing::Span::current().record("job_id", tracing::field::display(id));
+                tracing::info!("idempotent retry, answered with the earlier job");
             }
             Submitted::KeyReused(id) => {
-                tracing::info!(existing = %id, "idempotency key reused for another body");
+                tracing::Span::current().record("job_id", tracing::field::display(id));
+                tracing::info!("idempotency key reused for another body");
             }
             // Debug: under overload this fires per request; the metric counts it.
             Submitted::QueueFull { depth } => tracing::debug!(depth, "queue full, job refused"),
@@ -133,7 +170,8 @@ async fn submit(
 
     match outcome {
         Submitted::Created => {
-            metrics::counter!(JOBS_SUBMITTED, "model" => model_label.clone()).increment(1);
+            metrics::counter!(JOBS_SUBMITTED, "model" => model_label.clone(), "kind" => job.kind.as_str())
+                .increment(1);
             Ok(accepted(job.id, JobStatus::Queued, false))
         }
         Submitted::Duplicate { id, status } => {
@@ -184,6 +222,18 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(sha256_hex(bytes)))
 }
 
+/// The client's W3C `traceparent`, if it sent exactly one valid header. An
+/// invalid or repeated one is ignored (the spec says to start a new trace),
+/// never an error.
+fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    TraceContext::parse(value.to_str().ok()?)
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -216,6 +266,23 @@ mod tests {
             h.append(IDEMPOTENCY_KEY, HeaderValue::from_bytes(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn only_one_valid_traceparent_is_taken() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(TRACEPARENT, HeaderValue::from_str(v).unwrap());
+            }
+            client_trace(&h)
+        };
+        let tc = with(&[TP]).unwrap();
+        assert_eq!(tc.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&[TP, TP]), None);
+        assert_eq!(with(&["00-garbage"]), None);
     }
 
     #[test]

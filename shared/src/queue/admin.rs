@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use super::QueueError;
 use super::keys::{GROUP, Keys};
+use super::stats;
 use super::wire::{EntryJob, JobEnvelope, dead};
 use crate::job::JobError;
 use crate::model::valid_model_name;
@@ -658,29 +659,14 @@ async fn stream_stats(
         .arg(&stream)
         .query_async(conn)
         .await?;
-    let group = groups
-        .into_iter()
-        .map(field_map)
-        .find(|g| g.get("name").and_then(value_string).as_deref() == Some(GROUP));
-    let Some(group) = group else {
+    let Some(group) = stats::workers_group(groups) else {
         // No worker ever joined: nothing was delivered, everything waits.
         q.lag = q.stream_length;
         return Ok(q);
     };
     q.group_exists = true;
-    q.pending = group.get("pending").and_then(value_u64).unwrap_or(0);
-    q.lag = match group.get("lag").and_then(value_u64) {
-        Some(lag) => lag,
-        // Redis reports no lag when deletions make its counter unreliable;
-        // count what lies after the last delivered entry instead.
-        None => {
-            let last = group
-                .get("last-delivered-id")
-                .and_then(value_string)
-                .unwrap_or_else(|| "0-0".to_owned());
-            count_after(conn, &stream, &last).await?
-        }
-    };
+    q.pending = group.pending;
+    q.lag = stats::lag(conn, &stream, &group).await?;
 
     let consumers: Vec<Value> = redis::cmd("XINFO")
         .arg("CONSUMERS")
@@ -726,7 +712,7 @@ async fn stream_stats(
 }
 
 /// Entries of `stream` after `after` (exclusive), counted page by page.
-async fn count_after(
+pub(super) async fn count_after(
     conn: &mut impl ConnectionLike,
     stream: &str,
     after: &str,
@@ -741,7 +727,7 @@ async fn count_after(
 }
 
 /// An XINFO reply (alternating names and values, or a RESP3 map) as a map.
-fn field_map(v: Value) -> HashMap<String, Value> {
+pub(super) fn field_map(v: Value) -> HashMap<String, Value> {
     let pairs: Vec<(Value, Value)> = match v {
         Value::Map(m) => m,
         Value::Array(items) => {
@@ -760,7 +746,7 @@ fn field_map(v: Value) -> HashMap<String, Value> {
         .collect()
 }
 
-fn value_string(v: &Value) -> Option<String> {
+pub(super) fn value_string(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -770,7 +756,7 @@ fn value_string(v: &Value) -> Option<String> {
     }
 }
 
-fn value_u64(v: &Value) -> Option<u64> {
+pub(super) fn value_u64(v: &Value) -> Option<u64> {
     match v {
         Value::Int(n) => u64::try_from(*n).ok(),
         other => value_string(other)?.parse().ok(),
@@ -852,6 +838,7 @@ mod tests {
             inputs: vec![],
             submitted_at_ms: failed_at_ms - 10,
             deadline_ms: None,
+            traceparent: None,
         };
         DeadLetter {
             entry_id: format!("{failed_at_ms}-0"),

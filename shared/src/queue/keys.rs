@@ -12,6 +12,7 @@
 //! | `{ns}:dead`                       | stream  | dead letters: jobs that exhausted their attempts        |
 //! | `{ns}:delayed`                    | zset    | job ids waiting for a retry, scored by due time (ms)    |
 //! | `{ns}:idem:{model}:{key hash}`    | string  | `{job id} {body hash}` for an `Idempotency-Key`         |
+//! | `{ns}:workers:{model}`            | zset    | worker heartbeats: consumer name → last beat (Redis ms); stale members pruned, key expires ([`super::heartbeat`]) |
 
 use uuid::Uuid;
 
@@ -72,6 +73,12 @@ impl Keys {
         format!("{}:idem:{}:{}", self.ns, model, key_hash)
     }
 
+    /// Heartbeats of the workers serving `model` (see
+    /// [`super::heartbeat`]).
+    pub fn workers(&self, model: &str) -> String {
+        format!("{}:workers:{}", self.ns, model)
+    }
+
     pub fn job_finished_channel(&self) -> String {
         format!("{}:events:job-finished", self.ns)
     }
@@ -97,6 +104,7 @@ mod tests {
         assert_eq!(k.dead_letters(), "t1:dead");
         assert_eq!(k.delayed(), "t1:delayed");
         assert_eq!(k.idempotency("m", "ab12"), "t1:idem:m:ab12");
+        assert_eq!(k.workers("mlp128"), "t1:workers:mlp128");
     }
 
     #[test]

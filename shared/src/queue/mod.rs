@@ -15,6 +15,8 @@
 //!  API    ── GET /v1/jobs/{id}: HMGET job:{id} <record fields>; `?wait` sleeps on the job-finished channel
 //!  API    ── DELETE /v1/jobs/{id} (Lua): queued → canceled; workers ack it unrun
 //!  jobctl ── replay (Lua): dead letter → same id and payload back on the stream
+//!  worker ── heartbeat (Lua) every 2 s: ZADD workers:{model} <Redis ms> {consumer}, prune, PEXPIRE
+//!  API    ── /readyz, /metrics: ZRANGE workers:{model}; XLEN / XINFO GROUPS / XPENDING per model
 //! ```
 //!
 //! # Guarantees
@@ -36,13 +38,16 @@
 //!
 //! See [`keys`] for the key layout and [`wire`] for the stream entry format;
 //! [`ops`] holds the API's operations, [`consume`] the worker's and
-//! [`admin`] the operator's (`jobctl`).
+//! [`admin`] the operator's (`jobctl`); [`heartbeat`] tells which workers
+//! serve which model, and [`stats`] samples the queue gauges for `/metrics`.
 
 pub mod admin;
 pub mod consume;
+pub mod heartbeat;
 pub mod keys;
 pub mod ops;
 mod scripts;
+pub mod stats;
 pub mod wire;
 
 pub use keys::Keys;

@@ -72,7 +72,7 @@ static SUBMIT: LazyLock<redis::Script> = LazyLock::new(|| {
 -- KEYS: job, stream[, idempotency]
 -- ARGV: job id, payload, kind, model, created_at, deadline ('' = none),
 --       max depth (0 = unbounded), group, body hash, idempotency ttl,
---       job key prefix, id field, job field
+--       job key prefix, id field, job field, traceparent ('' = none)
 if KEYS[3] then
   local v = redis.call('GET', KEYS[3])
   local sp = v and string.find(v, ' ', 1, true)
@@ -101,6 +101,7 @@ end
 redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'model', ARGV[4], 'status', 'queued',
   'attempts', 0, 'created_at', ARGV[5])
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'deadline', ARGV[6]) end
+if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'traceparent', ARGV[14]) end
 redis.call('XADD', KEYS[2], '*', ARGV[12], ARGV[1], ARGV[13], ARGV[2])
 if KEYS[3] then
   redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10])
@@ -140,7 +141,8 @@ pub async fn submit(
         .arg(opts.idempotency.map_or(1, |i| i.ttl_secs.max(1)))
         .arg(job_key_prefix)
         .arg(FIELD_ID)
-        .arg(FIELD_JOB);
+        .arg(FIELD_JOB)
+        .arg(job.traceparent.as_deref().unwrap_or_default());
     let reply: Vec<String> = inv.invoke_async(conn).await?;
     let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
     let existing = || {
@@ -193,7 +195,7 @@ pub async fn get_job(
 #[derive(Debug, Clone, PartialEq)]
 pub enum Canceled {
     /// The job was queued and is now canceled; its record after the change.
-    Canceled(JobRecord),
+    Canceled(Box<JobRecord>),
     /// Unknown or expired id.
     NotFound,
     /// The job is running or already terminal; nothing changed.
@@ -253,7 +255,7 @@ pub async fn cancel(
                 fields.insert(k, v);
             }
             match record_from(*id, fields)? {
-                Some(job) => Ok(Canceled::Canceled(job)),
+                Some(job) => Ok(Canceled::Canceled(Box::new(job))),
                 None => Err(QueueError::Corrupt(format!(
                     "job {id} vanished while being canceled"
                 ))),

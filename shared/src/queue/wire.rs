@@ -44,6 +44,11 @@ pub struct JobEnvelope {
     /// `deadline_exceeded` instead of running late.
     #[serde(default)]
     pub deadline_ms: Option<i64>,
+    /// W3C `traceparent` of the API's submit span (see [`crate::trace`]):
+    /// the worker's span continues it. Absent in entries written before it
+    /// existed.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 impl JobEnvelope {
@@ -123,6 +128,7 @@ mod tests {
             ],
             submitted_at_ms: 1_763_792_262_123,
             deadline_ms: Some(1_763_792_263_000),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         }
     }
 
@@ -163,6 +169,7 @@ mod tests {
         let env = JobEnvelope::decode(&bytes).unwrap();
         assert_eq!(env.id, id);
         assert_eq!(env.deadline_ms, None);
+        assert_eq!(env.traceparent, None);
     }
 
     #[test]

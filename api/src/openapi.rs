@@ -1,0 +1,502 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of the HTTP API, generated
+//! by `utoipa` at start-up.
+//!
+//! What it owns: the operations (one `#[utoipa::path]` per route of
+//! [`routes::TABLE`], on the description-only functions below, so the handler
+//! modules keep only their code) and the schemas of types the API does not
+//! define itself (the request body, shared model and job types), written
+//! here as `…Doc` mirrors. Response bodies the handlers define (`Accepted`,
+//! `Job`, `ModelList`, `ErrorBody`, readiness) derive their schemas in place.
+//!
+//! Drift is caught by tests: the unit tests below check that the document has
+//! exactly the routes of [`routes::TABLE`] (which the router is built from),
+//! and `e2e/tests/openapi.rs` checks every documented route against the
+//! running server and real responses against their schemas.
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
+
+use crate::error::{ApiError, Body as ErrorBody};
+use crate::routes::health::Ready;
+use crate::routes::jobs::JobView;
+use crate::routes::models::ModelList;
+use crate::routes::predict::Accepted;
+
+/// `GET /openapi.json`
+pub async fn serve() -> Result<Response, ApiError> {
+    static JSON: OnceLock<Result<String, String>> = OnceLock::new();
+    let json = JSON.get_or_init(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string()));
+    match json {
+        Ok(json) => {
+            Ok(([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response())
+        }
+        Err(e) => Err(ApiError::Internal(anyhow::anyhow!(
+            "cannot render the OpenAPI document: {e}"
+        ))),
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "onnx-queue",
+        description = "Queue-backed asynchronous ONNX inference: submit a job (202 + job id), then poll or long-poll it.\n\nEvery error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`."
+    ),
+    paths(
+        submit_job,
+        get_job,
+        cancel_job,
+        list_models,
+        get_model,
+        healthz,
+        readyz,
+        metrics,
+        openapi_json
+    ),
+    tags(
+        (name = "jobs", description = "Submitting, reading and canceling inference jobs"),
+        (name = "models", description = "Model signatures published by workers"),
+        (name = "operations", description = "Health, readiness, metrics and this document")
+    )
+)]
+pub struct ApiDoc;
+
+// ------------------------------------------------------------- operations
+//
+// Description-only functions: `utoipa::path` needs a function to hang the
+// operation on; the handlers themselves live in `crate::routes`.
+
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/predict",
+    tag = "jobs",
+    summary = "Submit a job",
+    description = "Validates the request against the model's published signature and queues it. One Redis round trip; the 202 is given only once the job's record and stream entry are written.",
+    params(
+        ("model" = String, Path, description = "A model some worker serves (see `GET /v1/models`)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 bytes. A repeat with the same key and the same body bytes, for the same model, within the API's `--result-ttl-secs`, answers 202 with the original job (`Idempotent-Replayed: true`) and creates nothing; the same key with a different body is 422 `idempotency_key_reused`."),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`). A valid one makes the job part of the caller's trace; an invalid or repeated one is ignored and a new trace is started. The job's `trace_id` is returned by `GET /v1/jobs/{id}`."),
+    ),
+    request_body(content = PredictRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued (or, for a repeated `Idempotency-Key`, the earlier job in its current status)", body = Accepted<'static>,
+            headers(
+                ("Location" = String, description = "The job's status URL, `/v1/jobs/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is an earlier job of the same `Idempotency-Key`"),
+            )),
+        (status = 400, description = "`malformed_json`, `non_finite_input` or `invalid_idempotency_key`", body = ErrorBody<'static>),
+        (status = 404, description = "`model_not_found`: no worker serves that model", body = ErrorBody<'static>),
+        (status = 413, description = "`payload_too_large`: the body is over `--max-body-bytes`", body = ErrorBody<'static>),
+        (status = 415, description = "`unsupported_media_type`: the content type is not JSON", body = ErrorBody<'static>),
+        (status = 422, description = "`invalid_input` (the message names what was expected) or `idempotency_key_reused`", body = ErrorBody<'static>),
+        (status = 429, description = "`queue_full`: the model's queue holds `--max-queue-depth` unfinished jobs", body = ErrorBody<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+#[allow(dead_code)]
+fn submit_job() {}
+
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    summary = "Read a job, optionally long-polling until it is terminal",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job id from the 202"),
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for the job to become terminal (capped at `--max-wait-secs`); answers as soon as it is"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = JobView<'static>),
+        (status = 400, description = "`invalid_job_id` or `invalid_query`", body = ErrorBody<'static>),
+        (status = 404, description = "`job_not_found`: unknown or expired", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+#[allow(dead_code)]
+fn get_job() {}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    summary = "Cancel a job no worker has started",
+    params(("id" = uuid::Uuid, Path, description = "The job id from the 202")),
+    responses(
+        (status = 200, description = "Canceled: the job, with `status` `canceled`", body = JobView<'static>),
+        (status = 400, description = "`invalid_job_id`", body = ErrorBody<'static>),
+        (status = 404, description = "`job_not_found`: unknown or expired", body = ErrorBody<'static>),
+        (status = 409, description = "`job_not_cancelable`: running or already terminal", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+#[allow(dead_code)]
+fn cancel_job() {}
+
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "models",
+    summary = "Every model some worker has published",
+    responses(
+        (status = 200, description = "The published model signatures", body = ModelList),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+#[allow(dead_code)]
+fn list_models() {}
+
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "models",
+    summary = "One model's published signature",
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "The model's signature", body = ModelDoc),
+        (status = 404, description = "`model_not_found`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+#[allow(dead_code)]
+fn get_model() {}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness: the process is up",
+    responses((status = 200, description = "Always, while the process runs", body = HealthDoc))
+)]
+#[allow(dead_code)]
+fn healthz() {}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: Redis answers; per model, how many workers heartbeat",
+    responses(
+        (status = 200, description = "Ready, with per-model worker detail (missing workers do not make the API unready)", body = Ready),
+        (status = 503, description = "`redis_unavailable`", body = ErrorBody<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
+#[allow(dead_code)]
+fn readyz() {}
+
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"))
+)]
+#[allow(dead_code)]
+fn metrics() {}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1 document", body = Object, content_type = "application/json"))
+)]
+#[allow(dead_code)]
+fn openapi_json() {}
+
+// --------------------------------------------------------- schema mirrors
+
+/// Every `error.code` the API answers with (see the README's error tables).
+#[derive(Serialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedJson,
+    NonFiniteInput,
+    InvalidInput,
+    InvalidQuery,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    ModelNotFound,
+    JobNotFound,
+    InvalidJobId,
+    JobNotCancelable,
+    InvalidIdempotencyKey,
+    IdempotencyKeyReused,
+    QueueFull,
+    Overloaded,
+    NotFound,
+    MethodNotAllowed,
+    RedisUnavailable,
+    Internal,
+}
+
+/// A job's status.
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobStatus)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatusDoc {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+/// What a job asks for.
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobKind)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKindDoc {
+    Predict,
+}
+
+/// Tensor element types, named as in the Open Inference Protocol.
+#[derive(Serialize, ToSchema)]
+#[schema(as = DataType)]
+pub enum DataTypeDoc {
+    #[serde(rename = "FP32")]
+    Fp32,
+    #[serde(rename = "FP64")]
+    Fp64,
+    #[serde(rename = "INT32")]
+    Int32,
+    #[serde(rename = "INT64")]
+    Int64,
+    #[serde(rename = "BOOL")]
+    Bool,
+}
+
+/// `POST /v1/models/{model}/predict` body: exactly one of `features` (for a
+/// model with a single 2-D FP32 input `[N, n]`: `n` numbers, one row) or
+/// Open Inference Protocol `inputs`. Unknown fields are refused.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PredictRequest)]
+pub struct PredictRequestDoc {
+    /// One row of the model's single FP32 input.
+    pub features: Option<Vec<f32>>,
+    /// Every input of the model, by name.
+    pub inputs: Option<Vec<InputTensorDoc>>,
+    /// Seconds from now (`> 0`, at most 604800) or an RFC 3339 timestamp at
+    /// most 7 days ahead: a job not started by then fails with
+    /// `deadline_exceeded` instead of running late.
+    #[schema(value_type = Option<DeadlineDoc>)]
+    pub deadline: Option<()>,
+    /// Accepted (KServe clients send it) and ignored.
+    pub id: Option<String>,
+    /// Accepted (KServe clients send it) and ignored.
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<()>,
+}
+
+/// A deadline: seconds from now, or an RFC 3339 timestamp.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Deadline)]
+#[serde(untagged)]
+pub enum DeadlineDoc {
+    Seconds(f64),
+    #[schema(format = DateTime)]
+    At(String),
+}
+
+/// One Open Inference Protocol input tensor.
+#[derive(Serialize, ToSchema)]
+#[schema(as = InputTensor)]
+pub struct InputTensorDoc {
+    pub name: String,
+    /// Row-major shape; the first dimension is the batch.
+    pub shape: Vec<i64>,
+    pub datatype: DataTypeDoc,
+    /// The values, flat, in row-major order (numbers, or booleans for BOOL).
+    #[schema(value_type = Vec<Value>)]
+    pub data: Vec<()>,
+    /// Accepted and ignored.
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<()>,
+}
+
+/// One output tensor of a result (Open Inference Protocol form).
+#[derive(Serialize, ToSchema)]
+#[schema(as = OutputTensor)]
+pub struct OutputTensorDoc {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: DataTypeDoc,
+    /// The values, flat, in row-major order.
+    #[schema(value_type = Vec<Value>)]
+    pub data: Vec<()>,
+}
+
+/// A succeeded job's result.
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobResult)]
+pub struct JobResultDoc {
+    pub outputs: Vec<OutputTensorDoc>,
+    /// Present when the first output holds exactly one number.
+    pub prediction: Option<f64>,
+}
+
+/// Why a job failed: a stable code and a sentence.
+#[derive(Serialize, ToSchema)]
+#[schema(as = JobError)]
+pub struct JobErrorDoc {
+    /// E.g. `invalid_input`, `inference_error`, `non_finite_output`,
+    /// `deadline_exceeded`, `attempts_exhausted`.
+    pub code: String,
+    pub message: String,
+}
+
+/// A declared input or output of a model. `-1` is a dynamic dimension.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TensorSpec)]
+pub struct TensorSpecDoc {
+    pub name: String,
+    pub datatype: DataTypeDoc,
+    pub shape: Vec<i64>,
+}
+
+/// A served model's signature, as a worker published it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Model)]
+pub struct ModelDoc {
+    pub name: String,
+    /// Content hash of the model file (16 hex digits).
+    pub version: String,
+    pub inputs: Vec<TensorSpecDoc>,
+    pub outputs: Vec<TensorSpecDoc>,
+    /// When a worker last published it (Unix ms).
+    pub updated_at_ms: i64,
+}
+
+/// `GET /healthz` body.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Health)]
+pub struct HealthDoc {
+    /// Always `ok`.
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use axum::http::Method;
+
+    use super::*;
+    use crate::routes;
+
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut out = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                if Method::from_bytes(method.to_uppercase().as_bytes()).is_ok()
+                    && !matches!(method.as_str(), "parameters" | "summary" | "description")
+                {
+                    out.insert((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_document_has_exactly_the_routes_the_router_serves() {
+        let served: BTreeSet<(String, String)> = routes::TABLE
+            .iter()
+            .map(|r| (r.method.as_str().to_owned(), r.path.to_owned()))
+            .collect();
+        assert_eq!(served.len(), routes::TABLE.len(), "a route is listed twice");
+        let documented = documented();
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && unserved.is_empty(),
+            "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
+        );
+    }
+
+    #[test]
+    fn metrics_route_labels_cover_the_table() {
+        let labels: BTreeSet<&str> = routes::ALL.into_iter().collect();
+        let paths: BTreeSet<&str> = routes::TABLE.iter().map(|r| r.path).collect();
+        assert_eq!(labels, paths);
+    }
+
+    #[test]
+    fn every_error_code_is_in_the_schema() {
+        // Exhaustive on purpose: a new ApiError variant stops this compiling
+        // until it is added here and to `all` below (and so to `ErrorCode`).
+        fn listed(e: &ApiError) {
+            match e {
+                ApiError::MalformedJson(_)
+                | ApiError::NonFiniteInput(_)
+                | ApiError::InvalidInput(_)
+                | ApiError::InvalidQuery(_)
+                | ApiError::UnsupportedMediaType
+                | ApiError::PayloadTooLarge(_)
+                | ApiError::ModelNotFound(_)
+                | ApiError::JobNotFound(_)
+                | ApiError::InvalidJobId(_)
+                | ApiError::JobNotCancelable { .. }
+                | ApiError::InvalidIdempotencyKey(_)
+                | ApiError::IdempotencyKeyReused
+                | ApiError::QueueFull(_)
+                | ApiError::Overloaded
+                | ApiError::NotFound
+                | ApiError::MethodNotAllowed
+                | ApiError::RedisUnavailable(_)
+                | ApiError::Internal(_) => {}
+            }
+        }
+        let id = uuid::Uuid::nil();
+        let all = [
+            ApiError::MalformedJson(String::new()),
+            ApiError::NonFiniteInput(String::new()),
+            ApiError::InvalidInput(String::new()),
+            ApiError::InvalidQuery(String::new()),
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge(1),
+            ApiError::ModelNotFound(String::new()),
+            ApiError::JobNotFound(id),
+            ApiError::InvalidJobId(String::new()),
+            ApiError::JobNotCancelable {
+                id,
+                status: "running",
+            },
+            ApiError::InvalidIdempotencyKey(String::new()),
+            ApiError::IdempotencyKeyReused,
+            ApiError::QueueFull(String::new()),
+            ApiError::Overloaded,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::RedisUnavailable(shared::QueueError::Corrupt(String::new())),
+            ApiError::Internal(anyhow::anyhow!("x")),
+        ];
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let codes = &doc["components"]["schemas"]["ErrorCode"]["enum"];
+        for e in &all {
+            listed(e);
+            assert!(
+                codes.as_array().unwrap().iter().any(|c| c == e.code()),
+                "{} is missing from ErrorCode",
+                e.code()
+            );
+        }
+        assert_eq!(codes.as_array().unwrap().len(), all.len());
+    }
+}

@@ -1,0 +1,255 @@
+//! Worker heartbeats: which workers serve which model right now.
+//!
+//! Every worker writes, every [`BEAT_EVERY`], its consumer name into one
+//! sorted set per model it serves (`{ns}:workers:{model}`), scored by Redis's
+//! clock in milliseconds, so hosts with skewed clocks still agree. The same
+//! script prunes members older than [`RETAIN`] and sets the key to expire
+//! after [`RETAIN`]: a worker that dies leaves at most a minute of garbage,
+//! and a model nobody serves any more loses its key. A worker that shuts
+//! down cleanly removes itself at once ([`leave`]).
+//!
+//! Readers ([`read_all`], the API's `/readyz` and `/metrics`) count the
+//! members seen within [`FRESH_WITHIN`] (five missed beats), against Redis's
+//! clock too. The cost is one small script per worker every two seconds, and
+//! one `ZRANGE` per model per reader.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::Value;
+use redis::aio::ConnectionLike;
+
+use super::QueueError;
+use super::keys::Keys;
+
+/// How often a worker beats.
+pub const BEAT_EVERY: Duration = Duration::from_secs(2);
+/// A worker whose last beat is at most this old counts as serving.
+pub const FRESH_WITHIN: Duration = Duration::from_secs(10);
+/// Members older than this are pruned; the key expires this long after the
+/// last beat of any worker.
+pub const RETAIN: Duration = Duration::from_secs(60);
+
+static BEAT: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+-- KEYS: the heartbeat set of every served model; ARGV: consumer, retain ms
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local retain = tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, string.format('%.0f', now), ARGV[1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.0f', now - retain))
+  redis.call('PEXPIRE', key, retain)
+end
+return 1
+"#,
+    )
+});
+
+/// Records one heartbeat of `consumer` for every model in `models`, in one
+/// round trip.
+pub async fn beat(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    consumer: &str,
+    models: &[String],
+) -> Result<(), QueueError> {
+    if models.is_empty() {
+        return Ok(());
+    }
+    let mut inv = BEAT.prepare_invoke();
+    for model in models {
+        inv.key(keys.workers(model));
+    }
+    inv.arg(consumer).arg(duration_ms(RETAIN));
+    inv.invoke_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// Removes `consumer`'s heartbeats, so readiness reflects a clean shutdown
+/// at once instead of after [`FRESH_WITHIN`].
+pub async fn leave(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    consumer: &str,
+    models: &[String],
+) -> Result<(), QueueError> {
+    let mut pipe = redis::pipe();
+    for model in models {
+        pipe.cmd("ZREM")
+            .arg(keys.workers(model))
+            .arg(consumer)
+            .ignore();
+    }
+    pipe.query_async::<()>(conn).await?;
+    Ok(())
+}
+
+/// The workers of one model, as of one reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelWorkers {
+    pub model: String,
+    /// Workers whose last beat is within [`FRESH_WITHIN`].
+    pub fresh: u64,
+    /// Age of the most recent beat of any worker, if one is remembered
+    /// (members are kept for [`RETAIN`]).
+    pub last_beat_age_ms: Option<u64>,
+}
+
+/// Adds the read of `model`'s heartbeats to a pipeline; its reply goes to
+/// [`parse`].
+pub fn queue_read(pipe: &mut redis::Pipeline, keys: &Keys, model: &str) {
+    pipe.cmd("ZRANGE")
+        .arg(keys.workers(model))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES");
+}
+
+/// Interprets a [`queue_read`] reply at Redis time `now_ms`. A reply that is
+/// not a member/score list (say, an error) reads as no workers.
+pub fn parse(model: &str, reply: &Value, now_ms: i64) -> ModelWorkers {
+    let fresh_from = now_ms - duration_ms(FRESH_WITHIN) as i64;
+    let scores = member_scores(reply);
+    let last = scores.iter().copied().max();
+    ModelWorkers {
+        model: model.to_owned(),
+        fresh: scores.iter().filter(|&&s| s >= fresh_from).count() as u64,
+        last_beat_age_ms: last.map(|t| u64::try_from(now_ms - t).unwrap_or(0)),
+    }
+}
+
+/// The scores of a `ZRANGE ... WITHSCORES` reply: flat (RESP2) or pairs
+/// (RESP3).
+fn member_scores(reply: &Value) -> Vec<i64> {
+    let Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    let score = |v: &Value| -> Option<i64> {
+        let f = match v {
+            Value::Double(f) => *f,
+            Value::Int(n) => *n as f64,
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok()?,
+            Value::SimpleString(s) => s.parse().ok()?,
+            _ => return None,
+        };
+        Some(f as i64)
+    };
+    if items.iter().all(|i| matches!(i, Value::Array(_))) {
+        items
+            .iter()
+            .filter_map(|pair| match pair {
+                Value::Array(p) if p.len() == 2 => score(&p[1]),
+                _ => None,
+            })
+            .collect()
+    } else {
+        items.chunks_exact(2).filter_map(|p| score(&p[1])).collect()
+    }
+}
+
+/// Redis's clock in Unix milliseconds, from a `TIME` reply.
+pub fn parse_time(reply: &Value) -> Option<i64> {
+    let Value::Array(parts) = reply else {
+        return None;
+    };
+    let num = |v: &Value| -> Option<i64> {
+        match v {
+            Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+            Value::SimpleString(s) => s.parse().ok(),
+            Value::Int(n) => Some(*n),
+            _ => None,
+        }
+    };
+    match parts.as_slice() {
+        [secs, micros] => Some(num(secs)? * 1000 + num(micros)? / 1000),
+        _ => None,
+    }
+}
+
+/// Every published model (`{ns}:models`) with its workers, sorted by model
+/// name. Two round trips: the model list with Redis's clock, then every
+/// model's heartbeats.
+pub async fn read_all(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+) -> Result<Vec<ModelWorkers>, QueueError> {
+    let (time, mut models): (Value, Vec<String>) = redis::pipe()
+        .cmd("TIME")
+        .cmd("HKEYS")
+        .arg(keys.models())
+        .query_async(conn)
+        .await?;
+    let now_ms =
+        parse_time(&time).ok_or_else(|| QueueError::Corrupt(format!("TIME reply {time:?}")))?;
+    models.sort();
+    if models.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for model in &models {
+        queue_read(&mut pipe, keys, model);
+    }
+    let replies: Vec<Value> = pipe.query_async(conn).await?;
+    Ok(models
+        .iter()
+        .zip(&replies)
+        .map(|(m, r)| parse(m, r, now_ms))
+        .collect())
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn fresh_workers_and_last_beat_age_in_both_protocols() {
+        let now = 1_000_000;
+        let resp2 = Value::Array(vec![
+            bulk("old"),
+            bulk("985000"),
+            bulk("a"),
+            bulk("991000"),
+            bulk("b"),
+            bulk("999500"),
+        ]);
+        assert_eq!(
+            parse("m", &resp2, now),
+            ModelWorkers {
+                model: "m".into(),
+                fresh: 2,
+                last_beat_age_ms: Some(500),
+            }
+        );
+        let resp3 = Value::Array(vec![
+            Value::Array(vec![bulk("a"), Value::Double(989_999.0)]),
+            Value::Array(vec![bulk("b"), Value::Double(990_000.0)]),
+        ]);
+        let w = parse("m", &resp3, now);
+        assert_eq!((w.fresh, w.last_beat_age_ms), (1, Some(10_000)));
+    }
+
+    #[test]
+    fn no_heartbeats_read_as_no_workers() {
+        for reply in [Value::Array(vec![]), Value::Nil] {
+            let w = parse("m", &reply, 5);
+            assert_eq!((w.fresh, w.last_beat_age_ms), (0, None));
+        }
+    }
+
+    #[test]
+    fn time_replies_become_milliseconds() {
+        let t = Value::Array(vec![bulk("1763792262"), bulk("123456")]);
+        assert_eq!(parse_time(&t), Some(1_763_792_262_123));
+        assert_eq!(parse_time(&Value::Nil), None);
+    }
+}
