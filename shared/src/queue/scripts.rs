@@ -10,19 +10,19 @@ use super::QueueError;
 /// EVALSHA fails with NOSCRIPT after a Redis restart empties the script cache;
 /// then the script is loaded and the pipeline sent once more. Both scripts are
 /// safe to resend: an invocation that failed with NOSCRIPT did not run.
-pub(crate) async fn invoke_all(
+pub(crate) async fn invoke_all<T: redis::FromRedisValue>(
     conn: &mut impl ConnectionLike,
     script: &redis::Script,
     invocations: &[redis::ScriptInvocation<'_>],
-) -> Result<Vec<i64>, QueueError> {
+) -> Result<Vec<T>, QueueError> {
     let mut pipe = redis::pipe();
     for inv in invocations {
         pipe.invoke_script(inv);
     }
-    match pipe.query_async::<Vec<i64>>(conn).await {
+    match pipe.query_async::<Vec<T>>(conn).await {
         Err(e) if is_noscript(&e) => {
             script.load_async(conn).await?;
-            Ok(pipe.query_async::<Vec<i64>>(conn).await?)
+            Ok(pipe.query_async::<Vec<T>>(conn).await?)
         }
         other => Ok(other?),
     }
