@@ -44,6 +44,8 @@ pub enum ApiError {
     QueueFull(String),
     #[error("the server is handling too many requests, retry later")]
     Overloaded,
+    #[error("missing or unknown API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -73,6 +75,7 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RedisUnavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -94,6 +97,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::Overloaded => "overloaded",
+            ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RedisUnavailable(_) => "redis_unavailable",
@@ -166,6 +170,10 @@ impl IntoResponse for ApiError {
             // fails.
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         // Both are "come back shortly": say when, so clients back off instead
         // of hammering.

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::{Msg, RedisError};
 use shared::Keys;
-use shared::model::valid_model_name;
+use shared::model::valid_internal_model_name;
 use shared::redis_conn::Limits;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -169,7 +169,7 @@ impl Task {
                 Err(_) => tracing::debug!(payload, "ignoring malformed job-finished event"),
             }
         } else if channel == self.models_channel {
-            if !valid_model_name(payload) {
+            if !valid_internal_model_name(payload) {
                 tracing::debug!(payload, "ignoring malformed model event");
                 return;
             }

@@ -14,6 +14,7 @@
 //! [`router`] builds the whole HTTP surface from an [`AppState`]; the binary
 //! (`main.rs`) only parses [`Config`], binds and serves.
 
+pub mod auth;
 pub mod config;
 pub mod conn_reuse;
 pub mod error;
@@ -53,6 +54,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         // Inside `track`, so shed requests are counted and logged too.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

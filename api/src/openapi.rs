@@ -44,7 +44,7 @@ pub async fn serve() -> Result<Response, ApiError> {
 #[openapi(
     info(
         title = "onnx-queue",
-        description = "Queue-backed asynchronous ONNX inference: submit a job (202 + job id), then poll or long-poll it.\n\nEvery error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`."
+        description = "Queue-backed asynchronous ONNX inference: submit a job (202 + job id), then poll or long-poll it.\n\nEvery error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`.\n\nWhen the API runs with `--api-keys-file`, every `/v1` route needs `Authorization: Bearer <key>` (or `X-API-Key`); a key belongs to a tenant, which sees only its own models and jobs."
     ),
     paths(
         submit_job,
@@ -95,6 +95,8 @@ pub struct ApiDoc;
         (status = 422, description = "`invalid_input` (the message names what was expected) or `idempotency_key_reused`", body = ErrorBody<'static>),
         (status = 429, description = "`queue_full`: the model's queue holds `--max-queue-depth` unfinished jobs", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
         (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
@@ -116,6 +118,8 @@ fn submit_job() {}
         (status = 200, description = "The job", body = JobView<'static>),
         (status = 400, description = "`invalid_job_id` or `invalid_query`", body = ErrorBody<'static>),
         (status = 404, description = "`job_not_found`: unknown or expired", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
         (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
@@ -135,6 +139,8 @@ fn get_job() {}
         (status = 400, description = "`invalid_job_id`", body = ErrorBody<'static>),
         (status = 404, description = "`job_not_found`: unknown or expired", body = ErrorBody<'static>),
         (status = 409, description = "`job_not_cancelable`: running or already terminal", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
         (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
@@ -150,6 +156,8 @@ fn cancel_job() {}
     summary = "Every model some worker has published",
     responses(
         (status = 200, description = "The published model signatures", body = ModelList),
+        (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
         (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
@@ -167,6 +175,8 @@ fn list_models() {}
     responses(
         (status = 200, description = "The model's signature", body = ModelDoc),
         (status = 404, description = "`model_not_found`", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
+            headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
         (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
@@ -239,6 +249,7 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     QueueFull,
     Overloaded,
+    Unauthorized,
     NotFound,
     MethodNotAllowed,
     RedisUnavailable,
@@ -457,6 +468,7 @@ mod tests {
                 | ApiError::IdempotencyKeyReused
                 | ApiError::QueueFull(_)
                 | ApiError::Overloaded
+                | ApiError::Unauthorized
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed
                 | ApiError::RedisUnavailable(_)
@@ -482,6 +494,7 @@ mod tests {
             ApiError::IdempotencyKeyReused,
             ApiError::QueueFull(String::new()),
             ApiError::Overloaded,
+            ApiError::Unauthorized,
             ApiError::NotFound,
             ApiError::MethodNotAllowed,
             ApiError::RedisUnavailable(shared::QueueError::Corrupt(String::new())),

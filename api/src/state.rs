@@ -12,6 +12,7 @@ use shared::Keys;
 use shared::redis_conn::{self, Limits};
 use tokio::sync::Semaphore;
 
+use crate::auth::ApiKeys;
 use crate::config::Config;
 use crate::events::Listener;
 use crate::models_cache::ModelCache;
@@ -21,6 +22,8 @@ use crate::waiters::Waiters;
 pub enum StartupError {
     #[error("invalid redis url: {0}")]
     RedisUrl(#[source] redis::RedisError),
+    #[error(transparent)]
+    ApiKeys(#[from] crate::auth::KeysError),
     #[error("the queue namespace must not be empty")]
     EmptyNamespace,
 }
@@ -32,6 +35,7 @@ pub struct AppState {
 
 struct Inner {
     redis: ConnectionManager,
+    api_keys: ApiKeys,
     keys: Keys,
     limits: Limits,
     models: Arc<ModelCache>,
@@ -69,6 +73,10 @@ impl AppState {
             redis::Client::open(config.redis_url.as_str()).map_err(StartupError::RedisUrl)?;
         let redis =
             redis_conn::shared(&config.redis_url, limits).map_err(StartupError::RedisUrl)?;
+        let api_keys = match &config.api_keys_file {
+            Some(path) => ApiKeys::load(path)?,
+            None => ApiKeys::open(),
+        };
         let keys = Keys::new(&config.namespace);
         let models = Arc::new(ModelCache::new(redis.clone(), keys.clone()));
         let waiters = Arc::new(Waiters::new());
@@ -82,6 +90,7 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 redis,
+                api_keys,
                 keys,
                 limits,
                 models,
@@ -105,6 +114,11 @@ impl AppState {
     /// configured Redis limits.
     pub fn conn(&self) -> ConnectionManager {
         self.inner.redis.clone()
+    }
+
+    /// Who may call, as which tenant (see [`crate::auth`]).
+    pub fn api_keys(&self) -> &ApiKeys {
+        &self.inner.api_keys
     }
 
     pub fn keys(&self) -> &Keys {

@@ -444,6 +444,23 @@ impl Client {
         }
     }
 
+    /// A client that sends `Authorization: Bearer <key>` with every request.
+    pub fn with_api_key(base: &str, key: &str) -> Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")).expect("api key"),
+        );
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .default_headers(headers)
+                .build()
+                .expect("http client"),
+            base: base.trim_end_matches('/').to_owned(),
+        }
+    }
+
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
         let resp = req.send().await.expect("http request failed");
         let status = resp.status();

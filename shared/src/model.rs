@@ -110,6 +110,30 @@ pub fn valid_model_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
+/// Separates the tenant from the model in an internal model name,
+/// `{tenant}~{model}`. It is not allowed in public model names, so no public
+/// name can reach another tenant's model.
+pub const TENANT_SEPARATOR: char = '~';
+
+/// Tenant names end up inside model names and Redis keys: 1-32 of `a-z`,
+/// `0-9`, `_` and `-`, starting with a letter or digit.
+pub fn valid_tenant_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+/// A model name as Redis and the workers know it: a public name (the
+/// default tenant's model) or `{tenant}~{public name}`.
+pub fn valid_internal_model_name(name: &str) -> bool {
+    match name.split_once(TENANT_SEPARATOR) {
+        None => valid_model_name(name),
+        Some((tenant, model)) => valid_tenant_name(tenant) && valid_model_name(model),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +232,11 @@ mod tests {
         assert!(!valid_model_name("a b"));
         assert!(!valid_model_name(".hidden"));
         assert!(!valid_model_name(&"x".repeat(129)));
+        assert!(!valid_model_name("acme~m"));
+        assert!(valid_internal_model_name("acme~m"));
+        assert!(valid_internal_model_name("m"));
+        assert!(!valid_internal_model_name("Acme~m"));
+        assert!(!valid_internal_model_name("acme~m~n"));
+        assert!(!valid_internal_model_name("~m"));
     }
 }

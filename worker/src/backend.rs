@@ -12,7 +12,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use sha2::{Digest, Sha256};
-use shared::model::{ModelInfo, valid_model_name};
+use shared::model::{ModelInfo, valid_internal_model_name};
 use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 
 use crate::error::{JobFailure, WorkerError};
@@ -206,8 +206,8 @@ pub fn load_dir(
         let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        if !valid_model_name(name) {
-            tracing::error!(path = %path.display(), "skipping model: name must be [A-Za-z0-9_.-]");
+        if !valid_internal_model_name(name) {
+            tracing::error!(path = %path.display(), "skipping model: the file name must be [A-Za-z0-9_.-], optionally after `tenant~`");
             continue;
         }
         let loaded = std::fs::read(&path)

@@ -10,6 +10,7 @@
 use std::pin::pin;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,7 @@ use shared::trace::TraceContext;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::{JOBS_CANCELED, redis_failed, redis_op};
@@ -78,24 +80,30 @@ pub(crate) struct JobView<'a> {
 
 pub async fn get_job(
     State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     PathParam(raw_id): PathParam,
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&raw_id)?;
     let wait = wait_duration(query, state.max_wait())?;
     let job = if wait.is_zero() {
-        read(&state, &id).await?
+        read(&state, &tenant, &id).await?
     } else {
-        wait_terminal(&state, id, wait).await?
+        wait_terminal(&state, &tenant, id, wait).await?
     };
-    render(&job)
+    render(&tenant, &job)
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     PathParam(raw_id): PathParam,
 ) -> Result<Response, ApiError> {
     let id = job_id(&raw_id)?;
+    // Ownership first: another tenant's job must look like no job at all,
+    // and must not be canceled. A job's model never changes, so the check
+    // cannot go stale before the cancel.
+    read(&state, &tenant, &id).await?;
     let policy = state.queue_policy();
     let mut conn = state.conn();
     let outcome = ops::cancel(
@@ -122,7 +130,7 @@ pub async fn cancel(
             // A model name in a stored job came through validation against a
             // published signature, so it is a bounded label.
             metrics::counter!(JOBS_CANCELED, "model" => job.model.clone()).increment(1);
-            render(&job)
+            render(&tenant, &job)
         }
         Canceled::NotFound => Err(ApiError::JobNotFound(id)),
         Canceled::NotCancelable(status) => Err(ApiError::JobNotCancelable {
@@ -157,14 +165,19 @@ fn wait_duration(
 /// Reads the job until it is terminal or `wait` has passed. The waiter is
 /// registered and armed before each read, so a finish published between the
 /// read and the sleep still wakes it.
-async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<JobRecord, ApiError> {
+async fn wait_terminal(
+    state: &AppState,
+    tenant: &Tenant,
+    id: Uuid,
+    wait: Duration,
+) -> Result<JobRecord, ApiError> {
     let deadline = Instant::now() + wait;
     let waiters = state.waiters();
     let registration = waiters.register(id);
     loop {
         let mut woken = pin!(registration.notified());
         woken.as_mut().enable();
-        let job = read(state, &id).await?;
+        let job = read(state, tenant, &id).await?;
         if job.status.is_terminal() || waiters.is_closing() || Instant::now() >= deadline {
             return Ok(job);
         }
@@ -173,15 +186,18 @@ async fn wait_terminal(state: &AppState, id: Uuid, wait: Duration) -> Result<Job
     }
 }
 
-async fn read(state: &AppState, id: &Uuid) -> Result<JobRecord, ApiError> {
+/// The job, if it exists and is the tenant's: a job belongs to the tenant
+/// of its model (see [`crate::auth`]).
+async fn read(state: &AppState, tenant: &Tenant, id: &Uuid) -> Result<JobRecord, ApiError> {
     let mut conn = state.conn();
     ops::get_job(&mut conn, state.keys(), id)
         .await
         .map_err(redis_failed(redis_op::GET_JOB))?
+        .filter(|job| tenant.public_name(&job.model).is_some())
         .ok_or(ApiError::JobNotFound(*id))
 }
 
-fn render(job: &JobRecord) -> Result<Response, ApiError> {
+fn render(tenant: &Tenant, job: &JobRecord) -> Result<Response, ApiError> {
     let rec = &job;
     let result = match rec.result_json.as_deref() {
         // Validated (a scan, no allocation) so a corrupt record cannot make
@@ -194,7 +210,7 @@ fn render(job: &JobRecord) -> Result<Response, ApiError> {
     Ok(axum::Json(JobView {
         job_id: rec.id,
         kind: rec.kind.as_str(),
-        model: &rec.model,
+        model: tenant.public_name(&rec.model).unwrap_or(&rec.model),
         model_version: rec.model_version.as_deref(),
         status: rec.status.as_str(),
         attempts: rec.attempts,

@@ -1,13 +1,15 @@
 //! `GET /v1/models` and `GET /v1/models/{model}`: the signatures workers have
-//! published, i.e. what predict requests are validated against.
+//! published, i.e. what predict requests are validated against. A tenant sees
+//! its own models only, under their public names (see [`crate::auth`]).
 
-use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use shared::model::{ModelInfo, valid_model_name};
 use shared::queue::ops;
 
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::{redis_failed, redis_op};
@@ -20,16 +22,23 @@ pub(crate) struct ModelList {
     models: Vec<ModelInfo>,
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+) -> Result<Response, ApiError> {
     let mut conn = state.conn();
     let models = ops::list_models(&mut conn, state.keys())
         .await
-        .map_err(redis_failed(redis_op::LIST_MODELS))?;
+        .map_err(redis_failed(redis_op::LIST_MODELS))?
+        .into_iter()
+        .filter_map(|m| public(&tenant, m))
+        .collect();
     Ok(Json(ModelList { models }).into_response())
 }
 
 pub async fn get_one(
     State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     PathParam(model): PathParam,
 ) -> Result<Response, ApiError> {
     if !valid_model_name(&model) {
@@ -37,11 +46,18 @@ pub async fn get_one(
     }
     match state
         .models()
-        .get(&model)
+        .get(&tenant.model_key(&model))
         .await
         .map_err(redis_failed(redis_op::GET_MODEL))?
+        .and_then(|info| public(&tenant, (*info).clone()))
     {
-        Some(info) => Ok(Json(&*info).into_response()),
+        Some(info) => Ok(Json(info).into_response()),
         None => Err(ApiError::ModelNotFound(model)),
     }
+}
+
+/// The model as the tenant names it, if it is the tenant's.
+fn public(tenant: &Tenant, mut info: ModelInfo) -> Option<ModelInfo> {
+    info.name = tenant.public_name(&info.name)?.to_owned();
+    Some(info)
 }

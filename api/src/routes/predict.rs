@@ -6,6 +6,7 @@
 //! that lost a 202 can send the same request with the same key and gets the
 //! same job back instead of a second one.
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -22,6 +23,7 @@ use shared::trace::{TRACEPARENT, TraceContext};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::{
@@ -57,12 +59,13 @@ pub(crate) struct Accepted<'a> {
 /// than early rejections, so every refused submission is counted here.
 pub async fn predict(
     State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
     path: Result<PathParam, ApiError>,
     headers: HeaderMap,
     body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut model_label = SharedString::const_str(UNKNOWN_MODEL);
-    let res = submit(&state, path, &headers, body, &mut model_label).await;
+    let res = submit(&state, &tenant, path, &headers, body, &mut model_label).await;
     if let Err(e) = &res {
         count_rejection(model_label, e);
     }
@@ -71,22 +74,25 @@ pub async fn predict(
 
 async fn submit(
     state: &AppState,
+    tenant: &Tenant,
     path: Result<PathParam, ApiError>,
     headers: &HeaderMap,
     body: Result<JsonBody, ApiError>,
     model_label: &mut SharedString,
 ) -> Result<Response, ApiError> {
-    let PathParam(model) = path?;
-    if !valid_model_name(&model) {
-        return Err(ApiError::ModelNotFound(clip(&model)));
+    let PathParam(public) = path?;
+    if !valid_model_name(&public) {
+        return Err(ApiError::ModelNotFound(clip(&public)));
     }
+    // From here on the model is named as Redis and the workers know it.
+    let model = tenant.model_key(&public);
     let Some(info) = state
         .models()
         .get(&model)
         .await
         .map_err(redis_failed(redis_op::GET_MODEL))?
     else {
-        return Err(ApiError::ModelNotFound(model));
+        return Err(ApiError::ModelNotFound(public));
     };
     *model_label = SharedString::from(model.clone());
     // The job's span starts here, so an exported trace covers validation too.
@@ -179,7 +185,7 @@ async fn submit(
             Ok(accepted(id, status, true))
         }
         Submitted::KeyReused(_) => Err(ApiError::IdempotencyKeyReused),
-        Submitted::QueueFull { .. } => Err(ApiError::QueueFull(job.model)),
+        Submitted::QueueFull { .. } => Err(ApiError::QueueFull(public)),
     }
 }
 

@@ -20,7 +20,7 @@ use super::keys::{GROUP, Keys};
 use super::stats;
 use super::wire::{EntryJob, JobEnvelope, dead};
 use crate::job::JobError;
-use crate::model::valid_model_name;
+use crate::model::valid_internal_model_name;
 
 /// Entries fetched per XRANGE round trip: large enough that a big dead-letter
 /// stream takes few round trips, small enough that no single reply (payloads
@@ -219,7 +219,7 @@ impl DeadLetter {
                 self.model, env.model
             ));
         }
-        if !valid_model_name(&env.model) {
+        if !valid_internal_model_name(&env.model) {
             return Some(format!("invalid model name {:?}", env.model));
         }
         None

@@ -1,0 +1,297 @@
+//! API keys and tenants: who is calling, and which slice of the system they
+//! may see.
+//!
+//! Keys are configured in a file (`--api-keys-file`), one tenant per line,
+//! and stored there only as SHA-256 digests, so the file is not a secret
+//! worth stealing:
+//!
+//! ```text
+//! # tenant   sha256 of the key (hex): printf %s "$KEY" | sha256sum
+//! acme       3f0a…e1
+//! globex     9c4d…07
+//! ```
+//!
+//! A request names its key with `Authorization: Bearer <key>` (or
+//! `X-API-Key: <key>`); [`authenticate`] hashes it, looks the digest up and
+//! attaches the caller's [`Tenant`] to the request. Without a keys file the
+//! API is open and every request belongs to [`Tenant::DEFAULT`], so a
+//! single-team set-up needs no configuration.
+//!
+//! Isolation is by name: a tenant's model `m` is the model `{tenant}~m` in
+//! Redis (`~` is not allowed in public model names, so no public name can
+//! reach another tenant's model), and a job belongs to the tenant of its
+//! model. The default tenant's models keep their plain names, which is how
+//! the demo models from the models directory are served. A request for
+//! another tenant's job or model gets the same 404 as one for a job or model
+//! that does not exist, so ids cannot be probed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use shared::model::{TENANT_SEPARATOR as SEPARATOR, valid_tenant_name};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(Arc<str>);
+
+impl Tenant {
+    /// The tenant of an open (keyless) deployment.
+    pub const DEFAULT: &'static str = "default";
+
+    pub fn default_tenant() -> Tenant {
+        Tenant(Arc::from(Tenant::DEFAULT))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    fn is_default(&self) -> bool {
+        &*self.0 == Tenant::DEFAULT
+    }
+
+    /// The name Redis and the workers know this tenant's model `model` by.
+    pub fn model_key(&self, model: &str) -> String {
+        if self.is_default() {
+            model.to_owned()
+        } else {
+            format!("{}{SEPARATOR}{model}", self.0)
+        }
+    }
+
+    /// The public name of an internal model name, if the model is this
+    /// tenant's; `None` for every other tenant's model.
+    pub fn public_name<'a>(&self, internal: &'a str) -> Option<&'a str> {
+        match internal.split_once(SEPARATOR) {
+            None if self.is_default() => Some(internal),
+            Some((owner, model)) if !self.is_default() && owner == &*self.0 => Some(model),
+            _ => None,
+        }
+    }
+}
+
+/// Errors reading the keys file; they stop the process at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    #[error("cannot read the API keys file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// Digest of a key → its tenant. Empty: the API is open.
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    by_digest: HashMap<[u8; 32], Tenant>,
+}
+
+impl ApiKeys {
+    /// No keys: every request is the default tenant's.
+    pub fn open() -> ApiKeys {
+        ApiKeys::default()
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.by_digest.is_empty()
+    }
+
+    pub fn load(path: &Path) -> Result<ApiKeys, KeysError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeysError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        ApiKeys::parse(&text).map_err(|(line, message)| KeysError::Syntax {
+            path: path.to_owned(),
+            line,
+            message,
+        })
+    }
+
+    /// Parses the keys file format (see the module docs); errors carry the
+    /// 1-based line number.
+    pub fn parse(text: &str) -> Result<ApiKeys, (usize, String)> {
+        let mut by_digest = HashMap::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let (Some(tenant), Some(hex_digest), None) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err((i + 1, "expected `<tenant> <sha256 hex of the key>`".into()));
+            };
+            if !valid_tenant_name(tenant) {
+                return Err((
+                    i + 1,
+                    format!(
+                        "invalid tenant name {tenant:?}: 1-32 of a-z, 0-9, '_' and '-', \
+                         starting with a letter or digit"
+                    ),
+                ));
+            }
+            let digest: [u8; 32] = hex::decode(hex_digest)
+                .ok()
+                .and_then(|d| d.try_into().ok())
+                .ok_or_else(|| (i + 1, "the digest must be 64 hex digits (SHA-256)".into()))?;
+            if by_digest
+                .insert(digest, Tenant(Arc::from(tenant)))
+                .is_some()
+            {
+                return Err((i + 1, "this key digest is listed twice".into()));
+            }
+        }
+        Ok(ApiKeys { by_digest })
+    }
+
+    /// The tenant a request's key belongs to.
+    pub fn tenant_of(&self, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+        if self.is_open() {
+            return Ok(Tenant::default_tenant());
+        }
+        let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.by_digest
+            .get(&digest)
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        })
+        .map(|(_, key)| key.trim());
+    bearer
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .filter(|k| !k.is_empty())
+}
+
+/// Middleware: attaches the caller's [`Tenant`] or answers 401. Health,
+/// readiness, metrics and the OpenAPI document stay open: probes and
+/// scrapers carry no keys.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let public = matches!(
+        path,
+        crate::routes::HEALTHZ
+            | crate::routes::READYZ
+            | crate::routes::METRICS
+            | crate::routes::OPENAPI
+    );
+    if public {
+        return next.run(req).await;
+    }
+    match state.api_keys().tenant_of(req.headers()) {
+        Ok(tenant) => {
+            req.extensions_mut().insert(tenant);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn digest(key: &str) -> String {
+        hex::encode(Sha256::digest(key.as_bytes()))
+    }
+
+    fn keys() -> ApiKeys {
+        let text = format!(
+            "# comment\n\nacme {}  # trailing comment\nglobex {}\n",
+            digest("k-acme"),
+            digest("k-globex")
+        );
+        ApiKeys::parse(&text).unwrap()
+    }
+
+    fn headers(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn keys_map_to_their_tenants_by_either_header() {
+        let k = keys();
+        let t = k
+            .tenant_of(&headers("authorization", "Bearer k-acme"))
+            .unwrap();
+        assert_eq!(t.name(), "acme");
+        let t = k.tenant_of(&headers("x-api-key", "k-globex")).unwrap();
+        assert_eq!(t.name(), "globex");
+    }
+
+    #[test]
+    fn missing_or_unknown_keys_are_unauthorized() {
+        let k = keys();
+        for h in [
+            HeaderMap::new(),
+            headers("authorization", "Bearer nope"),
+            headers("authorization", "Basic k-acme"),
+            headers("authorization", "Bearer "),
+            headers("x-api-key", ""),
+        ] {
+            assert_eq!(k.tenant_of(&h).unwrap_err().code(), "unauthorized");
+        }
+    }
+
+    #[test]
+    fn without_keys_everyone_is_the_default_tenant() {
+        let t = ApiKeys::open().tenant_of(&HeaderMap::new()).unwrap();
+        assert_eq!(t.name(), Tenant::DEFAULT);
+    }
+
+    #[test]
+    fn the_file_holds_digests_only_and_bad_lines_name_their_line() {
+        assert_eq!(ApiKeys::parse("acme").unwrap_err().0, 1);
+        assert_eq!(ApiKeys::parse("\nacme k-acme").unwrap_err().0, 2);
+        assert_eq!(
+            ApiKeys::parse(&format!("Acme {}", digest("x")))
+                .unwrap_err()
+                .0,
+            1
+        );
+        let twice = format!("a {0}\nb {0}", digest("x"));
+        assert_eq!(ApiKeys::parse(&twice).unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn model_names_never_cross_tenants() {
+        let acme = Tenant(Arc::from("acme"));
+        let default = Tenant::default_tenant();
+        assert_eq!(acme.model_key("m"), "acme~m");
+        assert_eq!(default.model_key("m"), "m");
+        assert_eq!(acme.public_name("acme~m"), Some("m"));
+        assert_eq!(acme.public_name("globex~m"), None);
+        assert_eq!(acme.public_name("m"), None);
+        assert_eq!(default.public_name("m"), Some("m"));
+        assert_eq!(default.public_name("acme~m"), None);
+    }
+}

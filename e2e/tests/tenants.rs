@@ -1,0 +1,150 @@
+//! Tenants: API keys map to tenants, and a tenant can neither see nor guess
+//! another tenant's jobs or models: what is not yours answers exactly like
+//! what does not exist (404), and requests without a valid key get 401.
+
+use std::time::Duration;
+
+use e2e::{Api, Client, ModelsDir, RedisServer, Worker, unique_namespace};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn digest(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn features() -> Value {
+    json!({ "features": vec![0.25f32; 128] })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_see_only_their_own_jobs_and_models() {
+    let redis = RedisServer::start();
+    let ns = unique_namespace("tenants");
+    // acme's mlp128 and the default tenant's two_input: two_input must stay
+    // invisible to acme, and globex has no model at all.
+    let models = ModelsDir::with(&[
+        ("acme~mlp128", "mlp128.onnx"),
+        ("two_input", "two_input.onnx"),
+    ]);
+    let _worker = Worker::spawn_with_models(&redis.url(), &ns, &models.path, &[]);
+
+    let keys_file = std::env::temp_dir().join(format!("{ns}-keys"));
+    std::fs::write(
+        &keys_file,
+        format!(
+            "# tenant  sha256 of the key\nacme {}\nglobex {}\n",
+            digest("key-acme"),
+            digest("key-globex")
+        ),
+    )
+    .expect("write keys file");
+    let keys_arg = keys_file.display().to_string();
+    let api = Api::spawn(&redis.url(), &ns, &["--api-keys-file", &keys_arg]);
+    let acme = Client::with_api_key(&api.base_url, "key-acme");
+    let globex = Client::with_api_key(&api.base_url, "key-globex");
+    let anonymous = api.client();
+    acme.wait_for_models(&["mlp128"], Duration::from_secs(30))
+        .await;
+
+    // The key file holds digests only: the key itself appears nowhere in it.
+    let stored = std::fs::read_to_string(&keys_file).expect("keys file");
+    assert!(!stored.contains("key-acme"));
+
+    // No key or a wrong key: 401 with the usual JSON error; probes stay open.
+    for client in [&anonymous, &Client::with_api_key(&api.base_url, "key-nope")] {
+        let r = client.predict("mlp128", &features()).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+        assert_eq!(r.error_code(), "unauthorized");
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+        assert_eq!(
+            client.get("/v1/models").await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(anonymous.get("/healthz").await.status, StatusCode::OK);
+    assert_eq!(anonymous.get("/readyz").await.status, StatusCode::OK);
+
+    // acme runs a job on its model.
+    let id = acme.submit("mlp128", &features()).await;
+    let job = acme.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(
+        job["model"], "mlp128",
+        "the public name, not the internal one"
+    );
+
+    // globex: acme's job and model do not exist for it.
+    let r = globex.job(&id, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    assert_eq!(r.error_code(), "job_not_found");
+    let r = globex.job(&id, Some(1.0)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "a long-poll must not wait on it either"
+    );
+    let r = globex.delete(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.error_code(), "job_not_found");
+    let r = globex.predict("mlp128", &features()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    assert_eq!(r.error_code(), "model_not_found");
+    let r = globex.get("/v1/models/mlp128").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = globex.get("/v1/models").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.json["models"],
+        json!([]),
+        "globex has no models: {}",
+        r.text
+    );
+    // Neither can the internal name be typed in.
+    let r = globex.predict("acme~mlp128", &features()).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // acme sees its own model under its public name, and not the default
+    // tenant's.
+    let r = acme.get("/v1/models").await;
+    let names: Vec<&str> = r.json["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, ["mlp128"], "{}", r.text);
+    assert_eq!(acme.get("/v1/models/mlp128").await.json["name"], "mlp128");
+    let r = acme.predict("two_input", &json!({})).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The job still reads for its owner after the others' attempts, and the
+    // owner can cancel only what exists.
+    assert_eq!(acme.job(&id, None).await.json["status"], "succeeded");
+    let _ = std::fs::remove_file(&keys_file);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_keys_file_stops_the_api_at_start() {
+    let redis = RedisServer::start();
+    let ns = unique_namespace("badkeys");
+    let keys_file = std::env::temp_dir().join(format!("{ns}-keys"));
+    std::fs::write(&keys_file, "acme not-a-digest\n").expect("write keys file");
+    let out = std::process::Command::new(e2e::binary("api"))
+        .args([
+            "--redis-url",
+            &redis.url(),
+            "--namespace",
+            &ns,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--api-keys-file")
+        .arg(&keys_file)
+        .output()
+        .expect("run api");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(":1:"), "names the line: {stderr}");
+    let _ = std::fs::remove_file(&keys_file);
+}
