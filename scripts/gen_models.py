@@ -15,7 +15,7 @@ Outputs (relative to the repo root):
                                 30 features, `target` 0/1) for the trainer crate
   models/testdata/*.onnx        models only the failure tests use (not served
                                 by default): slow, flaky_broken/flaky_fixed,
-                                inf_output
+                                inf_output, scale3
 """
 
 from __future__ import annotations
@@ -313,6 +313,18 @@ def build_flaky(broken: bool) -> onnx.ModelProto:
     return _finish(graph, ("Broken" if broken else "Fixed") + " twin for dead-letter tests.")
 
 
+def build_scale3() -> onnx.ModelProto:
+    """x f32[N,4] -> y f32[N,4] = 3x: flaky_fixed's signature with other
+    weights, the "new version" of the registry and hot-swap tests."""
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "three"], ["y"])], "scale3",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [BATCH, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [BATCH, 4])],
+        [numpy_helper.from_array(np.array(3.0, dtype=np.float32), "three")],
+    )
+    return _finish(graph, "y = 3x, a second version for registry tests.")
+
+
 def build_inf_output() -> onnx.ModelProto:
     """x f32[N,1] -> y = x / 0: an infinite output that must never be
     reported as a success."""
@@ -334,6 +346,7 @@ def save_testdata() -> list:
         ("flaky_broken", build_flaky(True)),
         ("flaky_fixed", build_flaky(False)),
         ("inf_output", build_inf_output()),
+        ("scale3", build_scale3()),
     ]:
         path = testdata / f"{name}.onnx"
         path.write_bytes(model.SerializeToString(deterministic=True))
@@ -350,6 +363,7 @@ def save_testdata() -> list:
         pass
     assert out[2][2].run(None, {"x": x4})[0].tolist() == [[2.0] * 4]
     assert np.isinf(out[3][2].run(None, {"x": np.ones((1, 1), np.float32)})[0]).all()
+    assert out[4][2].run(None, {"x": x4})[0].tolist() == [[3.0] * 4]
     return out
 
 

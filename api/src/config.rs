@@ -27,6 +27,11 @@ pub struct Config {
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest accepted model upload (`POST /v1/models/{model}/versions`),
+    /// in bytes; only that route takes bodies over `--max-body-bytes`.
+    #[arg(long, env = "MAX_MODEL_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_model_bytes: usize,
+
     /// Upper bound for the `?wait=` long-poll of `GET /v1/jobs/{id}`, in seconds.
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
     pub max_wait_secs: u64,

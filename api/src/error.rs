@@ -50,6 +50,12 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("model {model:?} has no version {version}")]
+    VersionNotFound { model: String, version: u32 },
+    #[error("version {version} is {status}; only a ready version can serve or become current")]
+    VersionNotReady { version: u32, status: &'static str },
+    #[error("model {0:?} has no earlier current version to roll back to")]
+    NoPreviousVersion(String),
     #[error("the job store is unavailable, retry later")]
     RedisUnavailable(#[source] QueueError),
     #[error("internal server error")]
@@ -71,9 +77,13 @@ impl ApiError {
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::ModelNotFound(_) | ApiError::JobNotFound(_) | ApiError::NotFound => {
-                StatusCode::NOT_FOUND
+            ApiError::VersionNotReady { .. } | ApiError::NoPreviousVersion(_) => {
+                StatusCode::CONFLICT
             }
+            ApiError::ModelNotFound(_)
+            | ApiError::JobNotFound(_)
+            | ApiError::NotFound
+            | ApiError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RedisUnavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -100,6 +110,9 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::VersionNotFound { .. } => "version_not_found",
+            ApiError::VersionNotReady { .. } => "version_not_ready",
+            ApiError::NoPreviousVersion(_) => "no_previous_version",
             ApiError::RedisUnavailable(_) => "redis_unavailable",
             ApiError::Internal(_) => "internal",
         }

@@ -25,6 +25,7 @@ use crate::routes::health::Ready;
 use crate::routes::jobs::JobView;
 use crate::routes::models::ModelList;
 use crate::routes::predict::Accepted;
+use crate::routes::versions::{PromoteRequest, Promoted, UploadAccepted, VersionList};
 
 /// `GET /openapi.json`
 pub async fn serve() -> Result<Response, ApiError> {
@@ -52,6 +53,10 @@ pub async fn serve() -> Result<Response, ApiError> {
         cancel_job,
         list_models,
         get_model,
+        upload_version,
+        list_versions,
+        promote_version,
+        rollback_version,
         healthz,
         readyz,
         metrics,
@@ -60,6 +65,7 @@ pub async fn serve() -> Result<Response, ApiError> {
     tags(
         (name = "jobs", description = "Submitting, reading and canceling inference jobs"),
         (name = "models", description = "Model signatures published by workers"),
+        (name = "registry", description = "Model versions: upload, validation, promotion and rollback"),
         (name = "operations", description = "Health, readiness, metrics and this document")
     )
 )]
@@ -229,6 +235,118 @@ fn metrics() {}
 #[allow(dead_code)]
 fn openapi_json() {}
 
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/versions",
+    tag = "registry",
+    summary = "Upload a model version",
+    description = "Stores the ONNX file as a new version with status `validating` and queues a `validate` job: a worker loads it in ONNX Runtime and marks it `ready` (with its signature) or `invalid`. Poll the job on `status_url`; a failed validation has error code `invalid_model`. An unknown model name creates the model; it serves once a version is promoted.",
+    params(("model" = String, Path, description = "Model name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The ONNX file, at most `--max-model-bytes`"),
+    responses(
+        (status = 202, description = "Stored; validation queued", body = UploadAccepted,
+            headers(("Location" = String, description = "The validate job's status URL"))),
+        (status = 404, description = "`model_not_found`: the name is not a valid model name", body = ErrorBody<'static>),
+        (status = 413, description = "`payload_too_large`: over `--max-model-bytes`", body = ErrorBody<'static>),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/octet-stream`", body = ErrorBody<'static>),
+        (status = 422, description = "`invalid_input`: an empty file", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn upload_version() {}
+
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/versions",
+    tag = "registry",
+    summary = "List a model's versions",
+    description = "Newest first (at most 50), and which one is current; also for an uploaded model not promoted yet.",
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "The versions", body = VersionList),
+        (status = 404, description = "`model_not_found`: no version of that model", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn list_versions() {}
+
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/promote",
+    tag = "registry",
+    summary = "Make a version current",
+    description = "Only a `ready` version can become current. Every worker loads it off the hot path and swaps it in atomically within about a second; jobs already running finish on the version they started with. The replaced version is remembered for rollback.",
+    params(("model" = String, Path, description = "Model name")),
+    request_body(content = PromoteRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The new current version", body = Promoted),
+        (status = 400, description = "`malformed_json`", body = ErrorBody<'static>),
+        (status = 404, description = "`version_not_found` or `model_not_found`", body = ErrorBody<'static>),
+        (status = 409, description = "`version_not_ready`: the version is `validating` or `invalid`", body = ErrorBody<'static>),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody<'static>),
+        (status = 422, description = "`invalid_input`: the body is not `{\"version\": n}`", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn promote_version() {}
+
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/rollback",
+    tag = "registry",
+    summary = "Go back to the previous current version",
+    description = "Pops the most recent earlier current version that is still `ready`; a body, if any, is ignored.",
+    params(("model" = String, Path, description = "Model name")),
+    responses(
+        (status = 200, description = "The restored current version", body = Promoted),
+        (status = 404, description = "`model_not_found`", body = ErrorBody<'static>),
+        (status = 409, description = "`no_previous_version`", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn rollback_version() {}
+
+/// One model version in the registry.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ModelVersion)]
+pub struct VersionDoc {
+    /// 1, 2, 3… per model.
+    pub version: u32,
+    /// SHA-256 of the ONNX bytes (hex).
+    pub sha256: String,
+    pub size: u64,
+    pub created_at_ms: i64,
+    /// `file`, `upload` or `retrain`.
+    pub source: String,
+    /// `validating`, `ready` or `invalid`.
+    pub status: String,
+    /// Why validation failed.
+    pub error: Option<String>,
+    pub inputs: Vec<TensorSpecDoc>,
+    pub outputs: Vec<TensorSpecDoc>,
+    /// Training metrics of a retrained version.
+    pub metrics: Option<JsonObject>,
+    pub note: Option<String>,
+    /// The job that validated or produced it.
+    pub job_id: Option<uuid::Uuid>,
+}
+
+/// Free-form JSON object.
+#[derive(Serialize, ToSchema)]
+pub struct JsonObject {}
+
 // --------------------------------------------------------- schema mirrors
 
 /// Every `error.code` the API answers with (see the README's error tables).
@@ -252,6 +370,9 @@ pub enum ErrorCode {
     Unauthorized,
     NotFound,
     MethodNotAllowed,
+    VersionNotFound,
+    VersionNotReady,
+    NoPreviousVersion,
     RedisUnavailable,
     Internal,
 }
@@ -274,6 +395,7 @@ pub enum JobStatusDoc {
 #[serde(rename_all = "snake_case")]
 pub enum JobKindDoc {
     Predict,
+    Validate,
 }
 
 /// Tensor element types, named as in the Open Inference Protocol.
@@ -307,6 +429,11 @@ pub struct PredictRequestDoc {
     /// `deadline_exceeded` instead of running late.
     #[schema(value_type = Option<DeadlineDoc>)]
     pub deadline: Option<()>,
+    /// Run on this registry version (see `GET /v1/models/{model}/versions`)
+    /// instead of the current one; it must exist (404 `version_not_found`)
+    /// and be `ready` (409 `version_not_ready`). The inputs are checked
+    /// against that version's signature.
+    pub model_version: Option<u32>,
     /// Accepted (KServe clients send it) and ignored.
     pub id: Option<String>,
     /// Accepted (KServe clients send it) and ignored.
@@ -385,12 +512,17 @@ pub struct TensorSpecDoc {
 #[schema(as = Model)]
 pub struct ModelDoc {
     pub name: String,
-    /// Content hash of the model file (16 hex digits).
+    /// The current registry version number, as text.
     pub version: String,
     pub inputs: Vec<TensorSpecDoc>,
     pub outputs: Vec<TensorSpecDoc>,
     /// When a worker last published it (Unix ms).
     pub updated_at_ms: i64,
+    /// The registry's current version (the one `version` names).
+    #[schema(required = true)]
+    pub current_version: Option<u32>,
+    /// Newest first, at most 10 (all: `GET /v1/models/{model}/versions`).
+    pub versions: Vec<VersionDoc>,
 }
 
 /// `GET /healthz` body.
@@ -471,6 +603,9 @@ mod tests {
                 | ApiError::Unauthorized
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed
+                | ApiError::VersionNotFound { .. }
+                | ApiError::VersionNotReady { .. }
+                | ApiError::NoPreviousVersion(_)
                 | ApiError::RedisUnavailable(_)
                 | ApiError::Internal(_) => {}
             }
@@ -497,6 +632,15 @@ mod tests {
             ApiError::Unauthorized,
             ApiError::NotFound,
             ApiError::MethodNotAllowed,
+            ApiError::VersionNotFound {
+                model: String::new(),
+                version: 1,
+            },
+            ApiError::VersionNotReady {
+                version: 1,
+                status: "invalid",
+            },
+            ApiError::NoPreviousVersion(String::new()),
             ApiError::RedisUnavailable(shared::QueueError::Corrupt(String::new())),
             ApiError::Internal(anyhow::anyhow!("x")),
         ];

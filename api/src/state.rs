@@ -44,6 +44,7 @@ struct Inner {
     metrics: PrometheusHandle,
     max_wait: Duration,
     max_body_bytes: usize,
+    max_model_bytes: usize,
     request_slots: Arc<Semaphore>,
     queue: QueuePolicy,
 }
@@ -99,6 +100,7 @@ impl AppState {
                 metrics: crate::metrics::handle(),
                 max_wait: config.max_wait(),
                 max_body_bytes: config.max_body_bytes,
+                max_model_bytes: config.max_model_bytes,
                 request_slots: Arc::new(Semaphore::new(config.max_concurrent_requests as usize)),
                 queue: QueuePolicy {
                     max_queue_depth: config.max_queue_depth,
@@ -147,6 +149,11 @@ impl AppState {
 
     pub fn max_body_bytes(&self) -> usize {
         self.inner.max_body_bytes
+    }
+
+    /// Largest accepted model upload.
+    pub fn max_model_bytes(&self) -> usize {
+        self.inner.max_model_bytes
     }
 
     /// One permit per request being handled (see [`crate::overload`]).

@@ -34,6 +34,10 @@ pub struct PredictRequest {
     /// Latest time the job may start; see [`resolve_deadline`].
     #[serde(default)]
     pub deadline: Option<Deadline>,
+    /// Run on this registry version instead of the current one; read
+    /// before decoding (see `routes::predict`), accepted here.
+    #[serde(default)]
+    pub model_version: Option<u32>,
     #[serde(default, rename = "id")]
     _id: Option<IgnoredString>,
     #[serde(default, rename = "parameters")]

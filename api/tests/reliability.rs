@@ -212,6 +212,7 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
         submitted_at_ms: shared::time::now_ms(),
         deadline_ms: None,
         traceparent: None,
+        model_version: None,
     };
     let opts = ops::SubmitOptions {
         max_queue_depth: 4,

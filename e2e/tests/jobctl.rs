@@ -118,6 +118,7 @@ fn envelope(model: &str, inputs: Vec<Tensor>, submitted_at_ms: i64) -> JobEnvelo
         submitted_at_ms,
         deadline_ms: None,
         traceparent: None,
+        model_version: None,
     }
 }
 

@@ -11,18 +11,23 @@ use uuid::Uuid;
 #[serde(rename_all = "snake_case")]
 pub enum JobKind {
     Predict,
+    /// Load an uploaded model version in ONNX Runtime and record whether it
+    /// is servable (see [`crate::queue::registry`]).
+    Validate,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Predict => "predict",
+            JobKind::Validate => "validate",
         }
     }
 
     pub fn parse(s: &str) -> Option<JobKind> {
         match s {
             "predict" => Some(JobKind::Predict),
+            "validate" => Some(JobKind::Validate),
             _ => None,
         }
     }

@@ -54,6 +54,8 @@ pub mod redis_op {
     pub const GET_MODEL: &str = "get_model";
     pub const READYZ: &str = "readyz";
     pub const STREAM_STATS: &str = "stream_stats";
+    /// Model registry reads and writes (versions, promote, rollback).
+    pub const REGISTRY: &str = "registry";
     // worker
     pub const CONNECT: &str = "connect";
     pub const READ: &str = "read";

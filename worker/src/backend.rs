@@ -1,10 +1,9 @@
 //! Models behind a trait. [`Backend`] is what the executor needs from a model:
 //! its published signature and a synchronous, CPU-bound `run`. [`OnnxModel`]
 //! implements it with ONNX Runtime; callers must keep `run` off the async
-//! executor.
+//! executor. Which versions are loaded is [`crate::models`]' business.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use ort::environment::Environment;
@@ -12,10 +11,10 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use sha2::{Digest, Sha256};
-use shared::model::{ModelInfo, valid_internal_model_name};
+use shared::model::ModelInfo;
 use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 
-use crate::error::{JobFailure, WorkerError};
+use crate::error::JobFailure;
 
 /// A servable model.
 pub trait Backend: Send + Sync {
@@ -67,6 +66,15 @@ impl OnnxModel {
             },
             session: Mutex::new(session),
         })
+    }
+}
+
+impl OnnxModel {
+    /// Labels the model with its registry version number (instead of its
+    /// content hash): what jobs record as `model_version`.
+    pub fn with_version(mut self, version: u32) -> OnnxModel {
+        self.info.version = version.to_string();
+        self
     }
 }
 
@@ -181,57 +189,4 @@ fn output_tensor(name: &str, value: &DynValue) -> Result<Tensor, JobFailure> {
         shape,
         data,
     })
-}
-
-/// Loads every `*.onnx` file of `dir` (sorted, so start-up order is
-/// reproducible). A file that fails to load is logged and skipped: one bad
-/// file must not take the other models down. No model at all is an error.
-pub fn load_dir(
-    env: &Environment,
-    dir: &Path,
-    intra_threads: usize,
-) -> Result<Models, WorkerError> {
-    let models_dir_err = |source| WorkerError::ModelsDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(models_dir_err)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "onnx") && p.is_file())
-        .collect();
-    files.sort();
-    let mut models = Models::new();
-    for path in files {
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        if !valid_internal_model_name(name) {
-            tracing::error!(path = %path.display(), "skipping model: the file name must be [A-Za-z0-9_.-], optionally after `tenant~`");
-            continue;
-        }
-        let loaded = std::fs::read(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| OnnxModel::load(env, name, &bytes, intra_threads));
-        match loaded {
-            Ok(model) => {
-                let info = model.info();
-                tracing::info!(
-                    model = name,
-                    version = %info.version,
-                    inputs = ?info.inputs,
-                    outputs = ?info.outputs,
-                    "model loaded"
-                );
-                models.insert(name.to_owned(), Arc::new(model));
-            }
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "skipping model that failed to load")
-            }
-        }
-    }
-    if models.is_empty() {
-        return Err(WorkerError::NoModels(dir.to_path_buf()));
-    }
-    Ok(models)
 }

@@ -18,6 +18,12 @@ pub struct Config {
     #[arg(long, env = "MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
 
+    /// Where loaded model versions are cached on disk, by SHA-256, so a
+    /// restart or a rollback does not fetch the bytes from Redis again.
+    /// Default: `<temp dir>/onnx-queue-model-cache`.
+    #[arg(long, env = "MODEL_CACHE_DIR")]
+    pub model_cache_dir: Option<PathBuf>,
+
     /// Prefix of every Redis key; must match the API's.
     #[arg(long, env = "QUEUE_NAMESPACE", default_value = "infer")]
     pub namespace: String,

@@ -29,17 +29,22 @@ use tokio::sync::watch;
 use tracing::{Span, info_span, trace_span};
 use uuid::Uuid;
 
-use crate::backend::Models;
+use arc_swap::ArcSwap;
+use shared::job::JobKind;
+
 use crate::error::JobFailure;
-use crate::execute;
+use crate::execute::{self, Resolved};
 use crate::http::count_redis_error;
+use crate::models::{LoadError, ModelStore};
 
 /// What every slot of one worker process shares.
 pub struct Context {
     pub keys: Keys,
-    pub models: Arc<Models>,
-    /// The streams of the models this worker serves.
-    pub streams: Vec<String>,
+    /// The served model versions, swapped when the registry changes.
+    pub models: Arc<ModelStore>,
+    /// The streams of the models this worker serves, and the control stream;
+    /// replaced when a model is added.
+    pub streams: ArcSwap<Vec<String>>,
     /// Unique per process start, so a restarted worker never inherits the
     /// pending entries of its previous life under the same name.
     pub consumer: String,
@@ -60,20 +65,41 @@ pub struct Context {
 }
 
 impl Context {
-    /// Creates the consumer group of every served stream.
+    /// Creates the consumer group of every served stream and of the
+    /// control stream.
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         let mut conn = self.pool.get().await?;
-        for model in self.models.keys() {
-            consume::ensure_group(&mut conn, &self.keys, model).await?;
+        for model in self.models.names() {
+            consume::ensure_group(&mut conn, &self.keys, &model).await?;
         }
-        Ok(())
+        consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::CONTROL).await
+    }
+
+    /// Reads the streams of the models served now (after a model was added).
+    pub fn refresh_streams(&self) {
+        let mut streams: Vec<String> = self
+            .models
+            .names()
+            .iter()
+            .map(|m| self.keys.stream(m))
+            .collect();
+        streams.push(self.keys.stream(shared::queue::keys::CONTROL));
+        self.streams.store(Arc::new(streams));
     }
 
     /// Publishes every served model's signature.
     pub async fn publish_models(&self) -> Result<(), QueueError> {
         let mut conn = self.pool.get().await?;
-        for model in self.models.values() {
+        for model in self.models.snapshot().values() {
             let mut info = model.info().clone();
+            // Promotion writes the new current version's signature; a worker
+            // that has not swapped yet must not put its old one back.
+            if let Ok(loaded) = info.version.parse::<u32>()
+                && shared::queue::registry::current(&mut conn, &self.keys, &info.name).await?
+                    != Some(loaded)
+            {
+                continue;
+            }
             info.updated_at_ms = shared::time::now_ms();
             consume::publish_model(&mut conn, &self.keys, &info).await?;
         }
@@ -157,8 +183,8 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
         } else {
             ctx.block_ms
         };
-        let read =
-            consume::read_new(c, &ctx.streams, &ctx.consumer, ctx.read_count, block_ms).await;
+        let streams = ctx.streams.load_full();
+        let read = consume::read_new(c, &streams, &ctx.consumer, ctx.read_count, block_ms).await;
         let read = match read {
             Ok(mut batch)
                 if ctx.max_batch_delay_ms > 0
@@ -168,7 +194,7 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
                 // Triton's max_queue_delay: give stragglers a moment to join.
                 let more = consume::read_new(
                     c,
-                    &ctx.streams,
+                    &streams,
                     &ctx.consumer,
                     ctx.read_count - batch.len(),
                     ctx.max_batch_delay_ms,
@@ -224,7 +250,7 @@ fn duration_ms(d: Duration) -> u64 {
 /// Takes over the entries of every served stream whose lease expired and
 /// runs them like new deliveries; their start takes a new attempt.
 async fn reclaim_expired(ctx: &Context) {
-    for stream in &ctx.streams {
+    for stream in ctx.streams.load().iter() {
         let claimed = async {
             let mut conn = ctx.pool.get().await?;
             consume::reclaim(
@@ -420,12 +446,32 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
         leases,
         ctx.lease / 3,
     ));
-    let models = Arc::clone(&ctx.models);
+    // Control jobs need Redis and run beside the batch's inference.
+    let (validations, runnable): (Vec<_>, Vec<_>) = runnable.into_iter().partition(|r| {
+        r.delivery
+            .job
+            .as_ref()
+            .is_ok_and(|j| j.kind == JobKind::Validate)
+    });
+    let resolved = resolve_all(ctx, &runnable).await;
     let max_rows = ctx.max_batch_rows;
-    let executed =
-        tokio::task::spawn_blocking(move || execute_all(&models, runnable, max_rows)).await;
-    let executed = match executed {
-        Ok(e) => e,
+    let inference = tokio::task::spawn_blocking(move || execute_all(resolved, runnable, max_rows));
+    let mut validated = Vec::with_capacity(validations.len());
+    for r in validations {
+        let outcome = match &r.delivery.job {
+            Ok(job) => {
+                let _entered = r.span.enter();
+                crate::models::validate_job(&ctx.models, &ctx.pool, job).await
+            }
+            Err(e) => (String::new(), Err(JobFailure::InvalidPayload(e.clone()))),
+        };
+        validated.push((r, outcome));
+    }
+    let executed = match inference.await {
+        Ok(mut e) => {
+            e.extend(validated);
+            e
+        }
         Err(error) => {
             renewer.abort();
             tracing::error!(%error, "inference thread panicked; jobs stay pending until reclaimed");
@@ -564,7 +610,7 @@ type Attempted = (String, Result<String, JobFailure>);
 /// own span. Returns each job with the model version it ran on and its result
 /// JSON or failure.
 fn execute_all(
-    models: &Models,
+    resolved: Vec<Resolved>,
     runnable: Vec<Runnable>,
     max_rows: usize,
 ) -> Vec<(Runnable, Attempted)> {
@@ -574,29 +620,35 @@ fn execute_all(
         .filter_map(|r| r.delivery.job.as_ref().ok())
         .collect();
     let inference = child_spans(spans::INFERENCE, runnable.iter().map(|r| &r.span));
-    let mut ran = execute::run_many(models, &decoded, max_rows).into_iter();
+    let mut ran = execute::run_many(&resolved, &decoded, max_rows).into_iter();
+    let mut versions = resolved.iter().map(|r| match r {
+        Ok(m) => m.info().version.clone(),
+        Err(_) => String::new(),
+    });
     drop(inference);
     let elapsed = started.elapsed().as_secs_f64();
     let results: Vec<_> = runnable
         .iter()
         .map(|r| match &r.delivery.job {
-            Ok(_) => ran
-                .next()
-                .map(|x| (x.result, x.batch_rows))
-                .unwrap_or_else(|| (Err(JobFailure::Inference("job was not run".to_owned())), 0)),
-            Err(e) => (Err(JobFailure::InvalidPayload(e.clone())), 0),
+            Ok(_) => {
+                let version = versions.next().unwrap_or_default();
+                ran.next()
+                    .map(|x| (x.result, x.batch_rows, version))
+                    .unwrap_or_else(|| {
+                        (
+                            Err(JobFailure::Inference("job was not run".to_owned())),
+                            0,
+                            String::new(),
+                        )
+                    })
+            }
+            Err(e) => (Err(JobFailure::InvalidPayload(e.clone())), 0, String::new()),
         })
         .collect();
     runnable
         .into_iter()
         .zip(results)
-        .map(|(r, (result, batch_rows))| {
-            let model = r
-                .delivery
-                .job
-                .as_ref()
-                .map(|j| j.model.clone())
-                .unwrap_or_default();
+        .map(|(r, (result, batch_rows, version))| {
             let entered = r.span.enter();
             let elapsed_ms = elapsed * 1e3;
             let outcome = match result {
@@ -606,10 +658,6 @@ fn execute_all(
                 }
                 Err(failure) => {
                     tracing::warn!(code = failure.code(), error = %failure, elapsed_ms, transient = failure.is_transient(), "attempt failed");
-                    let version = models
-                        .get(&model)
-                        .map(|m| m.info().version.clone())
-                        .unwrap_or_default();
                     (version, Err(failure))
                 }
             };
@@ -617,6 +665,34 @@ fn execute_all(
             (r, outcome)
         })
         .collect()
+}
+
+/// The version each decoded job runs on, from one snapshot of the served
+/// set (so a swap mid-batch cannot split it), or its pinned version.
+async fn resolve_all(ctx: &Context, runnable: &[Runnable]) -> Vec<Resolved> {
+    let snapshot = ctx.models.snapshot();
+    let mut out = Vec::with_capacity(runnable.len());
+    for job in runnable.iter().filter_map(|r| r.delivery.job.as_ref().ok()) {
+        let resolved = ctx
+            .models
+            .resolve(&ctx.pool, &job.model, job.model_version, &snapshot)
+            .await;
+        out.push(match resolved {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(JobFailure::ModelUnavailable(job.model.clone())),
+            // Redis trouble is worth a retry; a bad pin is not.
+            Err(LoadError::Queue(e)) => Err(JobFailure::ModelUnavailable(format!(
+                "{} (registry unavailable: {e})",
+                job.model
+            ))),
+            Err(e) => Err(JobFailure::VersionUnavailable(format!(
+                "version {} of model {}: {e}",
+                job.model_version.unwrap_or_default(),
+                job.model
+            ))),
+        });
+    }
+    out
 }
 
 /// Acknowledges entries without a job id.

@@ -51,6 +51,12 @@ pub enum JobFailure {
     /// The model produced an output type the API cannot represent.
     #[error("output {output} has unsupported type {ty}")]
     UnsupportedOutput { output: String, ty: String },
+    /// A `validate` job: ONNX Runtime refused the uploaded bytes.
+    #[error("ONNX Runtime cannot load the model: {0}")]
+    InvalidModel(String),
+    /// A pinned version that does not exist or is not `ready`.
+    #[error("{0}")]
+    VersionUnavailable(String),
 }
 
 impl JobFailure {
@@ -62,6 +68,8 @@ impl JobFailure {
             JobFailure::Inference(_) => "inference_error",
             JobFailure::NonFiniteOutput { .. } => "non_finite_output",
             JobFailure::UnsupportedOutput { .. } => "unsupported_output",
+            JobFailure::InvalidModel(_) => "invalid_model",
+            JobFailure::VersionUnavailable(_) => "model_version_unavailable",
         }
     }
 
@@ -76,7 +84,9 @@ impl JobFailure {
             JobFailure::InvalidPayload(_)
             | JobFailure::InvalidInput(_)
             | JobFailure::NonFiniteOutput { .. }
-            | JobFailure::UnsupportedOutput { .. } => false,
+            | JobFailure::UnsupportedOutput { .. }
+            | JobFailure::InvalidModel(_)
+            | JobFailure::VersionUnavailable(_) => false,
         }
     }
 

@@ -17,7 +17,9 @@ use serde::Serialize;
 use shared::queue::wire::JobEnvelope;
 use shared::tensor::{OipTensor, Tensor, TensorData};
 
-use crate::backend::{Backend, Models};
+use std::sync::Arc;
+
+use crate::backend::Backend;
 use crate::error::JobFailure;
 
 /// A successful run: the model version it ran on and the result as the JSON
@@ -59,31 +61,36 @@ pub struct Ran {
     pub batch_rows: usize,
 }
 
-/// Runs the jobs of one read, stacking those of the same model into one
-/// ONNX Runtime run where possible (see the module docs); results come back
-/// in the order of `jobs`. `max_rows` caps the rows of one stacked run.
-/// Inputs are re-checked against the loaded model's signature first: the API
-/// validated them against the published one, and a model file may have
-/// changed in between.
-pub fn run_many(models: &Models, jobs: &[&JobEnvelope], max_rows: usize) -> Vec<Ran> {
+/// The model each job of a [`run_many`] call runs on, resolved before the
+/// call (current or pinned version), or why it has none.
+pub type Resolved = Result<Arc<dyn Backend>, JobFailure>;
+
+/// Runs the jobs of one read, stacking those of the same model version into
+/// one ONNX Runtime run where possible (see the module docs); results come
+/// back in the order of `jobs`. `models[i]` is the version job `i` runs on:
+/// jobs are grouped by that `Arc`, i.e. by (model, version), so a batch that
+/// straddles a swap or mixes pinned versions never stacks two versions.
+/// `max_rows` caps the rows of one stacked run. Inputs are re-checked
+/// against the loaded version's signature first: the API validated them
+/// against the published one, and the version may differ.
+pub fn run_many(models: &[Resolved], jobs: &[&JobEnvelope], max_rows: usize) -> Vec<Ran> {
     let mut out: Vec<Option<Ran>> = jobs.iter().map(|_| None).collect();
-    let mut groups: Vec<(&str, Vec<usize>)> = Vec::new();
-    for (i, job) in jobs.iter().enumerate() {
-        match groups.iter_mut().find(|(m, _)| *m == job.model) {
-            Some((_, idx)) => idx.push(i),
-            None => groups.push((&job.model, vec![i])),
+    let mut groups: Vec<(&Arc<dyn Backend>, Vec<usize>)> = Vec::new();
+    for (i, resolved) in models.iter().enumerate().take(jobs.len()) {
+        match resolved {
+            Ok(m) => match groups.iter_mut().find(|(g, _)| Arc::ptr_eq(g, m)) {
+                Some((_, idx)) => idx.push(i),
+                None => groups.push((m, vec![i])),
+            },
+            Err(failure) => {
+                out[i] = Some(Ran {
+                    result: Err(failure.clone()),
+                    batch_rows: 0,
+                })
+            }
         }
     }
-    for (name, idx) in groups {
-        let Some(model) = models.get(name) else {
-            for i in idx {
-                out[i] = Some(Ran {
-                    result: Err(JobFailure::ModelUnavailable(name.to_owned())),
-                    batch_rows: 0,
-                });
-            }
-            continue;
-        };
+    for (model, idx) in groups {
         let mut valid = Vec::with_capacity(idx.len());
         for i in idx {
             match model.info().check_inputs(&jobs[i].inputs) {

@@ -193,8 +193,8 @@ async fn readyz(State(s): State<HttpState>) -> Response {
     .await;
     match ping {
         Ok(Ok(_)) => {
-            let mut models: Vec<&str> = s.ctx.models.keys().map(String::as_str).collect();
-            models.sort_unstable();
+            let names = s.ctx.models.names();
+            let models: Vec<&str> = names.iter().map(String::as_str).collect();
             let body = Ready {
                 status: "ready",
                 redis: "ok",

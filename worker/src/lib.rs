@@ -5,6 +5,8 @@
 //! * [`config`]: command line and environment.
 //! * [`runtime`]: finding and starting the ONNX Runtime library.
 //! * [`backend`]: the model trait and its ONNX Runtime implementation.
+//! * [`models`]: which registry versions are served (seeding from the models
+//!   dir, hot swap on promotion, pinned versions, `validate` jobs).
 //! * [`execute`]: one job's inputs → model → result JSON or a job error.
 //! * [`consumer`]: the Redis Streams loop around it.
 //! * [`http`]: metrics, liveness and readiness on `--metrics-listen`.
@@ -15,6 +17,7 @@ pub mod consumer;
 pub mod error;
 pub mod execute;
 pub mod http;
+pub mod models;
 pub mod runtime;
 
 pub use config::Config;
@@ -35,12 +38,17 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     let lib = runtime::find_library(cfg.ort_lib.as_deref())?;
     let models_dir = cfg.models_dir.clone();
     let intra = cfg.intra_threads;
+    let cache_dir = cfg
+        .model_cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("onnx-queue-model-cache"));
+    let keys = Keys::new(&cfg.namespace);
+    let store_keys = keys.clone();
     // Loading sessions is CPU work: keep it off the executor.
-    let (env, models) = tokio::task::spawn_blocking(move || {
+    let models = tokio::task::spawn_blocking(move || {
         let env = runtime::start(&lib)?;
         tracing::info!(library = %lib.display(), "ONNX Runtime started");
-        let models = backend::load_dir(&env, &models_dir, intra)?;
-        Ok::<_, WorkerError>((env, models))
+        models::ModelStore::load_dir(env, &models_dir, intra, cache_dir, store_keys)
     })
     .await
     .map_err(|e| WorkerError::OrtLoad {
@@ -53,17 +61,15 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         connect: Duration::from_millis(cfg.redis_timeout_ms),
         response: Duration::from_millis(cfg.redis_timeout_ms),
     };
-    let keys = Keys::new(&cfg.namespace);
-    let mut names: Vec<String> = models.keys().cloned().collect();
-    names.sort();
-    let streams = names.iter().map(|m| keys.stream(m)).collect();
+    let models = Arc::new(models);
+    let pool = redis_conn::pool(&cfg.redis_url, 8, limits)?;
     let ctx = Arc::new(consumer::Context {
-        streams,
+        streams: arc_swap::ArcSwap::from_pointee(Vec::new()),
         consumer: consumer::consumer_name(),
-        pool: redis_conn::pool(&cfg.redis_url, 8, limits)?,
+        pool,
         redis_url: cfg.redis_url.clone(),
         keys,
-        models: Arc::new(models),
+        models,
         limits,
         read_count: cfg.max_batch.max(1),
         max_batch_rows: cfg.max_batch.max(1),
@@ -78,8 +84,6 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         retry_base: Duration::from_millis(cfg.retry_base_ms),
         retry_max: Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_base_ms)),
     });
-    tracing::info!(consumer = %ctx.consumer, models = ?names, "worker starting");
-
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = match cfg.metrics_listen {
         Some(addr) => {
@@ -96,6 +100,18 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         }
         None => None,
     };
+    // Seed the registry and switch to its current versions before reading
+    // jobs (and after the HTTP listener is up: seeding publishes the
+    // signatures, which tells clients the worker is there). With Redis down
+    // the files are served as they are and the watcher catches up later.
+    match tokio::time::timeout(limits.connect * 3, ctx.models.reconcile(&ctx.pool)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "cannot read the model registry yet"),
+        Err(_) => tracing::warn!("timed out reading the model registry"),
+    }
+    let names = ctx.models.names();
+    ctx.refresh_streams();
+    tracing::info!(consumer = %ctx.consumer, models = ?names, "worker starting");
     metrics::gauge!(WORKER_MODELS_LOADED).set(names.len() as f64);
     for name in &names {
         // Present from the start (at 0), so a dashboard's rate() has a series
@@ -111,6 +127,25 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         },
         stop_rx.clone(),
     ));
+    let watcher = {
+        let ctx2 = Arc::clone(&ctx);
+        tokio::spawn(models::watch(
+            Arc::clone(&ctx.models),
+            ctx.pool.clone(),
+            ctx.redis_url.clone(),
+            ctx.keys.registry_channel(),
+            move || {
+                ctx2.refresh_streams();
+                let ctx3 = Arc::clone(&ctx2);
+                tokio::spawn(async move {
+                    if let Err(error) = ctx3.ensure_groups().await {
+                        tracing::warn!(%error, "cannot create consumer groups of new models");
+                    }
+                });
+            },
+            stop_rx.clone(),
+        ))
+    };
     // Best effort: with Redis down, slots meet NOGROUP or a connection error
     // later and recover on their own.
     if let Err(error) = ctx.ensure_groups().await {
@@ -139,12 +174,12 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         tracing::warn!("grace period over with jobs still running; exiting anyway");
     }
     let _ = maintainer.await;
+    let _ = watcher.await;
     if let Some(http) = http
         && let Ok(Err(error)) = http.await
     {
         tracing::error!(%error, "metrics listener failed");
     }
-    drop(env);
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -166,10 +201,10 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
     let mut next_announce = tokio::time::Instant::now();
     let mut next_beat = tokio::time::Instant::now();
     let mut next_trim = tokio::time::Instant::now() + m.trim_every;
-    let mut served: Vec<String> = ctx.models.keys().cloned().collect();
-    served.sort();
+    let mut served;
     loop {
         let now = tokio::time::Instant::now();
+        served = ctx.models.names();
         if now >= next_beat {
             next_beat = now + heartbeat::BEAT_EVERY;
             if let Err(error) = beat(&ctx, &served).await {
@@ -246,7 +281,7 @@ async fn trim(
     dead_letter_max_len: usize,
 ) -> Result<(), shared::QueueError> {
     let mut conn = ctx.pool.get().await?;
-    for stream in &ctx.streams {
+    for stream in ctx.streams.load().iter() {
         let removed = shared::queue::consume::trim_acked(&mut conn, stream).await?;
         if removed > 0 {
             tracing::debug!(stream, removed, "trimmed acknowledged entries");

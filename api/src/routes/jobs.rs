@@ -47,7 +47,7 @@ pub(crate) struct JobView<'a> {
     #[schema(value_type = crate::openapi::JobKindDoc)]
     kind: &'static str,
     model: &'a str,
-    /// Content hash of the model file the job ran on, once run.
+    /// The registry version number the job ran on (as text), once run.
     #[schema(required = true)]
     model_version: Option<&'a str>,
     #[schema(value_type = crate::openapi::JobStatusDoc)]

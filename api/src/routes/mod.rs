@@ -7,6 +7,7 @@ pub mod health;
 pub mod jobs;
 pub mod models;
 pub mod predict;
+pub mod versions;
 
 use axum::Extension;
 use axum::http::Method;
@@ -23,9 +24,12 @@ pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.json";
+pub const VERSIONS: &str = "/v1/models/{model}/versions";
+pub const PROMOTE: &str = "/v1/models/{model}/promote";
+pub const ROLLBACK: &str = "/v1/models/{model}/rollback";
 
-pub const ALL: [&str; 8] = [
-    PREDICT, MODELS, MODEL, JOB, HEALTHZ, READYZ, METRICS, OPENAPI,
+pub const ALL: [&str; 11] = [
+    PREDICT, MODELS, MODEL, JOB, HEALTHZ, READYZ, METRICS, OPENAPI, VERSIONS, PROMOTE, ROLLBACK,
 ];
 
 /// One route: a method on a path, and its handler.
@@ -39,7 +43,7 @@ pub struct Route {
 /// Every route the API serves. [`crate::router`] is built from this table
 /// alone, and the OpenAPI tests check the document against it in both
 /// directions, so a route cannot be added without being documented.
-pub const TABLE: [Route; 9] = [
+pub const TABLE: [Route; 13] = [
     Route {
         method: Method::POST,
         path: PREDICT,
@@ -86,6 +90,26 @@ pub const TABLE: [Route; 9] = [
         method: Method::GET,
         path: OPENAPI,
         handler: || get(crate::openapi::serve),
+    },
+    Route {
+        method: Method::POST,
+        path: VERSIONS,
+        handler: || post(versions::upload),
+    },
+    Route {
+        method: Method::GET,
+        path: VERSIONS,
+        handler: || get(versions::list),
+    },
+    Route {
+        method: Method::POST,
+        path: PROMOTE,
+        handler: || post(versions::promote),
+    },
+    Route {
+        method: Method::POST,
+        path: ROLLBACK,
+        handler: || post(versions::rollback),
     },
 ];
 

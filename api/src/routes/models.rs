@@ -19,7 +19,30 @@ use crate::state::AppState;
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ModelList {
     #[schema(value_type = Vec<crate::openapi::ModelDoc>)]
-    models: Vec<ModelInfo>,
+    models: Vec<ModelView>,
+}
+
+/// Versions shown per model by these routes (all of them:
+/// `GET /v1/models/{model}/versions`).
+const VERSIONS_SHOWN: usize = 10;
+
+/// A model's signature with its registry versions.
+#[derive(Serialize)]
+pub(crate) struct ModelView {
+    #[serde(flatten)]
+    info: ModelInfo,
+    current_version: Option<u32>,
+    versions: Vec<shared::queue::registry::Version>,
+}
+
+async fn view(state: &AppState, internal: &str, info: ModelInfo) -> Result<ModelView, ApiError> {
+    let (current_version, versions) =
+        crate::routes::versions::read_versions(state, internal, VERSIONS_SHOWN).await?;
+    Ok(ModelView {
+        info,
+        current_version,
+        versions,
+    })
 }
 
 pub async fn list(
@@ -27,12 +50,16 @@ pub async fn list(
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Response, ApiError> {
     let mut conn = state.conn();
-    let models = ops::list_models(&mut conn, state.keys())
+    let found = ops::list_models(&mut conn, state.keys())
         .await
-        .map_err(redis_failed(redis_op::LIST_MODELS))?
-        .into_iter()
-        .filter_map(|m| public(&tenant, m))
-        .collect();
+        .map_err(redis_failed(redis_op::LIST_MODELS))?;
+    let mut models = Vec::with_capacity(found.len());
+    for m in found {
+        let internal = m.name.clone();
+        if let Some(info) = public(&tenant, m) {
+            models.push(view(&state, &internal, info).await?);
+        }
+    }
     Ok(Json(ModelList { models }).into_response())
 }
 
@@ -51,7 +78,9 @@ pub async fn get_one(
         .map_err(redis_failed(redis_op::GET_MODEL))?
         .and_then(|info| public(&tenant, (*info).clone()))
     {
-        Some(info) => Ok(Json(info).into_response()),
+        Some(info) => {
+            Ok(Json(view(&state, &tenant.model_key(&model), info).await?).into_response())
+        }
         None => Err(ApiError::ModelNotFound(model)),
     }
 }

@@ -115,6 +115,11 @@ async fn submit(
     });
     let key_hash = idempotency_key(headers)?;
     let JsonBody(body) = body?;
+    let pinned = pinned_version(&body)?;
+    let info = match pinned {
+        None => info,
+        Some(v) => pinned_signature(state, &model, &public, v).await?,
+    };
     let hash_body = key_hash.is_some();
     let decoded = if body.len() <= INLINE_PARSE_BYTES {
         decode(&body, &info, hash_body)?
@@ -137,6 +142,7 @@ async fn submit(
         submitted_at_ms: now,
         deadline_ms,
         traceparent: Some(trace.to_string()),
+        model_version: pinned,
     };
     let policy = state.queue_policy();
     let opts = SubmitOptions {
@@ -249,6 +255,47 @@ struct Decoded {
     deadline: Option<Deadline>,
     /// Of the raw body bytes, computed only when an idempotency key needs it.
     body_hash: Option<String>,
+}
+
+/// The `model_version` a request pins, if any. Only bodies that mention the
+/// field pay for this second parse.
+fn pinned_version(body: &[u8]) -> Result<Option<u32>, ApiError> {
+    const FIELD: &[u8] = b"\"model_version\"";
+    if !body.windows(FIELD.len()).any(|w| w == FIELD) {
+        return Ok(None);
+    }
+    #[derive(serde::Deserialize)]
+    struct Pin {
+        #[serde(default)]
+        model_version: Option<u32>,
+    }
+    Ok(extract::parse::<Pin>(body)?.model_version)
+}
+
+/// The signature of a pinned version, which must exist and be `ready`.
+async fn pinned_signature(
+    state: &AppState,
+    model: &str,
+    public: &str,
+    version: u32,
+) -> Result<std::sync::Arc<ModelInfo>, ApiError> {
+    let mut conn = state.conn();
+    let found = shared::queue::registry::version(&mut conn, state.keys(), model, version)
+        .await
+        .map_err(redis_failed(shared::metric_names::redis_op::REGISTRY))?;
+    match found {
+        None => Err(ApiError::VersionNotFound {
+            model: public.to_owned(),
+            version,
+        }),
+        Some(v) if v.status != shared::queue::registry::VersionStatus::Ready => {
+            Err(ApiError::VersionNotReady {
+                version,
+                status: v.status.as_str(),
+            })
+        }
+        Some(v) => Ok(std::sync::Arc::new(v.info(model))),
+    }
 }
 
 fn decode(body: &[u8], info: &ModelInfo, hash_body: bool) -> Result<Decoded, ApiError> {

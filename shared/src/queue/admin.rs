@@ -839,6 +839,7 @@ mod tests {
             submitted_at_ms: failed_at_ms - 10,
             deadline_ms: None,
             traceparent: None,
+            model_version: None,
         };
         DeadLetter {
             entry_id: format!("{failed_at_ms}-0"),

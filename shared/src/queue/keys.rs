@@ -13,11 +13,22 @@
 //! | `{ns}:delayed`                    | zset    | job ids waiting for a retry, scored by due time (ms)    |
 //! | `{ns}:idem:{model}:{key hash}`    | string  | `{job id} {body hash}` for an `Idempotency-Key`         |
 //! | `{ns}:workers:{model}`            | zset    | worker heartbeats: consumer name → last beat (Redis ms); stale members pruned, key expires ([`super::heartbeat`]) |
+//! | `{ns}:registry:{model}`           | hash    | model versions ([`super::registry`]): `seq` counter, `{n}` → version JSON, `sig:{n}` → signature JSON |
+//! | `{ns}:current`                    | hash    | model → current version number                          |
+//! | `{ns}:registry-epoch`             | string  | counter bumped whenever any `current` changes: a cheap periodic check |
+//! | `{ns}:history:{model}`            | list    | earlier current versions, newest first (rollback)       |
+//! | `{ns}:blob:{sha256}`              | string  | ONNX bytes of a version, content-addressed              |
+//! | `{ns}:events:registry`            | pub/sub | model names, published when a model's current version changes |
+//! | `{ns}:stream:.control`            | stream  | control jobs (`validate`) every worker reads; `.` cannot start a model name |
 
 use uuid::Uuid;
 
 /// The consumer group every worker joins on every model stream.
 pub const GROUP: &str = "workers";
+
+/// The "model" whose stream carries control jobs (model validation) that any
+/// worker may run. No model name can start with `.`, so it never clashes.
+pub const CONTROL: &str = ".control";
 
 /// Builds the keys of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +90,35 @@ impl Keys {
         format!("{}:workers:{}", self.ns, model)
     }
 
+    /// A model's versions (see [`super::registry`]).
+    pub fn registry(&self, model: &str) -> String {
+        format!("{}:registry:{}", self.ns, model)
+    }
+
+    /// Model → current version number.
+    pub fn current(&self) -> String {
+        format!("{}:current", self.ns)
+    }
+
+    /// Bumped whenever a current version changes.
+    pub fn registry_epoch(&self) -> String {
+        format!("{}:registry-epoch", self.ns)
+    }
+
+    /// Earlier current versions of a model, for rollback.
+    pub fn history(&self, model: &str) -> String {
+        format!("{}:history:{}", self.ns, model)
+    }
+
+    /// ONNX bytes by content hash.
+    pub fn blob(&self, sha256: &str) -> String {
+        format!("{}:blob:{}", self.ns, sha256)
+    }
+
+    pub fn registry_channel(&self) -> String {
+        format!("{}:events:registry", self.ns)
+    }
+
     pub fn job_finished_channel(&self) -> String {
         format!("{}:events:job-finished", self.ns)
     }
@@ -105,6 +145,14 @@ mod tests {
         assert_eq!(k.delayed(), "t1:delayed");
         assert_eq!(k.idempotency("m", "ab12"), "t1:idem:m:ab12");
         assert_eq!(k.workers("mlp128"), "t1:workers:mlp128");
+        assert_eq!(k.registry("m"), "t1:registry:m");
+        assert_eq!(k.current(), "t1:current");
+        assert_eq!(k.registry_epoch(), "t1:registry-epoch");
+        assert_eq!(k.history("m"), "t1:history:m");
+        assert_eq!(k.blob("ab"), "t1:blob:ab");
+        assert_eq!(k.registry_channel(), "t1:events:registry");
+        assert_eq!(k.stream(CONTROL), "t1:stream:.control");
+        assert!(!crate::model::valid_internal_model_name(CONTROL));
     }
 
     #[test]

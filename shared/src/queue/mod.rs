@@ -17,6 +17,12 @@
 //!  jobctl ── replay (Lua): dead letter → same id and payload back on the stream
 //!  worker ── heartbeat (Lua) every 2 s: ZADD workers:{model} <Redis ms> {consumer}, prune, PEXPIRE
 //!  API    ── /readyz, /metrics: ZRANGE workers:{model}; XLEN / XINFO GROUPS / XPENDING per model
+//!  worker ── start: register (Lua) each models-dir file in registry:{model}, current, blob:{sha}
+//!  API    ── upload: register (Lua, status validating) + submit a validate job on stream:.control
+//!  worker ── validate job: ONNX Runtime loads the blob → settle (Lua) ready | invalid
+//!  API    ── promote / rollback (Lua): check ready, HSET current, HSET models, INCR registry-epoch,
+//!                          PUBLISH events:models + events:registry
+//!  worker ── on events:registry or a changed registry-epoch (checked every 2 s): load, then ArcSwap
 //! ```
 //!
 //! # Guarantees
@@ -40,12 +46,14 @@
 //! [`ops`] holds the API's operations, [`consume`] the worker's and
 //! [`admin`] the operator's (`jobctl`); [`heartbeat`] tells which workers
 //! serve which model, and [`stats`] samples the queue gauges for `/metrics`.
+//! [`registry`] holds model versions, their bytes and the `current` pointer.
 
 pub mod admin;
 pub mod consume;
 pub mod heartbeat;
 pub mod keys;
 pub mod ops;
+pub mod registry;
 mod scripts;
 pub mod stats;
 pub mod wire;

@@ -120,10 +120,23 @@ pub async fn submit(
     job: &JobEnvelope,
     opts: &SubmitOptions<'_>,
 ) -> Result<Submitted, QueueError> {
+    submit_on(conn, keys, &job.model, job, opts).await
+}
+
+/// [`submit`] onto the stream of `stream_model` instead of the job's model:
+/// control jobs (`validate`) name their model but travel on
+/// [`super::keys::CONTROL`]'s stream, which every worker reads.
+pub async fn submit_on(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    stream_model: &str,
+    job: &JobEnvelope,
+    opts: &SubmitOptions<'_>,
+) -> Result<Submitted, QueueError> {
     let payload = job.encode()?;
     let id = job.id.to_string();
     let mut inv = SUBMIT.key(keys.job(&job.id));
-    inv.key(keys.stream(&job.model));
+    inv.key(keys.stream(stream_model));
     if let Some(idem) = &opts.idempotency {
         inv.key(keys.idempotency(&job.model, idem.key_hash));
     }

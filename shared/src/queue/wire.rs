@@ -49,6 +49,10 @@ pub struct JobEnvelope {
     /// existed.
     #[serde(default)]
     pub traceparent: Option<String>,
+    /// The registry version to run on (a pinned predict), or the version a
+    /// `validate` job checks; `None`: the model's current version.
+    #[serde(default)]
+    pub model_version: Option<u32>,
 }
 
 impl JobEnvelope {
@@ -129,6 +133,7 @@ mod tests {
             submitted_at_ms: 1_763_792_262_123,
             deadline_ms: Some(1_763_792_263_000),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            model_version: Some(3),
         }
     }
 
