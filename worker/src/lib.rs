@@ -35,6 +35,7 @@ use tokio::sync::watch;
 /// Runs a worker until SIGTERM or Ctrl-C: start ONNX Runtime, load the models,
 /// publish them, then consume. Start-up errors are returned, not panicked.
 pub async fn run(cfg: Config) -> Result<(), WorkerError> {
+    let shutdown = shutdown_signal();
     let lib = runtime::find_library(cfg.ort_lib.as_deref())?;
     let models_dir = cfg.models_dir.clone();
     let intra = cfg.intra_threads;
@@ -155,7 +156,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         .map(|slot| tokio::spawn(consumer::run_slot(Arc::clone(&ctx), slot, stop_rx.clone())))
         .collect();
 
-    shutdown_signal().await;
+    shutdown.await;
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
     tracing::info!(
         grace_secs = grace.as_secs(),
@@ -290,23 +291,23 @@ async fn trim(
     shared::queue::consume::trim_dead_letters(&mut conn, &ctx.keys, dead_letter_max_len).await
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or Ctrl-C. The SIGTERM handler is installed when this
+/// is called, not when it is first polled: a worker told to stop while it is
+/// still starting (its models may already be published) must stop cleanly,
+/// withdrawing its heartbeat, rather than die of the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
         }
+        let _ = ctrl_c.await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
