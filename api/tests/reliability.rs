@@ -213,6 +213,7 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
         deadline_ms: None,
         traceparent: None,
         model_version: None,
+        retrain: None,
     };
     let opts = ops::SubmitOptions {
         max_queue_depth: 4,

@@ -119,6 +119,7 @@ fn envelope(model: &str, inputs: Vec<Tensor>, submitted_at_ms: i64) -> JobEnvelo
         deadline_ms: None,
         traceparent: None,
         model_version: None,
+        retrain: None,
     }
 }
 

@@ -14,6 +14,10 @@ pub enum JobKind {
     /// Load an uploaded model version in ONNX Runtime and record whether it
     /// is servable (see [`crate::queue::registry`]).
     Validate,
+    /// Train a new version of a model on a dataset, evaluate it against the
+    /// current version and maybe promote it (see
+    /// [`crate::queue::wire::RetrainSpec`]).
+    Retrain,
 }
 
 impl JobKind {
@@ -21,6 +25,7 @@ impl JobKind {
         match self {
             JobKind::Predict => "predict",
             JobKind::Validate => "validate",
+            JobKind::Retrain => "retrain",
         }
     }
 
@@ -28,6 +33,7 @@ impl JobKind {
         match s {
             "predict" => Some(JobKind::Predict),
             "validate" => Some(JobKind::Validate),
+            "retrain" => Some(JobKind::Retrain),
             _ => None,
         }
     }
@@ -104,13 +110,16 @@ pub struct JobRecord {
     pub error: Option<JobError>,
     /// W3C `traceparent` stored at submission (see [`crate::trace`]).
     pub traceparent: Option<String>,
+    /// A running job's progress as the worker last wrote it (JSON text,
+    /// retrain jobs only; see [`crate::queue::consume::write_progress`]).
+    pub progress_json: Option<String>,
 }
 
 impl JobRecord {
     /// The hash fields a record is built from. Readers fetch only these
     /// (HMGET): the hash also holds worker-side fields, among them a binary
     /// payload parked while a retry waits, that are no reader's business.
-    pub const FIELDS: [&'static str; 12] = [
+    pub const FIELDS: [&'static str; 13] = [
         "kind",
         "model",
         "model_version",
@@ -123,6 +132,7 @@ impl JobRecord {
         "result",
         "error",
         "traceparent",
+        "progress",
     ];
 
     /// Builds the record from the hash fields; `None` when the hash is empty
@@ -167,6 +177,7 @@ impl JobRecord {
             result_json: take("result"),
             error,
             traceparent: take("traceparent"),
+            progress_json: take("progress"),
         }))
     }
 }

@@ -11,6 +11,7 @@ pub mod metric_names;
 pub mod model;
 pub mod queue;
 pub mod redis_conn;
+pub mod retrain;
 pub mod telemetry;
 pub mod tensor;
 pub mod time;

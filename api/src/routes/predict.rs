@@ -143,6 +143,7 @@ async fn submit(
         deadline_ms,
         traceparent: Some(trace.to_string()),
         model_version: pinned,
+        retrain: None,
     };
     let policy = state.queue_policy();
     let opts = SubmitOptions {

@@ -24,7 +24,6 @@ use sha2::{Digest, Sha256};
 use shared::job::JobKind;
 use shared::metric_names::redis_op;
 use shared::model::valid_model_name;
-use shared::queue::keys::CONTROL;
 use shared::queue::ops::{self, SubmitOptions, Submitted};
 use shared::queue::registry::{self, Promotion, RegisterMode, Source, Version, VersionStatus};
 use shared::queue::wire::JobEnvelope;
@@ -125,12 +124,13 @@ pub async fn upload(
         deadline_ms: None,
         traceparent: None,
         model_version: Some(registered.version),
+        retrain: None,
     };
     let opts = SubmitOptions {
         max_queue_depth: 0,
         idempotency: None,
     };
-    match ops::submit_on(&mut conn, keys, CONTROL, &job, &opts)
+    match ops::submit(&mut conn, keys, &job, &opts)
         .await
         .map_err(redis_failed(redis_op::SUBMIT))?
     {

@@ -16,7 +16,7 @@ use redis::streams::{StreamId, StreamRangeReply};
 use uuid::Uuid;
 
 use super::QueueError;
-use super::keys::{GROUP, Keys};
+use super::keys::{GROUP, Keys, queue_of};
 use super::stats;
 use super::wire::{EntryJob, JobEnvelope, dead};
 use crate::job::JobError;
@@ -439,7 +439,7 @@ pub async fn replay(
     let reply: Vec<String> = REPLAY
         .key(keys.dead_letters())
         .key(keys.job(&env.id))
-        .key(keys.stream(&env.model))
+        .key(keys.stream(queue_of(env.kind, &env.model)))
         .key(keys.delayed())
         .arg(&dl.entry_id)
         .arg(env.id.to_string())
@@ -840,6 +840,7 @@ mod tests {
             deadline_ms: None,
             traceparent: None,
             model_version: None,
+            retrain: None,
         };
         DeadLetter {
             entry_id: format!("{failed_at_ms}-0"),

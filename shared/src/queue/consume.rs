@@ -28,7 +28,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use uuid::Uuid;
 
 use super::QueueError;
-use super::keys::{GROUP, Keys};
+use super::keys::{CONTROL, GROUP, Keys, TRAIN};
 use super::scripts::invoke_all;
 use super::wire::{EntryJob, JobEnvelope};
 use crate::job::JobError;
@@ -622,20 +622,58 @@ pub async fn renew(
         .sum())
 }
 
+/// Writes a running job's progress, only while `attempt` is the job's
+/// current attempt and it is still running: a worker that lost the job to a
+/// takeover cannot overwrite the new attempt's progress.
+static PROGRESS: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+-- KEYS: job; ARGV: attempt, progress JSON
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempts')
+if f[1] == 'running' and f[2] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Stores `progress_json` as the job's `progress` field (served by
+/// `GET /v1/jobs/{id}`); false when the attempt is no longer current.
+pub async fn write_progress(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    job_id: &Uuid,
+    attempt: u32,
+    progress_json: &str,
+) -> Result<bool, QueueError> {
+    let written: i64 = PROGRESS
+        .key(keys.job(job_id))
+        .arg(attempt)
+        .arg(progress_json)
+        .invoke_async(conn)
+        .await?;
+    Ok(written == 1)
+}
+
 /// Moves retries that are due from `{ns}:delayed` back onto their streams.
 /// A job canceled while it waited is dropped from the set, not re-queued.
 static PROMOTE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
--- KEYS: delayed; ARGV: now, namespace, limit
+-- KEYS: delayed; ARGV: now, namespace, limit, control stream model,
+-- training stream model (keys::queue_of, which this mirrors)
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 local moved = 0
 for _, id in ipairs(ids) do
   local job = ARGV[2] .. ':job:' .. id
-  local f = redis.call('HMGET', job, 'status', 'model', 'payload')
+  local f = redis.call('HMGET', job, 'status', 'model', 'payload', 'kind')
   redis.call('ZREM', KEYS[1], id)
   if f[1] == 'queued' and f[2] and f[3] then
-    redis.call('XADD', ARGV[2] .. ':stream:' .. f[2], '*', 'id', id, 'job', f[3])
+    local queue = f[2]
+    if f[4] == 'validate' then queue = ARGV[4] elseif f[4] == 'retrain' then queue = ARGV[5] end
+    redis.call('XADD', ARGV[2] .. ':stream:' .. queue, '*', 'id', id, 'job', f[3])
     redis.call('HDEL', job, 'payload', 'retry_at')
     moved = moved + 1
   end
@@ -653,7 +691,11 @@ pub async fn promote_due(
     limit: usize,
 ) -> Result<usize, QueueError> {
     let mut inv = PROMOTE.key(keys.delayed());
-    inv.arg(now_ms).arg(keys.namespace()).arg(limit);
+    inv.arg(now_ms)
+        .arg(keys.namespace())
+        .arg(limit)
+        .arg(CONTROL)
+        .arg(TRAIN);
     let moved: Vec<i64> = invoke_all(conn, &PROMOTE, &[inv]).await?;
     Ok(moved
         .first()

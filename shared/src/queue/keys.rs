@@ -20,8 +20,17 @@
 //! | `{ns}:blob:{sha256}`              | string  | ONNX bytes of a version, content-addressed              |
 //! | `{ns}:events:registry`            | pub/sub | model names, published when a model's current version changes |
 //! | `{ns}:stream:.control`            | stream  | control jobs (`validate`) every worker reads; `.` cannot start a model name |
+//! | `{ns}:stream:.train`              | stream  | `retrain` jobs, read only by workers' training slots (`--train-slots`) |
+//! | `{ns}:dataset:{name}`             | hash    | an uploaded training dataset: CSV bytes and what the API checked ([`super::datasets`]) |
+//! | `{ns}:datasets`                   | set     | names of the stored datasets                            |
+//!
+//! A job's stream follows from its kind ([`queue_of`]): predictions travel on
+//! their model's stream, the rest on the two streams above, so a long
+//! training run never holds up a batch of predictions.
 
 use uuid::Uuid;
+
+use crate::job::JobKind;
 
 /// The consumer group every worker joins on every model stream.
 pub const GROUP: &str = "workers";
@@ -29,6 +38,20 @@ pub const GROUP: &str = "workers";
 /// The "model" whose stream carries control jobs (model validation) that any
 /// worker may run. No model name can start with `.`, so it never clashes.
 pub const CONTROL: &str = ".control";
+
+/// The "model" whose stream carries `retrain` jobs. Only training slots read
+/// it, so a worker takes a training job only when it has a slot free.
+pub const TRAIN: &str = ".train";
+
+/// The "model" naming the stream a job of `kind` for `model` travels on:
+/// the one rule the API's submit, retries and dead-letter replays share.
+pub fn queue_of(kind: JobKind, model: &str) -> &str {
+    match kind {
+        JobKind::Predict => model,
+        JobKind::Validate => CONTROL,
+        JobKind::Retrain => TRAIN,
+    }
+}
 
 /// Builds the keys of one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +138,16 @@ impl Keys {
         format!("{}:blob:{}", self.ns, sha256)
     }
 
+    /// A training dataset by (tenant-qualified) name.
+    pub fn dataset(&self, name: &str) -> String {
+        format!("{}:dataset:{}", self.ns, name)
+    }
+
+    /// Names of the stored datasets.
+    pub fn datasets(&self) -> String {
+        format!("{}:datasets", self.ns)
+    }
+
     pub fn registry_channel(&self) -> String {
         format!("{}:events:registry", self.ns)
     }
@@ -153,6 +186,17 @@ mod tests {
         assert_eq!(k.registry_channel(), "t1:events:registry");
         assert_eq!(k.stream(CONTROL), "t1:stream:.control");
         assert!(!crate::model::valid_internal_model_name(CONTROL));
+        assert_eq!(k.stream(TRAIN), "t1:stream:.train");
+        assert!(!crate::model::valid_internal_model_name(TRAIN));
+        assert_eq!(k.dataset("acme~bc"), "t1:dataset:acme~bc");
+        assert_eq!(k.datasets(), "t1:datasets");
+    }
+
+    #[test]
+    fn kinds_are_routed_to_their_streams() {
+        assert_eq!(queue_of(JobKind::Predict, "mlp128"), "mlp128");
+        assert_eq!(queue_of(JobKind::Validate, "mlp128"), CONTROL);
+        assert_eq!(queue_of(JobKind::Retrain, "mlp128"), TRAIN);
     }
 
     #[test]

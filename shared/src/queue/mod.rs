@@ -23,6 +23,11 @@
 //!  API    ── promote / rollback (Lua): check ready, HSET current, HSET models, INCR registry-epoch,
 //!                          PUBLISH events:models + events:registry
 //!  worker ── on events:registry or a changed registry-epoch (checked every 2 s): load, then ArcSwap
+//!  API    ── PUT dataset: parse the CSV, then HSET dataset:{name} csv meta, SADD datasets
+//!  API    ── retrain: submit a retrain job on stream:.train
+//!  worker ── training slot: XREADGROUP COUNT 1 on stream:.train; start; train on a blocking thread,
+//!                          HSET job:{id} progress (Lua, only for the current attempt) as epochs pass;
+//!                          register (Lua) the new version ready; promote if the policy says so; finish
 //! ```
 //!
 //! # Guarantees
@@ -46,10 +51,12 @@
 //! [`ops`] holds the API's operations, [`consume`] the worker's and
 //! [`admin`] the operator's (`jobctl`); [`heartbeat`] tells which workers
 //! serve which model, and [`stats`] samples the queue gauges for `/metrics`.
-//! [`registry`] holds model versions, their bytes and the `current` pointer.
+//! [`registry`] holds model versions, their bytes and the `current` pointer;
+//! [`datasets`] the training data retrain jobs read.
 
 pub mod admin;
 pub mod consume;
+pub mod datasets;
 pub mod heartbeat;
 pub mod keys;
 pub mod ops;

@@ -15,7 +15,7 @@ use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
 use super::QueueError;
-use super::keys::{GROUP, Keys};
+use super::keys::{GROUP, Keys, queue_of};
 use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
 use crate::job::{JobRecord, JobStatus};
 use crate::model::ModelInfo;
@@ -113,30 +113,18 @@ return {'created', ARGV[1]}
 
 /// Submits a job (see [`SUBMIT`]'s rules): the record and the stream entry
 /// are written together or not at all, so there is never one without the
-/// other.
+/// other. The stream follows from the job's kind ([`queue_of`]): control and
+/// training jobs name their model but travel on their own streams.
 pub async fn submit(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     job: &JobEnvelope,
     opts: &SubmitOptions<'_>,
 ) -> Result<Submitted, QueueError> {
-    submit_on(conn, keys, &job.model, job, opts).await
-}
-
-/// [`submit`] onto the stream of `stream_model` instead of the job's model:
-/// control jobs (`validate`) name their model but travel on
-/// [`super::keys::CONTROL`]'s stream, which every worker reads.
-pub async fn submit_on(
-    conn: &mut impl ConnectionLike,
-    keys: &Keys,
-    stream_model: &str,
-    job: &JobEnvelope,
-    opts: &SubmitOptions<'_>,
-) -> Result<Submitted, QueueError> {
     let payload = job.encode()?;
     let id = job.id.to_string();
     let mut inv = SUBMIT.key(keys.job(&job.id));
-    inv.key(keys.stream(stream_model));
+    inv.key(keys.stream(queue_of(job.kind, &job.model)));
     if let Some(idem) = &opts.idempotency {
         inv.key(keys.idempotency(&job.model, idem.key_hash));
     }

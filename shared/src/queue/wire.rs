@@ -53,6 +53,75 @@ pub struct JobEnvelope {
     /// `validate` job checks; `None`: the model's current version.
     #[serde(default)]
     pub model_version: Option<u32>,
+    /// What a `retrain` job trains on and how; `None` for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrain: Option<RetrainSpec>,
+}
+
+/// A retrain request as the worker needs it. The API has checked it
+/// (parameters, dataset presence, target column); the worker checks again,
+/// since a dataset can change while the job waits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetrainSpec {
+    pub data: TrainingData,
+    /// The training parameters as JSON (the `trainer` crate's
+    /// `TrainParams`): opaque to the queue protocol.
+    pub params_json: String,
+    pub promote: PromotePolicy,
+    pub trainer: TrainerKind,
+}
+
+/// Where a retrain job's rows come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingData {
+    /// A dataset stored with `PUT /v1/datasets/{name}` (tenant-qualified
+    /// name), read when the job starts.
+    Dataset(String),
+    /// Rows sent inline in the request, as CSV text with a header.
+    InlineCsv(String),
+}
+
+/// When a retrained version becomes current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotePolicy {
+    /// If the model has no current version, or the new version scores at
+    /// least as well as the current one on the same holdout rows.
+    #[default]
+    IfNotWorse,
+    Always,
+    Never,
+}
+
+impl PromotePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PromotePolicy::IfNotWorse => "if_not_worse",
+            PromotePolicy::Always => "always",
+            PromotePolicy::Never => "never",
+        }
+    }
+}
+
+/// Which program trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerKind {
+    /// The worker's own trainer (the `trainer` crate).
+    #[default]
+    Builtin,
+    /// The command configured with the worker's `--external-trainer`.
+    External,
+}
+
+impl TrainerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrainerKind::Builtin => "builtin",
+            TrainerKind::External => "external",
+        }
+    }
 }
 
 impl JobEnvelope {
@@ -134,7 +203,23 @@ mod tests {
             deadline_ms: Some(1_763_792_263_000),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             model_version: Some(3),
+            retrain: None,
         }
+    }
+
+    #[test]
+    fn retrain_envelope_round_trips() {
+        let mut env = envelope();
+        env.kind = JobKind::Retrain;
+        env.inputs.clear();
+        env.retrain = Some(RetrainSpec {
+            data: TrainingData::InlineCsv("x,target\n1,0\n2,1\n".into()),
+            params_json: r#"{"epochs":5}"#.into(),
+            promote: PromotePolicy::Never,
+            trainer: TrainerKind::External,
+        });
+        let bytes = env.encode().unwrap();
+        assert_eq!(JobEnvelope::decode(&bytes).unwrap(), env);
     }
 
     #[test]
