@@ -38,6 +38,12 @@ pub const WORKER_JOBS_RECLAIMED: &str = "onnxq_worker_jobs_reclaimed_total";
 pub const WORKER_RESULTS_DISCARDED: &str = "onnxq_worker_results_discarded_total";
 pub const WORKER_MODELS_LOADED: &str = "onnxq_worker_models_loaded";
 pub const WORKER_MODEL_SWAPS: &str = "onnxq_worker_model_swaps_total";
+/// Retrain jobs: fitting time (built-in) or the external program's run
+/// time, by `trainer`.
+pub const WORKER_TRAINING: &str = "onnxq_worker_training_seconds";
+/// Retrain jobs that registered a version, by `decision` (`promoted`,
+/// `kept_current`, `registered_only`).
+pub const WORKER_RETRAIN_DECISIONS: &str = "onnxq_worker_retrain_decisions_total";
 
 // ----------------------------------------------------------------- both
 
@@ -69,6 +75,8 @@ pub mod redis_op {
     pub const PUBLISH: &str = "publish";
     pub const ENSURE_GROUP: &str = "ensure_group";
     pub const HEARTBEAT: &str = "heartbeat";
+    /// Retrain jobs: dataset reads, progress writes, registering.
+    pub const TRAINING: &str = "training";
 }
 
 /// Buckets of every `*_seconds` histogram: 0.5 ms to 60 s.

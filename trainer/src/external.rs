@@ -13,6 +13,10 @@
 //!   (lines longer than 8 KiB arrive in pieces);
 //! * it succeeds by exiting 0 after writing a non-empty model file
 //!   (a file left at `ONNXQ_OUTPUT` from before is deleted first);
+//! * a stdout line `epoch K/N` or `epoch K/N loss X` (as
+//!   `scripts/external-trainer-example` prints) reports progress, which the
+//!   worker shows in the job's status ([`parse_progress`]); any other line
+//!   is only logged;
 //! * it runs in its own process group; at the timeout or on cancellation
 //!   the whole group is killed (SIGKILL), and whatever is left of the group
 //!   when the program exits is killed too.
@@ -97,6 +101,27 @@ fn tail(lines: &[String]) -> String {
         Some(last) => format!(": {last}"),
         None => String::new(),
     }
+}
+
+/// Epoch `K` of `N` and the loss, if the line reports progress (`epoch K/N`
+/// or `epoch K/N loss X`, surrounding whitespace ignored). `K` must be in
+/// `1..=N` and `X` finite; anything else is not progress.
+pub fn parse_progress(line: &str) -> Option<(u32, u32, Option<f64>)> {
+    let mut words = line.split_whitespace();
+    if words.next()? != "epoch" {
+        return None;
+    }
+    let (k, n) = words.next()?.split_once('/')?;
+    let (k, n): (u32, u32) = (k.parse().ok()?, n.parse().ok()?);
+    if k == 0 || k > n {
+        return None;
+    }
+    let loss = match (words.next(), words.next(), words.next()) {
+        (None, _, _) => None,
+        (Some("loss"), Some(x), None) => Some(x.parse::<f64>().ok().filter(|x| x.is_finite())?),
+        _ => return None,
+    };
+    Some((k, n, loss))
 }
 
 /// Runs `command` per the module's contract, passing every output line to
@@ -327,4 +352,32 @@ fn spawn_reader(
             emit(&pending);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_progress;
+
+    #[test]
+    fn progress_lines() {
+        assert_eq!(parse_progress("epoch 3/10"), Some((3, 10, None)));
+        assert_eq!(
+            parse_progress("  epoch 50/200 loss 0.125000 "),
+            Some((50, 200, Some(0.125)))
+        );
+        for not in [
+            "",
+            "epoch",
+            "epoch 0/10",
+            "epoch 11/10",
+            "epoch 3-10",
+            "epoch 3/10 loss",
+            "epoch 3/10 loss nan",
+            "epoch 3/10 loss 1 extra",
+            "Epoch 3/10",
+            "training epoch 3/10",
+        ] {
+            assert_eq!(parse_progress(not), None, "{not:?}");
+        }
+    }
 }

@@ -33,7 +33,9 @@ pub mod split;
 pub mod train;
 
 pub use dataset::{Dataset, DatasetError, InlineRows, Location};
-pub use external::{ExternalError, ExternalOutput, Stream, run_external, run_external_cancellable};
+pub use external::{
+    ExternalError, ExternalOutput, Stream, parse_progress, run_external, run_external_cancellable,
+};
 pub use metrics::{EvalError, Metrics, evaluate_classification, evaluate_regression};
 pub use model::{LinearModel, Predictions};
 pub use params::{ParamError, Task, TrainParams};

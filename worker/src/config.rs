@@ -118,6 +118,31 @@ pub struct Config {
     #[arg(long, env = "METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Retrain jobs this worker runs at once (each on its own blocking
+    /// thread, read from the training stream only when a slot is free);
+    /// 0: this worker never trains, so training can be kept to a pool of
+    /// its own.
+    #[arg(long, env = "TRAIN_SLOTS", default_value_t = 1)]
+    pub train_slots: usize,
+
+    /// Command for `"trainer": "external"` retrain jobs, split on
+    /// whitespace (program, then arguments; no shell, no quoting; use a
+    /// wrapper script for anything else). It gets `ONNXQ_DATASET` (the
+    /// training rows as CSV), `ONNXQ_PARAMS` (JSON) and `ONNXQ_OUTPUT`
+    /// (where to write the ONNX model). Unset: such jobs are left to
+    /// workers that have one.
+    #[arg(long, env = "EXTERNAL_TRAINER")]
+    pub external_trainer: Option<String>,
+
+    /// How long an external trainer may run before it is killed.
+    #[arg(long, env = "EXTERNAL_TRAINER_TIMEOUT_SECS", default_value_t = 3600)]
+    pub external_trainer_timeout_secs: u64,
+
+    /// Where external trainers' input and output files are written (one
+    /// directory per attempt, removed afterwards). Default: the temp dir.
+    #[arg(long, env = "TRAIN_DIR")]
+    pub train_dir: Option<PathBuf>,
+
     /// Log format: `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,

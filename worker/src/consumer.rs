@@ -65,14 +65,15 @@ pub struct Context {
 }
 
 impl Context {
-    /// Creates the consumer group of every served stream and of the
-    /// control stream.
+    /// Creates the consumer group of every served stream, of the control
+    /// stream and of the training stream.
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         let mut conn = self.pool.get().await?;
         for model in self.models.names() {
             consume::ensure_group(&mut conn, &self.keys, &model).await?;
         }
-        consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::CONTROL).await
+        consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::CONTROL).await?;
+        consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::TRAIN).await
     }
 
     /// Reads the streams of the models served now (after a model was added).
@@ -135,10 +136,10 @@ pub fn consumer_name() -> String {
 }
 
 /// Exponential back-off for a loop that lost Redis: 100 ms doubling to 5 s.
-struct Backoff(u32);
+pub(crate) struct Backoff(pub(crate) u32);
 
 impl Backoff {
-    async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         let ms = 100u64.saturating_mul(1 << self.0.min(6)).min(5_000);
         self.0 += 1;
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -285,13 +286,13 @@ async fn reclaim_expired(ctx: &Context) {
 }
 
 /// A job that will run: its delivery and the attempt it runs as.
-struct Runnable {
-    job_id: Uuid,
-    delivery: Delivery,
-    attempt: u32,
+pub(crate) struct Runnable {
+    pub(crate) job_id: Uuid,
+    pub(crate) delivery: Delivery,
+    pub(crate) attempt: u32,
     /// Every line about the job is logged inside it; it ends once the
     /// attempt's result is written.
-    span: Span,
+    pub(crate) span: Span,
 }
 
 /// The span of one delivered job, with `job_id`, `model`, `attempt` (once
@@ -356,82 +357,10 @@ fn child_spans<'a>(name: &'static str, parents: impl Iterator<Item = &'a Span>) 
 
 async fn process(ctx: &Context, batch: Vec<Delivery>) {
     metrics::histogram!(WORKER_BATCH_SIZE).record(batch.len() as f64);
-    // Entries without a job id cannot have come from the API: nothing to
-    // report them to, so acknowledge and drop them loudly.
-    let (with_id, orphans): (Vec<_>, Vec<_>) = batch.into_iter().partition(|d| d.job_id.is_some());
-    ack_orphans(ctx, &orphans).await;
-    if with_id.is_empty() {
-        return;
-    }
-
-    let refs: Vec<&Delivery> = with_id.iter().collect();
     let started = Instant::now();
-    let starts = match with_retry(redis_op::START, || async {
-        let mut conn = ctx.pool.get().await?;
-        let now = shared::time::now_ms();
-        consume::start(&mut conn, &ctx.keys, &ctx.consumer, &ctx.policy, &refs, now).await
-    })
-    .await
-    {
-        Ok(s) => s,
-        Err(error) => {
-            // Not started, so not lost: the entries stay pending under this
-            // consumer until their lease runs out and they are reclaimed.
-            tracing::error!(%error, jobs = refs.len(), "cannot start jobs; leaving them pending");
-            return;
-        }
-    };
-
-    let mut runnable = Vec::with_capacity(with_id.len());
-    let started_ms = shared::time::now_ms();
-    for (delivery, start) in with_id.into_iter().zip(starts) {
-        let job_id = delivery.job_id.unwrap_or_default();
-        let model = delivery.model(&ctx.keys).to_owned();
-        let attempt = match start {
-            Start::Run(attempt) => Some(attempt),
-            _ => None,
-        };
-        let span = job_span(&delivery, job_id, &model, attempt, started_ms);
-        let _entered = span.enter();
-        match start {
-            Start::Run(attempt) => runnable.push(Runnable {
-                job_id,
-                delivery,
-                attempt,
-                span: span.clone(),
-            }),
-            Start::DeadlineExceeded => {
-                tracing::warn!(%job_id, model, "job failed: deadline exceeded before it started");
-                count_finished(&delivery, model, "expired", "deadline_exceeded");
-                record_end_to_end(&delivery, &ctx.keys);
-            }
-            Start::Exhausted => {
-                tracing::error!(%job_id, model, "job dead-lettered: attempts exhausted by lost workers");
-                metrics::counter!(WORKER_JOBS_DEAD_LETTERED, "model" => model.clone(), "reason" => "attempts_exhausted").increment(1);
-                count_finished(&delivery, model, "failed", "attempts_exhausted");
-                record_end_to_end(&delivery, &ctx.keys);
-            }
-            Start::NotRunnable => {
-                // Only a job canceled while queued leaves an unacknowledged
-                // entry behind a terminal record: every other end
-                // acknowledges in the script that makes the job terminal.
-                tracing::info!(%job_id, model, "not running job: canceled");
-                count_finished(&delivery, model, "canceled", "none");
-            }
-            Start::Gone => {
-                tracing::info!(%job_id, model, ?start, "not running job");
-            }
-        }
-    }
+    let runnable = start_all(ctx, batch).await;
     if runnable.is_empty() {
         return;
-    }
-    let now = shared::time::now_ms();
-    for r in &runnable {
-        if let Ok(job) = &r.delivery.job {
-            let waited = (now - job.submitted_at_ms).max(0) as f64 / 1e3;
-            metrics::histogram!(WORKER_QUEUE_WAIT, "model" => job.model.clone()).record(waited);
-        }
     }
 
     // Renew the leases while the batch runs, so a long job is not taken over
@@ -479,6 +408,99 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
         }
     };
 
+    finish_all(ctx, &executed, started).await;
+    renewer.abort();
+}
+
+/// Starts a read's jobs (one script call per stream) and returns those to
+/// run, each with its attempt and span; entries without a job id are
+/// acknowledged and dropped, and jobs that must not run (canceled, past
+/// their deadline, out of attempts) are reported here.
+pub(crate) async fn start_all(ctx: &Context, batch: Vec<Delivery>) -> Vec<Runnable> {
+    // Entries without a job id cannot have come from the API: nothing to
+    // report them to, so acknowledge and drop them loudly.
+    let (with_id, orphans): (Vec<_>, Vec<_>) = batch.into_iter().partition(|d| d.job_id.is_some());
+    ack_orphans(ctx, &orphans).await;
+    if with_id.is_empty() {
+        return Vec::new();
+    }
+
+    let refs: Vec<&Delivery> = with_id.iter().collect();
+    let starts = match with_retry(redis_op::START, || async {
+        let mut conn = ctx.pool.get().await?;
+        let now = shared::time::now_ms();
+        consume::start(&mut conn, &ctx.keys, &ctx.consumer, &ctx.policy, &refs, now).await
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(error) => {
+            // Not started, so not lost: the entries stay pending under this
+            // consumer until their lease runs out and they are reclaimed.
+            tracing::error!(%error, jobs = refs.len(), "cannot start jobs; leaving them pending");
+            return Vec::new();
+        }
+    };
+
+    let mut runnable = Vec::with_capacity(with_id.len());
+    let started_ms = shared::time::now_ms();
+    for (delivery, start) in with_id.into_iter().zip(starts) {
+        let job_id = delivery.job_id.unwrap_or_default();
+        let model = delivery.model(&ctx.keys).to_owned();
+        let attempt = match start {
+            Start::Run(attempt) => Some(attempt),
+            _ => None,
+        };
+        let span = job_span(&delivery, job_id, &model, attempt, started_ms);
+        let _entered = span.enter();
+        match start {
+            Start::Run(attempt) => runnable.push(Runnable {
+                job_id,
+                delivery,
+                attempt,
+                span: span.clone(),
+            }),
+            Start::DeadlineExceeded => {
+                tracing::warn!(%job_id, model, "job failed: deadline exceeded before it started");
+                count_finished(&delivery, model, "expired", "deadline_exceeded");
+                record_end_to_end(&delivery, &ctx.keys);
+            }
+            Start::Exhausted => {
+                tracing::error!(%job_id, model, "job dead-lettered: attempts exhausted by lost workers");
+                metrics::counter!(WORKER_JOBS_DEAD_LETTERED, "model" => model.clone(), "reason" => "attempts_exhausted").increment(1);
+                count_finished(&delivery, model, "failed", "attempts_exhausted");
+                record_end_to_end(&delivery, &ctx.keys);
+            }
+            Start::NotRunnable => {
+                // Only a job canceled while queued leaves an unacknowledged
+                // entry behind a terminal record: every other end
+                // acknowledges in the script that makes the job terminal.
+                tracing::info!(%job_id, model, "not running job: canceled");
+                count_finished(&delivery, model, "canceled", "none");
+            }
+            Start::Gone => {
+                tracing::info!(%job_id, model, ?start, "not running job");
+            }
+        }
+    }
+    let now = shared::time::now_ms();
+    for r in &runnable {
+        if let Ok(job) = &r.delivery.job {
+            let waited = (now - job.submitted_at_ms).max(0) as f64 / 1e3;
+            metrics::histogram!(WORKER_QUEUE_WAIT, "model" => job.model.clone()).record(waited);
+        }
+    }
+    runnable
+}
+
+/// Writes the ends of attempts (one script call per stream) and reports
+/// each in its job's span. What cannot be written stays pending and is
+/// reclaimed once its lease expires.
+pub(crate) async fn finish_all(
+    ctx: &Context,
+    executed: &[(Runnable, Attempted)],
+    started: Instant,
+) {
     let finishes: Vec<Finish<'_>> = executed
         .iter()
         .map(|(r, (version, result))| Finish {
@@ -496,12 +518,11 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
         consume::finish(&mut conn, &ctx.keys, &ctx.policy, &finishes, now).await
     })
     .await;
-    renewer.abort();
     drop(writing);
     match written {
         Ok(results) => {
             let run_secs = started.elapsed().as_secs_f64();
-            for ((f, finished), (r, _)) in finishes.iter().zip(results).zip(&executed) {
+            for ((f, finished), (r, _)) in finishes.iter().zip(results).zip(executed) {
                 let _entered = r.span.enter();
                 report(ctx, f, finished, run_secs);
             }
@@ -569,7 +590,7 @@ fn report(ctx: &Context, f: &Finish<'_>, finished: Finished, run_secs: f64) {
 }
 
 /// Keeps the leases of a running batch alive until aborted.
-async fn renew_leases(
+pub(crate) async fn renew_leases(
     pool: Pool,
     consumer: String,
     leases: Vec<(String, String)>,
@@ -603,7 +624,7 @@ async fn renew_leases(
 }
 
 /// The model version an attempt ran on, and its result JSON or failure.
-type Attempted = (String, Result<String, JobFailure>);
+pub(crate) type Attempted = (String, Result<String, JobFailure>);
 
 /// Runs a read's jobs on the current (blocking) thread, stacked per model
 /// where possible ([`execute::run_many`]), then logs and times each job in its
@@ -696,7 +717,7 @@ async fn resolve_all(ctx: &Context, runnable: &[Runnable]) -> Vec<Resolved> {
 }
 
 /// Acknowledges entries without a job id.
-async fn ack_orphans(ctx: &Context, orphans: &[Delivery]) {
+pub(crate) async fn ack_orphans(ctx: &Context, orphans: &[Delivery]) {
     for d in orphans {
         tracing::error!(stream = %d.stream, entry = %d.entry_id, "dropping stream entry without a job id");
         let res = async {
@@ -715,7 +736,7 @@ async fn ack_orphans(ctx: &Context, orphans: &[Delivery]) {
 /// back-off, so a blip does not strand a finished batch. Both steps it wraps
 /// are safe to repeat: `start` at worst counts one extra attempt, `finish`
 /// is a compare-and-set.
-async fn with_retry<T, F, Fut>(op: &'static str, mut step: F) -> Result<T, QueueError>
+pub(crate) async fn with_retry<T, F, Fut>(op: &'static str, mut step: F) -> Result<T, QueueError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, QueueError>>,

@@ -57,6 +57,33 @@ pub enum JobFailure {
     /// A pinned version that does not exist or is not `ready`.
     #[error("{0}")]
     VersionUnavailable(String),
+    /// A retrain job names a dataset that is not stored (any more).
+    #[error("dataset {0} not found")]
+    DatasetNotFound(String),
+    /// The training data cannot be trained on with these parameters: bad
+    /// CSV, missing target column, labels that are not class indices, too
+    /// few rows.
+    #[error("{0}")]
+    InvalidDataset(String),
+    /// Training itself failed (diverged) or its model could not be scored.
+    #[error("training failed: {0}")]
+    TrainingFailed(String),
+    /// The external trainer failed, timed out or wrote no model.
+    #[error("{0}")]
+    ExternalTrainer(String),
+    /// `"trainer": "external"` on a worker without `--external-trainer`.
+    #[error("this worker has no external trainer configured (--external-trainer)")]
+    ExternalTrainerNotConfigured,
+    /// The trained model loads but does not fit the task (no usable
+    /// input or output for the data).
+    #[error("the trained model does not fit the task: {0}")]
+    IncompatibleModel(String),
+    /// The exported ONNX model does not compute what the trainer computed.
+    #[error("the exported model disagrees with the trainer: {0}")]
+    ExportMismatch(String),
+    /// Redis failed while a retrain job read its data or stored its model.
+    #[error("registry unavailable: {0}")]
+    RegistryUnavailable(String),
 }
 
 impl JobFailure {
@@ -70,6 +97,14 @@ impl JobFailure {
             JobFailure::UnsupportedOutput { .. } => "unsupported_output",
             JobFailure::InvalidModel(_) => "invalid_model",
             JobFailure::VersionUnavailable(_) => "model_version_unavailable",
+            JobFailure::DatasetNotFound(_) => "dataset_not_found",
+            JobFailure::InvalidDataset(_) => "invalid_dataset",
+            JobFailure::TrainingFailed(_) => "training_failed",
+            JobFailure::ExternalTrainer(_) => "external_trainer_failed",
+            JobFailure::ExternalTrainerNotConfigured => "external_trainer_not_configured",
+            JobFailure::IncompatibleModel(_) => "incompatible_model",
+            JobFailure::ExportMismatch(_) => "export_mismatch",
+            JobFailure::RegistryUnavailable(_) => "registry_unavailable",
         }
     }
 
@@ -77,10 +112,22 @@ impl JobFailure {
     /// attempts run out: a model that fails to run a valid input (a broken or
     /// half-deployed model file) may work once fixed, and a model missing on
     /// this worker may be served by another. Permanent ones fail at once: the
-    /// same input would fail the same way.
+    /// same input would fail the same way. A retrain job that needs an
+    /// external trainer this worker lacks is retried too: another worker
+    /// may have one. An external trainer that failed is not: its run is
+    /// assumed deterministic and may have taken up to its timeout.
     pub fn is_transient(&self) -> bool {
         match self {
-            JobFailure::ModelUnavailable(_) | JobFailure::Inference(_) => true,
+            JobFailure::ModelUnavailable(_)
+            | JobFailure::Inference(_)
+            | JobFailure::ExternalTrainerNotConfigured
+            | JobFailure::RegistryUnavailable(_) => true,
+            JobFailure::DatasetNotFound(_)
+            | JobFailure::InvalidDataset(_)
+            | JobFailure::TrainingFailed(_)
+            | JobFailure::ExternalTrainer(_)
+            | JobFailure::IncompatibleModel(_)
+            | JobFailure::ExportMismatch(_) => false,
             JobFailure::InvalidPayload(_)
             | JobFailure::InvalidInput(_)
             | JobFailure::NonFiniteOutput { .. }

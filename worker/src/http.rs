@@ -104,6 +104,15 @@ fn describe() {
         WORKER_MODEL_SWAPS,
         "Times a served model was replaced by a new version, by model."
     );
+    metrics::describe_histogram!(
+        shared::metric_names::WORKER_TRAINING,
+        metrics::Unit::Seconds,
+        "Retrain jobs: time spent fitting (built-in) or in the external trainer, by trainer."
+    );
+    metrics::describe_counter!(
+        shared::metric_names::WORKER_RETRAIN_DECISIONS,
+        "Retrain jobs that registered a version, by decision (promoted, kept_current, registered_only)."
+    );
     metrics::describe_counter!(
         REDIS_ERRORS,
         "Failed Redis calls (unreachable, timed out, or an error reply), by operation."

@@ -9,6 +9,8 @@
 //!   dir, hot swap on promotion, pinned versions, `validate` jobs).
 //! * [`execute`]: one job's inputs → model → result JSON or a job error.
 //! * [`consumer`]: the Redis Streams loop around it.
+//! * [`training`], [`retrain`]: training slots and what a `retrain` job does
+//!   (train, score against the current version, register, maybe promote).
 //! * [`http`]: metrics, liveness and readiness on `--metrics-listen`.
 
 pub mod backend;
@@ -18,7 +20,9 @@ pub mod error;
 pub mod execute;
 pub mod http;
 pub mod models;
+pub mod retrain;
 pub mod runtime;
+pub mod training;
 
 pub use config::Config;
 pub use error::{JobFailure, WorkerError};
@@ -152,9 +156,33 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     if let Err(error) = ctx.ensure_groups().await {
         tracing::warn!(%error, "cannot create consumer groups yet");
     }
-    let slots: Vec<_> = (0..cfg.concurrency.max(1))
+    let mut slots: Vec<_> = (0..cfg.concurrency.max(1))
         .map(|slot| tokio::spawn(consumer::run_slot(Arc::clone(&ctx), slot, stop_rx.clone())))
         .collect();
+    let trainer = Arc::new(retrain::TrainerConfig {
+        external: cfg
+            .external_trainer
+            .as_deref()
+            .and_then(retrain::split_command),
+        external_timeout: Duration::from_secs(cfg.external_trainer_timeout_secs.max(1)),
+        work_dir: cfg
+            .train_dir
+            .clone()
+            .unwrap_or_else(retrain::default_work_dir),
+    });
+    tracing::info!(
+        train_slots = cfg.train_slots,
+        external_trainer = trainer.external.is_some(),
+        "training slots starting"
+    );
+    slots.extend((0..cfg.train_slots).map(|slot| {
+        tokio::spawn(training::run_slot(
+            Arc::clone(&ctx),
+            Arc::clone(&trainer),
+            slot,
+            stop_rx.clone(),
+        ))
+    }));
 
     shutdown.await;
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
@@ -282,7 +310,8 @@ async fn trim(
     dead_letter_max_len: usize,
 ) -> Result<(), shared::QueueError> {
     let mut conn = ctx.pool.get().await?;
-    for stream in ctx.streams.load().iter() {
+    let training = ctx.keys.stream(shared::queue::keys::TRAIN);
+    for stream in ctx.streams.load().iter().chain([&training]) {
         let removed = shared::queue::consume::trim_acked(&mut conn, stream).await?;
         if removed > 0 {
             tracing::debug!(stream, removed, "trimmed acknowledged entries");

@@ -355,6 +355,12 @@ impl ModelStore {
         Ok(Arc::new(model))
     }
 
+    /// Loads bytes in ONNX Runtime as a model that is not served (yet): a
+    /// retrain job's output, to validate and score it. Blocking.
+    pub fn load_unserved(&self, model: &str, bytes: &[u8]) -> Result<OnnxModel, String> {
+        OnnxModel::load(&self.env, model, bytes, self.intra_threads)
+    }
+
     /// Loads bytes in ONNX Runtime to validate them: their signature, or why
     /// ONNX Runtime refused them. Blocking.
     pub fn check(
@@ -435,7 +441,7 @@ impl ModelStore {
     }
 
     /// Best effort: a cache that cannot be written costs a Redis read later.
-    fn cache_put(&self, sha256: &str, bytes: &[u8]) {
+    pub(crate) fn cache_put(&self, sha256: &str, bytes: &[u8]) {
         let Some(path) = self.cache_path(sha256) else {
             return;
         };

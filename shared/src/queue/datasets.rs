@@ -53,7 +53,10 @@ pub async fn put(
         .exists(&key)
         .del(&key)
         .ignore()
-        .hset_multiple(&key, &[(FIELD_CSV, csv), (FIELD_META, meta_json.as_bytes())])
+        .hset_multiple(
+            &key,
+            &[(FIELD_CSV, csv), (FIELD_META, meta_json.as_bytes())],
+        )
         .ignore()
         .sadd(keys.datasets(), name)
         .ignore()

@@ -1,0 +1,243 @@
+//! Training slots: the loops that take `retrain` jobs off the training
+//! stream (`{ns}:stream:.train`), one job per slot at a time.
+//!
+//! A slot reads with `COUNT 1` only when it is free, so a worker never holds
+//! a training job it cannot start, and `--train-slots 0` keeps a worker out
+//! of training altogether. Each job goes through the same start and finish
+//! scripts as predictions ([`crate::consumer`]): its lease is renewed while
+//! it trains, a worker that dies mid-training loses the job to another
+//! worker once the lease expires, and the finish is a compare-and-set on the
+//! attempt. While it runs, the job's progress is written to its record at
+//! most every [`PROGRESS_EVERY`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use deadpool_redis::Pool;
+use redis::aio::MultiplexedConnection;
+use shared::metric_names::redis_op;
+use shared::queue::consume;
+use shared::queue::keys::TRAIN;
+use shared::queue::{Keys, QueueError};
+use shared::redis_conn::{self, Limits};
+use shared::retrain::Progress;
+use tokio::sync::watch;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::consumer::{self, Backoff, Context, Runnable};
+use crate::error::JobFailure;
+use crate::http::count_redis_error;
+use crate::retrain::{self, Reporter, Stopped, TrainerConfig};
+
+/// Shortest interval between two progress writes of one job.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// One training slot, until `shutdown` turns true. A job running at
+/// shutdown is stopped and abandoned (see [`crate::retrain`]).
+pub async fn run_slot(
+    ctx: Arc<Context>,
+    config: Arc<TrainerConfig>,
+    slot: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let stream = ctx.keys.stream(TRAIN);
+    let streams = vec![stream.clone()];
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut backoff = Backoff(0);
+    let mut last_reclaim: Option<Instant> = None;
+    let block_ms = ctx
+        .block_ms
+        .min(u64::try_from((ctx.lease / 2).as_millis()).unwrap_or(u64::MAX))
+        .max(1);
+    let read_limits = Limits {
+        response: ctx.limits.response + Duration::from_millis(block_ms),
+        ..ctx.limits
+    };
+    while !*shutdown.borrow_and_update() {
+        if last_reclaim.is_none_or(|t| t.elapsed() >= ctx.lease / 2) {
+            last_reclaim = Some(Instant::now());
+            let claimed = async {
+                let mut c = ctx.pool.get().await?;
+                let lease_ms = u64::try_from(ctx.lease.as_millis()).unwrap_or(u64::MAX);
+                consume::reclaim(&mut c, &stream, &ctx.consumer, lease_ms, 1).await
+            }
+            .await;
+            match claimed {
+                Ok(batch) if !batch.is_empty() => {
+                    tracing::warn!(slot, "took over a retrain job whose lease expired");
+                    run_batch(&ctx, &config, batch, &shutdown).await;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    count_redis_error(redis_op::RECLAIM, &error);
+                    tracing::warn!(slot, %error, "reclaiming expired training leases failed");
+                }
+            }
+        }
+        if conn.is_none() {
+            match redis_conn::dedicated(&ctx.redis_url, read_limits).await {
+                Ok(c) => conn = Some(c),
+                Err(error) => {
+                    count_redis_error(redis_op::CONNECT, &QueueError::Redis(error));
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        match consume::read_new(c, &streams, &ctx.consumer, 1, block_ms).await {
+            Ok(batch) => {
+                backoff = Backoff(0);
+                if !batch.is_empty() {
+                    run_batch(&ctx, &config, batch, &shutdown).await;
+                }
+            }
+            Err(QueueError::Redis(e)) if e.code() == Some("NOGROUP") => {
+                count_redis_error(redis_op::READ, &QueueError::Redis(e));
+                let made = async {
+                    let mut c = ctx.pool.get().await?;
+                    consume::ensure_group(&mut c, &ctx.keys, TRAIN).await
+                }
+                .await;
+                if let Err(error) = made {
+                    count_redis_error(redis_op::ENSURE_GROUP, &error);
+                    backoff.wait().await;
+                }
+            }
+            Err(error) => {
+                count_redis_error(redis_op::READ, &error);
+                tracing::warn!(slot, %error, "reading the training stream failed; reconnecting");
+                conn = None;
+                backoff.wait().await;
+            }
+        }
+    }
+    tracing::debug!(slot, "training slot stopped");
+}
+
+async fn run_batch(
+    ctx: &Context,
+    config: &TrainerConfig,
+    batch: Vec<consume::Delivery>,
+    shutdown: &watch::Receiver<bool>,
+) {
+    for r in consumer::start_all(ctx, batch).await {
+        run_job(ctx, config, r, shutdown).await;
+    }
+}
+
+/// Runs one started retrain job and writes its end.
+async fn run_job(
+    ctx: &Context,
+    config: &TrainerConfig,
+    r: Runnable,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let started = Instant::now();
+    let renewer = tokio::spawn(consumer::renew_leases(
+        ctx.pool.clone(),
+        ctx.consumer.clone(),
+        vec![(r.delivery.stream.clone(), r.delivery.entry_id.clone())],
+        ctx.lease / 3,
+    ));
+    let (reporter, progress) = Reporter::new(r.attempt);
+    let writer = tokio::spawn(write_progress(
+        ctx.pool.clone(),
+        ctx.keys.clone(),
+        r.job_id,
+        r.attempt,
+        progress,
+    ));
+    let cancel = Arc::new(AtomicBool::new(false));
+    let canceller = {
+        let cancel = Arc::clone(&cancel);
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if shutdown.wait_for(|stop| *stop).await.is_ok() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+    let outcome = match &r.delivery.job {
+        Ok(job) => {
+            let env = retrain::Env {
+                store: &ctx.models,
+                pool: &ctx.pool,
+                keys: &ctx.keys,
+                config,
+                reporter: Arc::new(reporter),
+                cancel,
+                span: r.span.clone(),
+            };
+            // Every line the job logs carries its id, model and attempt.
+            retrain::run(&env, job, r.attempt)
+                .instrument(r.span.clone())
+                .await
+        }
+        Err(e) => Err(Stopped::Failed(JobFailure::InvalidPayload(e.clone()))),
+    };
+    canceller.abort();
+    writer.abort();
+    let attempted = match outcome {
+        Ok(result) => match serde_json::to_string(&result) {
+            Ok(json) => (result.version.to_string(), Ok(json)),
+            Err(e) => (
+                String::new(),
+                Err(JobFailure::TrainingFailed(format!(
+                    "encoding the result: {e}"
+                ))),
+            ),
+        },
+        Err(Stopped::Failed(failure)) => {
+            let _entered = r.span.enter();
+            tracing::warn!(code = failure.code(), error = %failure, transient = failure.is_transient(), "retrain attempt failed");
+            (String::new(), Err(failure))
+        }
+        Err(Stopped::Interrupted) => {
+            renewer.abort();
+            let _entered = r.span.enter();
+            tracing::warn!(
+                "retrain interrupted by shutdown; another worker takes the job over once its lease expires"
+            );
+            return;
+        }
+    };
+    consumer::finish_all(ctx, &[(r, attempted)], started).await;
+    renewer.abort();
+}
+
+/// Writes the latest progress of a job, at most every [`PROGRESS_EVERY`],
+/// until aborted. Best effort: a lost write only delays what clients see.
+async fn write_progress(
+    pool: Pool,
+    keys: Keys,
+    job_id: Uuid,
+    attempt: u32,
+    mut rx: watch::Receiver<Option<Progress>>,
+) {
+    while rx.changed().await.is_ok() {
+        let Some(json) = rx
+            .borrow_and_update()
+            .as_ref()
+            .and_then(|p| serde_json::to_string(p).ok())
+        else {
+            continue;
+        };
+        let res = async {
+            let mut conn = pool.get().await?;
+            consume::write_progress(&mut conn, &keys, &job_id, attempt, &json).await
+        }
+        .await;
+        if let Err(error) = res {
+            count_redis_error(redis_op::TRAINING, &error);
+            tracing::debug!(%error, "cannot write the job's progress");
+        }
+        tokio::time::sleep(PROGRESS_EVERY).await;
+    }
+}
