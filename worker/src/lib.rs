@@ -129,6 +129,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
             announce_every: Duration::from_secs(cfg.publish_interval_secs.max(1)),
             trim_every: Duration::from_secs(cfg.trim_interval_secs.max(1)),
             dead_letter_max_len: cfg.dead_letter_max_len,
+            trains: cfg.train_slots > 0,
         },
         stop_rx.clone(),
     ));
@@ -218,6 +219,10 @@ struct Maintenance {
     announce_every: Duration,
     trim_every: Duration,
     dead_letter_max_len: usize,
+    /// Whether this worker has training slots: it then beats for the
+    /// training stream too, so `onnxq_workers_ready{model=".train"}` counts
+    /// the workers that can take a retrain job.
+    trains: bool,
 }
 
 /// Background upkeep, until shutdown: moves due retries back onto their
@@ -234,6 +239,9 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
     loop {
         let now = tokio::time::Instant::now();
         served = ctx.models.names();
+        if m.trains {
+            served.push(shared::queue::keys::TRAIN.to_owned());
+        }
         if now >= next_beat {
             next_beat = now + heartbeat::BEAT_EVERY;
             if let Err(error) = beat(&ctx, &served).await {

@@ -15,7 +15,7 @@ use redis::aio::ConnectionLike;
 use super::QueueError;
 use super::admin::{count_after, entry_id_ms, field_map, value_string, value_u64};
 use super::heartbeat::{self, ModelWorkers};
-use super::keys::{GROUP, Keys};
+use super::keys::{GROUP, Keys, TRAIN};
 
 /// The fields of the `workers` group in an `XINFO GROUPS` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,18 +85,26 @@ pub struct Sample {
     pub dead_letters: u64,
 }
 
-/// Samples the queue gauges of every model published in `{ns}:models`.
+/// Samples the queue gauges of every model published in `{ns}:models`, and
+/// of the training stream once it exists (reported as model `.train`, so
+/// training workers can be scaled on its lag like any model's).
 pub async fn sample(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Sample, QueueError> {
-    let (time, mut models, dead_letters, delayed): (Value, Vec<String>, u64, u64) = redis::pipe()
-        .cmd("TIME")
-        .cmd("HKEYS")
-        .arg(keys.models())
-        .cmd("XLEN")
-        .arg(keys.dead_letters())
-        .cmd("ZCARD")
-        .arg(keys.delayed())
-        .query_async(conn)
-        .await?;
+    let (time, mut models, dead_letters, delayed, training): (Value, Vec<String>, u64, u64, bool) =
+        redis::pipe()
+            .cmd("TIME")
+            .cmd("HKEYS")
+            .arg(keys.models())
+            .cmd("XLEN")
+            .arg(keys.dead_letters())
+            .cmd("ZCARD")
+            .arg(keys.delayed())
+            .cmd("EXISTS")
+            .arg(keys.stream(TRAIN))
+            .query_async(conn)
+            .await?;
+    if training {
+        models.push(TRAIN.to_owned());
+    }
     let now_ms = heartbeat::parse_time(&time)
         .ok_or_else(|| QueueError::Corrupt(format!("TIME reply {time:?}")))?;
     models.sort();
