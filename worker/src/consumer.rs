@@ -451,7 +451,10 @@ pub(crate) async fn start_all(ctx: &Context, batch: Vec<Delivery>) -> Vec<Runnab
             Start::Run(attempt) => Some(attempt),
             _ => None,
         };
-        let span = job_span(&delivery, job_id, &model, attempt, started_ms);
+        // Logs name the job's model; control and training jobs travel on
+        // streams of their own, which metrics keep as their label.
+        let job_model = delivery.job.as_ref().map_or(model.as_str(), |j| &j.model);
+        let span = job_span(&delivery, job_id, job_model, attempt, started_ms);
         let _entered = span.enter();
         match start {
             Start::Run(attempt) => runnable.push(Runnable {
