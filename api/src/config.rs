@@ -32,6 +32,11 @@ pub struct Config {
     #[arg(long, env = "MAX_MODEL_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_model_bytes: usize,
 
+    /// Largest accepted dataset upload (`PUT /v1/datasets/{name}`), in
+    /// bytes; datasets are stored in Redis, so this bounds their memory.
+    #[arg(long, env = "MAX_DATASET_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_dataset_bytes: usize,
+
     /// Upper bound for the `?wait=` long-poll of `GET /v1/jobs/{id}`, in seconds.
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
     pub max_wait_secs: u64,

@@ -23,6 +23,8 @@ pub enum ApiError {
     InvalidQuery(String),
     #[error("request content-type must be application/json")]
     UnsupportedMediaType,
+    #[error("request content-type must be text/csv")]
+    NotCsv,
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("model {0:?} not found")]
@@ -56,6 +58,10 @@ pub enum ApiError {
     VersionNotReady { version: u32, status: &'static str },
     #[error("model {0:?} has no earlier current version to roll back to")]
     NoPreviousVersion(String),
+    #[error("dataset {0:?} not found")]
+    DatasetNotFound(String),
+    #[error("{0}")]
+    InvalidDataset(String),
     #[error("the job store is unavailable, retry later")]
     RedisUnavailable(#[source] QueueError),
     #[error("internal server error")]
@@ -70,12 +76,12 @@ impl ApiError {
             | ApiError::InvalidQuery(_)
             | ApiError::InvalidJobId(_)
             | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidInput(_) | ApiError::IdempotencyKeyReused => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            ApiError::InvalidInput(_)
+            | ApiError::InvalidDataset(_)
+            | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::JobNotCancelable { .. } => StatusCode::CONFLICT,
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnsupportedMediaType | ApiError::NotCsv => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::VersionNotReady { .. } | ApiError::NoPreviousVersion(_) => {
                 StatusCode::CONFLICT
@@ -83,7 +89,8 @@ impl ApiError {
             ApiError::ModelNotFound(_)
             | ApiError::JobNotFound(_)
             | ApiError::NotFound
-            | ApiError::VersionNotFound { .. } => StatusCode::NOT_FOUND,
+            | ApiError::VersionNotFound { .. }
+            | ApiError::DatasetNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RedisUnavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,7 +104,7 @@ impl ApiError {
             ApiError::NonFiniteInput(_) => "non_finite_input",
             ApiError::InvalidInput(_) => "invalid_input",
             ApiError::InvalidQuery(_) => "invalid_query",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::UnsupportedMediaType | ApiError::NotCsv => "unsupported_media_type",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::JobNotFound(_) => "job_not_found",
@@ -113,6 +120,8 @@ impl ApiError {
             ApiError::VersionNotFound { .. } => "version_not_found",
             ApiError::VersionNotReady { .. } => "version_not_ready",
             ApiError::NoPreviousVersion(_) => "no_previous_version",
+            ApiError::DatasetNotFound(_) => "dataset_not_found",
+            ApiError::InvalidDataset(_) => "invalid_dataset",
             ApiError::RedisUnavailable(_) => "redis_unavailable",
             ApiError::Internal(_) => "internal",
         }

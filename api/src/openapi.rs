@@ -21,6 +21,7 @@ use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::{ApiError, Body as ErrorBody};
+use crate::routes::datasets::{DatasetList, DatasetView};
 use crate::routes::health::Ready;
 use crate::routes::jobs::JobView;
 use crate::routes::models::ModelList;
@@ -57,6 +58,11 @@ pub async fn serve() -> Result<Response, ApiError> {
         list_versions,
         promote_version,
         rollback_version,
+        retrain_model,
+        put_dataset,
+        get_dataset,
+        list_datasets,
+        delete_dataset,
         healthz,
         readyz,
         metrics,
@@ -66,6 +72,7 @@ pub async fn serve() -> Result<Response, ApiError> {
         (name = "jobs", description = "Submitting, reading and canceling inference jobs"),
         (name = "models", description = "Model signatures published by workers"),
         (name = "registry", description = "Model versions: upload, validation, promotion and rollback"),
+        (name = "training", description = "Datasets and retrain jobs"),
         (name = "operations", description = "Health, readiness, metrics and this document")
     )
 )]
@@ -318,6 +325,272 @@ fn promote_version() {}
 #[allow(dead_code)]
 fn rollback_version() {}
 
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/retrain",
+    tag = "training",
+    summary = "Retrain a model (a background job)",
+    description = "Queues a `retrain` job on the training stream. A worker trains (built-in logistic/ridge regression, or the worker's `--external-trainer`), loads the new ONNX model in ONNX Runtime, scores it and the current version (if it has the same signature) on the same holdout rows, registers it as a `ready` version (source `retrain`) and promotes it by the `promote` policy. Poll the job: `progress` while it runs, `result` (`RetrainResult`) when it ends. An unknown model name creates the model.",
+    params(
+        ("model" = String, Path, description = "Model name (need not exist yet)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "As for predict: a repeat with the same key and body answers with the earlier job"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context, as for predict"),
+    ),
+    request_body(content = RetrainRequestDoc, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued", body = Accepted<'static>,
+            headers(("Location" = String, description = "The job's status URL"))),
+        (status = 400, description = "`malformed_json` or `invalid_idempotency_key`", body = ErrorBody<'static>),
+        (status = 404, description = "`dataset_not_found` or `model_not_found` (an invalid model name)", body = ErrorBody<'static>),
+        (status = 413, description = "`payload_too_large`: over `--max-body-bytes`", body = ErrorBody<'static>),
+        (status = 415, description = "`unsupported_media_type`", body = ErrorBody<'static>),
+        (status = 422, description = "`invalid_input` (both or neither of `dataset`/`data`, an unknown or out-of-range parameter, a target column the dataset lacks), `invalid_dataset` (inline rows that do not parse) or `idempotency_key_reused`", body = ErrorBody<'static>),
+        (status = 429, description = "`queue_full`: the training queue holds `--max-queue-depth` unfinished jobs", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn retrain_model() {}
+
+#[utoipa::path(
+    put,
+    path = "/v1/datasets/{name}",
+    tag = "training",
+    summary = "Upload (or replace) a dataset",
+    description = "CSV with a header row; every column must hold a finite number in every row (any column may become the target). Parsed before it is stored, in Redis, per tenant. A retrain job reads the dataset when it starts.",
+    params(("name" = String, Path, description = "Dataset name (`[A-Za-z0-9_.-]`)")),
+    request_body(content = String, content_type = "text/csv", description = "The CSV file, at most `--max-dataset-bytes`"),
+    responses(
+        (status = 201, description = "Stored", body = DatasetView,
+            headers(("Location" = String, description = "`/v1/datasets/{name}`"))),
+        (status = 200, description = "Replaced an existing dataset", body = DatasetView),
+        (status = 404, description = "`dataset_not_found`: the name is not a valid dataset name", body = ErrorBody<'static>),
+        (status = 413, description = "`payload_too_large`: over `--max-dataset-bytes`", body = ErrorBody<'static>),
+        (status = 415, description = "`unsupported_media_type`: the body must be `text/csv`", body = ErrorBody<'static>),
+        (status = 422, description = "`invalid_dataset`: the message names the line and column at fault", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn put_dataset() {}
+
+#[utoipa::path(
+    get,
+    path = "/v1/datasets/{name}",
+    tag = "training",
+    summary = "A dataset's metadata",
+    params(("name" = String, Path, description = "Dataset name")),
+    responses(
+        (status = 200, description = "The dataset", body = DatasetView),
+        (status = 404, description = "`dataset_not_found`", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn get_dataset() {}
+
+#[utoipa::path(
+    get,
+    path = "/v1/datasets",
+    tag = "training",
+    summary = "The caller's datasets",
+    responses(
+        (status = 200, description = "Sorted by name", body = DatasetList),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn list_datasets() {}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/datasets/{name}",
+    tag = "training",
+    summary = "Delete a dataset",
+    description = "Retrain jobs that already read it are not affected; queued ones naming it fail `dataset_not_found`.",
+    params(("name" = String, Path, description = "Dataset name")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`dataset_not_found`", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn delete_dataset() {}
+
+/// `POST /v1/models/{model}/retrain` body: exactly one of `dataset` or
+/// `data`. Unknown fields are refused.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RetrainRequest)]
+pub struct RetrainRequestDoc {
+    /// A stored dataset's name (`PUT /v1/datasets/{name}`).
+    pub dataset: Option<String>,
+    /// Inline rows: one number per column, in the order of `columns`.
+    pub data: Option<InlineRowsDoc>,
+    pub params: Option<TrainParamsDoc>,
+    /// Default `if_not_worse`.
+    pub promote: Option<PromotePolicyDoc>,
+    /// Default `builtin`.
+    pub trainer: Option<TrainerKindDoc>,
+}
+
+/// Training rows sent inline.
+#[derive(Serialize, ToSchema)]
+#[schema(as = InlineRows)]
+pub struct InlineRowsDoc {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<f64>>,
+}
+
+/// Training parameters; every field is optional (defaults in brackets),
+/// unknown fields are refused.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TrainParams)]
+pub struct TrainParamsDoc {
+    /// Column to predict ["target"].
+    pub target_column: Option<String>,
+    /// ["classification"]: logistic regression over class indices 0..k.
+    pub task: Option<TaskDoc>,
+    /// 1..=100000 [100].
+    pub epochs: Option<u32>,
+    /// (0, 10] [0.1].
+    pub learning_rate: Option<f64>,
+    /// L2 penalty on standardised weights, [0, 1000] [0.001].
+    pub l2: Option<f64>,
+    /// [0.05, 0.5] [0.2].
+    pub holdout_fraction: Option<f64>,
+    /// Seeds the split and mini-batch order [0].
+    pub seed: Option<u64>,
+    /// >= 1 [32].
+    pub batch_size: Option<u32>,
+}
+
+/// What the model predicts.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Task)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskDoc {
+    Classification,
+    Regression,
+}
+
+/// When a retrained version becomes current.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PromotePolicy)]
+#[serde(rename_all = "snake_case")]
+pub enum PromotePolicyDoc {
+    IfNotWorse,
+    Always,
+    Never,
+}
+
+/// Which program trains.
+#[derive(Serialize, ToSchema)]
+#[schema(as = TrainerKind)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainerKindDoc {
+    Builtin,
+    External,
+}
+
+/// A running retrain job's progress.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Progress)]
+pub struct ProgressDoc {
+    pub attempt: u32,
+    /// `loading_data`, `training`, `evaluating` or `registering`.
+    pub phase: String,
+    pub epoch: Option<u32>,
+    pub epochs: Option<u32>,
+    /// Mean training loss after `epoch`.
+    pub train_loss: Option<f64>,
+    pub updated_at_ms: i64,
+}
+
+/// A version's holdout scores.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Scored)]
+pub struct ScoredDoc {
+    pub version: u32,
+    /// `{"task": "classification", "accuracy", "log_loss", "rows"}` or
+    /// `{"task": "regression", "rmse", "r2", "rows"}`.
+    #[schema(value_type = Object)]
+    pub metrics: (),
+}
+
+/// The data a retrain job trained on.
+#[derive(Serialize, ToSchema)]
+#[schema(as = DatasetUsed)]
+pub struct DatasetUsedDoc {
+    /// `null` for inline rows.
+    pub name: Option<String>,
+    pub sha256: String,
+    pub rows: u64,
+    pub train_rows: u64,
+    pub holdout_rows: u64,
+}
+
+/// A succeeded retrain job's result.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RetrainResult)]
+pub struct RetrainResultDoc {
+    /// The version registered.
+    pub version: u32,
+    pub sha256: String,
+    /// `promoted`, `kept_current` or `registered_only`.
+    pub decision: String,
+    /// The decision in words, with both scores.
+    pub reason: String,
+    pub promote: PromotePolicyDoc,
+    pub candidate: ScoredDoc,
+    /// The current version scored on the same rows; `null` when none or
+    /// not comparable.
+    pub baseline: Option<ScoredDoc>,
+    pub current_version: Option<u32>,
+    pub trainer: TrainerKindDoc,
+    pub dataset: DatasetUsedDoc,
+    #[schema(value_type = Object)]
+    pub params: (),
+    pub training_ms: f64,
+    pub epochs: Option<u32>,
+    pub final_train_loss: Option<f64>,
+    /// Largest difference between ONNX Runtime and the built-in trainer.
+    pub onnx_max_abs_diff: Option<f64>,
+}
+
+/// A succeeded job's result: predictions, a validated version, or a
+/// retrain's outcome.
+#[derive(Serialize, ToSchema)]
+#[schema(as = AnyJobResult)]
+#[serde(untagged)]
+pub enum AnyJobResultDoc {
+    Predict(JobResultDoc),
+    Retrain(RetrainResultDoc),
+    Validate(ValidateResultDoc),
+}
+
+/// A succeeded `validate` job's result (an upload found loadable).
+#[derive(Serialize, ToSchema)]
+#[schema(as = ValidateResult)]
+pub struct ValidateResultDoc {
+    pub model_version: u32,
+    /// Always `ready`.
+    pub status: String,
+    pub sha256: String,
+    pub inputs: Vec<TensorSpecDoc>,
+    pub outputs: Vec<TensorSpecDoc>,
+}
+
 /// One model version in the registry.
 #[derive(Serialize, ToSchema)]
 #[schema(as = ModelVersion)]
@@ -373,6 +646,8 @@ pub enum ErrorCode {
     VersionNotFound,
     VersionNotReady,
     NoPreviousVersion,
+    DatasetNotFound,
+    InvalidDataset,
     RedisUnavailable,
     Internal,
 }
@@ -396,6 +671,7 @@ pub enum JobStatusDoc {
 pub enum JobKindDoc {
     Predict,
     Validate,
+    Retrain,
 }
 
 /// Tensor element types, named as in the Open Inference Protocol.
@@ -606,6 +882,9 @@ mod tests {
                 | ApiError::VersionNotFound { .. }
                 | ApiError::VersionNotReady { .. }
                 | ApiError::NoPreviousVersion(_)
+                | ApiError::DatasetNotFound(_)
+                | ApiError::InvalidDataset(_)
+                | ApiError::NotCsv
                 | ApiError::RedisUnavailable(_)
                 | ApiError::Internal(_) => {}
             }
@@ -641,6 +920,8 @@ mod tests {
                 status: "invalid",
             },
             ApiError::NoPreviousVersion(String::new()),
+            ApiError::DatasetNotFound(String::new()),
+            ApiError::InvalidDataset(String::new()),
             ApiError::RedisUnavailable(shared::QueueError::Corrupt(String::new())),
             ApiError::Internal(anyhow::anyhow!("x")),
         ];
@@ -654,6 +935,12 @@ mod tests {
                 e.code()
             );
         }
+        // NotCsv shares `unsupported_media_type`.
+        listed(&ApiError::NotCsv);
+        assert_eq!(
+            ApiError::NotCsv.code(),
+            ApiError::UnsupportedMediaType.code()
+        );
         assert_eq!(codes.as_array().unwrap().len(), all.len());
     }
 }

@@ -45,6 +45,7 @@ struct Inner {
     max_wait: Duration,
     max_body_bytes: usize,
     max_model_bytes: usize,
+    max_dataset_bytes: usize,
     request_slots: Arc<Semaphore>,
     queue: QueuePolicy,
 }
@@ -101,6 +102,7 @@ impl AppState {
                 max_wait: config.max_wait(),
                 max_body_bytes: config.max_body_bytes,
                 max_model_bytes: config.max_model_bytes,
+                max_dataset_bytes: config.max_dataset_bytes,
                 request_slots: Arc::new(Semaphore::new(config.max_concurrent_requests as usize)),
                 queue: QueuePolicy {
                     max_queue_depth: config.max_queue_depth,
@@ -154,6 +156,11 @@ impl AppState {
     /// Largest accepted model upload.
     pub fn max_model_bytes(&self) -> usize {
         self.inner.max_model_bytes
+    }
+
+    /// Largest accepted dataset upload.
+    pub fn max_dataset_bytes(&self) -> usize {
+        self.inner.max_dataset_bytes
     }
 
     /// One permit per request being handled (see [`crate::overload`]).

@@ -62,6 +62,8 @@ pub mod redis_op {
     pub const STREAM_STATS: &str = "stream_stats";
     /// Model registry reads and writes (versions, promote, rollback).
     pub const REGISTRY: &str = "registry";
+    /// Dataset uploads, reads, listing and deletes.
+    pub const DATASETS: &str = "datasets";
     // worker
     pub const CONNECT: &str = "connect";
     pub const READ: &str = "read";

@@ -64,7 +64,7 @@ pub(crate) struct JobView<'a> {
     #[schema(required = true, format = DateTime)]
     deadline: Option<String>,
     /// Set when `succeeded`.
-    #[schema(required = true, value_type = Option<crate::openapi::JobResultDoc>)]
+    #[schema(required = true, value_type = Option<crate::openapi::AnyJobResultDoc>)]
     result: Option<&'a RawValue>,
     /// Set when `failed`.
     #[schema(required = true, value_type = Option<crate::openapi::JobErrorDoc>)]
@@ -76,6 +76,10 @@ pub(crate) struct JobView<'a> {
     /// The stored W3C `traceparent`: the trace id and the API's submit span.
     #[schema(required = true)]
     traceparent: Option<&'a str>,
+    /// A retrain job's progress, as its worker last wrote it (kept after
+    /// the job ends); `null` for other kinds and before training starts.
+    #[schema(required = true, value_type = Option<crate::openapi::ProgressDoc>)]
+    progress: Option<&'a RawValue>,
 }
 
 pub async fn get_job(
@@ -226,6 +230,11 @@ fn render(tenant: &Tenant, job: &JobRecord) -> Result<Response, ApiError> {
             .and_then(TraceContext::parse)
             .map(|t| t.trace_id.to_string()),
         traceparent: rec.traceparent.as_deref(),
+        // Informational: a corrupt progress is left out, not an error.
+        progress: rec
+            .progress_json
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<&RawValue>(p).ok()),
     })
     .into_response())
 }

@@ -3,10 +3,12 @@
 //! The paths are constants so the metrics middleware can map a matched route
 //! back to a `&'static str` label without allocating.
 
+pub mod datasets;
 pub mod health;
 pub mod jobs;
 pub mod models;
 pub mod predict;
+pub mod retrain;
 pub mod versions;
 
 use axum::Extension;
@@ -27,9 +29,13 @@ pub const OPENAPI: &str = "/openapi.json";
 pub const VERSIONS: &str = "/v1/models/{model}/versions";
 pub const PROMOTE: &str = "/v1/models/{model}/promote";
 pub const ROLLBACK: &str = "/v1/models/{model}/rollback";
+pub const RETRAIN: &str = "/v1/models/{model}/retrain";
+pub const DATASETS: &str = "/v1/datasets";
+pub const DATASET: &str = "/v1/datasets/{name}";
 
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 14] = [
     PREDICT, MODELS, MODEL, JOB, HEALTHZ, READYZ, METRICS, OPENAPI, VERSIONS, PROMOTE, ROLLBACK,
+    RETRAIN, DATASETS, DATASET,
 ];
 
 /// One route: a method on a path, and its handler.
@@ -43,7 +49,7 @@ pub struct Route {
 /// Every route the API serves. [`crate::router`] is built from this table
 /// alone, and the OpenAPI tests check the document against it in both
 /// directions, so a route cannot be added without being documented.
-pub const TABLE: [Route; 13] = [
+pub const TABLE: [Route; 18] = [
     Route {
         method: Method::POST,
         path: PREDICT,
@@ -110,6 +116,31 @@ pub const TABLE: [Route; 13] = [
         method: Method::POST,
         path: ROLLBACK,
         handler: || post(versions::rollback),
+    },
+    Route {
+        method: Method::POST,
+        path: RETRAIN,
+        handler: || post(retrain::retrain),
+    },
+    Route {
+        method: Method::GET,
+        path: DATASETS,
+        handler: || get(datasets::list),
+    },
+    Route {
+        method: Method::PUT,
+        path: DATASET,
+        handler: || axum::routing::put(datasets::put),
+    },
+    Route {
+        method: Method::GET,
+        path: DATASET,
+        handler: || get(datasets::get_one),
+    },
+    Route {
+        method: Method::DELETE,
+        path: DATASET,
+        handler: || axum::routing::delete(datasets::delete),
     },
 ];
 

@@ -198,7 +198,7 @@ async fn submit(
 
 /// 202 with `Location`. `status` is the job's status now: for a replayed
 /// key the job may have run already.
-fn accepted(id: Uuid, status: JobStatus, replayed: bool) -> Response {
+pub(crate) fn accepted(id: Uuid, status: JobStatus, replayed: bool) -> Response {
     let status_url = format!("/v1/jobs/{id}");
     let body = axum::Json(Accepted {
         job_id: id,
@@ -216,7 +216,7 @@ fn accepted(id: Uuid, status: JobStatus, replayed: bool) -> Response {
 
 /// The hex SHA-256 of the `Idempotency-Key` header, if sent. Any bytes a
 /// header may carry are accepted; only the digest is used from here on.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -238,7 +238,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// The client's W3C `traceparent`, if it sent exactly one valid header. An
 /// invalid or repeated one is ignored (the spec says to start a new trace),
 /// never an error.
-fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
+pub(crate) fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
     let mut values = headers.get_all(TRACEPARENT).iter();
     let value = values.next()?;
     if values.next().is_some() {
@@ -247,7 +247,7 @@ fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
     TraceContext::parse(value.to_str().ok()?)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

@@ -1,0 +1,231 @@
+//! Training datasets over HTTP, per tenant: upload (`PUT`, CSV), read the
+//! metadata, list, delete. Storage is [`shared::queue::datasets`]; retrain
+//! jobs ([`super::retrain`]) name a dataset and a worker reads it when the
+//! job starts.
+//!
+//! An upload is parsed before it is stored (on the blocking pool: a large
+//! file takes tens of milliseconds), so a file that could never be trained
+//! on is refused at once with the line and column at fault, instead of
+//! failing a retrain job later. Every column must be numeric: any of them
+//! may become the target.
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use shared::metric_names::redis_op;
+use shared::model::valid_model_name;
+use shared::queue::datasets::{self, DatasetMeta};
+use shared::time::rfc3339_ms;
+
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use crate::extract::PathParam;
+use crate::metrics::redis_failed;
+use crate::routes::clip;
+use crate::state::AppState;
+
+/// A stored dataset as clients see it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DatasetView {
+    name: String,
+    /// Data rows (the header not counted).
+    rows: u64,
+    /// Column names in file order.
+    columns: Vec<String>,
+    /// Bytes stored.
+    size: u64,
+    /// SHA-256 of the bytes (hex); a retrain job's result names the hash
+    /// it trained on.
+    sha256: String,
+    #[schema(format = DateTime)]
+    created_at: String,
+}
+
+impl DatasetView {
+    fn new(name: &str, meta: DatasetMeta) -> DatasetView {
+        DatasetView {
+            name: name.to_owned(),
+            rows: meta.rows,
+            columns: meta.columns,
+            size: meta.size,
+            sha256: meta.sha256,
+            created_at: rfc3339_ms(meta.created_at_ms),
+        }
+    }
+}
+
+/// `GET /v1/datasets` body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct DatasetList {
+    datasets: Vec<DatasetView>,
+}
+
+/// The internal (tenant-qualified) name of a dataset; an invalid name is a
+/// dataset that cannot exist.
+pub(crate) fn dataset_key(tenant: &Tenant, public: &str) -> Result<String, ApiError> {
+    if !valid_model_name(public) {
+        return Err(ApiError::DatasetNotFound(clip(public)));
+    }
+    Ok(tenant.model_key(public))
+}
+
+fn is_csv(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .is_some_and(|v| {
+            v.eq_ignore_ascii_case("text/csv") || v.eq_ignore_ascii_case("application/csv")
+        })
+}
+
+/// Checks that every column is numeric and returns the header and the
+/// number of data rows. The first column stands in as the target: the
+/// parser checks the target like the features.
+fn inspect(bytes: &[u8]) -> Result<(Vec<String>, u64), ApiError> {
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let first_line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let first_field = std::str::from_utf8(first_line)
+        .map_err(|_| ApiError::InvalidDataset("dataset is not UTF-8 text (line 1)".into()))?
+        .trim_end_matches('\r')
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    let ds = trainer::Dataset::from_csv(bytes, &first_field)
+        .map_err(|e| ApiError::InvalidDataset(e.to_string()))?;
+    let mut columns = vec![ds.target_name().to_owned()];
+    columns.extend(ds.feature_names().iter().cloned());
+    Ok((columns, ds.n_rows() as u64))
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    PathParam(public): PathParam,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let name = dataset_key(&tenant, &public)?;
+    if !is_csv(&headers) {
+        return Err(ApiError::NotCsv);
+    }
+    let limit = state.max_dataset_bytes();
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+    if bytes.is_empty() {
+        return Err(ApiError::InvalidDataset("the dataset is empty".into()));
+    }
+    let checked = bytes.clone();
+    let (columns, rows) = tokio::task::spawn_blocking(move || inspect(&checked))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    let meta = DatasetMeta {
+        sha256: hex::encode(Sha256::digest(&bytes)),
+        size: bytes.len() as u64,
+        rows,
+        columns,
+        created_at_ms: shared::time::now_ms(),
+    };
+    let mut conn = state.conn();
+    let replaced = datasets::put(&mut conn, state.keys(), &name, &bytes, &meta)
+        .await
+        .map_err(redis_failed(redis_op::DATASETS))?;
+    tracing::info!(
+        dataset = name,
+        rows,
+        size = bytes.len(),
+        replaced,
+        "dataset stored"
+    );
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let location = format!("/v1/datasets/{public}");
+    Ok((
+        status,
+        [(header::LOCATION, location)],
+        Json(DatasetView::new(&public, meta)),
+    )
+        .into_response())
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    PathParam(public): PathParam,
+) -> Result<Response, ApiError> {
+    let name = dataset_key(&tenant, &public)?;
+    let mut conn = state.conn();
+    match datasets::meta(&mut conn, state.keys(), &name)
+        .await
+        .map_err(redis_failed(redis_op::DATASETS))?
+    {
+        Some(meta) => Ok(Json(DatasetView::new(&public, meta)).into_response()),
+        None => Err(ApiError::DatasetNotFound(public)),
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+) -> Result<Response, ApiError> {
+    let mut conn = state.conn();
+    let all = datasets::list(&mut conn, state.keys(), |n| tenant.public_name(n).is_some())
+        .await
+        .map_err(redis_failed(redis_op::DATASETS))?;
+    let datasets = all
+        .into_iter()
+        .filter_map(|(n, meta)| tenant.public_name(&n).map(|p| DatasetView::new(p, meta)))
+        .collect();
+    Ok(Json(DatasetList { datasets }).into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    PathParam(public): PathParam,
+) -> Result<Response, ApiError> {
+    let name = dataset_key(&tenant, &public)?;
+    let mut conn = state.conn();
+    if datasets::delete(&mut conn, state.keys(), &name)
+        .await
+        .map_err(redis_failed(redis_op::DATASETS))?
+    {
+        tracing::info!(dataset = name, "dataset deleted");
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::DatasetNotFound(public))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_column_is_checked_and_listed_in_file_order() {
+        let (cols, rows) = inspect(b"a,b,target\n1,2,0\n3,4,1\n").unwrap();
+        assert_eq!(cols, ["a", "b", "target"]);
+        assert_eq!(rows, 2);
+        let err = inspect(b"a,b,target\n1,2,0\nx,4,1\n").unwrap_err();
+        assert_eq!(err.code(), "invalid_dataset");
+        let msg = err.to_string();
+        assert!(msg.contains("line 3") && msg.contains("\"a\""), "{msg}");
+        assert!(
+            inspect(b"only\n1\n").is_err(),
+            "one column cannot be trained on"
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! `POST /v1/models/{model}/retrain`: queue a `retrain` job. Everything the
+//! API can check is checked here, so a request that could never train is a
+//! 4xx now rather than a failed job later: the parameters (ranges, unknown
+//! keys), the dataset's existence and its columns, or inline rows parsed in
+//! full. The job travels on the training stream; a worker's training slot
+//! runs it (`worker::retrain`) and reports progress and the outcome on
+//! `GET /v1/jobs/{id}`.
+//!
+//! The model need not exist: retraining an unknown name creates its first
+//! version (promoted, since there is nothing to compare it with).
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use shared::job::{JobKind, JobStatus};
+use shared::model::valid_model_name;
+use shared::queue::datasets;
+use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
+use shared::queue::wire::{JobEnvelope, PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
+use shared::trace::TraceContext;
+use trainer::{InlineRows, TrainParams};
+use uuid::Uuid;
+
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use crate::extract::{self, JsonBody, PathParam};
+use crate::metrics::{JOBS_DEDUPLICATED, JOBS_SUBMITTED, redis_failed, redis_op};
+use crate::routes::clip;
+use crate::routes::datasets::dataset_key;
+use crate::routes::predict::{accepted, client_trace, idempotency_key, sha256_hex};
+use crate::state::AppState;
+
+/// `POST /v1/models/{model}/retrain` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrainRequest {
+    dataset: Option<String>,
+    data: Option<InlineRows>,
+    #[serde(default)]
+    params: Option<serde_json::Value>,
+    #[serde(default)]
+    promote: PromotePolicy,
+    #[serde(default)]
+    trainer: TrainerKind,
+}
+
+/// Columns listed in an error message, at most.
+const COLUMNS_SHOWN: usize = 12;
+
+pub async fn retrain(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    PathParam(public): PathParam,
+    headers: HeaderMap,
+    body: Result<JsonBody, ApiError>,
+) -> Result<Response, ApiError> {
+    if !valid_model_name(&public) {
+        return Err(ApiError::ModelNotFound(clip(&public)));
+    }
+    let model = tenant.model_key(&public);
+    let key_hash = idempotency_key(&headers)?;
+    let JsonBody(body) = body?;
+    let req: RetrainRequest = extract::parse(&body)?;
+    let params: TrainParams = match req.params {
+        Some(v) => serde_json::from_value(v)
+            .map_err(|e| ApiError::InvalidInput(format!("invalid params: {e}")))?,
+        None => TrainParams::default(),
+    };
+    params
+        .validate()
+        .map_err(|e| ApiError::InvalidInput(e.to_string()))?;
+
+    let (data, source) = match (req.dataset, req.data) {
+        (Some(public_ds), None) => {
+            let name = dataset_key(&tenant, &public_ds)?;
+            let mut conn = state.conn();
+            let meta = datasets::meta(&mut conn, state.keys(), &name)
+                .await
+                .map_err(redis_failed(redis_op::DATASETS))?
+                .ok_or_else(|| ApiError::DatasetNotFound(public_ds.clone()))?;
+            if !meta.columns.contains(&params.target_column) {
+                let mut shown: Vec<String> = meta
+                    .columns
+                    .iter()
+                    .take(COLUMNS_SHOWN)
+                    .map(|c| format!("{c:?}"))
+                    .collect();
+                if meta.columns.len() > COLUMNS_SHOWN {
+                    shown.push(format!("... {} more", meta.columns.len() - COLUMNS_SHOWN));
+                }
+                return Err(ApiError::InvalidInput(format!(
+                    "target_column {:?} is not a column of dataset {public_ds:?} (columns: {})",
+                    params.target_column,
+                    shown.join(", ")
+                )));
+            }
+            (TrainingData::Dataset(name), public_ds)
+        }
+        (None, Some(rows)) => {
+            let target = params.target_column.clone();
+            let csv = tokio::task::spawn_blocking(move || {
+                let ds = rows
+                    .into_dataset(&target)
+                    .map_err(|e| ApiError::InvalidDataset(e.to_string()))?;
+                let all: Vec<usize> = (0..ds.n_rows()).collect();
+                String::from_utf8(ds.to_csv(&all))
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("inline rows as CSV: {e}")))
+            })
+            .await
+            .map_err(|e| ApiError::Internal(e.into()))??;
+            (TrainingData::InlineCsv(csv), "inline".to_owned())
+        }
+        _ => {
+            return Err(ApiError::InvalidInput(
+                "give exactly one of \"dataset\" (a stored dataset's name) or \"data\" ({\"columns\": [...], \"rows\": [[...]]})".into(),
+            ));
+        }
+    };
+
+    let params_json = serde_json::to_string(&params)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding params: {e}")))?;
+    let id = Uuid::now_v7();
+    let trace = TraceContext::child_of(client_trace(&headers).as_ref());
+    let job = JobEnvelope {
+        id,
+        kind: JobKind::Retrain,
+        model: model.clone(),
+        inputs: Vec::new(),
+        submitted_at_ms: shared::time::now_ms(),
+        deadline_ms: None,
+        traceparent: Some(trace.to_string()),
+        model_version: None,
+        retrain: Some(RetrainSpec {
+            data,
+            params_json,
+            promote: req.promote,
+            trainer: req.trainer,
+        }),
+    };
+    let body_hash = key_hash.as_ref().map(|_| sha256_hex(&body));
+    let policy = state.queue_policy();
+    let opts = SubmitOptions {
+        max_queue_depth: policy.max_queue_depth,
+        idempotency: key_hash
+            .as_deref()
+            .zip(body_hash.as_deref())
+            .map(|(key_hash, body_hash)| Idempotency {
+                key_hash,
+                body_hash,
+                ttl_secs: policy.idempotency_ttl_secs,
+            }),
+    };
+    let mut conn = state.conn();
+    let outcome = ops::submit(&mut conn, state.keys(), &job, &opts)
+        .await
+        .map_err(redis_failed(redis_op::SUBMIT))?;
+    match outcome {
+        Submitted::Created => {
+            tracing::info!(
+                job_id = %id,
+                model,
+                trace_id = %trace.trace_id,
+                dataset = source,
+                trainer = req.trainer.as_str(),
+                promote = req.promote.as_str(),
+                "retrain job queued"
+            );
+            metrics::counter!(JOBS_SUBMITTED, "model" => model, "kind" => JobKind::Retrain.as_str())
+                .increment(1);
+            Ok(accepted(id, JobStatus::Queued, false))
+        }
+        Submitted::Duplicate { id, status } => {
+            metrics::counter!(JOBS_DEDUPLICATED, "model" => model).increment(1);
+            Ok(accepted(id, status, true))
+        }
+        Submitted::KeyReused(_) => Err(ApiError::IdempotencyKeyReused),
+        Submitted::QueueFull { .. } => Err(ApiError::QueueFull(public)),
+    }
+}
