@@ -89,19 +89,22 @@ fn is_csv(headers: &HeaderMap) -> bool {
 /// number of data rows. The first column stands in as the target: the
 /// parser checks the target like the features.
 fn inspect(bytes: &[u8]) -> Result<(Vec<String>, u64), ApiError> {
-    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let first_line = text.split(|&b| b == b'\n').next().unwrap_or_default();
-    let first_field = std::str::from_utf8(first_line)
-        .map_err(|_| ApiError::InvalidDataset("dataset is not UTF-8 text (line 1)".into()))?
-        .trim_end_matches('\r')
-        .split(',')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .trim_matches('"')
-        .to_owned();
-    let ds = trainer::Dataset::from_csv(bytes, &first_field)
-        .map_err(|e| ApiError::InvalidDataset(e.to_string()))?;
+    let invalid = |e: trainer::DatasetError| ApiError::InvalidDataset(e.to_string());
+    // The header is read by the parser itself (quoting, blank lines, BOM):
+    // no column is named "", so this run stops right after the header with
+    // every column name, or with the header's own error.
+    let first_column = match trainer::Dataset::from_csv(bytes, "") {
+        Err(trainer::DatasetError::MissingTarget { available, .. }) => {
+            available.into_iter().next().unwrap_or_default()
+        }
+        Err(e) => return Err(invalid(e)),
+        Ok(_) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the CSV parser accepted an empty target column name"
+            )));
+        }
+    };
+    let ds = trainer::Dataset::from_csv(bytes, &first_column).map_err(invalid)?;
     let mut columns = vec![ds.target_name().to_owned()];
     columns.extend(ds.feature_names().iter().cloned());
     Ok((columns, ds.n_rows() as u64))
