@@ -175,7 +175,7 @@ impl ApiKeys {
         if self.is_open() {
             return Ok(self.default.clone());
         }
-        let key = presented_key(headers).ok_or(ApiError::Unauthorized)?;
+        let key = presented_key(headers)?.ok_or(ApiError::Unauthorized)?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         self.by_digest
             .get(&digest)
@@ -184,18 +184,33 @@ impl ApiKeys {
     }
 }
 
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.split_once(' ')
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        })
-        .map(|(_, key)| key.trim());
-    bearer
-        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
-        .filter(|k| !k.is_empty())
+/// The one key a request presents: `Authorization: Bearer <key>` or
+/// `X-API-Key: <key>`. Two credentials (two headers, or one of each) are
+/// refused rather than guessed at: a proxy that adds one and a client that
+/// sends another must not silently decide who the caller is.
+fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let authorization = headers.get_all(header::AUTHORIZATION);
+    let api_key = headers.get_all("x-api-key");
+    let mut found = authorization
+        .iter()
+        .map(|v| (true, v))
+        .chain(api_key.iter().map(|v| (false, v)));
+    let (bearer, value) = match (found.next(), found.next()) {
+        (None, _) => return Ok(None),
+        (Some(one), None) => one,
+        (Some(_), Some(_)) => return Err(ApiError::AmbiguousCredentials),
+    };
+    let Ok(text) = value.to_str() else {
+        return Ok(None);
+    };
+    let key = if bearer {
+        text.split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
+    } else {
+        Some(text)
+    };
+    Ok(key.filter(|k| !k.is_empty()))
 }
 
 /// Middleware: attaches the caller's [`Tenant`] or answers 401. Health,
@@ -268,6 +283,22 @@ mod tests {
             headers("x-api-key", ""),
         ] {
             assert_eq!(k.tenant_of(&h).unwrap_err().code(), "unauthorized");
+        }
+    }
+
+    #[test]
+    fn two_credentials_are_refused_not_guessed_at() {
+        let k = keys();
+        let mut two = HeaderMap::new();
+        two.append("authorization", HeaderValue::from_static("Bearer k-acme"));
+        two.append("authorization", HeaderValue::from_static("Bearer k-globex"));
+        let mut both = headers("authorization", "Bearer k-acme");
+        both.insert("x-api-key", HeaderValue::from_static("k-globex"));
+        let mut same_twice = HeaderMap::new();
+        same_twice.append("x-api-key", HeaderValue::from_static("k-acme"));
+        same_twice.append("x-api-key", HeaderValue::from_static("k-acme"));
+        for h in [two, both, same_twice] {
+            assert_eq!(k.tenant_of(&h).unwrap_err().code(), "ambiguous_credentials");
         }
     }
 

@@ -66,13 +66,27 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
 
+    /// Waiting polls (`GET /v1/jobs/{id}?wait=N`) held at once, in a pool
+    /// of their own: they cost no CPU while they wait, so they must not take
+    /// the request slots submissions need. Past it: 503 `overloaded`.
+    #[arg(long, env = "MAX_LONG_POLLS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_long_polls: u32,
+
+    /// Tenant policies (YAML): quotas, shares of the request pools, rate
+    /// limits; re-read on SIGHUP. Unset: the built-in defaults for every
+    /// tenant (see the README's Security model).
+    #[arg(long, env = "TENANTS_FILE")]
+    pub tenants_file: Option<std::path::PathBuf>,
+
     /// After SIGTERM, how long in-flight requests may take before the
     /// process exits anyway, in seconds.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
-    /// Tenants' API keys: lines of `<tenant> <sha256 hex of the key>`.
-    /// Unset: no keys, every request belongs to the tenant `default`.
+    /// Tenants' API keys: lines of `<tenant> <sha256 hex of the key>`;
+    /// re-read on SIGHUP. Unset: no keys, every request belongs to the
+    /// tenant `default`.
     #[arg(long, env = "API_KEYS_FILE")]
     pub api_keys_file: Option<std::path::PathBuf>,
 

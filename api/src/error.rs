@@ -33,7 +33,7 @@ pub enum ApiError {
     JobNotFound(uuid::Uuid),
     #[error("{0:?} is not a valid job id (expected a UUID)")]
     InvalidJobId(String),
-    #[error("job {id} is {status}; only queued jobs can be canceled")]
+    #[error("job {id} is {status} already; only queued and running jobs can be canceled")]
     JobNotCancelable {
         id: uuid::Uuid,
         status: &'static str,
@@ -46,6 +46,26 @@ pub enum ApiError {
     QueueFull(String),
     #[error("the server is handling too many requests, retry later")]
     Overloaded,
+    #[error("this tenant has as many requests in progress as its share allows, retry later")]
+    TenantConcurrency,
+    #[error("rate limit of the {} policy reached, retry in {} s", .0.policy, .0.reset_secs)]
+    RateLimited(RateLimitInfo),
+    #[error(
+        "this tenant holds {used} {what}, its quota; retry once some of its jobs have finished"
+    )]
+    TenantQueueFull {
+        what: &'static str,
+        used: u64,
+        limit: u64,
+    },
+    #[error("this tenant already has {used} {what}, its quota of {limit}; delete some first")]
+    QuotaExceeded {
+        what: &'static str,
+        used: u64,
+        limit: u64,
+    },
+    #[error("send one API key, in one Authorization or one X-API-Key header")]
+    AmbiguousCredentials,
     #[error("missing or unknown API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
     #[error("no such route")]
@@ -75,12 +95,17 @@ impl ApiError {
             | ApiError::NonFiniteInput(_)
             | ApiError::InvalidQuery(_)
             | ApiError::InvalidJobId(_)
-            | ApiError::InvalidIdempotencyKey(_) => StatusCode::BAD_REQUEST,
+            | ApiError::InvalidIdempotencyKey(_)
+            | ApiError::AmbiguousCredentials => StatusCode::BAD_REQUEST,
             ApiError::InvalidInput(_)
             | ApiError::InvalidDataset(_)
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::JobNotCancelable { .. } => StatusCode::CONFLICT,
-            ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull(_)
+            | ApiError::TenantConcurrency
+            | ApiError::RateLimited(_)
+            | ApiError::TenantQueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType | ApiError::NotCsv => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::VersionNotReady { .. } | ApiError::NoPreviousVersion(_) => {
@@ -114,6 +139,11 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::QueueFull(_) => "queue_full",
             ApiError::Overloaded => "overloaded",
+            ApiError::TenantConcurrency => "tenant_concurrency_limit",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::TenantQueueFull { .. } => "tenant_queue_full",
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
+            ApiError::AmbiguousCredentials => "ambiguous_credentials",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -124,6 +154,42 @@ impl ApiError {
             ApiError::InvalidDataset(_) => "invalid_dataset",
             ApiError::RedisUnavailable(_) => "redis_unavailable",
             ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// A token bucket as the rate-limit headers describe it (see
+/// [`crate::admission`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitInfo {
+    /// `tenant` or `model`: which bucket.
+    pub policy: &'static str,
+    pub rate: shared::queue::ratelimit::Rate,
+    /// Whole requests left.
+    pub remaining: u64,
+    /// Seconds until the next request is allowed (refused) or the bucket
+    /// is full again (allowed).
+    pub reset_secs: u64,
+}
+
+impl ApiError {
+    /// A quota refusal from the queue's scripts: queued work is transient
+    /// (429, it drains by itself), stored things are not (403, the tenant
+    /// must delete some).
+    pub fn over_quota(q: shared::queue::usage::OverQuota) -> ApiError {
+        use shared::queue::usage::QuotaKind;
+        let what = q.kind.as_str();
+        match q.kind {
+            QuotaKind::Jobs | QuotaKind::Bytes => ApiError::TenantQueueFull {
+                what,
+                used: q.used,
+                limit: q.limit,
+            },
+            QuotaKind::Datasets | QuotaKind::DatasetBytes => ApiError::QuotaExceeded {
+                what,
+                used: q.used,
+                limit: q.limit,
+            },
         }
     }
 }
@@ -169,7 +235,9 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let message = self.to_string();
+        // Every message is bounded, whatever a variant carries: a client's
+        // text echoed back must never make the answer large.
+        let message = crate::text::clip_message(&self.to_string());
         let body = serde_json::to_vec(&Body {
             error: Detail {
                 code: self.code(),
@@ -199,7 +267,15 @@ impl IntoResponse for ApiError {
         }
         // Both are "come back shortly": say when, so clients back off instead
         // of hammering.
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        if let ApiError::RateLimited(info) = &self {
+            res.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(info.reset_secs.max(1)),
+            );
+            info.write_headers(res.headers_mut());
+        } else if status == StatusCode::SERVICE_UNAVAILABLE
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -10,6 +10,7 @@ use serde_json::error::Category;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::text::clip;
 
 /// A request body declared as JSON, not yet parsed: the content type is
 /// checked before anything is read, and the size is bounded by the router's
@@ -48,10 +49,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// that does not fit is `invalid_input`.
 pub fn json_error(e: serde_json::Error) -> ApiError {
     match e.classify() {
-        Category::Data => ApiError::InvalidInput(format!("invalid request: {e}")),
-        Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::MalformedJson(format!("request body is not valid JSON: {e}"))
+        // serde quotes what it could not read: a client's text, clipped.
+        Category::Data => {
+            ApiError::InvalidInput(format!("invalid request: {}", clip(&e.to_string())))
         }
+        Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedJson(format!(
+            "request body is not valid JSON: {}",
+            clip(&e.to_string())
+        )),
     }
 }
 

@@ -8,12 +8,15 @@
 //!  client ─ DELETE /v1/jobs/{id} ────────▶ queue::ops::cancel (queued → canceled, PUBLISH) ─▶ 200 | 409
 //! ```
 //!
-//! Every request except health, readiness and metrics takes one of
-//! `--max-concurrent-requests` slots or is shed with 503 ([`overload`]).
+//! Every request except health, readiness and metrics is admitted by
+//! [`admission`]: a slot of the request pool (or of the long-poll pool), a
+//! slot of its tenant's share, and a token of its tenant's rate, or a 503 /
+//! 429 at once.
 //!
 //! [`router`] builds the whole HTTP surface from an [`AppState`]; the binary
 //! (`main.rs`) only parses [`Config`], binds and serves.
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod conn_reuse;
@@ -23,10 +26,12 @@ pub mod extract;
 pub mod metrics;
 pub mod models_cache;
 pub mod openapi;
-pub mod overload;
 pub mod routes;
 pub mod state;
 pub mod stream_stats;
+pub mod submit;
+pub mod tenants;
+pub mod text;
 pub mod validate;
 pub mod waiters;
 
@@ -54,14 +59,15 @@ pub fn router(state: AppState) -> Router {
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .layer(CatchPanicLayer::custom(panic_response))
+        // Inside authentication: shares and rates are the tenant's.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ))
+        // Inside `track`, so refused requests are counted and logged too.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
-        ))
-        // Inside `track`, so shed requests are counted and logged too.
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            overload::shed,
         ))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn(conn_reuse::close_if_body_unread))

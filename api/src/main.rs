@@ -1,4 +1,5 @@
-//! The `api` binary: parse configuration, bind, serve until SIGTERM/Ctrl-C.
+//! The `api` binary: parse configuration, bind, serve until SIGTERM/Ctrl-C;
+//! SIGHUP reloads the API keys and tenants files.
 //!
 //! On the signal the listener is closed (new connections are refused), idle
 //! connections are closed, long-polls answer at once with their job's
@@ -30,6 +31,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(&config)?;
+    reload_on_sighup(state.clone());
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -68,6 +70,29 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP re-reads the API keys and tenants files (see [`AppState::reload`]);
+/// a bad file is logged and the previous one stays in force.
+fn reload_on_sighup(state: AppState) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; reloads need a restart");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            match state.reload() {
+                Ok(()) => tracing::info!("reloaded the API keys and tenants files"),
+                Err(e) => tracing::error!(error = %e, "reload refused; keeping the previous files"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = state;
 }
 
 async fn shutdown(state: AppState) {

@@ -25,8 +25,8 @@ use crate::routes::datasets::{DatasetList, DatasetView};
 use crate::routes::health::Ready;
 use crate::routes::jobs::JobView;
 use crate::routes::models::ModelList;
-use crate::routes::predict::Accepted;
 use crate::routes::versions::{PromoteRequest, Promoted, UploadAccepted, VersionList};
+use crate::submit::AcceptedBody as Accepted;
 
 /// `GET /openapi.json`
 pub async fn serve() -> Result<Response, ApiError> {
@@ -640,6 +640,11 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     QueueFull,
     Overloaded,
+    TenantConcurrencyLimit,
+    RateLimited,
+    TenantQueueFull,
+    QuotaExceeded,
+    AmbiguousCredentials,
     Unauthorized,
     NotFound,
     MethodNotAllowed,
@@ -876,6 +881,11 @@ mod tests {
                 | ApiError::IdempotencyKeyReused
                 | ApiError::QueueFull(_)
                 | ApiError::Overloaded
+                | ApiError::TenantConcurrency
+                | ApiError::RateLimited(_)
+                | ApiError::TenantQueueFull { .. }
+                | ApiError::QuotaExceeded { .. }
+                | ApiError::AmbiguousCredentials
                 | ApiError::Unauthorized
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed
@@ -908,6 +918,27 @@ mod tests {
             ApiError::IdempotencyKeyReused,
             ApiError::QueueFull(String::new()),
             ApiError::Overloaded,
+            ApiError::TenantConcurrency,
+            ApiError::RateLimited(crate::error::RateLimitInfo {
+                policy: "tenant",
+                rate: shared::queue::ratelimit::Rate {
+                    per_sec: 1.0,
+                    burst: 1,
+                },
+                remaining: 0,
+                reset_secs: 1,
+            }),
+            ApiError::TenantQueueFull {
+                what: "queued jobs",
+                used: 1,
+                limit: 1,
+            },
+            ApiError::QuotaExceeded {
+                what: "datasets",
+                used: 1,
+                limit: 1,
+            },
+            ApiError::AmbiguousCredentials,
             ApiError::Unauthorized,
             ApiError::NotFound,
             ApiError::MethodNotAllowed,

@@ -1,21 +1,26 @@
 //! Everything a request handler needs, built once per process and shared by
 //! cheap clones: the shared Redis connection, the key layout, the model cache, the
 //! long-poll registry, the event listener task, the metrics handle, the
-//! request slots of the load shedder and the queue policy.
+//! admission pools, the queue policy, and the two files an operator may
+//! change while the process runs (API keys and tenant policies, reloaded on
+//! SIGHUP by [`AppState::reload`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
 use redis::aio::ConnectionManager;
 use shared::Keys;
 use shared::redis_conn::{self, Limits};
-use tokio::sync::Semaphore;
 
+use crate::admission::Pools;
 use crate::auth::ApiKeys;
 use crate::config::Config;
 use crate::events::Listener;
 use crate::models_cache::ModelCache;
+use crate::tenants::{Policies, TenantsError};
 use crate::waiters::Waiters;
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +29,8 @@ pub enum StartupError {
     RedisUrl(#[source] redis::RedisError),
     #[error(transparent)]
     ApiKeys(#[from] crate::auth::KeysError),
+    #[error(transparent)]
+    Tenants(#[from] TenantsError),
     #[error("the queue namespace must not be empty")]
     EmptyNamespace,
 }
@@ -35,7 +42,10 @@ pub struct AppState {
 
 struct Inner {
     redis: ConnectionManager,
-    api_keys: ApiKeys,
+    api_keys: ArcSwap<ApiKeys>,
+    api_keys_file: Option<PathBuf>,
+    policies: ArcSwap<Policies>,
+    tenants_file: Option<PathBuf>,
     keys: Keys,
     limits: Limits,
     models: Arc<ModelCache>,
@@ -46,7 +56,7 @@ struct Inner {
     max_body_bytes: usize,
     max_model_bytes: usize,
     max_dataset_bytes: usize,
-    request_slots: Arc<Semaphore>,
+    pools: Pools,
     queue: QueuePolicy,
 }
 
@@ -75,10 +85,8 @@ impl AppState {
             redis::Client::open(config.redis_url.as_str()).map_err(StartupError::RedisUrl)?;
         let redis =
             redis_conn::shared(&config.redis_url, limits).map_err(StartupError::RedisUrl)?;
-        let api_keys = match &config.api_keys_file {
-            Some(path) => ApiKeys::load(path)?,
-            None => ApiKeys::open(),
-        };
+        let api_keys = load_keys(config.api_keys_file.as_deref())?;
+        let policies = load_policies(config.tenants_file.as_deref(), !api_keys.is_open())?;
         let keys = Keys::new(&config.namespace);
         let models = Arc::new(ModelCache::new(redis.clone(), keys.clone()));
         let waiters = Arc::new(Waiters::new());
@@ -92,7 +100,10 @@ impl AppState {
         Ok(AppState {
             inner: Arc::new(Inner {
                 redis,
-                api_keys,
+                api_keys: ArcSwap::from_pointee(api_keys),
+                api_keys_file: config.api_keys_file.clone(),
+                policies: ArcSwap::from_pointee(policies),
+                tenants_file: config.tenants_file.clone(),
                 keys,
                 limits,
                 models,
@@ -103,7 +114,7 @@ impl AppState {
                 max_body_bytes: config.max_body_bytes,
                 max_model_bytes: config.max_model_bytes,
                 max_dataset_bytes: config.max_dataset_bytes,
-                request_slots: Arc::new(Semaphore::new(config.max_concurrent_requests as usize)),
+                pools: Pools::new(config.max_concurrent_requests, config.max_long_polls),
                 queue: QueuePolicy {
                     max_queue_depth: config.max_queue_depth,
                     idempotency_ttl_secs: config.result_ttl_secs,
@@ -121,8 +132,25 @@ impl AppState {
     }
 
     /// Who may call, as which tenant (see [`crate::auth`]).
-    pub fn api_keys(&self) -> &ApiKeys {
-        &self.inner.api_keys
+    pub fn api_keys(&self) -> Arc<ApiKeys> {
+        self.inner.api_keys.load_full()
+    }
+
+    /// What each tenant may use (see [`crate::tenants`]).
+    pub fn policies(&self) -> Arc<Policies> {
+        self.inner.policies.load_full()
+    }
+
+    /// Reads the API keys and tenants files again (SIGHUP). Either both
+    /// are taken or, if one is bad, neither: the process keeps serving
+    /// with what it had, and the error says which file and where.
+    pub fn reload(&self) -> Result<(), StartupError> {
+        let keys = load_keys(self.inner.api_keys_file.as_deref())?;
+        let policies = load_policies(self.inner.tenants_file.as_deref(), !keys.is_open())?;
+        self.inner.api_keys.store(Arc::new(keys));
+        self.inner.policies.store(Arc::new(policies));
+        self.inner.pools.reset_shares();
+        Ok(())
     }
 
     pub fn keys(&self) -> &Keys {
@@ -163,9 +191,9 @@ impl AppState {
         self.inner.max_dataset_bytes
     }
 
-    /// One permit per request being handled (see [`crate::overload`]).
-    pub fn request_slots(&self) -> &Arc<Semaphore> {
-        &self.inner.request_slots
+    /// The request and long-poll pools (see [`crate::admission`]).
+    pub fn pools(&self) -> &Pools {
+        &self.inner.pools
     }
 
     pub fn queue_policy(&self) -> &QueuePolicy {
@@ -187,4 +215,23 @@ impl AppState {
     pub fn begin_shutdown(&self) {
         self.inner.waiters.close();
     }
+}
+
+fn load_keys(path: Option<&std::path::Path>) -> Result<ApiKeys, StartupError> {
+    Ok(match path {
+        Some(path) => ApiKeys::load(path)?,
+        None => ApiKeys::open(),
+    })
+}
+
+/// `shared_pools`: whether several tenants share the process, which sets
+/// the default share of its pools (see [`crate::tenants`]).
+fn load_policies(
+    path: Option<&std::path::Path>,
+    shared_pools: bool,
+) -> Result<Policies, StartupError> {
+    Ok(match path {
+        Some(path) => Policies::load(path, shared_pools)?,
+        None => Policies::builtin(shared_pools),
+    })
 }

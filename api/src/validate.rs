@@ -16,10 +16,11 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::error::Category;
 use serde_json::value::RawValue;
-use shared::model::ModelInfo;
+use shared::model::{ModelInfo, public_name};
 use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 
 use crate::error::ApiError;
+use crate::text::clip;
 
 /// `POST /v1/models/{model}/predict` body: the `features` shorthand or Open
 /// Inference Protocol `inputs`. KServe clients also send `id` and
@@ -153,13 +154,13 @@ fn from_features(features: Vec<f32>, model: &ModelInfo) -> Result<Tensor, ApiErr
     let (Some(width), [spec]) = (model.features_width(), model.inputs.as_slice()) else {
         return Err(invalid(format!(
             "model {} does not take a single row of FP32 features; use \"inputs\"",
-            model.name
+            public_name(&model.name)
         )));
     };
     if features.len() != width {
         return Err(invalid(format!(
             "model {} expects {width} features, got {}",
-            model.name,
+            public_name(&model.name),
             features.len()
         )));
     }
@@ -179,7 +180,8 @@ fn from_inputs(inputs: Vec<InputTensor>, model: &ModelInfo) -> Result<Vec<Tensor
         let Some(idx) = model.inputs.iter().position(|s| s.name == input.name) else {
             return Err(invalid(format!(
                 "model {} has no input {}",
-                model.name, input.name
+                public_name(&model.name),
+                clip(&input.name)
             )));
         };
         if slots[idx].is_some() {

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use common::*;
 use shared::job::JobError;
-use shared::queue::consume::{self, Delivery, Finish, Outcome, Policy, Start};
+use shared::queue::consume::{self, Delivery, Finish, Outcome, Policy, Renewed, Start};
 use shared::queue::ops::{self, Submitted};
 use shared::queue::wire::JobEnvelope;
 use uuid::Uuid;
@@ -64,27 +64,100 @@ async fn start(env: &Env, d: &Delivery) -> Start {
     got[0]
 }
 
+async fn usage(env: &Env) -> shared::queue::usage::Usage {
+    shared::queue::usage::read(&mut env.conn().await, &env.keys, "default")
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
-async fn a_running_job_cannot_be_canceled_and_a_canceled_one_never_starts() {
+async fn a_running_job_is_stopped_by_its_worker_and_a_queued_one_never_starts() {
     let env = Env::start().await;
     env.publish(&mlp("mlp128", 128)).await;
     let running = submit(&env, features_body(128)).await;
     let canceled = submit(&env, features_body(128)).await;
+    let finished = submit(&env, features_body(128)).await;
+    assert_eq!(usage(&env).await.jobs, 3, "every accepted job is counted");
     let got = read_all(&env).await;
     assert_eq!(start(&env, &got[0]).await, Start::Run(1));
+    assert_eq!(start(&env, &got[2]).await, Start::Run(1));
 
+    // Running: the cancel is recorded (202), the job keeps running until
+    // its worker looks.
+    let r = env.send(delete(&format!("/v1/jobs/{running}"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    assert_eq!(r.json()["status"], "running");
+    assert!(r.json()["cancel_requested_at"].is_string(), "{}", r.text());
+    // A second cancel changes nothing and says the same.
+    let again = env.send(delete(&format!("/v1/jobs/{running}"))).await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        again.json()["cancel_requested_at"],
+        r.json()["cancel_requested_at"]
+    );
+
+    // The worker's lease renewal is where it learns of it.
+    let leases = [
+        consume::Lease {
+            stream: &got[0].stream,
+            entry_id: &got[0].entry_id,
+            job_id: running,
+        },
+        consume::Lease {
+            stream: &got[2].stream,
+            entry_id: &got[2].entry_id,
+            job_id: finished,
+        },
+    ];
+    let renewed = consume::renew(&mut env.conn().await, &env.keys, "test-worker", &leases)
+        .await
+        .unwrap();
+    assert_eq!(renewed, [Renewed::CancelRequested, Renewed::Held]);
+    let now = shared::time::now_ms();
+    let ends = [
+        Finish {
+            delivery: &got[0],
+            job_id: running,
+            attempt: 1,
+            model_version: "1",
+            outcome: Outcome::Canceled,
+        },
+        Finish {
+            delivery: &got[2],
+            job_id: finished,
+            attempt: 1,
+            model_version: "1",
+            outcome: Outcome::Succeeded {
+                result_json: "{}".into(),
+            },
+        },
+    ];
+    consume::finish(&mut env.conn().await, &env.keys, &POLICY, &ends, now)
+        .await
+        .unwrap();
+    let r = env.send(get(&format!("/v1/jobs/{running}"))).await;
+    assert_eq!(r.json()["status"], "canceled");
+    assert_eq!(r.json()["attempts"], 1);
+    // Finished jobs cannot be canceled.
     let msg = env
-        .send(delete(&format!("/v1/jobs/{running}")))
+        .send(delete(&format!("/v1/jobs/{finished}")))
         .await
         .assert_error(StatusCode::CONFLICT, "job_not_cancelable");
-    assert!(msg.contains("is running"), "{msg}");
+    assert!(msg.contains("succeeded"), "{msg}");
 
+    // Queued: canceled at once, and never started.
     let r = env.send(delete(&format!("/v1/jobs/{canceled}"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(start(&env, &got[1]).await, Start::NotRunnable);
     let r = env.send(get(&format!("/v1/jobs/{canceled}"))).await;
     assert_eq!(r.json()["status"], "canceled");
     assert_eq!(r.json()["attempts"], 0);
+    let u = usage(&env).await;
+    assert_eq!(
+        (u.jobs, u.bytes),
+        (0, 0),
+        "every end released its job: {u:?}"
+    );
 }
 
 #[tokio::test]
@@ -218,6 +291,7 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
     let opts = ops::SubmitOptions {
         max_queue_depth: 4,
         idempotency: None,
+        quota: Default::default(),
     };
     let got = ops::submit(&mut env.conn().await, &env.keys, &job, &opts)
         .await

@@ -476,15 +476,33 @@ async fn a_full_queue_answers_429_until_workers_drain_it() {
     );
 }
 
+/// A request that holds its slot: a model upload whose body never ends.
+async fn slow_upload(addr: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"POST /v1/models/slow/versions HTTP/1.1\r\nhost: x\r\n\
+          content-type: application/octet-stream\r\ncontent-length: 1000\r\n\r\nonnx",
+    )
+    .await
+    .expect("write");
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_concurrency_limit_requests_are_shed_with_503() {
     let redis = RedisServer::start();
     let ns = unique_namespace("shed");
     publish_signatures(&redis, &ns).await;
-    let api = Api::spawn(&redis.url(), &ns, &["--max-concurrent-requests", "2"]);
+    let api = Api::spawn(
+        &redis.url(),
+        &ns,
+        &["--max-concurrent-requests", "2", "--max-long-polls", "2"],
+    );
     let c = api.client();
     let job = c.submit("mlp128", &row(128, 0.5)).await;
+    let addr = api.base_url.trim_start_matches("http://").to_owned();
 
+    // Waiting polls fill their own pool, not the request pool.
     let polls: Vec<_> = (0..2)
         .map(|_| {
             let (c, job) = (c.clone(), job.clone());
@@ -492,12 +510,34 @@ async fn past_the_concurrency_limit_requests_are_shed_with_503() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(400)).await;
+    let t = Instant::now();
+    let r = c.job(&job, Some(1.0)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.error_code(), "overloaded");
+    assert_eq!(retry_after(&r), 1);
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "shedding must be immediate"
+    );
+    let r = c.job(&job, None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "a plain poll has its slots: {}",
+        r.text
+    );
+    assert_eq!(
+        c.predict("mlp128", &row(128, 0.5)).await.status,
+        StatusCode::ACCEPTED
+    );
 
+    // Two requests in progress fill the request pool.
+    let slow = [slow_upload(&addr).await, slow_upload(&addr).await];
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let t = Instant::now();
     let r = c.job(&job, None).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     assert_eq!(r.error_code(), "overloaded");
-    assert_eq!(retry_after(&r), 1);
     assert!(
         t.elapsed() < Duration::from_secs(1),
         "shedding must be immediate"
@@ -533,6 +573,8 @@ async fn past_the_concurrency_limit_requests_are_shed_with_503() {
         );
         assert_eq!(r.json["status"], "queued");
     }
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let r = c.job(&job, None).await;
     assert_eq!(r.status, StatusCode::OK, "slots are given back: {}", r.text);
 }

@@ -571,6 +571,8 @@ async fn replay_is_atomic_and_never_enqueues_a_job_twice() {
         ("created_at", c.submitted_at_ms.to_string()),
         ("status", "queued".to_owned()),
         ("attempts", "0".to_owned()),
+        // The payload's size, counted against its tenant until it ends.
+        ("bytes", c.encode().expect("encode").len().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -39,7 +39,8 @@ impl JobKind {
     }
 }
 
-/// Life cycle: `queued → running → succeeded | failed`, or `queued → canceled`.
+/// Life cycle: `queued → running → succeeded | failed | canceled`, or
+/// `queued → canceled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
@@ -113,13 +114,16 @@ pub struct JobRecord {
     /// A running job's progress as the worker last wrote it (JSON text,
     /// retrain jobs only; see [`crate::queue::consume::write_progress`]).
     pub progress_json: Option<String>,
+    /// When a client asked to cancel the job while it ran (Unix ms); its
+    /// worker stops it at its next check.
+    pub cancel_requested_at_ms: Option<i64>,
 }
 
 impl JobRecord {
     /// The hash fields a record is built from. Readers fetch only these
     /// (HMGET): the hash also holds worker-side fields, among them a binary
     /// payload parked while a retry waits, that are no reader's business.
-    pub const FIELDS: [&'static str; 13] = [
+    pub const FIELDS: [&'static str; 14] = [
         "kind",
         "model",
         "model_version",
@@ -133,6 +137,7 @@ impl JobRecord {
         "error",
         "traceparent",
         "progress",
+        "cancel_requested",
     ];
 
     /// Builds the record from the hash fields; `None` when the hash is empty
@@ -178,6 +183,7 @@ impl JobRecord {
             error,
             traceparent: take("traceparent"),
             progress_json: take("progress"),
+            cancel_requested_at_ms: int(take("cancel_requested")),
         }))
     }
 }

@@ -64,6 +64,8 @@ pub mod redis_op {
     pub const REGISTRY: &str = "registry";
     /// Dataset uploads, reads, listing and deletes.
     pub const DATASETS: &str = "datasets";
+    /// Token buckets of the request rate limits.
+    pub const RATE_LIMIT: &str = "rate_limit";
     // worker
     pub const CONNECT: &str = "connect";
     pub const READ: &str = "read";

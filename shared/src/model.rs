@@ -42,7 +42,7 @@ impl ModelInfo {
             let Some(spec) = self.inputs.iter().find(|s| s.name == t.name) else {
                 return Err(format!(
                     "model {} has no input named {:?}; its inputs are {}",
-                    self.name,
+                    public_name(&self.name),
                     t.name,
                     self.input_names()
                 ));
@@ -115,6 +115,24 @@ pub fn valid_model_name(name: &str) -> bool {
 /// name can reach another tenant's model.
 pub const TENANT_SEPARATOR: char = '~';
 
+/// The tenant of an open (keyless) deployment, whose models keep their
+/// plain names.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The tenant an internal model (or dataset) name belongs to.
+pub fn tenant_of(internal: &str) -> &str {
+    internal
+        .split_once(TENANT_SEPARATOR)
+        .map_or(DEFAULT_TENANT, |(tenant, _)| tenant)
+}
+
+/// An internal name as its tenant knows it: the part after `{tenant}~`.
+pub fn public_name(internal: &str) -> &str {
+    internal
+        .split_once(TENANT_SEPARATOR)
+        .map_or(internal, |(_, name)| name)
+}
+
 /// Tenant names end up inside model names and Redis keys: 1-32 of `a-z`,
 /// `0-9`, `_` and `-`, starting with a letter or digit.
 pub fn valid_tenant_name(name: &str) -> bool {
@@ -137,6 +155,14 @@ pub fn valid_internal_model_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_names_split_into_tenant_and_public_name() {
+        assert_eq!(tenant_of("acme~m"), "acme");
+        assert_eq!(tenant_of("m"), DEFAULT_TENANT);
+        assert_eq!(public_name("acme~m"), "m");
+        assert_eq!(public_name("m"), "m");
+    }
 
     fn info(inputs: Vec<TensorSpec>) -> ModelInfo {
         ModelInfo {

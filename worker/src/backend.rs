@@ -8,20 +8,39 @@ use std::sync::{Arc, Mutex};
 
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use sha2::{Digest, Sha256};
 use shared::model::ModelInfo;
 use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 
 use crate::error::JobFailure;
+use crate::watchdog::{self, CancelFlag, Stopped, Watchdog};
 
 /// A servable model.
 pub trait Backend: Send + Sync {
     fn info(&self) -> &ModelInfo;
     /// Runs the model on inputs already checked against [`Backend::info`],
-    /// returning the outputs in signature order.
-    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, JobFailure>;
+    /// returning the outputs in signature order, within the process's
+    /// [`RunLimits`](crate::watchdog::RunLimits) and `ctl`.
+    fn run(&self, inputs: &[Tensor], ctl: &RunControl<'_>) -> Result<Vec<Tensor>, JobFailure>;
+}
+
+/// What a run answers to besides the process's limits: the cancel flags of
+/// the jobs it runs for, and how many jobs share it (the output budget is
+/// per job).
+#[derive(Debug, Clone, Copy)]
+pub struct RunControl<'a> {
+    pub cancels: &'a [CancelFlag],
+    pub jobs: usize,
+}
+
+impl RunControl<'_> {
+    /// A run for no job in particular (one job's budget, no cancel).
+    pub const SOLO: RunControl<'static> = RunControl {
+        cancels: &[],
+        jobs: 1,
+    };
 }
 
 /// The models one worker serves, by name.
@@ -113,17 +132,25 @@ impl Backend for OnnxModel {
         &self.info
     }
 
-    fn run(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, JobFailure> {
+    fn run(&self, inputs: &[Tensor], ctl: &RunControl<'_>) -> Result<Vec<Tensor>, JobFailure> {
+        let limits = watchdog::limits();
         let ort_err = |e: ort::Error| JobFailure::Inference(e.to_string());
         let values = inputs
             .iter()
             .map(|t| Ok((t.name.as_str(), input_value(t).map_err(ort_err)?)))
             .collect::<Result<Vec<(&str, SessionInputValue<'_>)>, JobFailure>>()?;
+        let options = Arc::new(RunOptions::new().map_err(ort_err)?);
         // A panic while holding the lock leaves the session itself intact
         // (ORT state is not mid-update from Rust's view): keep serving.
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let started = std::time::Instant::now();
-        let outputs = session.run(values);
+        // Watched from here: time spent waiting for the lock is not the
+        // model's, and the limit is the run's.
+        let watch =
+            Watchdog::global().watch(Arc::clone(&options), limits.max_run, ctl.cancels.to_vec());
+        let outputs = session.run_with_options(values, &options);
+        let stopped = watch.stopped();
+        drop(watch);
         // One sample per ONNX Runtime run, failed runs included: whether one
         // job ran or several were stacked, this is where the time goes.
         let model = self.info.name.clone();
@@ -136,7 +163,38 @@ impl Backend for OnnxModel {
             .unwrap_or(1);
         metrics::histogram!(shared::metric_names::WORKER_INFERENCE_BATCH_ROWS, "model" => model)
             .record(rows as f64);
-        let outputs = outputs.map_err(ort_err)?;
+        let outputs = match (outputs, stopped) {
+            (Ok(o), _) => o,
+            (Err(_), Some(Stopped::TimedOut)) => {
+                return Err(JobFailure::InferenceTimeout {
+                    limit_ms: u64::try_from(limits.max_run.as_millis()).unwrap_or(u64::MAX),
+                });
+            }
+            (Err(_), Some(Stopped::Canceled)) => return Err(JobFailure::Canceled),
+            (Err(e), None) => return Err(ort_err(e)),
+        };
+        let budget = limits.max_output_elements.saturating_mul(ctl.jobs.max(1));
+        // Counted from the shapes before anything is copied out of ONNX
+        // Runtime: a model that blows its output up is refused here, not
+        // after a copy and a JSON encoding of it.
+        let mut total = 0usize;
+        for spec in &self.info.outputs {
+            if let Some(value) = outputs.get(spec.name.as_str())
+                && let ValueType::Tensor { shape, .. } = value.dtype()
+            {
+                let n = shape
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?))
+                    .unwrap_or(usize::MAX);
+                total = total.saturating_add(n);
+            }
+        }
+        if total > budget {
+            return Err(JobFailure::ResultTooLarge(format!(
+                "the outputs hold {total} elements; the limit is {} per job",
+                limits.max_output_elements
+            )));
+        }
         self.info
             .outputs
             .iter()

@@ -143,6 +143,38 @@ pub struct Config {
     #[arg(long, env = "TRAIN_DIR")]
     pub train_dir: Option<PathBuf>,
 
+    /// Longest one ONNX Runtime run may take, in ms; past it the run is
+    /// terminated and its jobs fail `inference_timeout` (not retried).
+    #[arg(long, env = "MAX_RUN_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_run_ms: u64,
+
+    /// Most output elements one job's run may produce (all outputs
+    /// together), checked before they are copied out of ONNX Runtime; past
+    /// it the job fails `result_too_large` (not retried).
+    #[arg(long, env = "MAX_OUTPUT_ELEMENTS", default_value_t = 4 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_output_elements: u64,
+
+    /// Largest result JSON of one job, in bytes, checked while it is
+    /// encoded; past it the job fails `result_too_large` (not retried).
+    #[arg(long, env = "MAX_RESULT_BYTES", default_value_t = 16 << 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_result_bytes: u64,
+
+    /// Longest the training step of a retrain job may take (either
+    /// trainer), in seconds; past it the job fails `training_timeout`.
+    #[arg(long, env = "MAX_TRAIN_SECS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_train_secs: u64,
+
+    /// Most epochs x rows x features one retrain job may ask for; more
+    /// fails `training_budget_exceeded` (the API refuses it at submit when
+    /// it can tell). At 9-13 ns a unit, the default is about 6 minutes.
+    #[arg(long, env = "MAX_TRAIN_WORK", default_value_t = 30_000_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_train_work: u64,
+
     /// Log format: `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", default_value = "pretty")]
     pub log_format: String,
@@ -151,4 +183,29 @@ pub struct Config {
     /// traces to; `/v1/traces` is appended. Unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_default_parses_and_limits_refuse_zero() {
+        let c = Config::try_parse_from(["worker"]).expect("defaults parse");
+        assert_eq!(c.max_run_ms, 30_000);
+        assert_eq!(c.max_output_elements, 4 << 20);
+        assert_eq!(c.max_result_bytes, 16 << 20);
+        assert_eq!(c.max_train_secs, 1800);
+        for flag in [
+            "--max-run-ms",
+            "--max-output-elements",
+            "--max-result-bytes",
+            "--max-train-secs",
+        ] {
+            assert!(
+                Config::try_parse_from(["worker", flag, "0"]).is_err(),
+                "{flag} 0"
+            );
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! batch in flight.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use deadpool_redis::Pool;
@@ -20,7 +21,7 @@ use shared::metric_names::{
     WORKER_JOBS_FINISHED, WORKER_JOBS_RECLAIMED, WORKER_QUEUE_WAIT, WORKER_RESULTS_DISCARDED,
     WORKER_RUN, redis_op,
 };
-use shared::queue::consume::{self, Delivery, Finish, Finished, Outcome, Policy, Start};
+use shared::queue::consume::{self, Delivery, Finish, Finished, Outcome, Policy, Renewed, Start};
 use shared::queue::{Keys, QueueError};
 use shared::redis_conn::{self, Limits};
 use shared::telemetry::{self, spans};
@@ -36,6 +37,7 @@ use crate::error::JobFailure;
 use crate::execute::{self, Resolved};
 use crate::http::count_redis_error;
 use crate::models::{LoadError, ModelStore};
+use crate::watchdog::CancelFlag;
 
 /// What every slot of one worker process shares.
 pub struct Context {
@@ -293,6 +295,9 @@ pub(crate) struct Runnable {
     /// Every line about the job is logged inside it; it ends once the
     /// attempt's result is written.
     pub(crate) span: Span,
+    /// Set when the lease renewal finds that a client canceled the job;
+    /// the run or the training stops at its next check.
+    pub(crate) cancel: CancelFlag,
 }
 
 /// The span of one delivered job, with `job_id`, `model`, `attempt` (once
@@ -365,16 +370,7 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
 
     // Renew the leases while the batch runs, so a long job is not taken over
     // from a live worker; stop as soon as the batch is done.
-    let leases: Vec<(String, String)> = runnable
-        .iter()
-        .map(|r| (r.delivery.stream.clone(), r.delivery.entry_id.clone()))
-        .collect();
-    let renewer = tokio::spawn(renew_leases(
-        ctx.pool.clone(),
-        ctx.consumer.clone(),
-        leases,
-        ctx.lease / 3,
-    ));
+    let renewer = tokio::spawn(renew_leases(ctx, &runnable));
     // Control jobs need Redis and run beside the batch's inference.
     let (validations, runnable): (Vec<_>, Vec<_>) = runnable.into_iter().partition(|r| {
         r.delivery
@@ -462,6 +458,7 @@ pub(crate) async fn start_all(ctx: &Context, batch: Vec<Delivery>) -> Vec<Runnab
                 delivery,
                 attempt,
                 span: span.clone(),
+                cancel: CancelFlag::default(),
             }),
             Start::DeadlineExceeded => {
                 tracing::warn!(%job_id, model, "job failed: deadline exceeded before it started");
@@ -543,6 +540,7 @@ fn outcome_of(ctx: &Context, attempt: u32, result: &Result<String, JobFailure>) 
         Ok(result_json) => Outcome::Succeeded {
             result_json: result_json.clone(),
         },
+        Err(JobFailure::Canceled) => Outcome::Canceled,
         Err(f) if !f.is_transient() => Outcome::Failed(f.to_job_error()),
         Err(f) if attempt >= ctx.policy.max_attempts => Outcome::DeadLetter(f.to_job_error()),
         Err(f) => Outcome::Retry {
@@ -581,6 +579,10 @@ fn report(ctx: &Context, f: &Finish<'_>, finished: Finished, run_secs: f64) {
                     tracing::info!(status, "job finished");
                     count_finished(f.delivery, model, status, "none");
                 }
+                Outcome::Canceled => {
+                    tracing::info!(status, "job finished: canceled while running");
+                    count_finished(f.delivery, model, status, "client");
+                }
             }
             record_end_to_end(f.delivery, &ctx.keys);
         }
@@ -592,35 +594,65 @@ fn report(ctx: &Context, f: &Finish<'_>, finished: Finished, run_secs: f64) {
     }
 }
 
-/// Keeps the leases of a running batch alive until aborted.
-pub(crate) async fn renew_leases(
-    pool: Pool,
-    consumer: String,
-    leases: Vec<(String, String)>,
-    every: Duration,
-) {
-    let entries: Vec<(&str, &str)> = leases
+/// Keeps the leases of running jobs alive until aborted, and raises a job's
+/// cancel flag when the renewal finds that a client canceled it. Spawn the
+/// returned future; abort it once the jobs' ends are written.
+pub(crate) fn renew_leases(
+    ctx: &Context,
+    running: &[Runnable],
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let pool = ctx.pool.clone();
+    let keys = ctx.keys.clone();
+    let consumer = ctx.consumer.clone();
+    let every = ctx.lease / 3;
+    let jobs: Vec<(String, String, Uuid, CancelFlag)> = running
         .iter()
-        .map(|(s, e)| (s.as_str(), e.as_str()))
+        .map(|r| {
+            (
+                r.delivery.stream.clone(),
+                r.delivery.entry_id.clone(),
+                r.job_id,
+                Arc::clone(&r.cancel),
+            )
+        })
         .collect();
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-    tick.tick().await; // the first tick is immediate; the lease is fresh
-    loop {
-        tick.tick().await;
-        let res = async {
-            let mut conn = pool.get().await?;
-            consume::renew(&mut conn, &consumer, &entries).await
-        }
-        .await;
-        match res {
-            Ok(kept) if kept < entries.len() => tracing::warn!(
-                lost = entries.len() - kept,
-                "lost the lease of running jobs; their results will be discarded"
-            ),
-            Ok(_) => {}
-            Err(error) => {
-                count_redis_error(redis_op::RENEW, &error);
-                tracing::warn!(%error, "renewing leases failed");
+    async move {
+        let leases: Vec<consume::Lease<'_>> = jobs
+            .iter()
+            .map(|(stream, entry_id, job_id, _)| consume::Lease {
+                stream,
+                entry_id,
+                job_id: *job_id,
+            })
+            .collect();
+        let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+        tick.tick().await; // the first tick is immediate; the lease is fresh
+        loop {
+            tick.tick().await;
+            let res = async {
+                let mut conn = pool.get().await?;
+                consume::renew(&mut conn, &keys, &consumer, &leases).await
+            }
+            .await;
+            match res {
+                Ok(renewed) => {
+                    let lost = renewed.iter().filter(|r| **r == Renewed::Lost).count();
+                    if lost > 0 {
+                        tracing::warn!(
+                            lost,
+                            "lost the lease of running jobs; their results will be discarded"
+                        );
+                    }
+                    for (r, (.., flag)) in renewed.iter().zip(&jobs) {
+                        if *r == Renewed::CancelRequested {
+                            flag.store(true, Ordering::Release);
+                        }
+                    }
+                }
+                Err(error) => {
+                    count_redis_error(redis_op::RENEW, &error);
+                    tracing::warn!(%error, "renewing leases failed");
+                }
             }
         }
     }
@@ -643,8 +675,13 @@ fn execute_all(
         .iter()
         .filter_map(|r| r.delivery.job.as_ref().ok())
         .collect();
+    let cancels: Vec<CancelFlag> = runnable
+        .iter()
+        .filter(|r| r.delivery.job.is_ok())
+        .map(|r| Arc::clone(&r.cancel))
+        .collect();
     let inference = child_spans(spans::INFERENCE, runnable.iter().map(|r| &r.span));
-    let mut ran = execute::run_many(&resolved, &decoded, max_rows).into_iter();
+    let mut ran = execute::run_many(&resolved, &decoded, &cancels, max_rows).into_iter();
     let mut versions = resolved.iter().map(|r| match r {
         Ok(m) => m.info().version.clone(),
         Err(_) => String::new(),

@@ -84,6 +84,23 @@ pub enum JobFailure {
     /// Redis failed while a retrain job read its data or stored its model.
     #[error("registry unavailable: {0}")]
     RegistryUnavailable(String),
+    /// The run passed `--max-run-ms` and was terminated.
+    #[error("inference took longer than the limit of {limit_ms} ms and was stopped")]
+    InferenceTimeout { limit_ms: u64 },
+    /// The outputs, or their JSON, are over `--max-output-elements` or
+    /// `--max-result-bytes`.
+    #[error("the result is too large: {0}")]
+    ResultTooLarge(String),
+    /// A client canceled the job while it ran; not a failure of the job,
+    /// the attempt ends `canceled`.
+    #[error("canceled while running")]
+    Canceled,
+    /// Training passed `--max-train-secs` and was stopped.
+    #[error("training took longer than the limit of {limit_secs} s and was stopped")]
+    TrainingTimeout { limit_secs: u64 },
+    /// epochs × rows × features over `--max-train-work`.
+    #[error("{0}")]
+    TrainingBudget(String),
 }
 
 impl JobFailure {
@@ -105,6 +122,11 @@ impl JobFailure {
             JobFailure::IncompatibleModel(_) => "incompatible_model",
             JobFailure::ExportMismatch(_) => "export_mismatch",
             JobFailure::RegistryUnavailable(_) => "registry_unavailable",
+            JobFailure::InferenceTimeout { .. } => "inference_timeout",
+            JobFailure::ResultTooLarge(_) => "result_too_large",
+            JobFailure::Canceled => "canceled",
+            JobFailure::TrainingTimeout { .. } => "training_timeout",
+            JobFailure::TrainingBudget(_) => "training_budget_exceeded",
         }
     }
 
@@ -115,7 +137,10 @@ impl JobFailure {
     /// same input would fail the same way. A retrain job that needs an
     /// external trainer this worker lacks is retried too: another worker
     /// may have one. An external trainer that failed is not: its run is
-    /// assumed deterministic and may have taken up to its timeout.
+    /// assumed deterministic and may have taken up to its timeout. Limits
+    /// are permanent: the same input hits the same limit again, and
+    /// retrying a job that held a slot for `--max-run-ms` would only hold
+    /// it three times as long. A cancel is the client's decision.
     pub fn is_transient(&self) -> bool {
         match self {
             JobFailure::ModelUnavailable(_)
@@ -134,6 +159,11 @@ impl JobFailure {
             | JobFailure::UnsupportedOutput { .. }
             | JobFailure::InvalidModel(_)
             | JobFailure::VersionUnavailable(_) => false,
+            JobFailure::InferenceTimeout { .. }
+            | JobFailure::ResultTooLarge(_)
+            | JobFailure::TrainingTimeout { .. }
+            | JobFailure::TrainingBudget(_)
+            | JobFailure::Canceled => false,
         }
     }
 
@@ -161,5 +191,12 @@ mod tests {
         };
         assert!(!nan.is_transient());
         assert_eq!(nan.code(), "non_finite_output");
+        for limit in [
+            JobFailure::InferenceTimeout { limit_ms: 1 },
+            JobFailure::ResultTooLarge("x".into()),
+            JobFailure::TrainingTimeout { limit_secs: 1 },
+        ] {
+            assert!(!limit.is_transient(), "{limit:?}");
+        }
     }
 }

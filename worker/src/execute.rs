@@ -19,8 +19,9 @@ use shared::tensor::{OipTensor, Tensor, TensorData};
 
 use std::sync::Arc;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, RunControl};
 use crate::error::JobFailure;
+use crate::watchdog::{self, CancelFlag};
 
 /// A successful run: the model version it ran on and the result as the JSON
 /// text stored in the job record.
@@ -30,9 +31,20 @@ pub struct Success {
     pub result_json: String,
 }
 
-/// Runs an already checked job alone.
-fn run_checked(model: &dyn Backend, job: &JobEnvelope) -> Result<Success, JobFailure> {
-    success(model, model.run(&job.inputs)?)
+/// Runs an already checked job alone (not at all if it was canceled).
+fn run_checked(
+    model: &dyn Backend,
+    job: &JobEnvelope,
+    cancel: &CancelFlag,
+) -> Result<Success, JobFailure> {
+    if cancel.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(JobFailure::Canceled);
+    }
+    let ctl = RunControl {
+        cancels: std::slice::from_ref(cancel),
+        jobs: 1,
+    };
+    success(model, model.run(&job.inputs, &ctl)?)
 }
 
 /// Outputs to a success, unless they hold a NaN or infinity.
@@ -47,7 +59,7 @@ fn success(model: &dyn Backend, outputs: Vec<Tensor>) -> Result<Success, JobFail
     }
     Ok(Success {
         model_version: model.info().version.clone(),
-        result_json: result_json(&outputs),
+        result_json: result_json(&outputs, watchdog::limits().max_result_bytes)?,
     })
 }
 
@@ -70,10 +82,16 @@ pub type Resolved = Result<Arc<dyn Backend>, JobFailure>;
 /// back in the order of `jobs`. `models[i]` is the version job `i` runs on:
 /// jobs are grouped by that `Arc`, i.e. by (model, version), so a batch that
 /// straddles a swap or mixes pinned versions never stacks two versions.
-/// `max_rows` caps the rows of one stacked run. Inputs are re-checked
-/// against the loaded version's signature first: the API validated them
-/// against the published one, and the version may differ.
-pub fn run_many(models: &[Resolved], jobs: &[&JobEnvelope], max_rows: usize) -> Vec<Ran> {
+/// `max_rows` caps the rows of one stacked run; `cancels[i]` is job `i`'s
+/// cancel flag. Inputs are re-checked against the loaded version's
+/// signature first: the API validated them against the published one, and
+/// the version may differ.
+pub fn run_many(
+    models: &[Resolved],
+    jobs: &[&JobEnvelope],
+    cancels: &[CancelFlag],
+    max_rows: usize,
+) -> Vec<Ran> {
     let mut out: Vec<Option<Ran>> = jobs.iter().map(|_| None).collect();
     let mut groups: Vec<(&Arc<dyn Backend>, Vec<usize>)> = Vec::new();
     for (i, resolved) in models.iter().enumerate().take(jobs.len()) {
@@ -105,8 +123,9 @@ pub fn run_many(models: &[Resolved], jobs: &[&JobEnvelope], max_rows: usize) -> 
         }
         for chunk in chunk_by_rows(jobs, &valid, max_rows.max(1)) {
             let group: Vec<&JobEnvelope> = chunk.iter().map(|&i| jobs[i]).collect();
+            let flags: Vec<CancelFlag> = chunk.iter().map(|&i| Arc::clone(&cancels[i])).collect();
             let stacked = (group.len() > 1)
-                .then(|| run_stacked(model.as_ref(), &group))
+                .then(|| run_stacked(model.as_ref(), &group, &flags))
                 .flatten();
             match stacked {
                 Some((results, rows)) => {
@@ -120,7 +139,7 @@ pub fn run_many(models: &[Resolved], jobs: &[&JobEnvelope], max_rows: usize) -> 
                 None => {
                     for &i in &chunk {
                         out[i] = Some(Ran {
-                            result: run_checked(model.as_ref(), jobs[i]),
+                            result: run_checked(model.as_ref(), jobs[i], &cancels[i]),
                             batch_rows: rows_of(jobs[i]).unwrap_or(1),
                         });
                     }
@@ -167,9 +186,15 @@ fn chunk_by_rows(jobs: &[&JobEnvelope], idx: &[usize], max_rows: usize) -> Vec<V
 }
 
 /// One stacked run for checked jobs of one model; `None` when they cannot be
-/// stacked or the stacked run fails (the caller then runs them one by one).
+/// stacked or the stacked run fails (the caller then runs them one by one,
+/// so a job that times out, is canceled or makes a huge output fails alone
+/// and each of the others gets its own run and its own time limit).
 /// Returns each job's result and the rows of the run.
-fn run_stacked(model: &dyn Backend, jobs: &[&JobEnvelope]) -> Option<(Vec<JobResult>, usize)> {
+fn run_stacked(
+    model: &dyn Backend,
+    jobs: &[&JobEnvelope],
+    cancels: &[CancelFlag],
+) -> Option<(Vec<JobResult>, usize)> {
     let info = model.info();
     if info.inputs.iter().any(|s| s.shape.first() != Some(&-1)) {
         return None;
@@ -194,7 +219,11 @@ fn run_stacked(model: &dyn Backend, jobs: &[&JobEnvelope]) -> Option<(Vec<JobRes
             data: TensorData::concat(parts.iter().map(|t| &t.data))?,
         });
     }
-    let outputs = match model.run(&stacked) {
+    let ctl = RunControl {
+        cancels,
+        jobs: jobs.len(),
+    };
+    let outputs = match model.run(&stacked, &ctl) {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, jobs = jobs.len(), "stacked run failed; running the jobs one by one");
@@ -237,15 +266,49 @@ struct ResultBody<'a> {
 }
 
 /// `{"outputs": [...], "prediction": n}`; `prediction` only when the first
-/// output holds exactly one number.
-pub fn result_json(outputs: &[Tensor]) -> String {
+/// output holds exactly one number. Encoding stops as soon as the text
+/// passes `max_bytes`: the limit bounds the memory as well as the answer.
+pub fn result_json(outputs: &[Tensor], max_bytes: usize) -> Result<String, JobFailure> {
     let body = ResultBody {
         outputs: outputs.iter().map(OipTensor).collect(),
         prediction: outputs.first().and_then(|t| t.data.single_number()),
     };
-    // Serialising plain vectors and numbers cannot fail (floats are finite,
-    // checked by the caller).
-    serde_json::to_string(&body).unwrap_or_else(|_| String::from("null"))
+    let mut w = Bounded {
+        buf: Vec::new(),
+        max: max_bytes,
+    };
+    match serde_json::to_writer(&mut w, &body) {
+        // serde_json writes UTF-8 only.
+        Ok(()) => String::from_utf8(w.buf).map_err(|e| JobFailure::Inference(e.to_string())),
+        Err(_) if w.buf.len() >= max_bytes => Err(JobFailure::ResultTooLarge(format!(
+            "its JSON is over the limit of {max_bytes} bytes"
+        ))),
+        // Plain vectors and finite numbers (checked by the caller) always
+        // serialise; anything else is an inference bug worth a retry.
+        Err(e) => Err(JobFailure::Inference(format!("encoding the result: {e}"))),
+    }
+}
+
+/// A writer that refuses to grow past `max` bytes.
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.max {
+            self.buf
+                .extend_from_slice(&data[..self.max - self.buf.len()]);
+            return Err(std::io::Error::other("result over its size limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -266,10 +329,26 @@ mod tests {
             data: TensorData::Int64(vec![1, 2]),
         };
         assert_eq!(
-            result_json(std::slice::from_ref(&one)),
+            result_json(std::slice::from_ref(&one), 1 << 20).unwrap(),
             r#"{"outputs":[{"name":"p","shape":[1,1],"datatype":"FP32","data":[0.25]}],"prediction":0.25}"#
         );
-        let json = result_json(&[two, one]);
+        let json = result_json(&[two, one], 1 << 20).unwrap();
         assert!(!json.contains("prediction"), "{json}");
+    }
+
+    #[test]
+    fn a_result_over_its_byte_limit_is_refused_while_encoding() {
+        let big = Tensor {
+            name: "y".into(),
+            shape: vec![1, 100_000],
+            data: TensorData::Fp32(vec![0.123_456_79; 100_000]),
+        };
+        let exact = result_json(std::slice::from_ref(&big), usize::MAX).unwrap();
+        assert_eq!(
+            result_json(std::slice::from_ref(&big), exact.len()).unwrap(),
+            exact
+        );
+        let err = result_json(std::slice::from_ref(&big), exact.len() - 1).unwrap_err();
+        assert_eq!(err.code(), "result_too_large");
     }
 }

@@ -11,6 +11,8 @@
 //! * [`consumer`]: the Redis Streams loop around it.
 //! * [`training`], [`retrain`]: training slots and what a `retrain` job does
 //!   (train, score against the current version, register, maybe promote).
+//! * [`watchdog`]: time limits and cancellation of inference runs, and the
+//!   run limits every job is held to.
 //! * [`http`]: metrics, liveness and readiness on `--metrics-listen`.
 
 pub mod backend;
@@ -23,6 +25,7 @@ pub mod models;
 pub mod retrain;
 pub mod runtime;
 pub mod training;
+pub mod watchdog;
 
 pub use config::Config;
 pub use error::{JobFailure, WorkerError};
@@ -40,6 +43,11 @@ use tokio::sync::watch;
 /// publish them, then consume. Start-up errors are returned, not panicked.
 pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     let shutdown = shutdown_signal();
+    watchdog::set_limits(watchdog::RunLimits {
+        max_run: Duration::from_millis(cfg.max_run_ms),
+        max_output_elements: usize::try_from(cfg.max_output_elements).unwrap_or(usize::MAX),
+        max_result_bytes: usize::try_from(cfg.max_result_bytes).unwrap_or(usize::MAX),
+    });
     let lib = runtime::find_library(cfg.ort_lib.as_deref())?;
     let models_dir = cfg.models_dir.clone();
     let intra = cfg.intra_threads;
@@ -170,6 +178,8 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
             .train_dir
             .clone()
             .unwrap_or_else(retrain::default_work_dir),
+        max_train: Duration::from_secs(cfg.max_train_secs),
+        max_work: cfg.max_train_work,
     });
     tracing::info!(
         train_slots = cfg.train_slots,

@@ -26,7 +26,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool_redis::Pool;
 use ndarray::{Array2, ArrayView2, Axis};
@@ -41,9 +41,10 @@ use tokio::sync::watch;
 use tracing::Span;
 use trainer::{Dataset, Metrics, Predictions, Split, Task, TrainError, TrainParams};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, RunControl};
 use crate::error::JobFailure;
 use crate::models::{ModelStore, sha256_hex};
+use crate::watchdog::CancelFlag;
 
 /// Largest accepted difference between ONNX Runtime's outputs and the
 /// built-in trainer's predictions, relative to the value (absolute below 1).
@@ -57,6 +58,10 @@ pub struct TrainerConfig {
     pub external_timeout: Duration,
     /// Parent of the per-attempt directories of external trainers.
     pub work_dir: PathBuf,
+    /// `--max-train-secs`: the whole training step of a job, either trainer.
+    pub max_train: Duration,
+    /// `--max-train-work`: epochs × rows × features a job may ask for.
+    pub max_work: u64,
 }
 
 /// Why an attempt produced no result.
@@ -113,10 +118,34 @@ pub struct Env<'a> {
     pub keys: &'a Keys,
     pub config: &'a TrainerConfig,
     pub reporter: Arc<Reporter>,
-    /// Set on shutdown: stops the trainer.
-    pub cancel: Arc<AtomicBool>,
+    /// Stops the trainer (between epochs; an external one is killed): set
+    /// when a client cancels the job, and on shutdown.
+    pub stop: CancelFlag,
+    /// Set on shutdown, before `stop`: the attempt is then abandoned, not
+    /// ended.
+    pub shutdown: Arc<AtomicBool>,
     /// The job's span, entered on the blocking threads too.
     pub span: Span,
+}
+
+impl Env<'_> {
+    /// Why the trainer stopped early: shutdown, a client's cancel, or
+    /// else its time ran out.
+    fn stopped(&self) -> Stopped {
+        if self.shutdown.load(Ordering::Acquire) {
+            Stopped::Interrupted
+        } else if self.stop.load(Ordering::Acquire) {
+            Stopped::Failed(JobFailure::Canceled)
+        } else {
+            Stopped::Failed(self.timed_out())
+        }
+    }
+
+    fn timed_out(&self) -> JobFailure {
+        JobFailure::TrainingTimeout {
+            limit_secs: self.config.max_train.as_secs(),
+        }
+    }
 }
 
 /// The data a job trains on, parsed.
@@ -155,6 +184,10 @@ pub async fn run(env: &Env<'_>, job: &JobEnvelope, attempt: u32) -> Result<Retra
         .validate()
         .map_err(|e| JobFailure::InvalidPayload(e.to_string()))?;
     let data = load_data(env, spec, &params).await?;
+    let work = params.work(data.dataset.n_rows(), data.dataset.n_features());
+    if work > env.config.max_work {
+        return Err(JobFailure::TrainingBudget(budget_message(work, env.config.max_work)).into());
+    }
     tracing::info!(
         attempt,
         dataset = data.name.as_deref().unwrap_or("inline"),
@@ -166,9 +199,13 @@ pub async fn run(env: &Env<'_>, job: &JobEnvelope, attempt: u32) -> Result<Retra
         "retrain: data loaded"
     );
 
+    // The clock of --max-train-secs starts with the training itself.
+    let deadline = Instant::now() + env.config.max_train;
     let candidate = match spec.trainer {
-        TrainerKind::Builtin => train_builtin(env, &data, &params).await?,
-        TrainerKind::External => train_external(env, job, attempt, &data, &params).await?,
+        TrainerKind::Builtin => train_builtin(env, &data, &params, deadline).await?,
+        TrainerKind::External => {
+            train_external(env, job, attempt, &data, &params, deadline).await?
+        }
     };
     metrics::histogram!(WORKER_TRAINING, "trainer" => spec.trainer.as_str())
         .record(candidate.training.as_secs_f64());
@@ -178,6 +215,14 @@ pub async fn run(env: &Env<'_>, job: &JobEnvelope, attempt: u32) -> Result<Retra
 
     env.reporter.phase(Phase::Registering);
     register_and_decide(env, job, spec, &data, &params, evaluated).await
+}
+
+/// Why a training was refused for its size (the API says the same at
+/// submit when it can tell from the dataset's metadata).
+pub fn budget_message(work: u64, max: u64) -> String {
+    format!(
+        "epochs x rows x features is {work}, over this deployment's limit of {max}: train on fewer rows or for fewer epochs"
+    )
 }
 
 fn unavailable(e: impl std::fmt::Display) -> JobFailure {
@@ -251,15 +296,16 @@ async fn train_builtin(
     env: &Env<'_>,
     data: &Data,
     params: &TrainParams,
+    deadline: Instant,
 ) -> Result<Candidate, Stopped> {
     let dataset = Arc::clone(&data.dataset);
     let params = params.clone();
     let reporter = Arc::clone(&env.reporter);
-    let cancel = Arc::clone(&env.cancel);
+    let stop = Arc::clone(&env.stop);
     let trained = blocking(&env.span, move || {
         let trained = trainer::train(&dataset, &params, |p| {
             reporter.epoch(p.epoch, p.epochs, Some(p.train_loss));
-            if cancel.load(Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
                 ControlFlow::Break(())
             } else {
                 ControlFlow::Continue(())
@@ -271,9 +317,7 @@ async fn train_builtin(
     .await?;
     let (trained, onnx) = match trained {
         Ok(t) => t,
-        Err(TrainError::Stopped { .. }) if env.cancel.load(Ordering::Relaxed) => {
-            return Err(Stopped::Interrupted);
-        }
+        Err(TrainError::Stopped { .. }) => return Err(env.stopped()),
         Err(e) => return Err(train_failure(e).into()),
     };
     let final_loss = trained.losses.last().copied();
@@ -294,15 +338,45 @@ async fn train_builtin(
     })
 }
 
-/// A directory removed when dropped, whatever happened inside.
-struct WorkDir(PathBuf);
+/// A fresh private directory for one attempt of an external trainer,
+/// removed when dropped: created the way `mkdtemp` does (a random name,
+/// mode 0700, failing rather than reusing anything already there), so a
+/// path planted in a shared `--train-dir` (a symlink, a directory of
+/// someone else's) is never followed. The files in it are created new.
+struct WorkDir(tempfile::TempDir);
 
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.0)
-            && error.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(dir = %self.0.display(), %error, "cannot remove the training directory");
+impl WorkDir {
+    fn create(
+        parent: &std::path::Path,
+        job: &JobEnvelope,
+        attempt: u32,
+    ) -> std::io::Result<WorkDir> {
+        tempfile::Builder::new()
+            .prefix(&format!("onnxq-train-{}-{attempt}-", job.id))
+            .tempdir_in(parent)
+            .map(WorkDir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    /// Writes a new file in the directory (never an existing one).
+    fn write_new(&self, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
+        use std::io::Write;
+        let path = self.path().join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?
+            .write_all(bytes)?;
+        Ok(path)
+    }
+
+    fn remove(self) {
+        let path = self.path().to_owned();
+        if let Err(error) = self.0.close() {
+            tracing::warn!(dir = %path.display(), %error, "cannot remove the training directory");
         }
     }
 }
@@ -313,6 +387,7 @@ async fn train_external(
     attempt: u32,
     data: &Data,
     params: &TrainParams,
+    deadline: Instant,
 ) -> Result<Candidate, Stopped> {
     let command = env
         .config
@@ -324,41 +399,44 @@ async fn train_external(
     if params.task == Task::Classification {
         split.holdout_labels(&data.dataset).map_err(train_failure)?;
     }
-    let dir = WorkDir(
-        env.config
-            .work_dir
-            .join(format!("onnxq-train-{}-{attempt}", job.id)),
-    );
     let params_json = serde_json::to_vec(params)
         .map_err(|e| JobFailure::TrainingFailed(format!("encoding the parameters: {e}")))?;
     let dataset = Arc::clone(&data.dataset);
     let train_idx = split.train_idx.clone();
     let reporter = Arc::clone(&env.reporter);
-    let cancel = Arc::clone(&env.cancel);
-    let timeout = env.config.external_timeout;
-    let path = dir.0.clone();
+    let stop = Arc::clone(&env.stop);
+    let left = deadline.saturating_duration_since(Instant::now());
+    // Whichever limit binds: the trainer's own timeout or what is left of
+    // --max-train-secs.
+    let (timeout, train_limit_binds) = if left < env.config.external_timeout {
+        (left, true)
+    } else {
+        (env.config.external_timeout, false)
+    };
+    let parent = env.config.work_dir.clone();
+    let job_for_dir = job.clone();
     let ran = blocking(&env.span, move || {
         let io = |what: &str, e: std::io::Error| {
-            JobFailure::TrainingFailed(format!("{what} {}: {e}", path.display()))
+            JobFailure::TrainingFailed(format!("{what} the training directory: {e}"))
         };
-        std::fs::create_dir_all(&path).map_err(|e| io("creating", e))?;
-        let (csv, json, out) = (
-            path.join("train.csv"),
-            path.join("params.json"),
-            path.join("model.onnx"),
-        );
+        let dir = WorkDir::create(&parent, &job_for_dir, attempt).map_err(|e| io("creating", e))?;
         // Training rows only: the holdout rows stay unseen, so the scores
         // mean the same for both trainers.
-        std::fs::write(&csv, dataset.to_csv(&train_idx)).map_err(|e| io("writing", e))?;
-        std::fs::write(&json, &params_json).map_err(|e| io("writing", e))?;
+        let csv = dir
+            .write_new("train.csv", &dataset.to_csv(&train_idx))
+            .map_err(|e| io("writing into", e))?;
+        let json = dir
+            .write_new("params.json", &params_json)
+            .map_err(|e| io("writing into", e))?;
+        let out = dir.path().join("model.onnx");
         tracing::info!(command = ?command, rows = train_idx.len(), "retrain: starting the external trainer");
-        Ok::<_, JobFailure>(trainer::run_external_cancellable(
+        let ran = trainer::run_external_cancellable(
             &command,
             &csv,
             &json,
             &out,
             timeout,
-            &cancel,
+            &stop,
             |stream, line| {
                 tracing::info!(stream = stream.as_str(), line, "external trainer output");
                 if stream == trainer::Stream::Stdout
@@ -367,13 +445,17 @@ async fn train_external(
                     reporter.epoch(k, n, loss);
                 }
             },
-        ))
+        );
+        dir.remove();
+        Ok::<_, JobFailure>(ran)
     })
     .await??;
-    drop(dir);
     let out = match ran {
         Ok(out) => out,
-        Err(trainer::ExternalError::Canceled) => return Err(Stopped::Interrupted),
+        Err(trainer::ExternalError::Canceled) => return Err(env.stopped()),
+        Err(trainer::ExternalError::Timeout { .. }) if train_limit_binds => {
+            return Err(env.timed_out().into());
+        }
         Err(e) => {
             tracing::warn!(error = %e, "retrain: the external trainer failed");
             return Err(JobFailure::ExternalTrainer(e.to_string()).into());
@@ -439,13 +521,13 @@ async fn evaluate(
     let onnx = candidate.onnx.clone();
     let builtin = candidate.builtin.clone();
     let task = params.task;
+    let stop1 = Arc::clone(&env.stop);
     let scored = blocking(&env.span, move || {
         let sha256 = sha256_hex(&onnx);
         let loaded = store
             .load_unserved(&name, &onnx)
             .map_err(JobFailure::InvalidModel)?;
-        let (metrics, output) =
-            score(&loaded, &x1, task, &truth1).map_err(JobFailure::IncompatibleModel)?;
+        let (metrics, output) = score(&loaded, &x1, task, &truth1, &stop1)?;
         let diff = match &builtin {
             Some(m) => {
                 let features = dataset.features().select(Axis(0), &holdout_idx);
@@ -502,8 +584,9 @@ async fn evaluate(
             {
                 Ok(Some(loaded)) => {
                     let (x2, truth2) = (Arc::clone(&x), Arc::clone(&truth));
+                    let stop2 = Arc::clone(&env.stop);
                     blocking(&env.span, move || {
-                        score(loaded.as_ref(), &x2, task, &truth2)
+                        score(loaded.as_ref(), &x2, task, &truth2, &stop2)
                     })
                     .await?
                     .map(|(m, _)| m)
@@ -557,31 +640,50 @@ fn describe(specs: &[TensorSpec]) -> String {
 /// probabilities (`probabilities`, or the only 2-D FP32 output) or
 /// predictions (`prediction`, or the only FP32 output). Returns the scores
 /// and the output scored, `rows × columns`.
+///
+/// A run stopped by `stop` or by the run time limit fails with that
+/// failure; anything else wrong is `incompatible_model`.
 fn score(
     model: &dyn Backend,
     x: &Array2<f32>,
     task: Task,
     truth: &Truth,
-) -> Result<(Metrics, Array2<f32>), String> {
+    stop: &CancelFlag,
+) -> Result<(Metrics, Array2<f32>), JobFailure> {
+    score_rows(model, x, task, truth, stop).map_err(|e| match e {
+        e @ (JobFailure::Canceled | JobFailure::InferenceTimeout { .. }) => e,
+        JobFailure::IncompatibleModel(m) => JobFailure::IncompatibleModel(m),
+        other => JobFailure::IncompatibleModel(other.to_string()),
+    })
+}
+
+fn score_rows(
+    model: &dyn Backend,
+    x: &Array2<f32>,
+    task: Task,
+    truth: &Truth,
+    stop: &CancelFlag,
+) -> Result<(Metrics, Array2<f32>), JobFailure> {
+    let bad = JobFailure::IncompatibleModel;
     let info = model.info();
     let [input] = info.inputs.as_slice() else {
-        return Err(format!(
+        return Err(bad(format!(
             "it has {} inputs; one FP32 [rows, {}] input is needed",
             info.inputs.len(),
             x.ncols()
-        ));
+        )));
     };
     let fits = input.datatype == DataType::Fp32
         && input.shape.len() == 2
         && (input.shape[1] < 0 || input.shape[1] as usize == x.ncols());
     if !fits {
-        return Err(format!(
+        return Err(bad(format!(
             "input {} is {:?}{:?}; FP32 [rows, {}] is needed",
             input.name,
             input.datatype,
             input.shape,
             x.ncols()
-        ));
+        )));
     }
     let (rows, cols) = x.dim();
     let tensor = Tensor {
@@ -589,7 +691,11 @@ fn score(
         shape: vec![rows as i64, cols as i64],
         data: TensorData::Fp32(x.iter().copied().collect()),
     };
-    let outputs = model.run(&[tensor]).map_err(|e| e.to_string())?;
+    let ctl = RunControl {
+        cancels: std::slice::from_ref(stop),
+        jobs: rows.max(1),
+    };
+    let outputs = model.run(&[tensor], &ctl)?;
     let fp32 = |t: &&Tensor| matches!(t.data, TensorData::Fp32(_));
     let wanted = match task {
         Task::Classification => "probabilities",
@@ -605,34 +711,37 @@ fn score(
         None => match candidates.as_slice() {
             [only] => *only,
             _ => {
-                return Err(format!(
+                return Err(bad(format!(
                     "no output named {wanted:?} and not exactly one FP32 output to use instead"
-                ));
+                )));
             }
         },
     };
     let TensorData::Fp32(values) = &out.data else {
-        return Err(format!("output {} is not FP32", out.name));
+        return Err(bad(format!("output {} is not FP32", out.name)));
     };
     let width = values.len().checked_div(rows).unwrap_or(0);
     if width == 0 || width * rows != values.len() {
-        return Err(format!(
+        return Err(bad(format!(
             "output {} has {} values for {rows} rows",
             out.name,
             values.len()
-        ));
+        )));
     }
-    let out = Array2::from_shape_vec((rows, width), values.clone()).map_err(|e| e.to_string())?;
+    let out =
+        Array2::from_shape_vec((rows, width), values.clone()).map_err(|e| bad(e.to_string()))?;
     let metrics = match truth {
         Truth::Labels(labels) => trainer::evaluate_classification(out.view(), labels),
         Truth::Targets(targets) => {
             if width != 1 {
-                return Err(format!("the prediction has {width} columns; one is needed"));
+                return Err(bad(format!(
+                    "the prediction has {width} columns; one is needed"
+                )));
             }
             trainer::evaluate_regression(out.column(0), targets)
         }
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| bad(e.to_string()))?;
     Ok((metrics, out))
 }
 

@@ -49,6 +49,22 @@ pub fn start(path: &Path) -> Result<ort::environment::Environment, WorkerError> 
         .map_err(|e| load_err(e.to_string()))
 }
 
+/// The ONNX Runtime environment of a test process (one per process, as in
+/// the worker): `ORT_DYLIB_PATH`, else the copy `scripts/setup` makes.
+#[cfg(test)]
+pub(crate) fn test_env() -> &'static ort::environment::Environment {
+    static ENV: std::sync::OnceLock<ort::environment::Environment> = std::sync::OnceLock::new();
+    ENV.get_or_init(|| {
+        let lib = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../.local/onnxruntime/libonnxruntime.so")
+            });
+        start(&lib).unwrap_or_else(|e| panic!("{e} (run scripts/setup)"))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,12 +140,7 @@ async fn run_job(
     shutdown: &watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let renewer = tokio::spawn(consumer::renew_leases(
-        ctx.pool.clone(),
-        ctx.consumer.clone(),
-        vec![(r.delivery.stream.clone(), r.delivery.entry_id.clone())],
-        ctx.lease / 3,
-    ));
+    let renewer = tokio::spawn(consumer::renew_leases(ctx, std::slice::from_ref(&r)));
     let (reporter, progress) = Reporter::new(r.attempt);
     let writer = tokio::spawn(write_progress(
         ctx.pool.clone(),
@@ -154,13 +149,16 @@ async fn run_job(
         r.attempt,
         progress,
     ));
-    let cancel = Arc::new(AtomicBool::new(false));
+    // The lease renewal raises `r.cancel` when a client cancels the job;
+    // a shutdown raises it too, after saying that it is a shutdown.
+    let stopping = Arc::new(AtomicBool::new(false));
     let canceller = {
-        let cancel = Arc::clone(&cancel);
+        let (stop, stopping) = (Arc::clone(&r.cancel), Arc::clone(&stopping));
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             if shutdown.wait_for(|stop| *stop).await.is_ok() {
-                cancel.store(true, Ordering::Relaxed);
+                stopping.store(true, Ordering::Release);
+                stop.store(true, Ordering::Release);
             }
         })
     };
@@ -172,7 +170,8 @@ async fn run_job(
                 keys: &ctx.keys,
                 config,
                 reporter: Arc::new(reporter),
-                cancel,
+                stop: Arc::clone(&r.cancel),
+                shutdown: stopping,
                 span: r.span.clone(),
             };
             // Every line the job logs carries its id, model and attempt.

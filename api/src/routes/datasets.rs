@@ -26,8 +26,8 @@ use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::redis_failed;
-use crate::routes::clip;
 use crate::state::AppState;
+use crate::text::clip;
 
 /// A stored dataset as clients see it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -139,10 +139,16 @@ pub async fn put(
         columns,
         created_at_ms: shared::time::now_ms(),
     };
+    let quota = state.policies().of(tenant.name()).dataset_quota();
     let mut conn = state.conn();
-    let replaced = datasets::put(&mut conn, state.keys(), &name, &bytes, &meta)
+    let stored = datasets::put(&mut conn, state.keys(), &name, &bytes, &meta, quota)
         .await
         .map_err(redis_failed(redis_op::DATASETS))?;
+    let replaced = match stored {
+        datasets::Stored::Created => false,
+        datasets::Stored::Replaced => true,
+        datasets::Stored::OverQuota(q) => return Err(ApiError::over_quota(q)),
+    };
     tracing::info!(
         dataset = name,
         rows,

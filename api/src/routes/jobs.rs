@@ -2,11 +2,14 @@
 //! until it is terminal. Waiting costs no Redis traffic: the request sleeps
 //! on its [`crate::waiters`] registration and re-reads only when woken.
 //!
-//! `DELETE /v1/jobs/{id}`: cancels a job that has not started yet. One
-//! atomic step in Redis decides, so a cancel and a worker's start cannot both
-//! win: either the job is canceled and never runs, or it runs and the cancel
-//! gets 409.
+//! `DELETE /v1/jobs/{id}`: cancels a job. One atomic step in Redis decides,
+//! so a cancel and a worker's start cannot both win: a queued job is
+//! canceled and never runs (200); a running one is marked, and its worker
+//! stops it at its next check, between epochs of a training or by
+//! terminating the inference run, ending it `canceled` (202, poll the job);
+//! a finished one gets 409.
 
+use std::borrow::Cow;
 use std::pin::pin;
 use std::time::Duration;
 
@@ -28,8 +31,8 @@ use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::{JOBS_CANCELED, redis_failed, redis_op};
-use crate::routes::clip;
 use crate::state::AppState;
+use crate::text::clip;
 
 #[derive(Deserialize)]
 pub struct JobQuery {
@@ -68,7 +71,11 @@ pub(crate) struct JobView<'a> {
     result: Option<&'a RawValue>,
     /// Set when `failed`.
     #[schema(required = true, value_type = Option<crate::openapi::JobErrorDoc>)]
-    error: Option<&'a JobError>,
+    error: Option<Cow<'a, JobError>>,
+    /// When a cancel of the running job was asked for; the job ends
+    /// `canceled` once its worker sees it (or as it was ending anyway).
+    #[schema(required = true, format = DateTime)]
+    cancel_requested_at: Option<String>,
     /// The W3C trace id the job's spans and log lines carry: the client's
     /// `traceparent` trace, or one the API started.
     #[schema(required = true)]
@@ -107,13 +114,14 @@ pub async fn cancel(
     // Ownership first: another tenant's job must look like no job at all,
     // and must not be canceled. A job's model never changes, so the check
     // cannot go stale before the cancel.
-    read(&state, &tenant, &id).await?;
+    let owned = read(&state, &tenant, &id).await?;
     let policy = state.queue_policy();
     let mut conn = state.conn();
     let outcome = ops::cancel(
         &mut conn,
         state.keys(),
         &id,
+        &owned.model,
         policy.canceled_ttl_secs,
         shared::time::now_ms(),
     )
@@ -135,6 +143,12 @@ pub async fn cancel(
             // published signature, so it is a bounded label.
             metrics::counter!(JOBS_CANCELED, "model" => job.model.clone()).increment(1);
             render(&tenant, &job)
+        }
+        Canceled::Requested(job) => {
+            tracing::info!(job_id = %id, model = %job.model, attempt = job.attempts, "cancel of a running job requested");
+            let mut res = render(&tenant, &job)?;
+            *res.status_mut() = axum::http::StatusCode::ACCEPTED;
+            Ok(res)
         }
         Canceled::NotFound => Err(ApiError::JobNotFound(id)),
         Canceled::NotCancelable(status) => Err(ApiError::JobNotCancelable {
@@ -223,7 +237,8 @@ fn render(tenant: &Tenant, job: &JobRecord) -> Result<Response, ApiError> {
         finished_at: rec.finished_at_ms.map(rfc3339_ms),
         deadline: rec.deadline_ms.map(rfc3339_ms),
         result,
-        error: rec.error.as_ref(),
+        error: rec.error.as_ref().map(|e| public_error(tenant, e)),
+        cancel_requested_at: rec.cancel_requested_at_ms.map(rfc3339_ms),
         trace_id: rec
             .traceparent
             .as_deref()
@@ -237,6 +252,20 @@ fn render(tenant: &Tenant, job: &JobRecord) -> Result<Response, ApiError> {
             .and_then(|p| serde_json::from_str::<&RawValue>(p).ok()),
     })
     .into_response())
+}
+
+/// A worker's error as the tenant may read it: its models named as it knows
+/// them (workers name models internally, `{tenant}~{model}`).
+fn public_error<'a>(tenant: &Tenant, e: &'a JobError) -> Cow<'a, JobError> {
+    let prefix = format!("{}{}", tenant.name(), shared::model::TENANT_SEPARATOR);
+    if e.message.contains(&prefix) {
+        Cow::Owned(JobError {
+            code: e.code.clone(),
+            message: e.message.replace(&prefix, ""),
+        })
+    } else {
+        Cow::Borrowed(e)
+    }
 }
 
 #[cfg(test)]

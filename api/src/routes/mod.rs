@@ -151,12 +151,3 @@ pub async fn not_found() -> ApiError {
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
-
-/// Caps client-supplied text echoed back in error messages.
-pub(crate) fn clip(s: &str) -> String {
-    const MAX: usize = 128;
-    match s.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_owned(),
-    }
-}

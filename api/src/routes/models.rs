@@ -13,8 +13,8 @@ use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::{redis_failed, redis_op};
-use crate::routes::clip;
 use crate::state::AppState;
+use crate::text::clip;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ModelList {

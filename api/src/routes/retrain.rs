@@ -14,23 +14,19 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
-use shared::job::{JobKind, JobStatus};
 use shared::model::valid_model_name;
 use shared::queue::datasets;
-use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
-use shared::queue::wire::{JobEnvelope, PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
-use shared::trace::TraceContext;
+use shared::queue::wire::{PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
 use trainer::{InlineRows, TrainParams};
-use uuid::Uuid;
 
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
-use crate::metrics::{JOBS_DEDUPLICATED, JOBS_SUBMITTED, redis_failed, redis_op};
-use crate::routes::clip;
+use crate::metrics::{redis_failed, redis_op};
 use crate::routes::datasets::dataset_key;
-use crate::routes::predict::{accepted, client_trace, idempotency_key, sha256_hex};
 use crate::state::AppState;
+use crate::submit::{Submission, Work, sha256_hex};
+use crate::text::clip;
 
 /// `POST /v1/models/{model}/retrain` body.
 #[derive(Deserialize)]
@@ -59,8 +55,7 @@ pub async fn retrain(
     if !valid_model_name(&public) {
         return Err(ApiError::ModelNotFound(clip(&public)));
     }
-    let model = tenant.model_key(&public);
-    let key_hash = idempotency_key(&headers)?;
+    let submission = Submission::begin(&tenant, &public, &headers)?;
     let JsonBody(body) = body?;
     let req: RetrainRequest = extract::parse(&body)?;
     let params: TrainParams = match req.params {
@@ -121,61 +116,28 @@ pub async fn retrain(
 
     let params_json = serde_json::to_string(&params)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("encoding params: {e}")))?;
-    let id = Uuid::now_v7();
-    let trace = TraceContext::child_of(client_trace(&headers).as_ref());
-    let job = JobEnvelope {
-        id,
-        kind: JobKind::Retrain,
-        model: model.clone(),
-        inputs: Vec::new(),
-        submitted_at_ms: shared::time::now_ms(),
-        deadline_ms: None,
-        traceparent: Some(trace.to_string()),
-        model_version: None,
-        retrain: Some(RetrainSpec {
-            data,
-            params_json,
-            promote: req.promote,
-            trainer: req.trainer,
-        }),
+    let body_hash = submission.wants_body_hash().then(|| sha256_hex(&body));
+    let span = submission.span().clone();
+    let trace_id = submission.trace_id();
+    let spec = RetrainSpec {
+        data,
+        params_json,
+        promote: req.promote,
+        trainer: req.trainer,
     };
-    let body_hash = key_hash.as_ref().map(|_| sha256_hex(&body));
-    let policy = state.queue_policy();
-    let opts = SubmitOptions {
-        max_queue_depth: policy.max_queue_depth,
-        idempotency: key_hash
-            .as_deref()
-            .zip(body_hash.as_deref())
-            .map(|(key_hash, body_hash)| Idempotency {
-                key_hash,
-                body_hash,
-                ttl_secs: policy.idempotency_ttl_secs,
-            }),
-    };
-    let mut conn = state.conn();
-    let outcome = ops::submit(&mut conn, state.keys(), &job, &opts)
-        .await
-        .map_err(redis_failed(redis_op::SUBMIT))?;
-    match outcome {
-        Submitted::Created => {
+    let accepted = submission
+        .enqueue(&state, &tenant, Work::Retrain(spec), body_hash)
+        .await?;
+    if !accepted.replayed {
+        span.in_scope(|| {
             tracing::info!(
-                job_id = %id,
-                model,
-                trace_id = %trace.trace_id,
+                trace_id,
                 dataset = source,
                 trainer = req.trainer.as_str(),
                 promote = req.promote.as_str(),
                 "retrain job queued"
-            );
-            metrics::counter!(JOBS_SUBMITTED, "model" => model, "kind" => JobKind::Retrain.as_str())
-                .increment(1);
-            Ok(accepted(id, JobStatus::Queued, false))
-        }
-        Submitted::Duplicate { id, status } => {
-            metrics::counter!(JOBS_DEDUPLICATED, "model" => model).increment(1);
-            Ok(accepted(id, status, true))
-        }
-        Submitted::KeyReused(_) => Err(ApiError::IdempotencyKeyReused),
-        Submitted::QueueFull { .. } => Err(ApiError::QueueFull(public)),
+            )
+        });
     }
+    Ok(accepted.into_response())
 }

@@ -17,24 +17,22 @@ use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use shared::job::JobKind;
 use shared::metric_names::redis_op;
 use shared::model::valid_model_name;
-use shared::queue::ops::{self, SubmitOptions, Submitted};
 use shared::queue::registry::{self, Promotion, RegisterMode, Source, Version, VersionStatus};
-use shared::queue::wire::JobEnvelope;
 use uuid::Uuid;
 
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::redis_failed;
-use crate::routes::clip;
 use crate::state::AppState;
+use crate::submit::{Submission, Work};
+use crate::text::clip;
 
 /// Versions shown by the listing routes, newest first.
 pub const MAX_LISTED: usize = 50;
@@ -99,6 +97,7 @@ pub async fn upload(
     if !octets {
         return Err(ApiError::UnsupportedMediaType);
     }
+    let submission = Submission::begin(&tenant, &public, &headers)?;
     let limit = state.max_model_bytes();
     let bytes = axum::body::to_bytes(body, limit)
         .await
@@ -107,54 +106,48 @@ pub async fn upload(
         return Err(ApiError::InvalidInput("the model file is empty".into()));
     }
     let sha256 = hex::encode(Sha256::digest(&bytes));
-    let job_id = Uuid::now_v7();
     let mut v = Version::new(&bytes, &sha256, Source::Upload, VersionStatus::Validating);
-    v.job_id = Some(job_id);
-    let mut conn = state.conn();
-    let keys = state.keys();
-    let registered = registry::register(&mut conn, keys, &model, &bytes, &v, RegisterMode::Add)
+    v.job_id = Some(submission.id());
+    let registered = {
+        let mut conn = state.conn();
+        registry::register(
+            &mut conn,
+            state.keys(),
+            &model,
+            &bytes,
+            &v,
+            RegisterMode::Add,
+        )
         .await
-        .map_err(redis_failed(redis_op::REGISTRY))?;
-    let job = JobEnvelope {
-        id: job_id,
-        kind: JobKind::Validate,
-        model: model.clone(),
-        inputs: Vec::new(),
-        submitted_at_ms: shared::time::now_ms(),
-        deadline_ms: None,
-        traceparent: None,
-        model_version: Some(registered.version),
-        retrain: None,
+        .map_err(redis_failed(redis_op::REGISTRY))?
     };
-    let opts = SubmitOptions {
-        max_queue_depth: 0,
-        idempotency: None,
-    };
-    match ops::submit(&mut conn, keys, &job, &opts)
-        .await
-        .map_err(redis_failed(redis_op::SUBMIT))?
-    {
-        Submitted::Created => {}
-        other => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "submitting a validate job answered {other:?}"
-            )));
-        }
-    }
-    tracing::info!(%job_id, model, version = registered.version, size = bytes.len(), "model version uploaded");
-    let status_url = format!("/v1/jobs/{job_id}");
+    let span = submission.span().clone();
+    // No Idempotency-Key here: the version is registered before the job
+    // is queued, so a replay would leave a second version behind.
+    let accepted = submission
+        .enqueue(
+            &state,
+            &tenant,
+            Work::Validate {
+                version: registered.version,
+            },
+            None,
+        )
+        .await?;
+    span.in_scope(|| {
+        tracing::info!(
+            version = registered.version,
+            size = bytes.len(),
+            "model version uploaded"
+        )
+    });
     let body = UploadAccepted {
-        job_id,
+        job_id: accepted.id,
         model: public,
         version: registered.version,
-        status_url: status_url.clone(),
+        status_url: accepted.status_url(),
     };
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, status_url)],
-        Json(body),
-    )
-        .into_response())
+    Ok(accepted.respond(Json(body)))
 }
 
 pub async fn list(

@@ -375,7 +375,7 @@ pub async fn job_snapshot(
 static REPLAY: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
--- KEYS: dead-letter stream, job record, work stream, delayed set
+-- KEYS: dead-letter stream, job record, work stream, delayed set, tenant usage
 -- ARGV: dead-letter entry id, job id, payload, kind, model, created_at, group
 if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
   return {'gone'}
@@ -391,9 +391,13 @@ end
 redis.call('HSETNX', KEYS[2], 'kind', ARGV[4])
 redis.call('HSETNX', KEYS[2], 'model', ARGV[5])
 redis.call('HSETNX', KEYS[2], 'created_at', ARGV[6])
-redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0)
+redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'bytes', string.len(ARGV[3]))
 redis.call('HDEL', KEYS[2], 'result', 'error', 'started_at', 'finished_at',
-  'model_version', 'worker', 'payload', 'retry_at', 'last_error')
+  'model_version', 'worker', 'payload', 'retry_at', 'last_error', 'progress',
+  'cancel_requested', 'cancel_ttl')
+-- Unfinished again: counted against its tenant until it ends (see usage).
+redis.call('HINCRBY', KEYS[5], 'jobs', 1)
+redis.call('HINCRBY', KEYS[5], 'bytes', string.len(ARGV[3]))
 redis.call('PERSIST', KEYS[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
 local id = redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'job', ARGV[3])
@@ -441,6 +445,7 @@ pub async fn replay(
         .key(keys.job(&env.id))
         .key(keys.stream(queue_of(env.kind, &env.model)))
         .key(keys.delayed())
+        .key(keys.usage(crate::model::tenant_of(&env.model)))
         .arg(&dl.entry_id)
         .arg(env.id.to_string())
         .arg(&dl.payload)

@@ -30,9 +30,10 @@ use uuid::Uuid;
 use super::QueueError;
 use super::keys::{CONTROL, GROUP, Keys, TRAIN};
 use super::scripts::invoke_all;
+use super::usage::RELEASE_LUA;
 use super::wire::{EntryJob, JobEnvelope};
 use crate::job::JobError;
-use crate::model::ModelInfo;
+use crate::model::{ModelInfo, tenant_of};
 
 /// Publishes a model's signature and tells API processes to refresh it.
 pub async fn publish_model(
@@ -105,6 +106,17 @@ impl Delivery {
     /// payload is not.
     pub fn model<'a>(&'a self, keys: &Keys) -> &'a str {
         keys.model_of_stream(&self.stream).unwrap_or("")
+    }
+
+    /// The tenant whose usage the job counts against: its model's. Control
+    /// and training streams carry every tenant's jobs, so the payload's
+    /// model decides; an undecodable payload falls back to the stream's.
+    pub fn tenant<'a>(&'a self, keys: &Keys) -> &'a str {
+        let model = match &self.job {
+            Ok(job) => job.model.as_str(),
+            Err(_) => self.model(keys),
+        };
+        tenant_of(model)
     }
 }
 
@@ -192,7 +204,7 @@ end
 "#;
 
 fn with_entry_payload(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{ENTRY_PAYLOAD_LUA}{body}"))
+    redis::Script::new(&format!("{ENTRY_PAYLOAD_LUA}{RELEASE_LUA}{body}"))
 }
 
 /// Takes a new attempt for each delivered job, or settles jobs that must not
@@ -206,7 +218,7 @@ static START: LazyLock<redis::Script> = LazyLock::new(|| {
 -- One call starts every job of a batch read from one stream: a script call
 -- costs Redis ~12 us on top of its commands, so one per job was a third of
 -- Redis's time per job.
--- KEYS: stream, dead, then the job record of each job
+-- KEYS: stream, dead, then for each job: its record, its tenant's usage
 -- ARGV: now, consumer, group, max_attempts, failed_ttl, channel, model, then
 --       for each job: entry, job id, deadline ('' = none)
 local now, consumer, group = ARGV[1], ARGV[2], ARGV[3]
@@ -214,7 +226,7 @@ local max_attempts, failed_ttl = tonumber(ARGV[4]), ARGV[5]
 local channel, model = ARGV[6], ARGV[7]
 local stream, dead = KEYS[1], KEYS[2]
 
-local function start(job, entry, id, deadline)
+local function start(job, usage, entry, id, deadline)
   local st = redis.call('HGET', job, 'status')
   if not st then
     redis.call('XACK', stream, group, entry)
@@ -230,6 +242,8 @@ local function start(job, entry, id, deadline)
     redis.call('HSET', job, 'status', 'failed', 'finished_at', now, 'error', err)
     redis.call('HDEL', job, 'payload', 'retry_at')
     redis.call('EXPIRE', job, failed_ttl)
+    usage_release(usage, 'jobs', 1)
+    usage_release(usage, 'bytes', redis.call('HGET', job, 'bytes'))
     if to_dead then
       redis.call('XADD', dead, '*', 'id', id, 'job', entry_payload(stream, entry) or '',
         'model', model, 'error', err, 'attempts', attempts, 'failed_at', now)
@@ -252,9 +266,9 @@ local function start(job, entry, id, deadline)
 end
 
 local out = {}
-for i = 3, #KEYS do
-  local a = 7 + (i - 3) * 3
-  out[#out + 1] = start(KEYS[i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+for i = 3, #KEYS, 2 do
+  local a = 7 + (i - 3) / 2 * 3
+  out[#out + 1] = start(KEYS[i], KEYS[i + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
 return out
 "#,
@@ -321,6 +335,7 @@ pub async fn start(
                     .map(|ms| ms.to_string())
                     .unwrap_or_default();
                 inv.key(keys.job(&id))
+                    .key(keys.usage(d.tenant(keys)))
                     .arg(&d.entry_id)
                     .arg(id.to_string())
                     .arg(deadline);
@@ -391,20 +406,21 @@ static FINISH: LazyLock<redis::Script> = LazyLock::new(|| {
     with_entry_payload(
         r#"
 -- One call per stream finishes every job of a batch (see START).
--- KEYS: stream, dead, delayed, then the job record of each job
+-- KEYS: stream, dead, delayed, then for each job: its record, its tenant's
+--       usage
 -- ARGV: group, now, channel, model, then for each job: entry, attempt,
---       mode (succeeded|failed|dead|retry), ttl, model_version, result,
---       error, job id, retry_at
+--       mode (succeeded|failed|dead|retry|canceled), ttl, model_version,
+--       result, error, job id, retry_at
 local group, now, channel, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local stream, dead, delayed = KEYS[1], KEYS[2], KEYS[3]
 
-local function finish(job, entry, attempt, mode, ttl, version, result, err, id, retry_at)
-  local att = redis.call('HGET', job, 'attempts')
-  if not att then
+local function finish(job, usage, entry, attempt, mode, ttl, version, result, err, id, retry_at)
+  local f = redis.call('HMGET', job, 'attempts', 'status', 'bytes', 'cancel_ttl')
+  if not f[1] then
     redis.call('XACK', stream, group, entry)
     return -1
   end
-  if att ~= attempt or redis.call('HGET', job, 'status') ~= 'running' then
+  if f[1] ~= attempt or f[2] ~= 'running' then
     return 0
   end
   local payload
@@ -421,12 +437,19 @@ local function finish(job, entry, attempt, mode, ttl, version, result, err, id, 
     redis.call('XACK', stream, group, entry)
     return 1
   end
-  redis.call('HSET', job, 'status', mode == 'succeeded' and 'succeeded' or 'failed',
-    'finished_at', now)
+  local status = 'failed'
+  if mode == 'succeeded' then status = 'succeeded' elseif mode == 'canceled' then
+    status = 'canceled'
+    -- The TTL the API chose when the client asked.
+    if f[4] then ttl = f[4] end
+  end
+  redis.call('HSET', job, 'status', status, 'finished_at', now)
   if result ~= '' then redis.call('HSET', job, 'result', result) end
   if err ~= '' then redis.call('HSET', job, 'error', err) end
   redis.call('HDEL', job, 'payload', 'retry_at', 'last_error')
   redis.call('EXPIRE', job, ttl)
+  usage_release(usage, 'jobs', 1)
+  usage_release(usage, 'bytes', f[3])
   if mode == 'dead' then
     redis.call('XADD', dead, '*', 'id', id, 'job', payload or '', 'model', model,
       'error', err, 'attempts', attempt, 'failed_at', now)
@@ -437,10 +460,10 @@ local function finish(job, entry, attempt, mode, ttl, version, result, err, id, 
 end
 
 local out = {}
-for i = 4, #KEYS do
-  local a = 4 + (i - 4) * 9
-  out[#out + 1] = finish(KEYS[i], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4],
-    ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
+for i = 4, #KEYS, 2 do
+  local a = 4 + (i - 4) / 2 * 9
+  out[#out + 1] = finish(KEYS[i], KEYS[i + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
 end
 return out
 "#,
@@ -460,6 +483,8 @@ pub enum Outcome {
     /// A transient failure on the last allowed attempt: terminal, and copied
     /// to the dead-letter stream.
     DeadLetter(JobError),
+    /// Stopped because a client canceled the job while it ran.
+    Canceled,
 }
 
 impl Outcome {
@@ -469,6 +494,7 @@ impl Outcome {
             Outcome::Succeeded { .. } => "succeeded",
             Outcome::Failed(_) | Outcome::DeadLetter(_) => "failed",
             Outcome::Retry { .. } => "queued",
+            Outcome::Canceled => "canceled",
         }
     }
 }
@@ -560,8 +586,10 @@ fn finish_args(
             error_json(error),
             *retry_at_ms,
         ),
+        Outcome::Canceled => ("canceled", policy.failed_ttl_secs, "", String::new(), 0),
     };
     inv.key(keys.job(&f.job_id))
+        .key(keys.usage(f.delivery.tenant(keys)))
         .arg(&f.delivery.entry_id)
         .arg(f.attempt)
         .arg(mode)
@@ -574,52 +602,83 @@ fn finish_args(
 }
 
 /// Renews the lease of entries this consumer still owns by resetting their
-/// idle time (XCLAIM JUSTID, which does not count as a delivery). An entry
-/// another consumer has taken over is left alone: stealing it back would
-/// only make the two workers fight over it.
+/// idle time (XCLAIM JUSTID, which does not count as a delivery), and tells
+/// whether a client asked to cancel each job meanwhile: the renewal is the
+/// worker's periodic look at its running jobs, so a cancel costs no extra
+/// round trip. An entry another consumer has taken over is left alone:
+/// stealing it back would only make the two workers fight over it.
 static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
--- KEYS: stream; ARGV: group, consumer, entry ids...
-local kept = 0
+-- KEYS: stream, then each entry's job record; ARGV: group, consumer, then
+-- the entry ids in the order of their records
+-- Answers per entry: 0 lost, 1 held, 2 held and a cancel was asked for.
+local out = {}
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    kept = kept + 1
+    if redis.call('HEXISTS', KEYS[i - 1], 'cancel_requested') == 1 then
+      out[#out + 1] = 2
+    else
+      out[#out + 1] = 1
+    end
+  else
+    out[#out + 1] = 0
   end
 end
-return kept
+return out
 "#,
     )
 });
 
-/// Renews the leases of `entries` (stream key, entry id) held by `consumer`;
-/// returns how many are still held.
+/// One running job whose lease [`renew`] keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub stream: &'a str,
+    pub entry_id: &'a str,
+    pub job_id: Uuid,
+}
+
+/// What [`renew`] found for one lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewed {
+    /// Still this consumer's; renewed.
+    Held,
+    /// Renewed, and a client asked to cancel the job: stop it.
+    CancelRequested,
+    /// Another consumer took the entry over (or it was acknowledged).
+    Lost,
+}
+
+/// Renews the leases of `leases` held by `consumer`; answers in their order.
 pub async fn renew(
     conn: &mut impl ConnectionLike,
+    keys: &Keys,
     consumer: &str,
-    entries: &[(&str, &str)],
-) -> Result<usize, QueueError> {
-    let mut streams: Vec<&str> = entries.iter().map(|(s, _)| *s).collect();
-    streams.sort_unstable();
-    streams.dedup();
-    let invocations: Vec<_> = streams
+    leases: &[Lease<'_>],
+) -> Result<Vec<Renewed>, QueueError> {
+    let groups = by_stream(leases.iter().map(|l| l.stream));
+    let invocations: Vec<_> = groups
         .iter()
-        .map(|stream| {
+        .map(|(stream, members)| {
             let mut inv = RENEW.key(*stream);
             inv.arg(GROUP).arg(consumer);
-            for (_, id) in entries.iter().filter(|(s, _)| s == stream) {
-                inv.arg(*id);
+            for &i in members {
+                inv.key(keys.job(&leases[i].job_id)).arg(leases[i].entry_id);
             }
             inv
         })
         .collect();
-    let kept: Vec<i64> = invoke_all(conn, &RENEW, &invocations).await?;
-    Ok(kept
+    let answers: Vec<Vec<i64>> = invoke_all(conn, &RENEW, &invocations).await?;
+    Ok(scatter(&groups, answers, leases.len())?
         .into_iter()
-        .map(|k| usize::try_from(k).unwrap_or(0))
-        .sum())
+        .map(|c| match c {
+            2 => Renewed::CancelRequested,
+            1 => Renewed::Held,
+            _ => Renewed::Lost,
+        })
+        .collect())
 }
 
 /// Writes a running job's progress, only while `attempt` is the job's

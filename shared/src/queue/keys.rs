@@ -11,7 +11,9 @@
 //! | `{ns}:events:models`              | pub/sub | model names, published when a signature changes         |
 //! | `{ns}:dead`                       | stream  | dead letters: jobs that exhausted their attempts        |
 //! | `{ns}:delayed`                    | zset    | job ids waiting for a retry, scored by due time (ms)    |
-//! | `{ns}:idem:{model}:{key hash}`    | string  | `{job id} {body hash}` for an `Idempotency-Key`         |
+//! | `{ns}:idem:{model}:{kind}:{key hash}` | string | `{job id} {body hash}` for an `Idempotency-Key`, one namespace per model and job kind |
+//! | `{ns}:usage:{tenant}`             | hash    | a tenant's usage, kept by the scripts that change it ([`super::usage`]): `jobs`/`bytes` of unfinished jobs, `datasets`/`dataset_bytes` |
+//! | `{ns}:rate:{tenant}[:{model}]`    | hash    | a token bucket (`tokens`, `at`) of a tenant, or of a tenant's model ([`super::ratelimit`]); expires when full |
 //! | `{ns}:workers:{model}`            | zset    | worker heartbeats: consumer name → last beat (Redis ms); stale members pruned, key expires ([`super::heartbeat`]) |
 //! | `{ns}:registry:{model}`           | hash    | model versions ([`super::registry`]): `seq` counter, `{n}` → version JSON, `sig:{n}` → signature JSON |
 //! | `{ns}:current`                    | hash    | model → current version number                          |
@@ -102,9 +104,32 @@ impl Keys {
     }
 
     /// An idempotency record; `key_hash` is a hex digest of the client's
-    /// key, so arbitrary header bytes never end up in a key name.
-    pub fn idempotency(&self, model: &str, key_hash: &str) -> String {
-        format!("{}:idem:{}:{}", self.ns, model, key_hash)
+    /// key, so arbitrary header bytes never end up in a key name. Scoped by
+    /// job kind: the same key sent to predict and to retrain names two
+    /// requests, not a reuse.
+    pub fn idempotency(&self, model: &str, kind: JobKind, key_hash: &str) -> String {
+        format!("{}:idem:{}:{}:{}", self.ns, model, kind.as_str(), key_hash)
+    }
+
+    /// A tenant's usage counters (see [`super::usage`]).
+    pub fn usage(&self, tenant: &str) -> String {
+        format!("{}:usage:{}", self.ns, tenant)
+    }
+
+    /// A tenant's request token bucket (see [`super::ratelimit`]).
+    pub fn rate(&self, tenant: &str) -> String {
+        format!("{}:rate:{}", self.ns, tenant)
+    }
+
+    /// The token bucket of one model of a tenant (`model` is the internal,
+    /// tenant-qualified name, so it cannot collide with another tenant's).
+    pub fn model_rate(&self, model: &str) -> String {
+        format!(
+            "{}:rate:{}:{}",
+            self.ns,
+            crate::model::tenant_of(model),
+            model
+        )
     }
 
     /// Heartbeats of the workers serving `model` (see
@@ -176,7 +201,18 @@ mod tests {
         assert_eq!(k.models_channel(), "t1:events:models");
         assert_eq!(k.dead_letters(), "t1:dead");
         assert_eq!(k.delayed(), "t1:delayed");
-        assert_eq!(k.idempotency("m", "ab12"), "t1:idem:m:ab12");
+        assert_eq!(
+            k.idempotency("m", JobKind::Predict, "ab12"),
+            "t1:idem:m:predict:ab12"
+        );
+        assert_ne!(
+            k.idempotency("m", JobKind::Predict, "ab12"),
+            k.idempotency("m", JobKind::Retrain, "ab12")
+        );
+        assert_eq!(k.usage("acme"), "t1:usage:acme");
+        assert_eq!(k.rate("acme"), "t1:rate:acme");
+        assert_eq!(k.model_rate("acme~m"), "t1:rate:acme:acme~m");
+        assert_eq!(k.model_rate("m"), "t1:rate:default:m");
         assert_eq!(k.workers("mlp128"), "t1:workers:mlp128");
         assert_eq!(k.registry("m"), "t1:registry:m");
         assert_eq!(k.current(), "t1:current");

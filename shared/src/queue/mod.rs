@@ -13,7 +13,9 @@
 //!         ── finish (Lua): if attempts unchanged → result | error | retry via delayed set |
 //!                          dead letter; EXPIRE per state; XACK; PUBLISH job-finished
 //!  API    ── GET /v1/jobs/{id}: HMGET job:{id} <record fields>; `?wait` sleeps on the job-finished channel
-//!  API    ── DELETE /v1/jobs/{id} (Lua): queued → canceled; workers ack it unrun
+//!  API    ── DELETE /v1/jobs/{id} (Lua): queued → canceled (workers ack it unrun), or running →
+//!                          cancel_requested, which the worker's lease renewal sees: it stops the run
+//!                          and finishes the attempt canceled
 //!  jobctl ── replay (Lua): dead letter → same id and payload back on the stream
 //!  worker ── heartbeat (Lua) every 2 s: ZADD workers:{model} <Redis ms> {consumer}, prune, PEXPIRE
 //!  API    ── /readyz, /metrics: ZRANGE workers:{model}; XLEN / XINFO GROUPS / XPENDING per model
@@ -52,7 +54,9 @@
 //! [`admin`] the operator's (`jobctl`); [`heartbeat`] tells which workers
 //! serve which model, and [`stats`] samples the queue gauges for `/metrics`.
 //! [`registry`] holds model versions, their bytes and the `current` pointer;
-//! [`datasets`] the training data retrain jobs read.
+//! [`datasets`] the training data retrain jobs read; [`usage`] what each
+//! tenant holds (counted by the scripts that change it, checked against its
+//! quotas on the way in).
 
 pub mod admin;
 pub mod consume;
@@ -60,9 +64,11 @@ pub mod datasets;
 pub mod heartbeat;
 pub mod keys;
 pub mod ops;
+pub mod ratelimit;
 pub mod registry;
 mod scripts;
 pub mod stats;
+pub mod usage;
 pub mod wire;
 
 pub use keys::Keys;

@@ -16,9 +16,10 @@ use uuid::Uuid;
 
 use super::QueueError;
 use super::keys::{GROUP, Keys, queue_of};
+use super::usage::{JobQuota, OverQuota, RELEASE_LUA};
 use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
 use crate::job::{JobRecord, JobStatus};
-use crate::model::ModelInfo;
+use crate::model::{ModelInfo, tenant_of};
 
 /// How a submission is bounded and deduplicated.
 #[derive(Debug, Clone, Copy)]
@@ -28,6 +29,8 @@ pub struct SubmitOptions<'a> {
     pub max_queue_depth: u64,
     /// Deduplicate on a client's `Idempotency-Key`.
     pub idempotency: Option<Idempotency<'a>>,
+    /// The tenant's bounds on unfinished jobs (see [`super::usage`]).
+    pub quota: JobQuota,
 }
 
 /// A client's idempotency key, reduced to digests so arbitrary header bytes
@@ -56,10 +59,14 @@ pub enum Submitted {
     /// The model's queue holds `depth` unfinished entries, at or over the
     /// limit; nothing was written.
     QueueFull { depth: u64 },
+    /// The tenant holds as many unfinished jobs (or payload bytes) as its
+    /// quota allows; nothing was written.
+    OverQuota(OverQuota),
 }
 
-/// Checks the idempotency key, then the queue depth, then writes the job
-/// record, its stream entry and the idempotency key, atomically.
+/// Checks the idempotency key, then the queue depth, then the tenant's
+/// quota, then writes the job record, its stream entry and the idempotency
+/// key and counts the job in the tenant's usage, atomically.
 ///
 /// Depth is what the consumer group still owes: `lag` (entries not yet
 /// delivered) plus `pending` (delivered, not yet acknowledged). Without a
@@ -69,12 +76,13 @@ pub enum Submitted {
 static SUBMIT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
--- KEYS: job, stream[, idempotency]
+-- KEYS: job, stream, tenant usage[, idempotency]
 -- ARGV: job id, payload, kind, model, created_at, deadline ('' = none),
 --       max depth (0 = unbounded), group, body hash, idempotency ttl,
---       job key prefix, id field, job field, traceparent ('' = none)
-if KEYS[3] then
-  local v = redis.call('GET', KEYS[3])
+--       job key prefix, id field, job field, traceparent ('' = none),
+--       max unfinished jobs, max unfinished bytes (0 = unbounded)
+if KEYS[4] then
+  local v = redis.call('GET', KEYS[4])
   local sp = v and string.find(v, ' ', 1, true)
   if sp then
     local id = string.sub(v, 1, sp - 1)
@@ -98,13 +106,27 @@ if max > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
   if not depth then depth = redis.call('XLEN', KEYS[2]) end
   if depth >= max then return {'full', tostring(depth)} end
 end
+local size = string.len(ARGV[2])
+local max_jobs, max_bytes = tonumber(ARGV[15]), tonumber(ARGV[16])
+if max_jobs > 0 or max_bytes > 0 then
+  local u = redis.call('HMGET', KEYS[3], 'jobs', 'bytes')
+  local jobs, bytes = tonumber(u[1]) or 0, tonumber(u[2]) or 0
+  if max_jobs > 0 and jobs + 1 > max_jobs then
+    return {'quota', 'jobs', tostring(jobs), ARGV[15]}
+  end
+  if max_bytes > 0 and bytes + size > max_bytes then
+    return {'quota', 'bytes', tostring(bytes), ARGV[16]}
+  end
+end
 redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'model', ARGV[4], 'status', 'queued',
-  'attempts', 0, 'created_at', ARGV[5])
+  'attempts', 0, 'created_at', ARGV[5], 'bytes', size)
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'deadline', ARGV[6]) end
 if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'traceparent', ARGV[14]) end
 redis.call('XADD', KEYS[2], '*', ARGV[12], ARGV[1], ARGV[13], ARGV[2])
-if KEYS[3] then
-  redis.call('SET', KEYS[3], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10])
+redis.call('HINCRBY', KEYS[3], 'jobs', 1)
+redis.call('HINCRBY', KEYS[3], 'bytes', size)
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10])
 end
 return {'created', ARGV[1]}
 "#,
@@ -114,7 +136,8 @@ return {'created', ARGV[1]}
 /// Submits a job (see [`SUBMIT`]'s rules): the record and the stream entry
 /// are written together or not at all, so there is never one without the
 /// other. The stream follows from the job's kind ([`queue_of`]): control and
-/// training jobs name their model but travel on their own streams.
+/// training jobs name their model but travel on their own streams. The
+/// job's tenant is its model's ([`crate::model::tenant_of`]).
 pub async fn submit(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
@@ -124,9 +147,10 @@ pub async fn submit(
     let payload = job.encode()?;
     let id = job.id.to_string();
     let mut inv = SUBMIT.key(keys.job(&job.id));
-    inv.key(keys.stream(queue_of(job.kind, &job.model)));
+    inv.key(keys.stream(queue_of(job.kind, &job.model)))
+        .key(keys.usage(tenant_of(&job.model)));
     if let Some(idem) = &opts.idempotency {
-        inv.key(keys.idempotency(&job.model, idem.key_hash));
+        inv.key(keys.idempotency(&job.model, job.kind, idem.key_hash));
     }
     let job_key_prefix = keys.job(&job.id);
     let job_key_prefix = job_key_prefix.strip_suffix(id.as_str()).unwrap_or("");
@@ -143,7 +167,9 @@ pub async fn submit(
         .arg(job_key_prefix)
         .arg(FIELD_ID)
         .arg(FIELD_JOB)
-        .arg(job.traceparent.as_deref().unwrap_or_default());
+        .arg(job.traceparent.as_deref().unwrap_or_default())
+        .arg(opts.quota.max_jobs)
+        .arg(opts.quota.max_bytes);
     let reply: Vec<String> = inv.invoke_async(conn).await?;
     let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
     let existing = || {
@@ -163,6 +189,11 @@ pub async fn submit(
         "full" => Ok(Submitted::QueueFull {
             depth: field(1).parse().unwrap_or(u64::MAX),
         }),
+        "quota" => Ok(Submitted::OverQuota(OverQuota::from_reply(
+            field(1),
+            field(2),
+            field(3),
+        )?)),
         other => Err(QueueError::Corrupt(format!(
             "submit script answered {other:?}"
         ))),
@@ -197,52 +228,89 @@ pub async fn get_job(
 pub enum Canceled {
     /// The job was queued and is now canceled; its record after the change.
     Canceled(Box<JobRecord>),
+    /// The job is running: the cancel is recorded on it, and its worker
+    /// stops it at its next check (see [`super::consume::renew`]); the record
+    /// after the change.
+    Requested(Box<JobRecord>),
     /// Unknown or expired id.
     NotFound,
-    /// The job is running or already terminal; nothing changed.
+    /// The job is already terminal; nothing changed.
     NotCancelable(JobStatus),
 }
 
-/// Cancels a job only if it is still `queued`: marks it canceled, starts the
-/// record's TTL, drops a parked retry, and publishes the id so long-polls
-/// wake. Its stream entry stays until a worker reads it; the worker's start
-/// step sees a terminal job and just acknowledges the entry.
+/// Cancels a job. A `queued` one is canceled at once: marked canceled, its
+/// record's TTL started, a parked retry dropped, its usage released, and
+/// the id published so long-polls wake; its stream entry stays until a
+/// worker reads it, whose start step sees a terminal job and just
+/// acknowledges the entry. A `running` one gets `cancel_requested` (the
+/// time) and `cancel_ttl`: its worker sees them when it renews the lease,
+/// stops the run and ends the attempt `canceled` with that TTL. A job that
+/// ends before its worker looks ends as it ended.
 static CANCEL: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    redis::Script::new(&format!(
+        "{RELEASE_LUA}{}",
         r#"
--- KEYS: job, delayed; ARGV: now, ttl, channel, job id
+-- KEYS: job, delayed, tenant usage; ARGV: now, ttl, channel, job id
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return {'missing'} end
-if st ~= 'queued' then return {'not_cancelable', st} end
-redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
--- A job waiting out a retry back-off must not be put back on its stream.
-redis.call('HDEL', KEYS[1], 'payload', 'retry_at')
-redis.call('ZREM', KEYS[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+local tag
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
+  -- A job waiting out a retry back-off must not be put back on its stream.
+  redis.call('HDEL', KEYS[1], 'payload', 'retry_at')
+  redis.call('ZREM', KEYS[2], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  usage_release(KEYS[3], 'jobs', 1)
+  usage_release(KEYS[3], 'bytes', redis.call('HGET', KEYS[1], 'bytes'))
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  tag = 'canceled'
+elseif st == 'running' then
+  if redis.call('HSETNX', KEYS[1], 'cancel_requested', ARGV[1]) == 1 then
+    redis.call('HSET', KEYS[1], 'cancel_ttl', ARGV[2])
+  end
+  tag = 'requested'
+else
+  return {'not_cancelable', st}
+end
 local r = redis.call('HGETALL', KEYS[1])
-table.insert(r, 1, 'canceled')
+table.insert(r, 1, tag)
 return r
-"#,
-    )
+"#
+    ))
 });
 
 pub async fn cancel(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     id: &Uuid,
+    model: &str,
     ttl_secs: u64,
     now_ms: i64,
 ) -> Result<Canceled, QueueError> {
     let mut inv = CANCEL.key(keys.job(id));
     inv.key(keys.delayed())
+        .key(keys.usage(tenant_of(model)))
         .arg(now_ms)
         .arg(ttl_secs.max(1))
         .arg(keys.job_finished_channel())
         .arg(id.to_string());
     let reply: Vec<String> = inv.invoke_async(conn).await?;
     let mut reply = reply.into_iter();
-    match reply.next().as_deref() {
+    let tag = reply.next();
+    let record = |reply: std::vec::IntoIter<String>| {
+        let mut reply = reply;
+        let mut fields = HashMap::new();
+        while let (Some(k), Some(v)) = (reply.next(), reply.next()) {
+            fields.insert(k, v);
+        }
+        match record_from(*id, fields)? {
+            Some(job) => Ok(Box::new(job)),
+            None => Err(QueueError::Corrupt(format!(
+                "job {id} vanished while being canceled"
+            ))),
+        }
+    };
+    match tag.as_deref() {
         Some("missing") => Ok(Canceled::NotFound),
         Some("not_cancelable") => {
             let status = reply.next().unwrap_or_default();
@@ -250,18 +318,8 @@ pub async fn cancel(
                 .map(Canceled::NotCancelable)
                 .ok_or_else(|| QueueError::Corrupt(format!("job {id} has status {status:?}")))
         }
-        Some("canceled") => {
-            let mut fields = HashMap::new();
-            while let (Some(k), Some(v)) = (reply.next(), reply.next()) {
-                fields.insert(k, v);
-            }
-            match record_from(*id, fields)? {
-                Some(job) => Ok(Canceled::Canceled(Box::new(job))),
-                None => Err(QueueError::Corrupt(format!(
-                    "job {id} vanished while being canceled"
-                ))),
-            }
-        }
+        Some("canceled") => Ok(Canceled::Canceled(record(reply)?)),
+        Some("requested") => Ok(Canceled::Requested(record(reply)?)),
         other => Err(QueueError::Corrupt(format!(
             "cancel script answered {other:?}"
         ))),

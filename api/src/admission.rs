@@ -1,0 +1,290 @@
+//! Admission: whether a tenant's request is handled now, refused because the
+//! process is full, or refused because the tenant used its share or its rate.
+//!
+//! ```text
+//!  request ─▶ pool: a `?wait=` poll → long-poll pool, anything else → request pool
+//!          ─▶ a free slot of the process's pool?          no → 503 overloaded
+//!          ─▶ a free slot of the tenant's share of it?    no → 429 tenant_concurrency_limit
+//!          ─▶ a token in the tenant's bucket, and in the bucket
+//!             of the model the route names (if any)?      no → 429 rate_limited
+//!          ─▶ handler; RateLimit headers on the answer
+//! ```
+//!
+//! Slots are taken without waiting: a request that would queue inside the
+//! process only adds latency and memory. Waiting polls (`GET /v1/jobs/{id}
+//! ?wait=N`) cost no CPU while they wait, so they have a pool of their own
+//! (`--max-long-polls`): a tenant holding a thousand of them does not take
+//! the slots another tenant's submissions need. A tenant's share of each
+//! pool comes from its [`Policy`](crate::tenants::Policy).
+//!
+//! Rate limits are token buckets in Redis ([`shared::queue::ratelimit`]),
+//! shared by every API replica: one bucket per tenant for all its requests,
+//! one per model of the tenant for the routes that name it. Only models the
+//! API knows get a bucket, so made-up names cannot create keys. A tenant
+//! without a rate costs no Redis call; if Redis cannot answer, the request
+//! goes through (counted in `onnxq_redis_errors_total{op="rate_limit"}`):
+//! the handler needs Redis anyway and will say so itself.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
+use serde::Deserialize;
+use shared::model::valid_model_name;
+use shared::queue::ratelimit::{self, Bucket, Level, Rate, Verdict};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::Tenant;
+use crate::error::{ApiError, RateLimitInfo};
+use crate::metrics::{UNKNOWN_MODEL, count_redis_error, count_rejection, redis_op};
+use crate::routes;
+use crate::state::AppState;
+use crate::tenants::{Policies, Policy};
+
+/// The process's two pools and each tenant's share of them.
+pub struct Pools {
+    requests: Arc<Semaphore>,
+    long_polls: Arc<Semaphore>,
+    request_size: u32,
+    long_poll_size: u32,
+    shares: Mutex<HashMap<String, Shares>>,
+}
+
+/// One tenant's share of each pool, sized from its policy.
+#[derive(Clone)]
+struct Shares {
+    requests: Arc<Semaphore>,
+    long_polls: Arc<Semaphore>,
+}
+
+impl Pools {
+    pub fn new(max_requests: u32, max_long_polls: u32) -> Pools {
+        Pools {
+            requests: Arc::new(Semaphore::new(max_requests as usize)),
+            long_polls: Arc::new(Semaphore::new(max_long_polls as usize)),
+            request_size: max_requests,
+            long_poll_size: max_long_polls,
+            shares: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Forgets every tenant's share, so the next request sizes it from the
+    /// policies just loaded. Slots held under the old sizes are released to
+    /// the old semaphores, which then go away.
+    pub fn reset_shares(&self) {
+        self.shares
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn shares_of(&self, tenant: &str, policy: &Policy) -> Shares {
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        shares
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Shares {
+                requests: Arc::new(Semaphore::new(Policy::slots_of(
+                    policy.request_share,
+                    self.request_size,
+                ) as usize)),
+                long_polls: Arc::new(Semaphore::new(Policy::slots_of(
+                    policy.long_poll_share,
+                    self.long_poll_size,
+                ) as usize)),
+            })
+            .clone()
+    }
+
+    /// Request slots free right now (tests, readiness detail).
+    pub fn free_requests(&self) -> usize {
+        self.requests.available_permits()
+    }
+}
+
+/// The slots a request holds while it is handled.
+struct Held {
+    _process: OwnedSemaphorePermit,
+    _tenant: OwnedSemaphorePermit,
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    wait: Option<f64>,
+}
+
+/// A poll that will wait: it goes to the long-poll pool.
+fn is_long_poll(req: &Request, route: Option<&str>) -> bool {
+    req.method() == Method::GET
+        && route == Some(routes::JOB)
+        && axum::extract::Query::<WaitQuery>::try_from_uri(req.uri())
+            .ok()
+            .and_then(|q| q.0.wait)
+            .is_some_and(|w| w > 0.0)
+}
+
+fn take_slots(
+    pools: &Pools,
+    tenant: &Tenant,
+    policy: &Policy,
+    long_poll: bool,
+) -> Result<Held, ApiError> {
+    let shares = pools.shares_of(tenant.name(), policy);
+    let (process, own) = if long_poll {
+        (&pools.long_polls, &shares.long_polls)
+    } else {
+        (&pools.requests, &shares.requests)
+    };
+    let process = Arc::clone(process)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Overloaded)?;
+    let tenant = Arc::clone(own)
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TenantConcurrency)?;
+    Ok(Held {
+        _process: process,
+        _tenant: tenant,
+    })
+}
+
+/// The model a route names, if the API knows it (its internal name).
+fn named_model(
+    state: &AppState,
+    tenant: &Tenant,
+    route: Option<&str>,
+    path: &str,
+) -> Option<String> {
+    route?.strip_prefix("/v1/models/{model}")?;
+    let public = path.strip_prefix("/v1/models/")?.split('/').next()?;
+    if !valid_model_name(public) {
+        return None;
+    }
+    let internal = tenant.model_key(public);
+    state.models().is_cached(&internal).then_some(internal)
+}
+
+/// The buckets a request draws from, with their policy names.
+fn buckets(
+    state: &AppState,
+    tenant: &Tenant,
+    policy: &Policy,
+    model: Option<&str>,
+) -> Vec<(&'static str, Bucket)> {
+    let mut out = Vec::new();
+    if let Some(rate) = policy.rate {
+        out.push((
+            "tenant",
+            Bucket {
+                key: state.keys().rate(tenant.name()),
+                rate,
+            },
+        ));
+    }
+    if let (Some(rate), Some(model)) = (policy.model_rate, model) {
+        out.push((
+            "model",
+            Bucket {
+                key: state.keys().model_rate(model),
+                rate,
+            },
+        ));
+    }
+    out
+}
+
+pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let route = route.as_deref();
+    // Health, readiness and metrics never take a slot: an orchestrator must
+    // tell "busy" from "dead" exactly when the API is busiest.
+    if matches!(
+        route,
+        Some(routes::HEALTHZ | routes::READYZ | routes::METRICS | routes::OPENAPI)
+    ) {
+        return next.run(req).await;
+    }
+    // Authentication runs first; a request without a tenant is refused
+    // rather than let through unbounded.
+    let Some(tenant) = req.extensions().get::<Tenant>().cloned() else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let policies: Arc<Policies> = state.policies();
+    let policy = policies.of(tenant.name());
+    let model = named_model(&state, &tenant, route, req.uri().path());
+    let refuse = |e: ApiError| {
+        if route == Some(routes::PREDICT) {
+            let label = model
+                .clone()
+                .map_or(SharedString::const_str(UNKNOWN_MODEL), SharedString::from);
+            count_rejection(label, &e);
+        }
+        e.into_response()
+    };
+    let _held = match take_slots(state.pools(), &tenant, policy, is_long_poll(&req, route)) {
+        Ok(h) => h,
+        Err(e) => return refuse(e),
+    };
+    let buckets = buckets(&state, &tenant, policy, model.as_deref());
+    let mut shown = None;
+    if !buckets.is_empty() {
+        let only: Vec<Bucket> = buckets.iter().map(|(_, b)| b.clone()).collect();
+        let mut conn = state.conn();
+        match ratelimit::take(&mut conn, &only).await {
+            Ok(Verdict::Allowed(levels)) => shown = tightest(&buckets, &levels),
+            Ok(Verdict::Limited { index, retry_in_ms }) => {
+                let (name, b) = &buckets[index];
+                return refuse(ApiError::RateLimited(RateLimitInfo {
+                    policy: name,
+                    rate: b.rate,
+                    remaining: 0,
+                    reset_secs: retry_in_ms.div_ceil(1000).max(1),
+                }));
+            }
+            Err(e) => {
+                count_redis_error(redis_op::RATE_LIMIT, &e);
+                tracing::debug!(error = %e, "rate limit unavailable; letting the request through");
+            }
+        }
+    }
+    let mut res = next.run(req).await;
+    if let Some(info) = shown {
+        info.write_headers(res.headers_mut());
+    }
+    res
+}
+
+/// The bucket closest to empty: the one the `RateLimit` header describes.
+fn tightest(buckets: &[(&'static str, Bucket)], levels: &[Level]) -> Option<RateLimitInfo> {
+    buckets
+        .iter()
+        .zip(levels)
+        .min_by_key(|(_, l)| l.remaining)
+        .map(|((name, b), l)| RateLimitInfo {
+            policy: name,
+            rate: b.rate,
+            remaining: l.remaining,
+            reset_secs: l.full_in_ms.div_ceil(1000),
+        })
+}
+
+impl RateLimitInfo {
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers):
+    /// the bucket as a quota of `burst` requests per refill window, and
+    /// what is left of it.
+    pub fn write_headers(&self, headers: &mut axum::http::HeaderMap) {
+        let Rate { burst, .. } = self.rate;
+        let policy = format!("{};q={burst};w={}", self.policy, self.rate.window_secs());
+        let now = format!("{};r={};t={}", self.policy, self.remaining, self.reset_secs);
+        for (name, value) in [("ratelimit-policy", policy), ("ratelimit", now)] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The one way a job gets into the queue. Predict, retrain and model upload
+//! each check what is theirs to check; what every submission does is here:
+//!
+//! 1. [`Submission::begin`]: the job id, the exported submit span (its id
+//!    goes into the stored `traceparent`, so the worker's span continues
+//!    it, and the client's `traceparent` is its parent), and the
+//!    `Idempotency-Key`, checked before any other work.
+//! 2. The handler validates its request inside [`Submission::span`].
+//! 3. [`Submission::enqueue`]: one Redis script ([`ops::submit`]) that
+//!    deduplicates on the key (scoped by model and job kind), applies the
+//!    model's queue bound and the tenant's quota on unfinished jobs and
+//!    bytes, and writes the record and the stream entry together; then the
+//!    counters, and an [`Accepted`] the handler turns into its 202.
+//!
+//! Limits that do not depend on the job (the tenant's share of request
+//! slots, its rates) were applied before the handler ran
+//! ([`crate::admission`]).
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use shared::job::{JobKind, JobStatus};
+use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
+use shared::queue::wire::{JobEnvelope, RetrainSpec};
+use shared::telemetry::{self, spans};
+use shared::tensor::Tensor;
+use shared::trace::{TRACEPARENT, TraceContext};
+use tracing::{Instrument, Span};
+use uuid::Uuid;
+
+use crate::auth::Tenant;
+use crate::error::ApiError;
+use crate::metrics::{JOBS_DEDUPLICATED, JOBS_SUBMITTED, redis_failed, redis_op};
+use crate::state::AppState;
+
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on an answer that returns an earlier job for a repeated key.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// Longest accepted `Idempotency-Key`, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// What the job does, as its envelope will carry it.
+pub enum Work {
+    Predict {
+        inputs: Vec<Tensor>,
+        /// A registry version to run on instead of the current one.
+        pinned: Option<u32>,
+        /// Latest start (Unix ms).
+        deadline_ms: Option<i64>,
+    },
+    /// Check an uploaded version (a control job).
+    Validate {
+        version: u32,
+    },
+    Retrain(RetrainSpec),
+}
+
+impl Work {
+    fn kind(&self) -> JobKind {
+        match self {
+            Work::Predict { .. } => JobKind::Predict,
+            Work::Validate { .. } => JobKind::Validate,
+            Work::Retrain(_) => JobKind::Retrain,
+        }
+    }
+}
+
+/// A job on its way into the queue (see the module docs).
+pub struct Submission {
+    id: Uuid,
+    /// As Redis and the workers know it.
+    model: String,
+    /// As the tenant knows it, for messages.
+    public: String,
+    span: Span,
+    trace: TraceContext,
+    key_hash: Option<String>,
+}
+
+/// The job a submission produced, or the earlier one its key named.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepted {
+    pub id: Uuid,
+    /// `queued`, or for a replayed key the earlier job's status now.
+    pub status: JobStatus,
+    pub replayed: bool,
+}
+
+/// The 202 body.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Accepted)]
+pub(crate) struct AcceptedBody<'a> {
+    job_id: Uuid,
+    /// `queued`, or for a replayed `Idempotency-Key` the job's current status.
+    #[schema(value_type = crate::openapi::JobStatusDoc)]
+    status: &'static str,
+    /// Where to poll the job: `/v1/jobs/{job_id}`.
+    status_url: &'a str,
+}
+
+impl Accepted {
+    /// Where to poll the job.
+    pub fn status_url(&self) -> String {
+        format!("/v1/jobs/{}", self.id)
+    }
+
+    /// 202 with `Location` and `body`, plus `Idempotent-Replayed` when the
+    /// key named an earlier job.
+    pub fn respond(&self, body: impl IntoResponse) -> Response {
+        let mut res = (
+            StatusCode::ACCEPTED,
+            [(header::LOCATION, self.status_url())],
+            body,
+        )
+            .into_response();
+        if self.replayed {
+            res.headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        res
+    }
+
+    /// The standard 202: the job, its status and where to poll it.
+    pub fn into_response(self) -> Response {
+        let url = self.status_url();
+        self.respond(axum::Json(AcceptedBody {
+            job_id: self.id,
+            status: self.status.as_str(),
+            status_url: &url,
+        }))
+    }
+}
+
+impl Submission {
+    /// Starts a submission of `public` (a name the tenant uses, already
+    /// checked to be a valid model name): a new job id, its submit span and
+    /// trace, and the idempotency key, refused at once if malformed.
+    pub fn begin(
+        tenant: &Tenant,
+        public: &str,
+        headers: &HeaderMap,
+    ) -> Result<Submission, ApiError> {
+        let key_hash = idempotency_key(headers)?;
+        let model = tenant.model_key(public);
+        let id = Uuid::now_v7();
+        let client = client_trace(headers);
+        // Without export the ids are made here, so the span gets its trace
+        // id at creation: recording it afterwards re-encodes the span's JSON
+        // fields.
+        let local = (!telemetry::otlp_enabled()).then(|| TraceContext::child_of(client.as_ref()));
+        let span = tracing::info_span!(
+            spans::SUBMIT,
+            job_id = %id,
+            model = %model,
+            attempt = 0u32,
+            trace_id = local.as_ref().map(|t| tracing::field::display(t.trace_id)),
+        );
+        let trace = local.unwrap_or_else(|| {
+            let t = telemetry::submit_trace(&span, client.as_ref());
+            span.record("trace_id", tracing::field::display(t.trace_id));
+            t
+        });
+        Ok(Submission {
+            id,
+            model,
+            public: public.to_owned(),
+            span,
+            trace,
+            key_hash,
+        })
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The model as Redis and the workers know it.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The job's submit span: validation logged inside it belongs to the job.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The job's trace id.
+    pub fn trace_id(&self) -> String {
+        self.trace.trace_id.to_string()
+    }
+
+    /// Whether the request body must be hashed (an `Idempotency-Key` came).
+    pub fn wants_body_hash(&self) -> bool {
+        self.key_hash.is_some()
+    }
+
+    /// Queues the job (see the module docs). `body_hash` is the request
+    /// body's [`sha256_hex`] when [`Submission::wants_body_hash`].
+    pub async fn enqueue(
+        self,
+        state: &AppState,
+        tenant: &Tenant,
+        work: Work,
+        body_hash: Option<String>,
+    ) -> Result<Accepted, ApiError> {
+        let kind = work.kind();
+        let (inputs, model_version, deadline_ms, retrain) = match work {
+            Work::Predict {
+                inputs,
+                pinned,
+                deadline_ms,
+            } => (inputs, pinned, deadline_ms, None),
+            Work::Validate { version } => (Vec::new(), Some(version), None, None),
+            Work::Retrain(spec) => (Vec::new(), None, None, Some(spec)),
+        };
+        let job = JobEnvelope {
+            id: self.id,
+            kind,
+            model: self.model.clone(),
+            inputs,
+            submitted_at_ms: shared::time::now_ms(),
+            deadline_ms,
+            traceparent: Some(self.trace.to_string()),
+            model_version,
+            retrain,
+        };
+        let queue = state.queue_policy();
+        let policies = state.policies();
+        let opts = SubmitOptions {
+            // A control job is the registry's own work, never refused for
+            // a full model queue.
+            max_queue_depth: if kind == JobKind::Validate {
+                0
+            } else {
+                queue.max_queue_depth
+            },
+            idempotency: self.key_hash.as_deref().zip(body_hash.as_deref()).map(
+                |(key_hash, body_hash)| Idempotency {
+                    key_hash,
+                    body_hash,
+                    ttl_secs: queue.idempotency_ttl_secs,
+                },
+            ),
+            quota: policies.of(tenant.name()).job_quota(),
+        };
+        let outcome = async {
+            let mut conn = state.conn();
+            let outcome = ops::submit(&mut conn, state.keys(), &job, &opts)
+                .await
+                .map_err(redis_failed(redis_op::SUBMIT))?;
+            match outcome {
+                // Debug: the worker's "job finished" is the one info line per job.
+                Submitted::Created => tracing::debug!(kind = kind.as_str(), "job queued"),
+                // The line is about the earlier job, not the one never created.
+                Submitted::Duplicate { id, .. } => {
+                    tracing::Span::current().record("job_id", tracing::field::display(id));
+                    tracing::info!("idempotent retry, answered with the earlier job");
+                }
+                Submitted::KeyReused(id) => {
+                    tracing::Span::current().record("job_id", tracing::field::display(id));
+                    tracing::info!("idempotency key reused for another body");
+                }
+                // Debug: under overload these fire per request; metrics count them.
+                Submitted::QueueFull { depth } => tracing::debug!(depth, "queue full, job refused"),
+                Submitted::OverQuota(q) => {
+                    tracing::debug!(
+                        quota = q.kind.as_str(),
+                        used = q.used,
+                        "tenant over quota, job refused"
+                    )
+                }
+            }
+            Ok::<_, ApiError>(outcome)
+        }
+        .instrument(self.span.clone())
+        .await?;
+        let label = || SharedString::from(self.model.clone());
+        match outcome {
+            Submitted::Created => {
+                metrics::counter!(JOBS_SUBMITTED, "model" => label(), "kind" => kind.as_str())
+                    .increment(1);
+                Ok(Accepted {
+                    id: self.id,
+                    status: JobStatus::Queued,
+                    replayed: false,
+                })
+            }
+            Submitted::Duplicate { id, status } => {
+                metrics::counter!(JOBS_DEDUPLICATED, "model" => label()).increment(1);
+                Ok(Accepted {
+                    id,
+                    status,
+                    replayed: true,
+                })
+            }
+            Submitted::KeyReused(_) => Err(ApiError::IdempotencyKeyReused),
+            Submitted::QueueFull { .. } => Err(ApiError::QueueFull(self.public)),
+            Submitted::OverQuota(q) => Err(ApiError::over_quota(q)),
+        }
+    }
+}
+
+/// The hex SHA-256 of the `Idempotency-Key` header, if sent. Any bytes a
+/// header may carry are accepted; only the digest is used from here on.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    let invalid = |m: &str| Err(ApiError::InvalidIdempotencyKey(m.to_owned()));
+    if values.next().is_some() {
+        return invalid("send at most one Idempotency-Key header");
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return invalid("Idempotency-Key must not be empty");
+    }
+    if bytes.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return invalid("Idempotency-Key must be at most 256 bytes");
+    }
+    Ok(Some(sha256_hex(bytes)))
+}
+
+/// The client's W3C `traceparent`, if it sent exactly one valid header. An
+/// invalid or repeated one is ignored (the spec says to start a new trace),
+/// never an error.
+pub fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    TraceContext::parse(value.to_str().ok()?)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&[u8]]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(IDEMPOTENCY_KEY, HeaderValue::from_bytes(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_one_valid_traceparent_is_taken() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let with = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(TRACEPARENT, HeaderValue::from_str(v).unwrap());
+            }
+            client_trace(&h)
+        };
+        let tc = with(&[TP]).unwrap();
+        assert_eq!(tc.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(with(&[]), None);
+        assert_eq!(with(&[TP, TP]), None);
+        assert_eq!(with(&["00-garbage"]), None);
+    }
+
+    #[test]
+    fn idempotency_keys_are_hashed_and_bounded() {
+        assert_eq!(idempotency_key(&headers(&[])).unwrap(), None);
+        let a = idempotency_key(&headers(&[b"order-1"])).unwrap().unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(Some(a), idempotency_key(&headers(&[b"order-2"])).unwrap());
+        // Opaque bytes (obs-text) are fine: they only feed the digest.
+        assert!(idempotency_key(&headers(&[b"\xff\x80 key"])).is_ok());
+        assert!(idempotency_key(&headers(&[&[b'k'; 256]])).is_ok());
+        for bad in [
+            headers(&[&[b'k'; 257]]),
+            headers(&[b""]),
+            headers(&[b"a", b"b"]),
+        ] {
+            assert_eq!(
+                idempotency_key(&bad).unwrap_err().code(),
+                "invalid_idempotency_key"
+            );
+        }
+    }
+}
