@@ -37,6 +37,13 @@ pub struct Config {
     #[arg(long, env = "MAX_DATASET_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_dataset_bytes: usize,
 
+    /// Most epochs x rows x features a retrain job may ask for; set it to
+    /// the workers' `--max-train-work`. The API refuses what it can tell
+    /// is over it (422 `training_budget_exceeded`); the workers check again.
+    #[arg(long, env = "MAX_TRAIN_WORK", default_value_t = 30_000_000_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_train_work: u64,
+
     /// Upper bound for the `?wait=` long-poll of `GET /v1/jobs/{id}`, in seconds.
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
     pub max_wait_secs: u64,

@@ -82,6 +82,8 @@ pub enum ApiError {
     DatasetNotFound(String),
     #[error("{0}")]
     InvalidDataset(String),
+    #[error("{0}")]
+    TrainingBudget(String),
     #[error("the job store is unavailable, retry later")]
     RedisUnavailable(#[source] QueueError),
     #[error("internal server error")]
@@ -99,6 +101,7 @@ impl ApiError {
             | ApiError::AmbiguousCredentials => StatusCode::BAD_REQUEST,
             ApiError::InvalidInput(_)
             | ApiError::InvalidDataset(_)
+            | ApiError::TrainingBudget(_)
             | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::JobNotCancelable { .. } => StatusCode::CONFLICT,
             ApiError::QueueFull(_)
@@ -152,6 +155,7 @@ impl ApiError {
             ApiError::NoPreviousVersion(_) => "no_previous_version",
             ApiError::DatasetNotFound(_) => "dataset_not_found",
             ApiError::InvalidDataset(_) => "invalid_dataset",
+            ApiError::TrainingBudget(_) => "training_budget_exceeded",
             ApiError::RedisUnavailable(_) => "redis_unavailable",
             ApiError::Internal(_) => "internal",
         }

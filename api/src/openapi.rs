@@ -653,6 +653,7 @@ pub enum ErrorCode {
     NoPreviousVersion,
     DatasetNotFound,
     InvalidDataset,
+    TrainingBudgetExceeded,
     RedisUnavailable,
     Internal,
 }
@@ -894,6 +895,7 @@ mod tests {
                 | ApiError::NoPreviousVersion(_)
                 | ApiError::DatasetNotFound(_)
                 | ApiError::InvalidDataset(_)
+                | ApiError::TrainingBudget(_)
                 | ApiError::NotCsv
                 | ApiError::RedisUnavailable(_)
                 | ApiError::Internal(_) => {}
@@ -953,6 +955,7 @@ mod tests {
             ApiError::NoPreviousVersion(String::new()),
             ApiError::DatasetNotFound(String::new()),
             ApiError::InvalidDataset(String::new()),
+            ApiError::TrainingBudget(String::new()),
             ApiError::RedisUnavailable(shared::QueueError::Corrupt(String::new())),
             ApiError::Internal(anyhow::anyhow!("x")),
         ];

@@ -56,6 +56,7 @@ struct Inner {
     max_body_bytes: usize,
     max_model_bytes: usize,
     max_dataset_bytes: usize,
+    max_train_work: u64,
     pools: Pools,
     queue: QueuePolicy,
 }
@@ -114,6 +115,7 @@ impl AppState {
                 max_body_bytes: config.max_body_bytes,
                 max_model_bytes: config.max_model_bytes,
                 max_dataset_bytes: config.max_dataset_bytes,
+                max_train_work: config.max_train_work,
                 pools: Pools::new(config.max_concurrent_requests, config.max_long_polls),
                 queue: QueuePolicy {
                     max_queue_depth: config.max_queue_depth,
@@ -189,6 +191,11 @@ impl AppState {
     /// Largest accepted dataset upload.
     pub fn max_dataset_bytes(&self) -> usize {
         self.inner.max_dataset_bytes
+    }
+
+    /// Most epochs x rows x features a retrain job may ask for.
+    pub fn max_train_work(&self) -> u64 {
+        self.inner.max_train_work
     }
 
     /// The request and long-poll pools (see [`crate::admission`]).

@@ -43,40 +43,17 @@ fn with_header(mut req: Request<Body>, name: &'static str, value: &str) -> Reque
     req
 }
 
-/// A keys file with two tenants; returns the file (removed on drop) and the
-/// flags that load it.
-struct KeysFile(std::path::PathBuf);
+/// A keys file with two tenants.
+struct KeysFile(TempFile);
 
 impl KeysFile {
     fn new() -> KeysFile {
-        let digest = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
-        let path =
-            std::env::temp_dir().join(format!("api-retrain-keys-{}", Uuid::now_v7().simple()));
-        std::fs::write(
-            &path,
-            format!("acme {}\nglobex {}\n", digest("key-a"), digest("key-g")),
-        )
-        .expect("keys file");
-        KeysFile(path)
+        KeysFile(TempFile::keys(&[("acme", "key-a"), ("globex", "key-g")]))
     }
 
     fn arg(&self) -> String {
-        self.0.display().to_string()
+        self.0.arg()
     }
-}
-
-impl Drop for KeysFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn as_tenant(mut req: Request<Body>, key: &str) -> Request<Body> {
-    req.headers_mut().insert(
-        header::AUTHORIZATION,
-        format!("Bearer {key}").parse().unwrap(),
-    );
-    req
 }
 
 async fn stream_len(env: &Env, model: &str) -> u64 {

@@ -9,6 +9,7 @@
 //! target is a feature and must hold a finite number in every row; the
 //! target must be numeric too (class indices `0..k` for classification).
 
+use std::collections::HashSet;
 use std::fmt;
 
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
@@ -32,8 +33,19 @@ impl fmt::Display for Location {
     }
 }
 
+/// Most columns a dataset may have (the target included).
+pub const MAX_COLUMNS: usize = 10_000;
+/// Longest line of a CSV dataset, in bytes.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+/// Characters of a column name or value quoted in an error, at most.
+const QUOTED_CHARS: usize = 200;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DatasetError {
+    #[error("dataset has {found} columns; at most {MAX_COLUMNS} are accepted")]
+    TooManyColumns { found: usize },
+    #[error("{location} is longer than the limit of {MAX_LINE_BYTES} bytes")]
+    LineTooLong { location: Location },
     #[error("dataset is not UTF-8 text (invalid bytes on line {line})")]
     NotUtf8 { line: usize },
     #[error("dataset is empty: a header row is required")]
@@ -73,16 +85,19 @@ pub enum DatasetError {
     },
 }
 
+/// Column names listed in an error, at most.
+const PREVIEW: usize = 12;
+
+/// The first [`PREVIEW`] names, each clipped, and how many more there are.
 fn preview(names: &[String]) -> String {
-    const SHOWN: usize = 12;
     let mut s = names
         .iter()
-        .take(SHOWN)
-        .map(|n| format!("{n:?}"))
+        .take(PREVIEW)
+        .map(|n| format!("{:?}", truncate_to(n, QUOTED_CHARS)))
         .collect::<Vec<_>>()
         .join(", ");
-    if names.len() > SHOWN {
-        s.push_str(&format!(", ... {} more", names.len() - SHOWN));
+    if names.len() > PREVIEW {
+        s.push_str(&format!(", ... {} more", names.len() - PREVIEW));
     }
     s
 }
@@ -130,9 +145,17 @@ impl Dataset {
             .map(|(i, l)| (Location::Line(i + 1), l.strip_suffix('\r').unwrap_or(l)))
             .filter(|(_, l)| !l.trim().is_empty());
         let (header_loc, header) = lines.next().ok_or(DatasetError::NoHeader)?;
+        if header.len() > MAX_LINE_BYTES {
+            return Err(DatasetError::LineTooLong {
+                location: header_loc,
+            });
+        }
         let columns = split_fields(header, header_loc)?;
         let mut builder = Builder::new(columns, target_column)?;
         for (loc, line) in lines {
+            if line.len() > MAX_LINE_BYTES {
+                return Err(DatasetError::LineTooLong { location: loc });
+            }
             let fields = split_fields(line, loc)?;
             builder.push(loc, fields.len(), |j| fields[j].trim())?;
         }
@@ -220,23 +243,32 @@ struct Builder {
 
 impl Builder {
     fn new(columns: Vec<String>, target_column: &str) -> Result<Self, DatasetError> {
+        if columns.len() > MAX_COLUMNS {
+            return Err(DatasetError::TooManyColumns {
+                found: columns.len(),
+            });
+        }
         let columns: Vec<String> = columns.into_iter().map(|c| c.trim().to_owned()).collect();
+        // A set, so a wide header costs linear time, not quadratic.
+        let mut seen: HashSet<&str> = HashSet::with_capacity(columns.len());
         for (index, name) in columns.iter().enumerate() {
             if name.is_empty() || name.chars().any(char::is_control) {
                 return Err(DatasetError::BadColumnName {
                     index,
-                    name: name.clone(),
+                    name: truncate_to(name, QUOTED_CHARS),
                 });
             }
-            if columns[..index].contains(name) {
-                return Err(DatasetError::DuplicateColumn { name: name.clone() });
+            if !seen.insert(name) {
+                return Err(DatasetError::DuplicateColumn {
+                    name: truncate_to(name, QUOTED_CHARS),
+                });
             }
         }
         let target_idx = columns
             .iter()
             .position(|c| c == target_column)
             .ok_or_else(|| DatasetError::MissingTarget {
-                target: target_column.to_owned(),
+                target: truncate_to(target_column, QUOTED_CHARS),
                 available: columns.clone(),
             })?;
         if columns.len() < 2 {
@@ -331,8 +363,11 @@ impl Builder {
 }
 
 fn truncate(raw: &str) -> String {
-    const MAX: usize = 40;
-    match raw.char_indices().nth(MAX) {
+    truncate_to(raw, 40)
+}
+
+fn truncate_to(raw: &str, max: usize) -> String {
+    match raw.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &raw[..i]),
         None => raw.to_owned(),
     }
@@ -411,6 +446,45 @@ mod tests {
             ndarray::array![[1.0, 2.5], [-3.0, 40.0]].view()
         );
         assert_eq!(ds.target(), ndarray::array![0.0, 1.0].view());
+    }
+
+    #[test]
+    fn wide_and_long_inputs_stop_at_their_limits_with_the_limit_named() {
+        // The header of the reproduced attack: 80,000 columns.
+        let wide: Vec<String> = (0..80_000).map(|i| format!("c{i}")).collect();
+        let err = csv(&format!("{},y\n", wide.join(","))).unwrap_err();
+        assert_eq!(err, DatasetError::TooManyColumns { found: 80_001 });
+        assert!(err.to_string().contains("10000"), "{err}");
+        let err = Dataset::from_rows(&wide, &[], "c0").unwrap_err();
+        assert!(matches!(err, DatasetError::TooManyColumns { .. }), "{err}");
+
+        let long = format!("a,y\n{},0\n", "1".repeat(MAX_LINE_BYTES));
+        let err = csv(&long).unwrap_err();
+        assert_eq!(
+            err,
+            DatasetError::LineTooLong {
+                location: Location::Line(2)
+            }
+        );
+        assert!(err.to_string().contains("1048576 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_duplicate_at_the_end_of_a_wide_header_is_found() {
+        let mut names: Vec<String> = (0..MAX_COLUMNS - 1).map(|i| format!("c{i}")).collect();
+        names.push("c0".into());
+        let err = csv(&format!("{}\n", names.join(","))).unwrap_err();
+        assert_eq!(err, DatasetError::DuplicateColumn { name: "c0".into() });
+    }
+
+    #[test]
+    fn quoted_names_in_errors_are_clipped() {
+        let name = "n".repeat(5_000);
+        let err = csv(&format!("{name},{name},y\n1,2,3\n")).unwrap_err();
+        assert!(err.to_string().len() < 300, "{err}");
+        let err = csv(&format!("{name},b\n1,2\n")).unwrap_err();
+        assert!(matches!(err, DatasetError::MissingTarget { .. }));
+        assert!(err.to_string().len() < 600, "{}", err.to_string().len());
     }
 
     #[test]

@@ -38,6 +38,6 @@ pub use external::{
 };
 pub use metrics::{EvalError, Metrics, evaluate_classification, evaluate_regression};
 pub use model::{LinearModel, Predictions};
-pub use params::{ParamError, Task, TrainParams};
+pub use params::{OverBudget, ParamError, Task, TrainParams};
 pub use split::Split;
 pub use train::{Progress, TrainError, Trained, train};

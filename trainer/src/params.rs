@@ -64,6 +64,16 @@ impl Default for TrainParams {
     }
 }
 
+/// Training asked for more work than a deployment allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "epochs x rows x features is {work}, over this deployment's limit of {max}: train on fewer rows or for fewer epochs"
+)]
+pub struct OverBudget {
+    pub work: u64,
+    pub max: u64,
+}
+
 /// A parameter outside its allowed range.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid parameter {param}: {value} (expected {expected})")]
@@ -85,6 +95,15 @@ impl TrainParams {
         u64::from(self.epochs)
             .saturating_mul(rows as u64)
             .saturating_mul(features.max(1) as u64)
+    }
+
+    /// Refuses training whose [`TrainParams::work`] is over `max`.
+    pub fn check_work(&self, rows: usize, features: usize, max: u64) -> Result<u64, OverBudget> {
+        let work = self.work(rows, features);
+        if work > max {
+            return Err(OverBudget { work, max });
+        }
+        Ok(work)
     }
 
     /// Checks every parameter; the first one out of range is reported.

@@ -184,10 +184,13 @@ pub async fn run(env: &Env<'_>, job: &JobEnvelope, attempt: u32) -> Result<Retra
         .validate()
         .map_err(|e| JobFailure::InvalidPayload(e.to_string()))?;
     let data = load_data(env, spec, &params).await?;
-    let work = params.work(data.dataset.n_rows(), data.dataset.n_features());
-    if work > env.config.max_work {
-        return Err(JobFailure::TrainingBudget(budget_message(work, env.config.max_work)).into());
-    }
+    params
+        .check_work(
+            data.dataset.n_rows(),
+            data.dataset.n_features(),
+            env.config.max_work,
+        )
+        .map_err(|e| JobFailure::TrainingBudget(e.to_string()))?;
     tracing::info!(
         attempt,
         dataset = data.name.as_deref().unwrap_or("inline"),
@@ -215,14 +218,6 @@ pub async fn run(env: &Env<'_>, job: &JobEnvelope, attempt: u32) -> Result<Retra
 
     env.reporter.phase(Phase::Registering);
     register_and_decide(env, job, spec, &data, &params, evaluated).await
-}
-
-/// Why a training was refused for its size (the API says the same at
-/// submit when it can tell from the dataset's metadata).
-pub fn budget_message(work: u64, max: u64) -> String {
-    format!(
-        "epochs x rows x features is {work}, over this deployment's limit of {max}: train on fewer rows or for fewer epochs"
-    )
 }
 
 fn unavailable(e: impl std::fmt::Display) -> JobFailure {

@@ -59,8 +59,9 @@ pub async fn retrain(
     let JsonBody(body) = body?;
     let req: RetrainRequest = extract::parse(&body)?;
     let params: TrainParams = match req.params {
-        Some(v) => serde_json::from_value(v)
-            .map_err(|e| ApiError::InvalidInput(format!("invalid params: {e}")))?,
+        Some(v) => serde_json::from_value(v).map_err(|e| {
+            ApiError::InvalidInput(format!("invalid params: {}", clip(&e.to_string())))
+        })?,
         None => TrainParams::default(),
     };
     params
@@ -91,14 +92,21 @@ pub async fn retrain(
                     shown.join(", ")
                 )));
             }
+            let features = meta.columns.len().saturating_sub(1);
+            params
+                .check_work(meta.rows as usize, features, state.max_train_work())
+                .map_err(|e| ApiError::TrainingBudget(e.to_string()))?;
             (TrainingData::Dataset(name), public_ds)
         }
         (None, Some(rows)) => {
-            let target = params.target_column.clone();
+            let (check, max_work) = (params.clone(), state.max_train_work());
             let csv = tokio::task::spawn_blocking(move || {
                 let ds = rows
-                    .into_dataset(&target)
+                    .into_dataset(&check.target_column)
                     .map_err(|e| ApiError::InvalidDataset(e.to_string()))?;
+                check
+                    .check_work(ds.n_rows(), ds.n_features(), max_work)
+                    .map_err(|e| ApiError::TrainingBudget(e.to_string()))?;
                 let all: Vec<usize> = (0..ds.n_rows()).collect();
                 String::from_utf8(ds.to_csv(&all))
                     .map_err(|e| ApiError::Internal(anyhow::anyhow!("inline rows as CSV: {e}")))

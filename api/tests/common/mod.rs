@@ -289,3 +289,47 @@ pub fn features_body(n: usize) -> String {
     let row: Vec<String> = (0..n).map(|i| format!("{}", i as f32 / 10.0)).collect();
     format!(r#"{{"features":[{}]}}"#, row.join(","))
 }
+
+/// A file removed when dropped (keys files, tenants files).
+pub struct TempFile(pub std::path::PathBuf);
+
+impl TempFile {
+    pub fn new(prefix: &str, contents: &str) -> TempFile {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::write(&path, contents).expect("temp file");
+        TempFile(path)
+    }
+
+    /// A keys file giving each `(tenant, key)` its key.
+    pub fn keys(tenants: &[(&str, &str)]) -> TempFile {
+        use sha2::Digest;
+        let lines: Vec<String> = tenants
+            .iter()
+            .map(|(t, k)| format!("{t} {}", hex::encode(sha2::Sha256::digest(k.as_bytes()))))
+            .collect();
+        TempFile::new("api-keys", &(lines.join("\n") + "\n"))
+    }
+
+    pub fn rewrite(&self, contents: &str) {
+        std::fs::write(&self.0, contents).expect("rewrite temp file");
+    }
+
+    pub fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `req` as the tenant holding `key`.
+pub fn as_tenant(mut req: Request<Body>, key: &str) -> Request<Body> {
+    req.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {key}").parse().unwrap(),
+    );
+    req
+}
