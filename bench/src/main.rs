@@ -9,6 +9,7 @@
 //! * the closed loop again with workers on `--read-count 1`,
 //! * limits: in-process ONNX Runtime rows/s and raw Redis round trips/s,
 //! * resident memory of every process, and process start to the first 202,
+//! * the dataset parser at the upload size limit ([`parsers`]),
 //!
 //! and prints one aligned table, each figure with a ratio to a baseline from
 //! the same run where one exists (the machine is shared and noisy).
@@ -17,6 +18,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+mod parsers;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -55,6 +58,10 @@ struct Args {
     /// Smoke run of about 20 s: fewer jobs, one open-loop rate, shorter limits.
     #[arg(long)]
     quick: bool,
+
+    /// Only the in-process parser limits (no Redis, API or workers).
+    #[arg(long)]
+    parsers_only: bool,
 }
 
 const MODEL: &str = "mlp128";
@@ -804,6 +811,18 @@ async fn main() -> Result<()> {
     ];
     let mut rep = Report { rows: Vec::new() };
     let root = repo_root();
+
+    progress("limits: dataset parsing at the size limit");
+    let quick = args.quick;
+    for (metric, value, note) in
+        tokio::task::spawn_blocking(move || parsers::measure(quick)).await?
+    {
+        rep.row("limit: parsers", &metric, value, note);
+    }
+    if args.parsers_only {
+        rep.print(&header);
+        return Ok(());
+    }
 
     progress("starting redis-server, workers and api");
     let redis = RedisServer::start();
