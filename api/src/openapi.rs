@@ -640,6 +640,8 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     QueueFull,
     Overloaded,
+    RequestTimeout,
+    TooManyConnections,
     Unauthorized,
     NotFound,
     MethodNotAllowed,
@@ -876,6 +878,8 @@ mod tests {
                 | ApiError::IdempotencyKeyReused
                 | ApiError::QueueFull(_)
                 | ApiError::Overloaded
+                | ApiError::RequestTimeout(_)
+                | ApiError::TooManyConnections
                 | ApiError::Unauthorized
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed
@@ -908,6 +912,8 @@ mod tests {
             ApiError::IdempotencyKeyReused,
             ApiError::QueueFull(String::new()),
             ApiError::Overloaded,
+            ApiError::RequestTimeout(String::new()),
+            ApiError::TooManyConnections,
             ApiError::Unauthorized,
             ApiError::NotFound,
             ApiError::MethodNotAllowed,

@@ -1,7 +1,8 @@
 //! Everything a request handler needs, built once per process and shared by
 //! cheap clones: the shared Redis connection, the key layout, the model cache, the
 //! long-poll registry, the event listener task, the metrics handle, the
-//! request slots of the load shedder and the queue policy.
+//! request slots of the load shedder, the request-body rules and the queue
+//! policy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use shared::redis_conn::{self, Limits};
 use tokio::sync::Semaphore;
 
 use crate::auth::ApiKeys;
+use crate::body_deadline::BodyRules;
 use crate::config::Config;
 use crate::events::Listener;
 use crate::models_cache::ModelCache;
@@ -46,6 +48,7 @@ struct Inner {
     max_body_bytes: usize,
     max_model_bytes: usize,
     max_dataset_bytes: usize,
+    body_rules: BodyRules,
     request_slots: Arc<Semaphore>,
     queue: QueuePolicy,
 }
@@ -89,6 +92,7 @@ impl AppState {
             Arc::clone(&models),
             Arc::clone(&waiters),
         );
+        let metrics = crate::metrics::handle(&models);
         Ok(AppState {
             inner: Arc::new(Inner {
                 redis,
@@ -98,11 +102,12 @@ impl AppState {
                 models,
                 waiters,
                 listener,
-                metrics: crate::metrics::handle(),
+                metrics,
                 max_wait: config.max_wait(),
                 max_body_bytes: config.max_body_bytes,
                 max_model_bytes: config.max_model_bytes,
                 max_dataset_bytes: config.max_dataset_bytes,
+                body_rules: config.body_rules(),
                 request_slots: Arc::new(Semaphore::new(config.max_concurrent_requests as usize)),
                 queue: QueuePolicy {
                     max_queue_depth: config.max_queue_depth,
@@ -161,6 +166,11 @@ impl AppState {
     /// Largest accepted dataset upload.
     pub fn max_dataset_bytes(&self) -> usize {
         self.inner.max_dataset_bytes
+    }
+
+    /// What a request body must keep up (see [`crate::body_deadline`]).
+    pub fn body_rules(&self) -> BodyRules {
+        self.inner.body_rules
     }
 
     /// One permit per request being handled (see [`crate::overload`]).
