@@ -199,3 +199,25 @@ pub(crate) fn clip(s: &str) -> String {
         None => s.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_probes_metrics_and_the_document_are_open() {
+        let open: Vec<&str> = TABLE
+            .iter()
+            .filter(|r| r.access == Access::Open)
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(open, [HEALTHZ, READYZ, METRICS, OPENAPI]);
+        assert!(
+            TABLE
+                .iter()
+                .filter(|r| r.access == Access::Tenant)
+                .all(|r| r.path.starts_with("/v1/")),
+            "every tenant route is under /v1"
+        );
+    }
+}
