@@ -201,16 +201,10 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|m| m.as_str().to_owned());
     let route = route.as_deref();
-    // Health, readiness and metrics never take a slot: an orchestrator must
-    // tell "busy" from "dead" exactly when the API is busiest.
-    if matches!(
-        route,
-        Some(routes::HEALTHZ | routes::READYZ | routes::METRICS | routes::OPENAPI)
-    ) {
-        return next.run(req).await;
-    }
-    // Authentication runs first; a request without a tenant is refused
-    // rather than let through unbounded.
+    // Only tenant routes come here (health, readiness and metrics have a
+    // router of their own and never take a slot); authentication runs
+    // first, and a request without a tenant is refused rather than let
+    // through unbounded.
     let Some(tenant) = req.extensions().get::<Tenant>().cloned() else {
         return ApiError::Unauthorized.into_response();
     };

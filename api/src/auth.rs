@@ -213,21 +213,11 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     Ok(key.filter(|k| !k.is_empty()))
 }
 
-/// Middleware: attaches the caller's [`Tenant`] or answers 401. Health,
-/// readiness, metrics and the OpenAPI document stay open: probes and
-/// scrapers carry no keys.
+/// Middleware of the tenant routes (and their 404 fallback): attaches the
+/// caller's [`Tenant`] or answers 401. Health, readiness, metrics and the
+/// OpenAPI document are in a router of their own, outside this layer:
+/// probes and scrapers carry no keys.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    let public = matches!(
-        path,
-        crate::routes::HEALTHZ
-            | crate::routes::READYZ
-            | crate::routes::METRICS
-            | crate::routes::OPENAPI
-    );
-    if public {
-        return next.run(req).await;
-    }
     match state.api_keys().tenant_of(req.headers()) {
         Ok(tenant) => {
             req.extensions_mut().insert(tenant);

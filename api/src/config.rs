@@ -91,6 +91,68 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 
+    /// Operator listener (e.g. `127.0.0.1:9091`): serves `/metrics` with
+    /// every tenant's series, `/readyz` with per-model worker detail, and
+    /// `/healthz`. Unset: no operator listener, and the public listener's
+    /// `/metrics` and `/readyz` leave tenants' model names out.
+    #[arg(long, env = "OPS_LISTEN")]
+    pub ops_listen: Option<String>,
+
+    /// A connection must deliver a complete request head within this many
+    /// ms: from accept for its first request, from the first byte for each
+    /// later one. 10 s covers a head (at most 32 KiB) over any working link;
+    /// a slowloris client is cut off after it.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
+    /// A kept-alive connection with no request in progress is closed after
+    /// this many seconds without the first byte of a next request. 75 s
+    /// outlasts the usual 60 s idle timeout of load balancers and proxy
+    /// pools, so they, not we, close pooled connections first (the other
+    /// way round races their next request against our close).
+    #[arg(long, env = "IDLE_TIMEOUT_SECS", default_value_t = 75,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+
+    /// A request body that delivers no byte for this many ms is cut off
+    /// with 408 `request_timeout`. 10 s: longer than any pause of a working
+    /// upload, short enough that a stalled one gives its slot back quickly.
+    #[arg(long, env = "BODY_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_ms: u64,
+
+    /// Slowest accepted request body, in bytes per second, after
+    /// `--body-rate-grace-secs`: a body must keep ahead of a line rising
+    /// at this rate from the end of the grace period, or it is cut off with
+    /// 408 `request_timeout`. 32 KiB/s (256 kbit/s) is below any link that
+    /// uploads models (64 MiB: 34 min at this rate) yet makes holding a
+    /// request slot cost real bandwidth. 0 turns the rate rule off.
+    #[arg(long, env = "MIN_BODY_BYTES_PER_SEC", default_value_t = 32 * 1024)]
+    pub min_body_bytes_per_sec: u64,
+
+    /// Seconds a request body may take before `--min-body-bytes-per-sec`
+    /// applies (TCP slow start, a client preparing its data): 5 s.
+    #[arg(long, env = "BODY_RATE_GRACE_SECS", default_value_t = 5)]
+    pub body_rate_grace_secs: u64,
+
+    /// Open connections on the public listener at most. The file-descriptor
+    /// budget (RLIMIT_NOFILE minus a reserve) can lower it; the figures are
+    /// logged at start. 4096 idle connections cost tens of MiB; past the
+    /// cap a connection is refused, except for a small reserve that serves
+    /// health probes and metrics one request each.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Open connections from one client address at most; 0: no per-address
+    /// cap. Default 1024, as many as `--max-concurrent-requests` by
+    /// default: one reverse proxy can still use every request slot, but one
+    /// address cannot take the whole connection table. Behind a proxy all
+    /// clients share its address: size this for the proxy.
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 1024)]
+    pub max_connections_per_ip: u64,
+
     /// Tenants' API keys: lines of `<tenant> <sha256 hex of the key>`;
     /// re-read on SIGHUP. Unset: no keys, every request belongs to the
     /// tenant `default`.
@@ -139,6 +201,23 @@ impl Config {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
     }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+
+    /// The request-body rules of [`crate::body_deadline`].
+    pub fn body_rules(&self) -> crate::body_deadline::BodyRules {
+        crate::body_deadline::BodyRules {
+            stall: Duration::from_millis(self.body_timeout_ms),
+            min_bytes_per_sec: self.min_body_bytes_per_sec,
+            grace: Duration::from_secs(self.body_rate_grace_secs),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,5 +239,32 @@ mod tests {
         assert!(Config::try_parse_from(["api", "--max-concurrent-requests", "0"]).is_err());
         let c = Config::try_parse_from(["api", "--max-queue-depth", "0"]).expect("valid flags");
         assert_eq!(c.max_queue_depth, 0);
+    }
+
+    #[test]
+    fn edge_defaults_and_their_bounds() {
+        let c = Config::try_parse_from(["api"]).expect("valid flags");
+        assert_eq!(c.ops_listen, None);
+        assert_eq!(c.header_read_timeout(), Duration::from_secs(10));
+        assert_eq!(c.idle_timeout(), Duration::from_secs(75));
+        let rules = c.body_rules();
+        assert_eq!(rules.stall, Duration::from_secs(10));
+        assert_eq!(rules.min_bytes_per_sec, 32 * 1024);
+        assert_eq!(rules.grace, Duration::from_secs(5));
+        assert_eq!(c.max_connections, 4096);
+        assert_eq!(c.max_connections_per_ip, 1024);
+        for zero in [
+            "--header-read-timeout-ms",
+            "--idle-timeout-secs",
+            "--body-timeout-ms",
+            "--max-connections",
+        ] {
+            assert!(
+                Config::try_parse_from(["api", zero, "0"]).is_err(),
+                "{zero} 0"
+            );
+        }
+        let c = Config::try_parse_from(["api", "--max-connections-per-ip", "0"]).expect("0 = off");
+        assert_eq!(c.max_connections_per_ip, 0);
     }
 }

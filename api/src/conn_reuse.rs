@@ -37,7 +37,7 @@ pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
 }
 
 /// A body follows the head: a non-zero Content-Length, or chunked encoding.
-fn declares_body(headers: &HeaderMap) -> bool {
+pub(crate) fn declares_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || headers
             .get(header::CONTENT_LENGTH)

@@ -66,6 +66,13 @@ pub enum ApiError {
     },
     #[error("send one API key, in one Authorization or one X-API-Key header")]
     AmbiguousCredentials,
+    /// The request body broke a [`crate::body_deadline`] rule.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The connection table is full: only health, readiness and metrics are
+    /// answered, on the connections of the probe reserve.
+    #[error("the server has too many open connections, retry later")]
+    TooManyConnections,
     #[error("missing or unknown API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
     #[error("no such route")]
@@ -121,7 +128,10 @@ impl ApiError {
             | ApiError::DatasetNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::RedisUnavailable(_) | ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::RedisUnavailable(_) | ApiError::Overloaded | ApiError::TooManyConnections => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -147,6 +157,8 @@ impl ApiError {
             ApiError::TenantQueueFull { .. } => "tenant_queue_full",
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
             ApiError::AmbiguousCredentials => "ambiguous_credentials",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::TooManyConnections => "too_many_connections",
             ApiError::Unauthorized => "unauthorized",
             ApiError::NotFound => "not_found",
             ApiError::MethodNotAllowed => "method_not_allowed",
@@ -258,10 +270,15 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body is left unread, so the server drops the
-            // connection; say so, or a client reuses it and its next request
-            // fails.
+        // 413 and 408 leave the rest of the body unread, so the server drops
+        // the connection; say so, or a client reuses it and its next request
+        // fails. A connection of the probe reserve serves one request only.
+        if matches!(
+            self,
+            ApiError::PayloadTooLarge(_)
+                | ApiError::RequestTimeout(_)
+                | ApiError::TooManyConnections
+        ) {
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -313,6 +330,10 @@ mod tests {
                 StatusCode::TOO_MANY_REQUESTS,
             ),
             (ApiError::Overloaded, StatusCode::SERVICE_UNAVAILABLE),
+            (
+                ApiError::TooManyConnections,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
         ] {
             let res = e.into_response();
             assert_eq!(res.status(), status);
@@ -320,6 +341,22 @@ mod tests {
         }
         let res = ApiError::IdempotencyKeyReused.into_response();
         assert!(res.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn answers_that_end_the_connection_say_so() {
+        for e in [
+            ApiError::PayloadTooLarge(1),
+            ApiError::RequestTimeout("slow".into()),
+            ApiError::TooManyConnections,
+        ] {
+            let res = e.into_response();
+            assert_eq!(res.headers()[header::CONNECTION], "close");
+        }
+        let res = ApiError::RequestTimeout("slow".into()).into_response();
+        assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+        let res = ApiError::Overloaded.into_response();
+        assert!(res.headers().get(header::CONNECTION).is_none());
     }
 
     #[test]

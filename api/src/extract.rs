@@ -29,7 +29,9 @@ impl FromRequest<AppState> for JsonBody {
             .await
             .map(JsonBody)
             .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                if let Some(timeout) = crate::body_deadline::find_timeout(&rejection) {
+                    ApiError::RequestTimeout(timeout.to_string())
+                } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge(state.max_body_bytes())
                 } else {
                     ApiError::MalformedJson("the request body could not be read".into())

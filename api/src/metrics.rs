@@ -3,14 +3,23 @@
 //! and `GET /metrics`, which appends the queue gauges sampled at scrape time
 //! ([`crate::stream_stats`]).
 //!
-//! Names come from the catalogue in [`shared::metric_names`]. Label values
-//! are bounded: the route label is the matched route template (or
-//! `unmatched`), never the raw path, so unknown URLs cannot create series.
-//! A `model` label is a model some worker published, or [`UNKNOWN_MODEL`];
-//! a `reason` label is an [`ApiError`] code; an `op` label one of
-//! [`redis_op`]. Never a job id.
+//! Names come from the catalogue in [`shared::metric_names`]. Every label
+//! value is bounded:
+//!
+//! | label | values | bounded by |
+//! |---|---|---|
+//! | `route` | a route template of [`routes::ALL`], or `unmatched` | the route table: never the raw path |
+//! | `method` | the common methods, or `other` | [`method_label`] |
+//! | `status` | the status code | the codes the API answers with |
+//! | `model` | a model the API knows, or [`UNKNOWN_MODEL`] | the model cache (published signatures), enforced by the recorder ([`ModelLabels`]) |
+//! | `kind`, `reason` | job kinds, [`ApiError`] codes | Rust enums |
+//! | `op` | [`redis_op`] | constants |
+//! | `listener`, `phase` | `public`/`ops`, `header`/`idle`/`body` | constants |
+//!
+//! Never a job id. The public listener's `/metrics` leaves out every series
+//! of a tenant's model ([`public_view`]); the operator listener shows all.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use axum::Extension;
@@ -18,18 +27,25 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use metrics::SharedString;
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use shared::QueueError;
-use shared::metric_names::SECONDS_BUCKETS;
+use shared::metric_names::{
+    HTTP_CONNECTIONS, HTTP_CONNECTIONS_OVERFLOW, HTTP_CONNECTIONS_REFUSED, HTTP_TIMEOUTS,
+    SECONDS_BUCKETS,
+};
 pub use shared::metric_names::{
     HTTP_DURATION, HTTP_REQUESTS, JOBS_CANCELED, JOBS_DEDUPLICATED, JOBS_REJECTED, JOBS_SUBMITTED,
     REDIS_ERRORS, redis_op,
 };
+use shared::model::TENANT_SEPARATOR;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::routes;
+use crate::models_cache::ModelCache;
+use crate::routes::{self, Audience};
 use crate::state::AppState;
 use crate::stream_stats::StreamStats;
 
@@ -39,10 +55,20 @@ pub const UNKNOWN_MODEL: &str = "unknown";
 
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
+/// The model caches of the live application states (one in the binary,
+/// several in tests that run many in one process): a model in any of them
+/// may become a `model` label.
+static KNOWN_MODELS: RwLock<Vec<Weak<ModelCache>>> = RwLock::new(Vec::new());
+
 /// The global recorder's handle. The recorder is process-global, but tests
 /// build many routers in one process: install it once and share the handle.
-pub fn handle() -> PrometheusHandle {
+/// `models` joins the caches whose models are allowed as labels.
+pub fn handle(models: &Arc<ModelCache>) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    let mut known = KNOWN_MODELS.write().unwrap_or_else(PoisonError::into_inner);
+    known.retain(|w| w.strong_count() > 0);
+    known.push(Arc::downgrade(models));
+    drop(known);
     HANDLE.get_or_init(install).clone()
 }
 
@@ -52,7 +78,7 @@ fn install() -> PrometheusHandle {
         .unwrap_or_else(|_| PrometheusBuilder::new());
     let recorder = builder.build_recorder();
     let handle = recorder.handle();
-    if let Err(e) = metrics::set_global_recorder(recorder) {
+    if let Err(e) = metrics::set_global_recorder(ModelLabels(recorder)) {
         tracing::warn!(error = %e, "a metrics recorder is already installed; /metrics stays empty");
     }
     describe();
@@ -100,12 +126,108 @@ fn describe() {
         REDIS_ERRORS,
         "Failed Redis calls (unreachable, timed out, or an error reply), by operation."
     );
+    metrics::describe_gauge!(
+        HTTP_CONNECTIONS,
+        "Open HTTP connections, by listener (probe reserve included)."
+    );
+    metrics::describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "Connections closed at accept, by listener and reason (per_address_limit, connection_limit)."
+    );
+    metrics::describe_counter!(
+        HTTP_CONNECTIONS_OVERFLOW,
+        "Connections admitted past a full table to the probe reserve (one request, probes and metrics only)."
+    );
+    metrics::describe_counter!(
+        HTTP_TIMEOUTS,
+        "Connections cut off by a timeout, by listener and phase (header, idle, body)."
+    );
 }
 
-/// `GET /metrics`: the recorder's metrics, then the queue gauges.
+/// The recorder, with every `model` label checked when a metric is
+/// registered: a value that is not a model the API knows becomes
+/// [`UNKNOWN_MODEL`]. Handlers label with the model a request names, and a
+/// request may name a model that does not exist yet (a retrain creates
+/// one); here, whatever a handler passes, only known models become series.
+struct ModelLabels<R>(R);
+
+impl<R> ModelLabels<R> {
+    fn bounded<'a>(&self, key: &'a Key) -> std::borrow::Cow<'a, Key> {
+        let unknown = |l: &Label| l.key() == "model" && !is_known_model(l.value());
+        if !key.labels().any(unknown) {
+            return std::borrow::Cow::Borrowed(key);
+        }
+        let labels: Vec<Label> = key
+            .labels()
+            .map(|l| {
+                if unknown(l) {
+                    Label::new("model", UNKNOWN_MODEL)
+                } else {
+                    l.clone()
+                }
+            })
+            .collect();
+        std::borrow::Cow::Owned(Key::from_parts(key.name_shared(), labels))
+    }
+}
+
+fn is_known_model(name: &str) -> bool {
+    name == UNKNOWN_MODEL
+        || KNOWN_MODELS
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|m| m.is_cached(name))
+}
+
+impl<R: Recorder> Recorder for ModelLabels<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.0.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.0.register_counter(&self.bounded(key), metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        self.0.register_gauge(&self.bounded(key), metadata)
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.0.register_histogram(&self.bounded(key), metadata)
+    }
+}
+
+/// Prometheus text without the series of tenants' models: a sample line
+/// with a `~` (the tenant separator) names one, since `~` can appear
+/// nowhere else in a sample (not in metric names, numbers, or any other
+/// label's values). Comment lines stay, so every family keeps its type.
+pub fn public_view(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line.starts_with('#') || !line.contains(TENANT_SEPARATOR) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// `GET /metrics`: the recorder's metrics, then the queue gauges; on the
+/// public listener without tenants' models.
 pub async fn render(
     State(state): State<AppState>,
     Extension(streams): Extension<StreamStats>,
+    Extension(audience): Extension<Audience>,
 ) -> Response {
     // Sampled first, so a failure to sample is already counted in this
     // scrape's onnxq_redis_errors_total.
@@ -114,6 +236,9 @@ pub async fn render(
     handle.run_upkeep();
     let mut text = handle.render();
     text.push_str(&gauges);
+    if audience == Audience::Public {
+        text = public_view(&text);
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -184,9 +309,13 @@ fn method_label(m: &Method) -> &'static str {
 fn status_label(s: StatusCode) -> SharedString {
     let label = match s.as_u16() {
         200 => "200",
+        201 => "201",
         202 => "202",
+        204 => "204",
         400 => "400",
+        401 => "401",
         404 => "404",
+        408 => "408",
         405 => "405",
         409 => "409",
         413 => "413",
@@ -198,4 +327,47 @@ fn status_label(s: StatusCode) -> SharedString {
         _ => return SharedString::from(s.as_str().to_owned()),
     };
     SharedString::const_str(label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_public_view_drops_tenants_series_only() {
+        let text = "# HELP onnxq_jobs_submitted_total Jobs.\n\
+                    # TYPE onnxq_jobs_submitted_total counter\n\
+                    onnxq_jobs_submitted_total{model=\"mlp128\",kind=\"predict\"} 2\n\
+                    onnxq_jobs_submitted_total{model=\"acme~secret\",kind=\"predict\"} 5\n\
+                    onnxq_stream_lag{model=\"globex~m\"} 1\n\
+                    onnxq_http_requests_total{method=\"GET\",route=\"/v1/models/{model}\",status=\"200\"} 3\n";
+        let public = public_view(text);
+        assert!(!public.contains('~'), "{public}");
+        assert!(!public.contains("secret") && !public.contains("globex"));
+        assert!(public.contains("model=\"mlp128\""));
+        assert!(public.contains("route=\"/v1/models/{model}\""));
+        assert!(public.contains("# TYPE onnxq_jobs_submitted_total counter"));
+        assert_eq!(public.lines().count(), 4);
+    }
+
+    #[test]
+    fn unknown_models_collapse_to_one_label() {
+        // No model cache is registered in unit tests: every model is unknown.
+        let guard = ModelLabels(());
+        let key = Key::from_parts(
+            JOBS_SUBMITTED,
+            vec![
+                Label::new("model", "made-up-7"),
+                Label::new("kind", "retrain"),
+            ],
+        );
+        let bounded = guard.bounded(&key);
+        let labels: Vec<(&str, &str)> = bounded.labels().map(|l| (l.key(), l.value())).collect();
+        assert_eq!(labels, [("model", UNKNOWN_MODEL), ("kind", "retrain")]);
+        let other = Key::from_parts(REDIS_ERRORS, vec![Label::new("op", "submit")]);
+        assert!(matches!(
+            guard.bounded(&other),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 }

@@ -46,7 +46,7 @@ pub async fn serve() -> Result<Response, ApiError> {
 #[openapi(
     info(
         title = "onnx-queue",
-        description = "Queue-backed asynchronous ONNX inference: submit a job (202 + job id), then poll or long-poll it.\n\nEvery error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`.\n\nWhen the API runs with `--api-keys-file`, every `/v1` route needs `Authorization: Bearer <key>` (or `X-API-Key`); a key belongs to a tenant, which sees only its own models and jobs."
+        description = "Queue-backed asynchronous ONNX inference: submit a job (202 + job id), then poll or long-poll it.\n\nEvery error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`.\n\nWhen the API runs with `--api-keys-file`, every `/v1` route needs `Authorization: Bearer <key>` (or `X-API-Key`); a key belongs to a tenant, which sees only its own models and jobs.\n\nA request body that stalls (`--body-timeout-ms`) or arrives slower than `--min-body-bytes-per-sec` is answered 408 `request_timeout` and the connection is closed. While the connection table is full (`--max-connections`), a few extra connections are served one request each: health, readiness and metrics answer, anything else is 503 `too_many_connections`."
     ),
     paths(
         submit_job,
@@ -212,9 +212,9 @@ fn healthz() {}
     get,
     path = "/readyz",
     tag = "operations",
-    summary = "Readiness: Redis answers; per model, how many workers heartbeat",
+    summary = "Readiness: Redis answers; how many workers heartbeat",
     responses(
-        (status = 200, description = "Ready, with per-model worker detail (missing workers do not make the API unready)", body = Ready),
+        (status = 200, description = "Ready, with the number of workers that heartbeat (missing workers do not make the API unready). The per-model detail (`models`) is served on the operator listener (`--ops-listen`) only: model names are tenants' data", body = Ready),
         (status = 503, description = "`redis_unavailable`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -227,7 +227,7 @@ fn readyz() {}
     path = "/metrics",
     tag = "operations",
     summary = "Prometheus metrics",
-    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"))
+    responses((status = 200, description = "Prometheus text exposition format. On the public listener every series of a tenant's model is left out; the operator listener (`--ops-listen`) serves them all", body = String, content_type = "text/plain; version=0.0.4"))
 )]
 #[allow(dead_code)]
 fn metrics() {}
@@ -645,6 +645,8 @@ pub enum ErrorCode {
     TenantQueueFull,
     QuotaExceeded,
     AmbiguousCredentials,
+    RequestTimeout,
+    TooManyConnections,
     Unauthorized,
     NotFound,
     MethodNotAllowed,
@@ -887,6 +889,8 @@ mod tests {
                 | ApiError::TenantQueueFull { .. }
                 | ApiError::QuotaExceeded { .. }
                 | ApiError::AmbiguousCredentials
+                | ApiError::RequestTimeout(_)
+                | ApiError::TooManyConnections
                 | ApiError::Unauthorized
                 | ApiError::NotFound
                 | ApiError::MethodNotAllowed
@@ -941,6 +945,8 @@ mod tests {
                 limit: 1,
             },
             ApiError::AmbiguousCredentials,
+            ApiError::RequestTimeout(String::new()),
+            ApiError::TooManyConnections,
             ApiError::Unauthorized,
             ApiError::NotFound,
             ApiError::MethodNotAllowed,

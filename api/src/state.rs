@@ -1,9 +1,9 @@
 //! Everything a request handler needs, built once per process and shared by
 //! cheap clones: the shared Redis connection, the key layout, the model cache, the
 //! long-poll registry, the event listener task, the metrics handle, the
-//! admission pools, the queue policy, and the two files an operator may
-//! change while the process runs (API keys and tenant policies, reloaded on
-//! SIGHUP by [`AppState::reload`]).
+//! admission pools, the request-body rules, the queue policy, and the two
+//! files an operator may change while the process runs (API keys and tenant
+//! policies, reloaded on SIGHUP by [`AppState::reload`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use shared::redis_conn::{self, Limits};
 
 use crate::admission::Pools;
 use crate::auth::ApiKeys;
+use crate::body_deadline::BodyRules;
 use crate::config::Config;
 use crate::events::Listener;
 use crate::models_cache::ModelCache;
@@ -58,6 +59,7 @@ struct Inner {
     max_dataset_bytes: usize,
     max_train_work: u64,
     pools: Pools,
+    body_rules: BodyRules,
     queue: QueuePolicy,
 }
 
@@ -98,6 +100,7 @@ impl AppState {
             Arc::clone(&models),
             Arc::clone(&waiters),
         );
+        let metrics = crate::metrics::handle(&models);
         Ok(AppState {
             inner: Arc::new(Inner {
                 redis,
@@ -110,13 +113,14 @@ impl AppState {
                 models,
                 waiters,
                 listener,
-                metrics: crate::metrics::handle(),
+                metrics,
                 max_wait: config.max_wait(),
                 max_body_bytes: config.max_body_bytes,
                 max_model_bytes: config.max_model_bytes,
                 max_dataset_bytes: config.max_dataset_bytes,
                 max_train_work: config.max_train_work,
                 pools: Pools::new(config.max_concurrent_requests, config.max_long_polls),
+                body_rules: config.body_rules(),
                 queue: QueuePolicy {
                     max_queue_depth: config.max_queue_depth,
                     idempotency_ttl_secs: config.result_ttl_secs,
@@ -201,6 +205,11 @@ impl AppState {
     /// The request and long-poll pools (see [`crate::admission`]).
     pub fn pools(&self) -> &Pools {
         &self.inner.pools
+    }
+
+    /// What a request body must keep up (see [`crate::body_deadline`]).
+    pub fn body_rules(&self) -> BodyRules {
+        self.inner.body_rules
     }
 
     pub fn queue_policy(&self) -> &QueuePolicy {

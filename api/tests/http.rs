@@ -491,6 +491,10 @@ async fn health_ready_and_redis_outage() {
     let r = env.send(get("/readyz")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["status"], "ready");
+    assert_eq!(r.json()["workers"], 0);
+    assert!(r.json().get("models").is_none(), "no model names in public");
+    let r = env.send_ops(get("/readyz")).await;
+    assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         r.json()["models"]["mlp128"],
         serde_json::json!({"workers": 0, "last_heartbeat_age_seconds": null}),

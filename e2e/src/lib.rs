@@ -278,6 +278,13 @@ impl Drop for Proc {
 }
 
 fn spawn(name: &str, args: &[String], stdout: Stdio) -> Proc {
+    spawn_via(name, None, args, stdout)
+}
+
+/// Like [`spawn`], with the process started by `launcher` (a command that
+/// ends by exec-ing the binary, such as `prlimit --nofile=...`, so the pid
+/// is the binary's).
+fn spawn_via(name: &str, launcher: Option<&[String]>, args: &[String], stdout: Stdio) -> Proc {
     static N: AtomicU64 = AtomicU64::new(0);
     let log = log_dir().join(format!(
         "{name}-{}-{}.log",
@@ -285,7 +292,15 @@ fn spawn(name: &str, args: &[String], stdout: Stdio) -> Proc {
         N.fetch_add(1, Ordering::Relaxed)
     ));
     let file = std::fs::File::create(&log).expect("cannot create log file");
-    let child = Command::new(binary(name))
+    let mut cmd = match launcher {
+        Some([program, rest @ ..]) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(binary(name));
+            c
+        }
+        _ => Command::new(binary(name)),
+    };
+    let child = cmd
         .args(args)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
@@ -301,11 +316,39 @@ fn spawn(name: &str, args: &[String], stdout: Stdio) -> Proc {
 pub struct Api {
     pub proc: Proc,
     pub base_url: String,
+    /// The operator listener, when started with `--ops-listen`.
+    pub ops_url: Option<String>,
 }
 
 impl Api {
     /// Starts the API on a free port and waits until it listens.
     pub fn spawn(redis_url: &str, namespace: &str, extra: &[&str]) -> Api {
+        Api::spawn_via(redis_url, namespace, extra, None)
+    }
+
+    /// Starts the API with `RLIMIT_NOFILE` set to `soft`:`hard` (through
+    /// util-linux's `prlimit`, which then execs the API).
+    pub fn spawn_with_nofile(
+        redis_url: &str,
+        namespace: &str,
+        extra: &[&str],
+        soft: u64,
+        hard: u64,
+    ) -> Api {
+        let launcher = [
+            "prlimit".to_owned(),
+            format!("--nofile={soft}:{hard}"),
+            "--".to_owned(),
+        ];
+        Api::spawn_via(redis_url, namespace, extra, Some(&launcher))
+    }
+
+    fn spawn_via(
+        redis_url: &str,
+        namespace: &str,
+        extra: &[&str],
+        launcher: Option<&[String]>,
+    ) -> Api {
         let mut args: Vec<String> = [
             "--redis-url",
             redis_url,
@@ -318,27 +361,47 @@ impl Api {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut proc = spawn("api", &args, Stdio::piped());
+        let mut proc = spawn_via("api", launcher, &args, Stdio::piped());
         let stdout = proc.child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            // The API prints OPS_LISTENING (if any) before LISTENING.
+            let mut ops = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("LISTENING ") {
-                    let _ = tx.send(addr.trim().to_owned());
+                if let Some(addr) = line.strip_prefix("OPS_LISTENING ") {
+                    ops = Some(format!("http://{}", addr.trim()));
+                } else if let Some(addr) = line.strip_prefix("LISTENING ") {
+                    let _ = tx.send((addr.trim().to_owned(), ops.take()));
                 }
             }
         });
-        let addr = rx
+        let (addr, ops_url) = rx
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("api did not listen; log:\n{}", proc.log_text()));
         Api {
             proc,
             base_url: format!("http://{addr}"),
+            ops_url,
         }
     }
 
     pub fn client(&self) -> Client {
         Client::new(&self.base_url)
+    }
+
+    /// A client of the operator listener; the API must run with
+    /// `--ops-listen`.
+    pub fn ops_client(&self) -> Client {
+        Client::new(
+            self.ops_url
+                .as_deref()
+                .expect("the api was started without --ops-listen"),
+        )
+    }
+
+    /// The `host:port` of the public listener.
+    pub fn addr(&self) -> &str {
+        self.base_url.trim_start_matches("http://")
     }
 }
 

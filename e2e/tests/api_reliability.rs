@@ -711,9 +711,32 @@ async fn sigterm_refuses_new_connections_and_finishes_every_request_in_flight() 
         .await
         .expect("send head");
     upload.write_all(head).await.expect("send half the body");
+    // ...and two connections without a request: one never sent anything,
+    // one is kept alive after an answer.
+    let mut silent = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut kept = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    kept.write_all(format!("GET /healthz HTTP/1.1\r\nhost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("send");
+    let mut buf = [0u8; 512];
+    let n = kept.read(&mut buf).await.expect("healthz answer");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     api.proc.signal("TERM");
+    for (what, conn) in [("silent", &mut silent), ("kept-alive", &mut kept)] {
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(2), conn.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "a {what} connection must be closed at shutdown, not held to its timeout"
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         match std::net::TcpStream::connect(&addr) {

@@ -1,6 +1,8 @@
 //! The deployment files against the real binaries: `compose.yaml`,
 //! `deploy/k8s/*.yaml`, `deploy/prometheus/prometheus.yml`, the Grafana
-//! provisioning and dashboard, and the `Dockerfile`.
+//! provisioning and dashboard, and the `Dockerfile`. Scrapers read the API
+//! on its operator listener (`OPS_LISTEN`, never published), since its
+//! public `/metrics` leaves tenants' models out.
 //!
 //! Nothing here trusts a hand-kept list: flags and environment variables come
 //! from the binaries' own `--help`, probe paths are requested from the real
@@ -187,6 +189,22 @@ impl Container {
                 self.origin
             )
         }))
+    }
+
+    /// The port its metrics are scraped on: the API's operator listener
+    /// (its public `/metrics` leaves tenants' models out), a worker's
+    /// metrics port.
+    fn scrape_port(&self) -> u16 {
+        match self.binary.as_str() {
+            "api" => port_of_addr(self.env("OPS_LISTEN").unwrap_or_else(|| {
+                panic!(
+                    "{}: set OPS_LISTEN: scrapers need the operator listener, since the public \
+                     /metrics leaves every tenant's series out",
+                    self.origin
+                )
+            })),
+            _ => self.listen_port(),
+        }
     }
 }
 
@@ -760,15 +778,18 @@ fn ports_probes_selectors_scrapes_and_keda_agree_with_the_code() {
     let api = k8s.container("api");
     let worker = k8s.container("worker");
 
-    // Every probe and annotation points at the port the process listens on.
+    // Every probe points at the port the process listens on, every scrape
+    // annotation at the port its metrics are scraped on.
     for c in [&api, &worker] {
         let listen = c.listen_port();
-        assert!(
-            c.ports.values().any(|&p| p == listen),
-            "{}: no containerPort for {}={listen}",
-            c.origin,
-            c.listen_var()
-        );
+        let scrape = c.scrape_port();
+        for port in [listen, scrape] {
+            assert!(
+                c.ports.values().any(|&p| p == port),
+                "{}: no containerPort for {port}",
+                c.origin,
+            );
+        }
         let kinds: BTreeSet<&str> = c.probes.iter().map(|p| p.kind.as_str()).collect();
         assert!(
             kinds.contains("livenessProbe") && kinds.contains("readinessProbe"),
@@ -796,7 +817,7 @@ fn ports_probes_selectors_scrapes_and_keda_agree_with_the_code() {
         );
         assert_eq!(
             c.annotations.get("prometheus.io/port"),
-            Some(&listen.to_string()),
+            Some(&scrape.to_string()),
             "{}: prometheus.io/port",
             c.origin
         );
@@ -885,7 +906,20 @@ fn ports_probes_selectors_scrapes_and_keda_agree_with_the_code() {
             "{name}: selector {selector:?} matches {matched:?}"
         );
         let ports = container_ports(matched[0].1);
+        // The operator listener is for in-cluster scrapers only.
+        let ops_port = api.scrape_port();
         for p in arr(&svc["spec"]["ports"], &name) {
+            let exposes_ops = match &p["targetPort"] {
+                Value::String(n) => ports
+                    .iter()
+                    .any(|(pn, pp)| pn == n && *pp == u64::from(ops_port)),
+                Value::Number(n) => n.as_u64() == Some(u64::from(ops_port)),
+                _ => p["port"].as_u64() == Some(u64::from(ops_port)),
+            };
+            assert!(
+                !(exposes_ops && matched[0].0.ends_with("/api")),
+                "{name}: exposes the API's operator port {ops_port}"
+            );
             let target = &p["targetPort"];
             let ok = match target {
                 Value::String(n) => ports.iter().any(|(pn, _)| pn == n),
@@ -908,12 +942,12 @@ fn ports_probes_selectors_scrapes_and_keda_agree_with_the_code() {
             .map(|e| str_of(&e["port"], "podMetricsEndpoints port").to_owned())
             .collect();
         for c in [&api, &worker] {
-            let listen = c.listen_port();
+            let scrape = c.scrape_port();
             assert!(
                 c.ports
                     .iter()
-                    .any(|(n, &p)| p == listen && endpoints.contains(n)),
-                "{file}: no endpoint scrapes {} on its port {listen} ({endpoints:?})",
+                    .any(|(n, &p)| p == scrape && endpoints.contains(n)),
+                "{file}: no endpoint scrapes {} on its port {scrape} ({endpoints:?})",
                 c.origin
             );
             assert!(
@@ -1084,6 +1118,17 @@ fn ports_probes_selectors_scrapes_and_keda_agree_with_the_code() {
         !uses_curl || docker.installs("curl"),
         "compose healthchecks run curl, which the runtime image does not install"
     );
+    let compose_api = compose.container("api");
+    let published = compose.service("api")["ports"]
+        .as_array()
+        .map(|ps| strings(&Value::Array(ps.clone()), "api ports"))
+        .unwrap_or_default();
+    assert!(
+        !published
+            .iter()
+            .any(|p| p.rsplit(':').next() == Some(compose_api.scrape_port().to_string().as_str())),
+        "compose api publishes its operator port: {published:?}"
+    );
     for svc in ["api", "worker"] {
         let c = compose.container(svc);
         let listen = c.listen_port();
@@ -1139,12 +1184,12 @@ fn ports_probes_selectors_scrapes_and_keda_agree_with_the_code() {
         let c = compose.container(&t.host);
         assert_eq!(
             t.port,
-            c.listen_port(),
-            "job {}: scrapes {}:{} but it listens on {}",
+            c.scrape_port(),
+            "job {}: scrapes {}:{} but its metrics are on {}",
             t.job,
             t.host,
             t.port,
-            c.listen_port()
+            c.scrape_port()
         );
         assert_eq!(t.path, "/metrics", "job {}", t.job);
     }
@@ -1208,7 +1253,7 @@ fn start(
         let Some(value) = value else { continue };
         let local = match name.as_str() {
             "REDIS_URL" => redis_url.to_owned(),
-            "LISTEN_ADDR" | "METRICS_LISTEN" => {
+            "LISTEN_ADDR" | "METRICS_LISTEN" | "OPS_LISTEN" => {
                 let port = free_port();
                 ports.insert(port_of_addr(value), port);
                 format!("127.0.0.1:{port}")
@@ -1641,11 +1686,14 @@ async fn the_dashboard_queries_only_metrics_and_labels_the_binaries_export() {
         ("RETRY_MAX_MS", "50"),
         ("BLOCK_MS", "200"),
     ];
-    let (mut worker, worker_ports) =
-        start(&k8s.container("worker"), &redis.url(), &models.path, &fast);
-    let (mut api, api_ports) = start(&k8s.container("api"), &redis.url(), &models.path, &[]);
-    let api_port = *api_ports.values().next().expect("api port");
-    let worker_port = *worker_ports.values().next().expect("worker port");
+    let worker_c = k8s.container("worker");
+    let api_c = k8s.container("api");
+    let (mut worker, worker_ports) = start(&worker_c, &redis.url(), &models.path, &fast);
+    let (mut api, api_ports) = start(&api_c, &redis.url(), &models.path, &[]);
+    let api_port = api_ports[&api_c.listen_port()];
+    // Where Prometheus scrapes: the operator listener.
+    let api_scrape_port = api_ports[&api_c.scrape_port()];
+    let worker_port = worker_ports[&worker_c.scrape_port()];
     wait_ok(&mut api, api_port, "/healthz").await;
     wait_ok(&mut worker, worker_port, "/healthz").await;
     let c = Client::new(&format!("http://127.0.0.1:{api_port}"));
@@ -1689,7 +1737,7 @@ async fn the_dashboard_queries_only_metrics_and_labels_the_binaries_export() {
 
     let scrape = || async {
         let mut all: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for port in [api_port, worker_port] {
+        for port in [api_scrape_port, worker_port] {
             let r = Client::new(&format!("http://127.0.0.1:{port}"))
                 .get("/metrics")
                 .await;

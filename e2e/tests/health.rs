@@ -1,8 +1,9 @@
 //! Liveness and readiness of the API and of a worker, against a Redis that
-//! is killed and comes back: `/readyz` reports per model the workers with a
-//! fresh heartbeat, flips to 503 `redis_unavailable` within seconds of Redis
-//! going away and back to 200 when it returns; `/healthz` never depends on
-//! Redis; workers going away leave the API ready.
+//! is killed and comes back: `/readyz` reports the workers with a fresh
+//! heartbeat (per model on the operator listener, as a count on the public
+//! one), flips to 503 `redis_unavailable` within seconds of Redis going away
+//! and back to 200 when it returns; `/healthz` never depends on Redis;
+//! workers going away leave the API ready.
 
 use std::time::{Duration, Instant};
 
@@ -38,8 +39,14 @@ fn workers(r: &Reply, model: &str) -> Option<u64> {
 async fn readiness_follows_redis_and_reports_workers_per_model() {
     let mut redis = RedisServer::start();
     let ns = unique_namespace("health");
-    let api = Api::spawn(&redis.url(), &ns, &["--redis-timeout-ms", "500"]);
-    let c = api.client();
+    let api = Api::spawn(
+        &redis.url(),
+        &ns,
+        &["--redis-timeout-ms", "500", "--ops-listen", "127.0.0.1:0"],
+    );
+    let public = api.client();
+    // The per-model detail is on the operator listener.
+    let c = api.ops_client();
     let listen = format!("127.0.0.1:{}", free_port());
     let mut worker = Worker::spawn(
         &redis.url(),
@@ -57,7 +64,9 @@ async fn readiness_follows_redis_and_reports_workers_per_model() {
         ],
     );
     let wc = Client::new(&format!("http://{listen}"));
-    c.wait_for_models(&MODELS, Duration::from_secs(30)).await;
+    public
+        .wait_for_models(&MODELS, Duration::from_secs(30))
+        .await;
 
     // ------------------------------------------------------ all is well
     let r = poll(&c, "/readyz", Duration::from_secs(10), |r| {
@@ -79,6 +88,21 @@ async fn readiness_follows_redis_and_reports_workers_per_model() {
         "{}",
         r.text
     );
+    assert_eq!(
+        r.json["workers"], 1,
+        "one worker serves all three: {}",
+        r.text
+    );
+    // The public listener: the same readiness, no model names.
+    let r = public.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(
+        r.json,
+        serde_json::json!({"status": "ready", "redis": "ok",
+                           "worker_heartbeat_window_seconds": 10, "workers": 1}),
+        "{}",
+        r.text
+    );
 
     let r = wc.get("/readyz").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -90,7 +114,7 @@ async fn readiness_follows_redis_and_reports_workers_per_model() {
         r.json["consumer"].as_str(),
         Some(worker.consumer_name(Duration::from_secs(5)).as_str())
     );
-    for client in [&c, &wc] {
+    for client in [&public, &c, &wc] {
         let r = client.get("/healthz").await;
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.json, serde_json::json!({"status": "ok"}));
@@ -99,7 +123,7 @@ async fn readiness_follows_redis_and_reports_workers_per_model() {
     // ----------------------------------------------------- Redis is gone
     redis.kill();
     let gone = Instant::now();
-    for client in [&c, &wc] {
+    for client in [&public, &c, &wc] {
         let r = poll(client, "/readyz", Duration::from_secs(5), |r| {
             r.status == StatusCode::SERVICE_UNAVAILABLE
         })

@@ -51,7 +51,7 @@ async fn metrics_count_a_known_run_exactly() {
         ("mlp128", "mlp128.onnx"),
         ("inf", "testdata/inf_output.onnx"),
     ]);
-    let api = Api::spawn(&redis.url(), &ns, &[]);
+    let api = Api::spawn(&redis.url(), &ns, &["--ops-listen", "127.0.0.1:0"]);
     let c = api.client();
     // No trimming during the test, so stream lengths are exact.
     let worker_args = ["--trim-interval-secs", "3600", "--block-ms", "200"];
@@ -114,7 +114,7 @@ async fn metrics_count_a_known_run_exactly() {
     assert_eq!(m.value("onnxq_delayed_jobs", &[]), Some(0.0), "{text}");
     assert_eq!(m.value("onnxq_dead_letters", &[]), Some(0.0), "{text}");
     // Workers are down, the API still takes jobs: ready, with the detail.
-    let r = c.get("/readyz").await;
+    let r = api.ops_client().get("/readyz").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["models"]["mlp128"]["workers"], 0, "{}", r.text);
 
@@ -390,7 +390,7 @@ async fn retries_and_dead_letters_are_counted_by_reason() {
             &listen,
         ],
     );
-    let api = Api::spawn(&redis.url(), &ns, &[]);
+    let api = Api::spawn(&redis.url(), &ns, &["--ops-listen", "127.0.0.1:0"]);
     let c = api.client();
     c.wait_for_models(&["flaky"], Duration::from_secs(30)).await;
     let wc = Client::new(&format!("http://{listen}"));

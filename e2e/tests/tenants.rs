@@ -1,13 +1,17 @@
 //! Tenants: API keys map to tenants, and a tenant can neither see nor guess
 //! another tenant's jobs or models: what is not yours answers exactly like
-//! what does not exist (404), and requests without a valid key get 401.
+//! what does not exist (404), and requests without a valid key get 401. The
+//! open routes (`/readyz`, `/metrics`) of the public listener name no
+//! tenant's model; the operator listener shows them all.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use e2e::prom::Scrape;
 use e2e::{Api, Client, ModelsDir, RedisServer, Worker, unique_namespace};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn digest(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
@@ -146,5 +150,168 @@ async fn a_bad_keys_file_stops_the_api_at_start() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(":1:"), "names the line: {stderr}");
+    let _ = std::fs::remove_file(&keys_file);
+}
+
+fn two_input_row() -> Value {
+    json!({ "inputs": [
+        {"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]},
+        {"name": "k", "shape": [1, 1], "datatype": "INT64", "data": [2]},
+    ]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_routes_name_no_tenant_and_the_operator_listener_shows_all() {
+    let redis = RedisServer::start();
+    let ns = unique_namespace("tenants-open");
+    let models = ModelsDir::with(&[
+        ("acme~mlp128", "mlp128.onnx"),
+        ("globex~two_input", "two_input.onnx"),
+    ]);
+    let _worker = Worker::spawn_with_models(&redis.url(), &ns, &models.path, &[]);
+    let keys_file = std::env::temp_dir().join(format!("{ns}-keys"));
+    std::fs::write(
+        &keys_file,
+        format!(
+            "acme {}\nglobex {}\n",
+            digest("key-acme"),
+            digest("key-globex")
+        ),
+    )
+    .expect("write keys file");
+    let keys_arg = keys_file.display().to_string();
+    let api = Api::spawn(
+        &redis.url(),
+        &ns,
+        &[
+            "--api-keys-file",
+            &keys_arg,
+            "--ops-listen",
+            "127.0.0.1:0",
+            // One request slot and a short stall timeout, for the ordering
+            // check at the end.
+            "--max-concurrent-requests",
+            "1",
+            "--body-timeout-ms",
+            "1500",
+        ],
+    );
+    let acme = Client::with_api_key(&api.base_url, "key-acme");
+    let globex = Client::with_api_key(&api.base_url, "key-globex");
+    let anonymous = api.client();
+    let ops = api.ops_client();
+    acme.wait_for_models(&["mlp128"], Duration::from_secs(30))
+        .await;
+    globex
+        .wait_for_models(&["two_input"], Duration::from_secs(30))
+        .await;
+
+    // Both tenants have traffic.
+    for _ in 0..2 {
+        let id = acme.submit("mlp128", &features()).await;
+        let job = acme.wait_terminal(&id, Duration::from_secs(30)).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
+    let id = globex.submit("two_input", &two_input_row()).await;
+    let job = globex.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // The operator listener: every tenant's model, in /metrics and /readyz.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let full = loop {
+        let r = ops.get("/metrics").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let m = Scrape::parse(&r.text).expect("ops scrape");
+        let sampled = m
+            .value("onnxq_workers_ready", &[("model", "globex~two_input")])
+            .is_some();
+        if sampled || Instant::now() > deadline {
+            break (m, r.text);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (m, text) = &full;
+    for (model, n) in [("acme~mlp128", 2.0), ("globex~two_input", 1.0)] {
+        assert_eq!(
+            m.value(
+                "onnxq_jobs_submitted_total",
+                &[("model", model), ("kind", "predict")]
+            ),
+            Some(n),
+            "{text}"
+        );
+        assert_eq!(
+            m.value("onnxq_workers_ready", &[("model", model)]),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(
+            m.value("onnxq_stream_lag", &[("model", model)]).is_some(),
+            "{text}"
+        );
+    }
+    let r = ops.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    for model in ["acme~mlp128", "globex~two_input"] {
+        assert_eq!(r.json["models"][model]["workers"], 1, "{}", r.text);
+    }
+    assert_eq!(ops.get("/healthz").await.status, StatusCode::OK);
+    // The operator listener serves no tenant routes.
+    assert_eq!(ops.get("/v1/models").await.status, StatusCode::NOT_FOUND);
+
+    // The public listener, without a key: readiness and metrics, no names.
+    let r = anonymous.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json["status"], "ready");
+    assert_eq!(r.json["workers"], 1, "{}", r.text);
+    let r_metrics = anonymous.get("/metrics").await;
+    assert_eq!(r_metrics.status, StatusCode::OK);
+    for (what, body) in [("/readyz", &r.text), ("/metrics", &r_metrics.text)] {
+        for secret in ["acme", "globex", "mlp128", "two_input", "~"] {
+            assert!(
+                !body.contains(secret),
+                "public {what} discloses {secret:?}:\n{body}"
+            );
+        }
+    }
+    // Aggregates stay: the tenants' requests are counted by route.
+    let public = Scrape::parse(&r_metrics.text).expect("public scrape");
+    assert!(
+        public.sum(
+            "onnxq_http_requests_total",
+            &[("route", "/v1/models/{model}/predict"), ("status", "202")]
+        ) >= 3.0,
+        "{}",
+        r_metrics.text
+    );
+
+    // Authentication runs before load shedding: with the only request slot
+    // held by acme's stalled upload, an anonymous caller still gets 401, a
+    // tenant 503, and the open routes answer.
+    let mut stalled = tokio::net::TcpStream::connect(api.addr())
+        .await
+        .expect("connect");
+    let head = "POST /v1/models/mlp128/predict HTTP/1.1\r\nhost: x\r\nauthorization: Bearer key-acme\r\n\
+                content-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"features\": [";
+    stalled.write_all(head.as_bytes()).await.expect("send head");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = anonymous.predict("mlp128", &features()).await;
+    assert_eq!(r.error_code(), "unauthorized", "{}", r.text);
+    let r = globex.predict("two_input", &two_input_row()).await;
+    assert_eq!(r.error_code(), "overloaded", "{}", r.text);
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(anonymous.get(path).await.status, StatusCode::OK, "{path}");
+    }
+    // The stalled body is cut off with 408 and its slot comes back.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut answer))
+        .await
+        .expect("the stalled upload is answered and closed")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    let id = globex.submit("two_input", &two_input_row()).await;
+    assert!(!id.is_empty());
     let _ = std::fs::remove_file(&keys_file);
 }

@@ -4,7 +4,8 @@
 //!
 //! Labels are bounded: `model` (a published model name or `unknown`),
 //! `kind`, `status`, `reason` (an error code or `none`), `route` (a matched
-//! route template), `method`, `op` (one of [`redis_op`]). Never a job id.
+//! route template), `method`, `op` (one of [`redis_op`]), `listener`
+//! (`public`, `ops`), `phase`. Never a job id.
 
 // ------------------------------------------------------------------ API
 
@@ -22,6 +23,17 @@ pub const STREAM_CONSUMERS: &str = "onnxq_stream_consumers";
 pub const DELAYED_JOBS: &str = "onnxq_delayed_jobs";
 pub const DEAD_LETTERS: &str = "onnxq_dead_letters";
 pub const WORKERS_READY: &str = "onnxq_workers_ready";
+/// Open HTTP connections, by `listener` (`public`, `ops`).
+pub const HTTP_CONNECTIONS: &str = "onnxq_http_connections";
+/// Connections closed at accept, by `listener` and `reason`
+/// (`per_address_limit`, `connection_limit`).
+pub const HTTP_CONNECTIONS_REFUSED: &str = "onnxq_http_connections_refused_total";
+/// Connections admitted past a full table to the probe reserve, by
+/// `listener`.
+pub const HTTP_CONNECTIONS_OVERFLOW: &str = "onnxq_http_connections_overflow_total";
+/// Connections cut off by a timeout, by `listener` and `phase` (`header`,
+/// `idle`, `body`).
+pub const HTTP_TIMEOUTS: &str = "onnxq_http_timeouts_total";
 
 // --------------------------------------------------------------- worker
 

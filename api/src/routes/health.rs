@@ -1,25 +1,30 @@
 //! `GET /healthz` (liveness: the process is up) and `GET /readyz`
 //! (readiness: it can reach Redis, so it can accept and serve jobs).
 //!
-//! `/readyz` also reports, per published model, how many workers have
-//! heartbeated within [`heartbeat::FRESH_WITHIN`] and how old the last beat
-//! is. Missing workers do not make the API unready: it still accepts jobs,
+//! `/readyz` reports how many distinct workers have heartbeated within
+//! [`heartbeat::FRESH_WITHIN`]. On the operator listener it adds, per
+//! published model, the workers and the age of the last beat; the public
+//! listener leaves that out, because model names are tenants' data (a
+//! tenant's model `m` is `{tenant}~m`) and `/readyz` needs no key.
+//!
+//! Missing workers do not make the API unready: it still accepts jobs,
 //! which wait in the queue until workers come (scaling from zero, a worker
 //! roll-out), and a readiness probe must not take every API replica out of
 //! service because of that. Only a Redis it cannot use makes it answer 503.
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde::Serialize;
 use shared::metric_names::redis_op;
 use shared::queue::heartbeat;
 
 use crate::error::ApiError;
 use crate::metrics::count_redis_error;
+use crate::routes::Audience;
 use crate::state::AppState;
 
 pub async fn healthz() -> Response {
@@ -36,7 +41,11 @@ pub(crate) struct Ready {
     redis: &'static str,
     /// The freshness window a worker's heartbeat must fall in to count.
     worker_heartbeat_window_seconds: u64,
-    models: BTreeMap<String, ModelReadiness>,
+    /// Distinct workers with a heartbeat in the window, over all models.
+    workers: u64,
+    /// Per published model; only on the operator listener (`--ops-listen`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    models: Option<BTreeMap<String, ModelReadiness>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -47,12 +56,16 @@ pub(crate) struct ModelReadiness {
     last_heartbeat_age_seconds: Option<f64>,
 }
 
-/// 200 with the per-model worker detail, or 503 `redis_unavailable`.
-/// Bounded by the Redis response limits (two round trips).
-pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// 200 with the worker count (and, for operators, the per-model detail),
+/// or 503 `redis_unavailable`. Bounded by the Redis response limits (two
+/// round trips).
+pub async fn readyz(
+    State(state): State<AppState>,
+    Extension(audience): Extension<Audience>,
+) -> Result<Response, ApiError> {
     let mut conn = state.conn();
-    let models = match heartbeat::read_all(&mut conn, state.keys()).await {
-        Ok(models) => models,
+    let beats = match heartbeat::read_all(&mut conn, state.keys()).await {
+        Ok(beats) => beats,
         Err(e) => {
             count_redis_error(redis_op::READYZ, &e);
             // Whatever the cause, the answer to "can you serve?" is no.
@@ -63,18 +76,24 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
         status: "ready",
         redis: "ok",
         worker_heartbeat_window_seconds: heartbeat::FRESH_WITHIN.as_secs(),
-        models: models
-            .into_iter()
-            .map(|m| {
-                (
-                    m.model,
-                    ModelReadiness {
-                        workers: m.fresh,
-                        last_heartbeat_age_seconds: m.last_beat_age_ms.map(|ms| ms as f64 / 1e3),
-                    },
-                )
-            })
-            .collect(),
+        workers: beats.fresh_workers,
+        models: (audience == Audience::Operator).then(|| {
+            beats
+                .models
+                .into_iter()
+                .map(|m| {
+                    (
+                        m.model,
+                        ModelReadiness {
+                            workers: m.fresh,
+                            last_heartbeat_age_seconds: m
+                                .last_beat_age_ms
+                                .map(|ms| ms as f64 / 1e3),
+                        },
+                    )
+                })
+                .collect()
+        }),
     };
     Ok(Json(body).into_response())
 }

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use api::{AppState, Config, router};
+use api::{AppState, Config, Routers};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
@@ -123,11 +123,13 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// A redis-server, an AppState on a fresh namespace, and the router.
+/// A redis-server, an AppState on a fresh namespace, and the routers of
+/// the public and the operator listener.
 pub struct Env {
     pub redis: RedisServer,
     pub state: AppState,
     pub app: Router,
+    pub ops: Router,
     pub keys: Keys,
 }
 
@@ -156,9 +158,11 @@ impl Env {
             state.wait_subscribed(Duration::from_secs(5)).await,
             "listener subscribed"
         );
+        let routers = Routers::new(state.clone());
         Env {
             redis,
-            app: router(state.clone()),
+            app: routers.public,
+            ops: routers.ops,
             keys: Keys::new(&ns),
             state,
         }
@@ -180,6 +184,11 @@ impl Env {
 
     pub async fn send(&self, req: Request<Body>) -> Reply {
         send(&self.app, req).await
+    }
+
+    /// Sends to the operator listener's router.
+    pub async fn send_ops(&self, req: Request<Body>) -> Reply {
+        send(&self.ops, req).await
     }
 }
 

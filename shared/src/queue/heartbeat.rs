@@ -10,7 +10,7 @@
 //!
 //! Readers ([`read_all`], the API's `/readyz` and `/metrics`) count the
 //! members seen within [`FRESH_WITHIN`] (five missed beats), against Redis's
-//! clock too. The cost is one small script per worker every two seconds, and
+//! clock too, per model and as distinct workers over all models. The cost is one small script per worker every two seconds, and
 //! one `ZRANGE` per model per reader.
 
 use std::sync::LazyLock;
@@ -110,8 +110,8 @@ pub fn queue_read(pipe: &mut redis::Pipeline, keys: &Keys, model: &str) {
 /// Interprets a [`queue_read`] reply at Redis time `now_ms`. A reply that is
 /// not a member/score list (say, an error) reads as no workers.
 pub fn parse(model: &str, reply: &Value, now_ms: i64) -> ModelWorkers {
-    let fresh_from = now_ms - duration_ms(FRESH_WITHIN) as i64;
-    let scores = member_scores(reply);
+    let fresh_from = fresh_from(now_ms);
+    let scores: Vec<i64> = member_scores(reply).into_iter().map(|(_, s)| s).collect();
     let last = scores.iter().copied().max();
     ModelWorkers {
         model: model.to_owned(),
@@ -120,12 +120,24 @@ pub fn parse(model: &str, reply: &Value, now_ms: i64) -> ModelWorkers {
     }
 }
 
-/// The scores of a `ZRANGE ... WITHSCORES` reply: flat (RESP2) or pairs
-/// (RESP3).
-fn member_scores(reply: &Value) -> Vec<i64> {
+/// The oldest beat that still counts at Redis time `now_ms`.
+fn fresh_from(now_ms: i64) -> i64 {
+    now_ms - duration_ms(FRESH_WITHIN) as i64
+}
+
+/// The members and scores of a `ZRANGE ... WITHSCORES` reply: flat (RESP2)
+/// or pairs (RESP3).
+fn member_scores<'a>(reply: &'a Value) -> Vec<(&'a [u8], i64)> {
     let Value::Array(items) = reply else {
         return Vec::new();
     };
+    fn member(v: &Value) -> Option<&[u8]> {
+        match v {
+            Value::BulkString(b) => Some(b.as_slice()),
+            Value::SimpleString(s) => Some(s.as_bytes()),
+            _ => None,
+        }
+    }
     let score = |v: &Value| -> Option<i64> {
         let f = match v {
             Value::Double(f) => *f,
@@ -136,16 +148,20 @@ fn member_scores(reply: &Value) -> Vec<i64> {
         };
         Some(f as i64)
     };
+    let entry = |m: &'a Value, s: &Value| Some((member(m)?, score(s)?));
     if items.iter().all(|i| matches!(i, Value::Array(_))) {
         items
             .iter()
             .filter_map(|pair| match pair {
-                Value::Array(p) if p.len() == 2 => score(&p[1]),
+                Value::Array(p) if p.len() == 2 => entry(&p[0], &p[1]),
                 _ => None,
             })
             .collect()
     } else {
-        items.chunks_exact(2).filter_map(|p| score(&p[1])).collect()
+        items
+            .chunks_exact(2)
+            .filter_map(|p| entry(&p[0], &p[1]))
+            .collect()
     }
 }
 
@@ -168,13 +184,22 @@ pub fn parse_time(reply: &Value) -> Option<i64> {
     }
 }
 
-/// Every published model (`{ns}:models`) with its workers, sorted by model
-/// name. Two round trips: the model list with Redis's clock, then every
-/// model's heartbeats.
+/// One reading of every published model's heartbeats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeats {
+    /// Every published model with its workers, sorted by model name.
+    pub models: Vec<ModelWorkers>,
+    /// Distinct workers with a fresh beat for at least one model (a worker
+    /// serving three models counts once).
+    pub fresh_workers: u64,
+}
+
+/// Every published model (`{ns}:models`) with its workers. Two round trips:
+/// the model list with Redis's clock, then every model's heartbeats.
 pub async fn read_all(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
-) -> Result<Vec<ModelWorkers>, QueueError> {
+) -> Result<Heartbeats, QueueError> {
     let (time, mut models): (Value, Vec<String>) = redis::pipe()
         .cmd("TIME")
         .cmd("HKEYS")
@@ -185,18 +210,36 @@ pub async fn read_all(
         parse_time(&time).ok_or_else(|| QueueError::Corrupt(format!("TIME reply {time:?}")))?;
     models.sort();
     if models.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Heartbeats {
+            models: Vec::new(),
+            fresh_workers: 0,
+        });
     }
     let mut pipe = redis::pipe();
     for model in &models {
         queue_read(&mut pipe, keys, model);
     }
     let replies: Vec<Value> = pipe.query_async(conn).await?;
-    Ok(models
+    Ok(Heartbeats {
+        models: models
+            .iter()
+            .zip(&replies)
+            .map(|(m, r)| parse(m, r, now_ms))
+            .collect(),
+        fresh_workers: fresh_workers(&replies, now_ms),
+    })
+}
+
+/// Distinct members with a fresh score across [`queue_read`] replies.
+fn fresh_workers(replies: &[Value], now_ms: i64) -> u64 {
+    let fresh_from = fresh_from(now_ms);
+    let fresh: std::collections::HashSet<&[u8]> = replies
         .iter()
-        .zip(&replies)
-        .map(|(m, r)| parse(m, r, now_ms))
-        .collect())
+        .flat_map(member_scores)
+        .filter(|&(_, s)| s >= fresh_from)
+        .map(|(m, _)| m)
+        .collect();
+    fresh.len() as u64
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -236,6 +279,19 @@ mod tests {
         ]);
         let w = parse("m", &resp3, now);
         assert_eq!((w.fresh, w.last_beat_age_ms), (1, Some(10_000)));
+    }
+
+    #[test]
+    fn a_worker_serving_several_models_counts_once() {
+        let now = 1_000_000;
+        let a = Value::Array(vec![bulk("w1"), bulk("999000"), bulk("w2"), bulk("998000")]);
+        let b = Value::Array(vec![
+            Value::Array(vec![bulk("w1"), Value::Double(999_500.0)]),
+            Value::Array(vec![bulk("w3"), Value::Double(980_000.0)]),
+        ]);
+        // w1 and w2 are fresh; w3's beat is older than the window.
+        assert_eq!(fresh_workers(&[a, b, Value::Nil], now), 2);
+        assert_eq!(fresh_workers(&[], now), 0);
     }
 
     #[test]
