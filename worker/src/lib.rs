@@ -19,6 +19,7 @@ pub mod consumer;
 pub mod error;
 pub mod execute;
 pub mod http;
+pub mod modelcheck;
 pub mod models;
 pub mod retrain;
 pub mod runtime;
