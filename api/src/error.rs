@@ -58,6 +58,8 @@ pub enum ApiError {
     VersionNotReady { version: u32, status: &'static str },
     #[error("model {0:?} has no earlier current version to roll back to")]
     NoPreviousVersion(String),
+    #[error("version {0} is the current version; promote another one before deleting it")]
+    VersionIsCurrent(u32),
     #[error("dataset {0:?} not found")]
     DatasetNotFound(String),
     #[error("{0}")]
@@ -83,9 +85,9 @@ impl ApiError {
             ApiError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::UnsupportedMediaType | ApiError::NotCsv => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::VersionNotReady { .. } | ApiError::NoPreviousVersion(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::VersionNotReady { .. }
+            | ApiError::NoPreviousVersion(_)
+            | ApiError::VersionIsCurrent(_) => StatusCode::CONFLICT,
             ApiError::ModelNotFound(_)
             | ApiError::JobNotFound(_)
             | ApiError::NotFound
@@ -120,6 +122,7 @@ impl ApiError {
             ApiError::VersionNotFound { .. } => "version_not_found",
             ApiError::VersionNotReady { .. } => "version_not_ready",
             ApiError::NoPreviousVersion(_) => "no_previous_version",
+            ApiError::VersionIsCurrent(_) => "version_is_current",
             ApiError::DatasetNotFound(_) => "dataset_not_found",
             ApiError::InvalidDataset(_) => "invalid_dataset",
             ApiError::RedisUnavailable(_) => "redis_unavailable",

@@ -441,9 +441,12 @@ async fn evaluate(
     let task = params.task;
     let scored = blocking(&env.span, move || {
         let sha256 = sha256_hex(&onnx);
-        let loaded = store
-            .load_unserved(&name, &onnx)
-            .map_err(JobFailure::InvalidModel)?;
+        // An external trainer's output is untrusted: validated in a child
+        // process before this process loads it.
+        if builtin.is_none() {
+            store.validate_untrusted(&onnx)?;
+        }
+        let loaded = store.load_unserved(&name, &onnx)?;
         let (metrics, output) =
             score(&loaded, &x1, task, &truth1).map_err(JobFailure::IncompatibleModel)?;
         let diff = match &builtin {
@@ -735,8 +738,10 @@ async fn register_and_decide(
                 &ev.candidate.onnx,
                 &v,
                 RegisterMode::Add,
+                None,
             )
             .await
+            .and_then(registry::Registration::registered)
             .map_err(unavailable)?
             .version
         }

@@ -12,6 +12,9 @@
 //! * `POST /v1/models/{model}/promote {"version": n}`: 200, 404
 //!   `version_not_found`, 409 `version_not_ready`.
 //! * `POST /v1/models/{model}/rollback`: 200, 409 `no_previous_version`.
+//! * `DELETE /v1/models/{model}/versions/{version}`: 204 for a version that
+//!   is not current (its bytes go too when no other version holds them),
+//!   409 `version_is_current`, 404 `version_not_found`.
 
 use axum::Extension;
 use axum::Json;
@@ -25,7 +28,9 @@ use shared::job::JobKind;
 use shared::metric_names::redis_op;
 use shared::model::valid_model_name;
 use shared::queue::ops::{self, SubmitOptions, Submitted};
-use shared::queue::registry::{self, Promotion, RegisterMode, Source, Version, VersionStatus};
+use shared::queue::registry::{
+    self, Deletion, Promotion, RegisterMode, Source, Version, VersionStatus,
+};
 use shared::queue::wire::JobEnvelope;
 use uuid::Uuid;
 
@@ -112,8 +117,9 @@ pub async fn upload(
     v.job_id = Some(job_id);
     let mut conn = state.conn();
     let keys = state.keys();
-    let registered = registry::register(&mut conn, keys, &model, &bytes, &v, RegisterMode::Add)
+    let registered = registry::register(&mut conn, keys, &model, &bytes, &v, RegisterMode::Add, None)
         .await
+        .and_then(registry::Registration::registered)
         .map_err(redis_failed(redis_op::REGISTRY))?;
     let job = JobEnvelope {
         id: job_id,
@@ -219,6 +225,36 @@ pub async fn rollback(
         .await
         .map_err(redis_failed(redis_op::REGISTRY))?;
     answer(public, 0, done)
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    axum::extract::Path((public, version)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let model = model_name(&tenant, &public)?;
+    // Anything but a version number names no version: the same 404.
+    let Ok(number) = version.parse::<u32>() else {
+        return Err(ApiError::VersionNotFound {
+            model: public,
+            version: 0,
+        });
+    };
+    let mut conn = state.conn();
+    let done = registry::delete_version(&mut conn, state.keys(), &model, number, None)
+        .await
+        .map_err(redis_failed(redis_op::REGISTRY))?;
+    match done {
+        Deletion::Deleted { blob_deleted } => {
+            tracing::info!(model, version = number, blob_deleted, "model version deleted");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Deletion::UnknownVersion => Err(ApiError::VersionNotFound {
+            model: public,
+            version: number,
+        }),
+        Deletion::IsCurrent => Err(ApiError::VersionIsCurrent(number)),
+    }
 }
 
 fn answer(model: String, asked: u32, done: Promotion) -> Result<Response, ApiError> {
