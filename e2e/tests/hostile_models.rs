@@ -143,7 +143,10 @@ async fn hostile_uploads_are_refused_with_stable_codes_and_the_worker_stays_smal
     )
     .await;
     assert_eq!(exists, missing);
-    assert!(!exists.contains("Cargo") && !exists.contains('/'), "{exists}");
+    assert!(
+        !exists.contains("Cargo") && !exists.contains('/'),
+        "{exists}"
+    );
 
     refused(
         &c,
@@ -166,7 +169,13 @@ async fn hostile_uploads_are_refused_with_stable_codes_and_the_worker_stays_smal
         "model_validation_timeout",
     )
     .await;
-    refused(&c, "garbage", b"not an onnx model".to_vec(), "invalid_model").await;
+    refused(
+        &c,
+        "garbage",
+        b"not an onnx model".to_vec(),
+        "invalid_model",
+    )
+    .await;
     println!("hostile uploads refused in {:?}", started.elapsed());
 
     // A benign upload still validates, and the worker serves as before.
@@ -191,7 +200,10 @@ async fn hostile_uploads_are_refused_with_stable_codes_and_the_worker_stays_smal
     let fold = version_meta(&c, "hostile", fold_version).await;
     assert_eq!(fold["error_code"], "model_validation_memory", "{fold}");
     let exists: bool = redis::cmd("EXISTS")
-        .arg(format!("{ns}:blob:{}", fold["sha256"].as_str().unwrap_or("")))
+        .arg(format!(
+            "{ns}:blob:{}",
+            fold["sha256"].as_str().unwrap_or("")
+        ))
         .query(&mut rc)
         .expect("exists");
     assert!(!exists, "the bytes of an invalid version are dropped");
@@ -239,7 +251,11 @@ async fn versions_can_be_deleted_and_unreferenced_bytes_are_collected() {
     };
     std::fs::write(
         &keys_file,
-        format!("default {}\nacme {}\n", digest("k-default"), digest("k-acme")),
+        format!(
+            "default {}\nacme {}\n",
+            digest("k-default"),
+            digest("k-acme")
+        ),
     )
     .expect("keys file");
     let _w = Worker::spawn(&redis.url(), &ns, &[]);
@@ -300,10 +316,7 @@ async fn versions_can_be_deleted_and_unreferenced_bytes_are_collected() {
     // v3 shares v2's bytes: deleting it keeps them for v2.
     assert_eq!(c.delete(&path(v3)).await.status, StatusCode::NO_CONTENT);
     assert!(blob_exists(&mut rc, &sha2));
-    assert_eq!(
-        predict(&c, "gc", &[1.0, 1.0, 1.0, 1.0]).await,
-        vec![3.0; 4]
-    );
+    assert_eq!(predict(&c, "gc", &[1.0, 1.0, 1.0, 1.0]).await, vec![3.0; 4]);
 
     // Bytes stored before the counts existed: a blob no version names and
     // one that a version names without a counted reference.
@@ -329,16 +342,35 @@ async fn versions_can_be_deleted_and_unreferenced_bytes_are_collected() {
         .expect("hdel");
     let jobctl = |extra: &[&str]| {
         let out = std::process::Command::new(binary("jobctl"))
-            .args(["--redis-url", &redis.url(), "--namespace", &ns, "sweep-blobs", "--json"])
+            .args([
+                "--redis-url",
+                &redis.url(),
+                "--namespace",
+                &ns,
+                "sweep-blobs",
+                "--json",
+            ])
             .args(extra)
             .output()
             .expect("jobctl");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<Value>(&out.stdout).expect("json")
     };
     let dry = jobctl(&["--dry-run"]);
-    assert_eq!(dry["unreferenced"][0]["sha256"], legacy_sha.as_str(), "{dry}");
-    assert_eq!(dry["unreferenced"].as_array().map(Vec::len), Some(1), "{dry}");
+    assert_eq!(
+        dry["unreferenced"][0]["sha256"],
+        legacy_sha.as_str(),
+        "{dry}"
+    );
+    assert_eq!(
+        dry["unreferenced"].as_array().map(Vec::len),
+        Some(1),
+        "{dry}"
+    );
     assert_eq!(dry["deleted"], 0, "{dry}");
     assert!(blob_exists(&mut rc, &legacy_sha));
     let done = jobctl(&[]);
@@ -347,6 +379,122 @@ async fn versions_can_be_deleted_and_unreferenced_bytes_are_collected() {
     assert!(!blob_exists(&mut rc, &legacy_sha));
     assert!(blob_exists(&mut rc, &sha2), "a referenced blob survives");
     let again = jobctl(&[]);
-    assert_eq!((again["deleted"].clone(), again["versions_counted"].clone()), (json!(0), json!(0)), "{again}");
+    assert_eq!(
+        (again["deleted"].clone(), again["versions_counted"].clone()),
+        (json!(0), json!(0)),
+        "{again}"
+    );
     let _ = std::fs::remove_file(&keys_file);
+}
+
+/// The process's private writable memory (VmData), in bytes: what
+/// RLIMIT_DATA bounds (unlike RLIMIT_AS, address space that glibc merely
+/// reserves for its arenas does not count).
+fn vm_data(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmData:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmSize")
+        * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_kills_its_worker_while_loading_is_quarantined() {
+    let redis = RedisServer::start();
+    let ns = unique_namespace("hostile-quarantine");
+    // Markers are refreshed every second; a live worker slowed down by a
+    // busy machine must not look dead.
+    let stale = ["--load-stale-ms", "5000"];
+    let mut victim = Worker::spawn(&redis.url(), &ns, &stale);
+    let survivor = Worker::spawn(&redis.url(), &ns, &stale);
+    let api = Api::spawn(&redis.url(), &ns, &["--max-model-bytes", "80000000"]);
+    let c = api.client();
+    c.wait_for_models(&["mlp128"], WAIT).await;
+    let victim_name = victim.consumer_name(WAIT);
+    survivor.consumer_name(WAIT);
+
+    // 32 MiB of honest bytes: validation (its own process, 1 GiB) passes.
+    let (v, job) = upload(&c, "big", onnx::padded(2.0, 32 << 20)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+
+    // Now the victim may grow by 16 MiB at most (RLIMIT_DATA, soft limit
+    // only, so the validation children it starts could still raise
+    // theirs): loading the version kills it, as an out-of-memory kill
+    // would.
+    let limit = vm_data(victim.proc.pid()) + (16 << 20);
+    let status = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", victim.proc.pid()))
+        .arg(format!("--data={limit}:unlimited"))
+        .status()
+        .expect("prlimit");
+    assert!(status.success());
+    let r = promote(&c, "big", v).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let exit = victim.proc.wait_exit(WAIT);
+    assert!(
+        matches!(exit, Some(None)),
+        "the victim should die of a signal while loading: {exit:?}\n{}",
+        victim.proc.log_text()
+    );
+
+    // The survivor finds the victim's marker gone stale and quarantines
+    // the version, in one step that also tells every worker.
+    let deadline = Instant::now() + WAIT;
+    let meta = loop {
+        let meta = version_meta(&c, "big", v).await;
+        if meta["status"] == "quarantined" || Instant::now() > deadline {
+            break meta;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(meta["status"], "quarantined", "{meta}");
+    assert_eq!(meta["error_code"], "model_load_crashed", "{meta}");
+    let events = survivor.log_events("model version quarantined: its worker died while loading it");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["fields"]["dead_worker"], victim_name.as_str());
+    // The survivor's own marker goes once its (successful) load ends.
+    let mut rc = conn(&redis);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let markers: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("{ns}:loading"))
+            .query(&mut rc)
+            .expect("hgetall");
+        if markers.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "markers left: {markers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // It can never become current again, and a new worker does not load
+    // it but serves everything else.
+    let r = promote(&c, "big", v).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.error_code(), "version_not_ready");
+    drop(survivor);
+    let fresh = Worker::spawn(&redis.url(), &ns, &stale);
+    fresh.consumer_name(WAIT);
+    let y = c
+        .wait_terminal(
+            &c.submit("mlp128", &json!({"features": vec![0.1f32; 128]}))
+                .await,
+            WAIT,
+        )
+        .await;
+    assert_eq!(y["status"], "succeeded", "{y}");
+    assert!(
+        fresh
+            .log_events("model version loaded")
+            .iter()
+            .all(|e| e["fields"]["model"] != "big"),
+        "a quarantined version was loaded"
+    );
+    assert!(
+        !fresh
+            .log_events("cannot serve the current version; keeping the served one")
+            .is_empty()
+    );
 }

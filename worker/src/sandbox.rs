@@ -127,11 +127,17 @@ pub fn validate(bytes: &[u8], cfg: &SandboxConfig) -> Result<Signature, JobFailu
         })
     };
     let stdout = reader(
-        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
         1 << 20,
     );
     let stderr = reader(
-        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
         4096,
     );
     let status = loop {
@@ -153,7 +159,11 @@ pub fn validate(bytes: &[u8], cfg: &SandboxConfig) -> Result<Signature, JobFailu
     let _ = writer.join();
     let out = stdout.join().unwrap_or_default();
     let err = stderr.join().unwrap_or_default();
-    tracing::debug!(elapsed_ms = started.elapsed().as_secs_f64() * 1e3, ?status, "model validation child ended");
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        ?status,
+        "model validation child ended"
+    );
     let Some(status) = status else {
         return Err(JobFailure::ModelValidationTimeout(format!(
             "validation did not finish within {} s",
@@ -187,12 +197,12 @@ fn died(status: std::process::ExitStatus, stderr: &str, cfg: &SandboxConfig) -> 
             "the validation process was killed, most likely for memory".to_owned(),
         ),
         _ if out_of_memory => JobFailure::ModelValidationMemory(format!(
-            "validation needed more than {} MiB",
+            "validation needed more than the {} MiB it may use",
             cfg.memory_bytes >> 20
         )),
-        Some(sig) => {
-            JobFailure::ModelValidationCrashed(format!("the validation process died of signal {sig}"))
-        }
+        Some(sig) => JobFailure::ModelValidationCrashed(format!(
+            "the validation process died of signal {sig}"
+        )),
         None => JobFailure::ModelValidationCrashed(format!(
             "the validation process exited with {} without an answer",
             status.code().unwrap_or(-1)
@@ -261,9 +271,15 @@ fn run_child(cfg: &SandboxConfig) -> Result<Signature, JobFailure> {
         intra_threads: 1,
         external_data_dir: cfg.external_data_dir.clone(),
     };
+    let over = |stage: &str| {
+        JobFailure::ModelValidationMemory(format!(
+            "{stage} needed more than the {} MiB a validation may use",
+            cfg.memory_bytes >> 20
+        ))
+    };
     let model = OnnxModel::load(&env, "validate", &bytes, &opts).map_err(|e| {
         if is_allocation_failure(&e) {
-            JobFailure::ModelValidationMemory(e)
+            over("loading the model")
         } else {
             JobFailure::InvalidModel(e)
         }
@@ -276,16 +292,18 @@ fn run_child(cfg: &SandboxConfig) -> Result<Signature, JobFailure> {
     if let Err(e) = model.run(&inputs)
         && is_allocation_failure(&e.to_string())
     {
-        return Err(JobFailure::ModelValidationMemory(crate::backend::sanitize(
-            &e.to_string(),
-        )));
+        return Err(over("one run on zeros"));
     }
     Ok((info.inputs.clone(), info.outputs.clone()))
 }
 
 /// Zeros of `spec`'s type, dynamic dimensions set to 1.
 fn zeros(spec: &TensorSpec) -> Tensor {
-    let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+    let shape: Vec<i64> = spec
+        .shape
+        .iter()
+        .map(|&d| if d < 0 { 1 } else { d })
+        .collect();
     let n = shape
         .iter()
         .map(|&d| usize::try_from(d).unwrap_or(0))
