@@ -301,7 +301,10 @@ pub fn endless_loop() -> Vec<u8> {
         )],
         vec![x4()],
         vec![y4()],
-        vec![int64s("trips", &[], &[1_000_000_000_000]), boolean("cond", true)],
+        vec![
+            int64s("trips", &[], &[1_000_000_000_000]),
+            boolean("cond", true),
+        ],
     ))
 }
 

@@ -367,7 +367,11 @@ async fn sweep_blobs(
         writeln!(out, "{sha}  {size} bytes")?;
     }
     let verb = if a.dry_run { "would delete" } else { "deleted" };
-    let n = if a.dry_run { r.unreferenced.len() } else { r.deleted };
+    let n = if a.dry_run {
+        r.unreferenced.len()
+    } else {
+        r.deleted
+    };
     writeln!(
         out,
         "{} blobs, {} unreferenced ({bytes} bytes): {verb} {n}; {} versions newly counted",

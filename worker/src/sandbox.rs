@@ -79,6 +79,13 @@ enum Answer {
 pub fn validate(bytes: &[u8], cfg: &SandboxConfig) -> Result<Signature, JobFailure> {
     let settings = serde_json::to_string(cfg)
         .map_err(|e| JobFailure::ValidatorUnavailable(format!("encoding settings: {e}")))?;
+    // The empty directory, unless it could not be made (a read-only file
+    // system): then the root, where nothing is writable either.
+    let cwd = if cfg.external_data_dir.is_dir() {
+        cfg.external_data_dir.as_path()
+    } else {
+        std::path::Path::new("/")
+    };
     let mut cmd = Command::new(&cfg.exe);
     cmd.arg(SUBCOMMAND)
         .arg(settings)
@@ -86,7 +93,7 @@ pub fn validate(bytes: &[u8], cfg: &SandboxConfig) -> Result<Signature, JobFailu
         // Else ONNX Runtime 1.31 opens a telemetry database under $HOME at
         // start-up, which RLIMIT_FSIZE (rightly) kills the child for.
         .env("ORT_DISABLE_TELEMETRY", "1")
-        .current_dir(&cfg.external_data_dir)
+        .current_dir(cwd)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -117,10 +117,11 @@ pub async fn upload(
     v.job_id = Some(job_id);
     let mut conn = state.conn();
     let keys = state.keys();
-    let registered = registry::register(&mut conn, keys, &model, &bytes, &v, RegisterMode::Add, None)
-        .await
-        .and_then(registry::Registration::registered)
-        .map_err(redis_failed(redis_op::REGISTRY))?;
+    let registered =
+        registry::register(&mut conn, keys, &model, &bytes, &v, RegisterMode::Add, None)
+            .await
+            .and_then(registry::Registration::registered)
+            .map_err(redis_failed(redis_op::REGISTRY))?;
     let job = JobEnvelope {
         id: job_id,
         kind: JobKind::Validate,
@@ -246,7 +247,12 @@ pub async fn delete(
         .map_err(redis_failed(redis_op::REGISTRY))?;
     match done {
         Deletion::Deleted { blob_deleted } => {
-            tracing::info!(model, version = number, blob_deleted, "model version deleted");
+            tracing::info!(
+                model,
+                version = number,
+                blob_deleted,
+                "model version deleted"
+            );
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         Deletion::UnknownVersion => Err(ApiError::VersionNotFound {

@@ -162,8 +162,7 @@ pub async fn quarantine(
         .await?;
     let (raw, next) = match raw {
         Some(raw) => {
-            let mut v: Version =
-                serde_json::from_str(&raw).map_err(corrupt("registry version"))?;
+            let mut v: Version = serde_json::from_str(&raw).map_err(corrupt("registry version"))?;
             let next = if v.status == VersionStatus::Ready {
                 v.status = VersionStatus::Quarantined;
                 v.error = Some(error.to_owned());

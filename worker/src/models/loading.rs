@@ -3,8 +3,10 @@
 //! static checks ([`crate::modelcheck`]) and with the version's trust
 //! ([`super::trust_of`]): registry versions (under a load marker,
 //! [`super::quarantine`]), retrain outputs, and the child-process
-//! validation of untrusted bytes ([`crate::sandbox`]).
+//! validation of untrusted bytes ([`crate::sandbox`]); and the on-disk
+//! cache of model bytes (`--model-cache-dir`, by SHA-256).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use deadpool_redis::Pool;
@@ -63,7 +65,9 @@ pub(super) async fn load(
                 .map_err(JobFailure::InvalidModel)
         })
         .await
-        .map_err(|e| LoadError::Refused(JobFailure::InvalidModel(format!("the load panicked: {e}"))))?
+        .map_err(|e| {
+            LoadError::Refused(JobFailure::InvalidModel(format!("the load panicked: {e}")))
+        })?
         .map_err(LoadError::Refused)?;
         Ok((Arc::new(loaded) as Arc<dyn Backend>, size))
     })
@@ -90,6 +94,36 @@ impl ModelStore {
     /// Blocking.
     pub fn validate_untrusted(&self, bytes: &[u8]) -> Result<Signature, JobFailure> {
         sandbox::validate(bytes, &self.settings.sandbox)
+    }
+
+    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
+        // The hash names a file: accept hex only.
+        (sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| self.settings.cache_dir.join(format!("{sha256}.onnx")))
+    }
+
+    /// Cached bytes whose hash still matches (a damaged file is ignored and
+    /// fetched again).
+    fn cache_get(&self, sha256: &str) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(self.cache_path(sha256)?).ok()?;
+        (sha256_hex(&bytes) == sha256).then_some(bytes)
+    }
+
+    /// Best effort: a cache that cannot be written costs a Redis read later.
+    pub(crate) fn cache_put(&self, sha256: &str, bytes: &[u8]) {
+        let Some(path) = self.cache_path(sha256) else {
+            return;
+        };
+        if path.is_file() {
+            return;
+        }
+        // Write then rename, so a reader never sees half a file.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let res = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(error) = res {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::debug!(path = %path.display(), %error, "cannot write the model cache");
+        }
     }
 
     /// The bytes of a version, for validation.

@@ -444,7 +444,11 @@ impl ModelStore {
         }
         let (m, size) = loading::load(self, pool, model, number).await?;
         for (model, number) in self.loaded.insert(model, number, Arc::clone(&m), size) {
-            tracing::info!(model, version = number, "model version unloaded (least recently used)");
+            tracing::info!(
+                model,
+                version = number,
+                "model version unloaded (least recently used)"
+            );
         }
         Ok(m)
     }
@@ -480,36 +484,6 @@ impl ModelStore {
             (Some(n), _) => n,
         };
         self.get_loaded(pool, model, number).await.map(Some)
-    }
-
-    fn cache_path(&self, sha256: &str) -> Option<PathBuf> {
-        // The hash names a file: accept hex only.
-        (sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.settings.cache_dir.join(format!("{sha256}.onnx")))
-    }
-
-    /// Cached bytes whose hash still matches (a damaged file is ignored and
-    /// fetched again).
-    fn cache_get(&self, sha256: &str) -> Option<Vec<u8>> {
-        let bytes = std::fs::read(self.cache_path(sha256)?).ok()?;
-        (sha256_hex(&bytes) == sha256).then_some(bytes)
-    }
-
-    /// Best effort: a cache that cannot be written costs a Redis read later.
-    pub(crate) fn cache_put(&self, sha256: &str, bytes: &[u8]) {
-        let Some(path) = self.cache_path(sha256) else {
-            return;
-        };
-        if path.is_file() {
-            return;
-        }
-        // Write then rename, so a reader never sees half a file.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let res = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(error) = res {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::debug!(path = %path.display(), %error, "cannot write the model cache");
-        }
     }
 }
 

@@ -81,4 +81,3 @@ async fn subscribe(
         Err(_) => None,
     }
 }
-

@@ -270,7 +270,9 @@ impl Registration {
 pub enum Deletion {
     /// Gone, with its signature and rollback history entries; its bytes
     /// too when no other version holds them.
-    Deleted { blob_deleted: bool },
+    Deleted {
+        blob_deleted: bool,
+    },
     UnknownVersion,
     /// The current version cannot be deleted.
     IsCurrent,

@@ -10,8 +10,8 @@ use std::sync::LazyLock;
 use redis::aio::ConnectionLike;
 
 use super::{
-    Deletion, HISTORY_LEN, Promotion, Quota, QuotaExceeded, RegisterMode, Registered,
-    Registration, Rejection, Version, VersionStatus, corrupt,
+    Deletion, HISTORY_LEN, Promotion, Quota, QuotaExceeded, RegisterMode, Registered, Registration,
+    Rejection, Version, VersionStatus, corrupt,
 };
 use crate::queue::QueueError;
 use crate::queue::keys::Keys;
@@ -358,7 +358,11 @@ pub async fn delete_version(
         inv.arg(number).arg(&v.sha256);
         let reply: String = inv.invoke_async(conn).await?;
         match reply.as_str() {
-            "deleted" => return Ok(Deletion::Deleted { blob_deleted: false }),
+            "deleted" => {
+                return Ok(Deletion::Deleted {
+                    blob_deleted: false,
+                });
+            }
             "deleted_blob" => return Ok(Deletion::Deleted { blob_deleted: true }),
             "unknown" => return Ok(Deletion::UnknownVersion),
             "current" => return Ok(Deletion::IsCurrent),
