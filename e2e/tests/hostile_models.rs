@@ -178,6 +178,12 @@ async fn hostile_uploads_are_refused_with_stable_codes_and_the_worker_stays_smal
     .await;
     println!("hostile uploads refused in {:?}", started.elapsed());
 
+    // The builders the run-time limits are tested with have signatures the
+    // API and ONNX Runtime accept (the huge output is tiny on zeros).
+    let (_, job) = upload(&c, "expand", onnx::huge_output()).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["result"]["inputs"][1]["name"], "shape", "{job}");
+
     // A benign upload still validates, and the worker serves as before.
     let (v, job) = upload(&c, "hostile", onnx::scale(2.0)).await;
     assert_eq!(job["status"], "succeeded", "{job}");

@@ -255,3 +255,25 @@ fn output_tensor(name: &str, value: &DynValue) -> Result<Tensor, JobFailure> {
         data,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn onnx_runtime_messages_lose_paths_and_source_locations() {
+        // As ONNX Runtime 1.31 words a missing external file.
+        let raw = "External data path validation failed for initializer: w. Error: \
+                   tensorprotoutils.cc:461 ValidateExternalDataPathFromDir External data path \
+                   does not exist: \"/tmp/cache/no-external-data/etc/passwd\"";
+        let clean = sanitize(raw);
+        assert!(!clean.contains('/') && !clean.contains("passwd"), "{clean}");
+        assert!(!clean.contains(".cc:"), "{clean}");
+        assert!(
+            clean.starts_with("External data path validation failed"),
+            "{clean}"
+        );
+        let long = "x ".repeat(1000);
+        assert!(sanitize(&long).chars().count() <= 301);
+    }
+}
