@@ -284,6 +284,7 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
     let mut next_announce = tokio::time::Instant::now();
     let mut next_beat = tokio::time::Instant::now();
     let mut next_trim = tokio::time::Instant::now() + m.trim_every;
+    let mut next_sweep = tokio::time::Instant::now();
     let mut served;
     loop {
         let now = tokio::time::Instant::now();
@@ -317,10 +318,12 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
                 }
             };
         }
-        match models::quarantine::sweep(&ctx.models, &ctx.pool).await {
-            // The epoch bump reaches every worker's watcher.
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%error, "cannot check for abandoned model loads"),
+        if now >= next_sweep {
+            next_sweep = now + models::quarantine::REFRESH_EVERY;
+            // A quarantine bumps the epoch: every watcher reloads.
+            if let Err(error) = models::quarantine::sweep(&ctx.models, &ctx.pool).await {
+                tracing::debug!(%error, "cannot check for abandoned model loads");
+            }
         }
         if let Err(error) = promote(&ctx).await {
             http::count_redis_error(redis_op::PROMOTE, &error);
