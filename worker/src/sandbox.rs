@@ -10,7 +10,8 @@
 //! allocates or loops regardless of its inputs is caught here, not when the
 //! first job runs.
 //!
-//! Limits, set with `setrlimit` between fork and exec: address space
+//! Limits, set with `setrlimit` between fork and exec (with a parent-death
+//! signal, so a child never outlives its worker): address space
 //! (`RLIMIT_AS`), CPU seconds (`RLIMIT_CPU`; `SIGXCPU` at the limit),
 //! no files written (`RLIMIT_FSIZE` 0), few descriptors, no core dumps. The
 //! parent kills the child at the wall-clock limit. The child gets an empty
@@ -99,9 +100,15 @@ pub fn validate(bytes: &[u8], cfg: &SandboxConfig) -> Result<Signature, JobFailu
         .stderr(Stdio::piped());
     let (mem, cpu) = (cfg.memory_bytes, cfg.cpu_secs.max(1));
     // SAFETY: the closure runs in the forked child before exec and only
-    // calls setrlimit, which is async-signal-safe; it allocates nothing.
+    // makes syscalls (setrlimit, prctl), which are async-signal-safe; it
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // A worker that dies mid-validation takes its child with it (the
+            // spawning thread waits for the child, so it outlives it).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             limit(libc::RLIMIT_AS, mem, mem)?;
             // SIGXCPU at the soft limit; SIGKILL a second later if ignored.
             limit(libc::RLIMIT_CPU, cpu, cpu + 1)?;
