@@ -34,9 +34,17 @@ COPY --from=ort /libonnxruntime.so /usr/local/lib/libonnxruntime.so
 # Only the served models: the worker loads every *.onnx directly in MODELS_DIR
 # (test models and fixtures stay out of the image).
 COPY models/*.onnx /models/
+# ORT_DISABLE_TELEMETRY: ONNX Runtime 1.31 otherwise keeps a telemetry
+# database under $HOME (~/.cache/Microsoft/DeveloperTools).
 ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so \
     MODELS_DIR=/models \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    ORT_DISABLE_TELEMETRY=1
+# A working directory of the service user's own, empty: nothing a model could
+# name relative to it (ONNX Runtime resolves some relative paths against the
+# working directory; the worker refuses such models anyway).
+RUN mkdir -p /home/app && chown 10001:10001 /home/app && chmod 0700 /home/app
+WORKDIR /home/app
 # Numeric, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 USER 10001:10001
 # 8080: the API (LISTEN_ADDR); 9090: a worker's /metrics, /healthz, /readyz

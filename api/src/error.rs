@@ -85,6 +85,8 @@ pub enum ApiError {
     VersionNotReady { version: u32, status: &'static str },
     #[error("model {0:?} has no earlier current version to roll back to")]
     NoPreviousVersion(String),
+    #[error("version {0} is the current version; promote another one before deleting it")]
+    VersionIsCurrent(u32),
     #[error("dataset {0:?} not found")]
     DatasetNotFound(String),
     #[error("{0}")]
@@ -118,9 +120,9 @@ impl ApiError {
             ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType | ApiError::NotCsv => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::VersionNotReady { .. } | ApiError::NoPreviousVersion(_) => {
-                StatusCode::CONFLICT
-            }
+            ApiError::VersionNotReady { .. }
+            | ApiError::NoPreviousVersion(_)
+            | ApiError::VersionIsCurrent(_) => StatusCode::CONFLICT,
             ApiError::ModelNotFound(_)
             | ApiError::JobNotFound(_)
             | ApiError::NotFound
@@ -165,6 +167,7 @@ impl ApiError {
             ApiError::VersionNotFound { .. } => "version_not_found",
             ApiError::VersionNotReady { .. } => "version_not_ready",
             ApiError::NoPreviousVersion(_) => "no_previous_version",
+            ApiError::VersionIsCurrent(_) => "version_is_current",
             ApiError::DatasetNotFound(_) => "dataset_not_found",
             ApiError::InvalidDataset(_) => "invalid_dataset",
             ApiError::TrainingBudget(_) => "training_budget_exceeded",
@@ -206,6 +209,22 @@ impl ApiError {
                 used: q.used,
                 limit: q.limit,
             },
+        }
+    }
+}
+
+impl ApiError {
+    /// A registration the registry refused for the tenant's quota.
+    pub fn registry_quota(q: shared::queue::registry::QuotaExceeded) -> ApiError {
+        use shared::queue::registry::QuotaExceeded;
+        let (what, limit) = match q {
+            QuotaExceeded::Versions { limit } => ("versions of this model", limit),
+            QuotaExceeded::Models { limit } => ("models", limit),
+        };
+        ApiError::QuotaExceeded {
+            what,
+            used: u64::from(limit),
+            limit: u64::from(limit),
         }
     }
 }

@@ -58,6 +58,7 @@ pub async fn serve() -> Result<Response, ApiError> {
         list_versions,
         promote_version,
         rollback_version,
+        delete_version,
         retrain_model,
         put_dataset,
         get_dataset,
@@ -324,6 +325,28 @@ fn promote_version() {}
 )]
 #[allow(dead_code)]
 fn rollback_version() {}
+
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{model}/versions/{version}",
+    tag = "registry",
+    summary = "Delete a version that is not current",
+    description = "Removes the version, its signature and its entries in the rollback history. Its ONNX bytes are deleted too unless another version (of any model) holds the same bytes. The current version cannot be deleted: promote another one first.",
+    params(
+        ("model" = String, Path, description = "Model name"),
+        ("version" = u32, Path, description = "Version number"),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`version_not_found` (or `model_not_found` for an invalid model name)", body = ErrorBody<'static>),
+        (status = 409, description = "`version_is_current`", body = ErrorBody<'static>),
+        (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
+        (status = 500, description = "`internal`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+    )
+)]
+#[allow(dead_code)]
+fn delete_version() {}
 
 #[utoipa::path(
     post,
@@ -603,10 +626,16 @@ pub struct VersionDoc {
     pub created_at_ms: i64,
     /// `file`, `upload` or `retrain`.
     pub source: String,
-    /// `validating`, `ready` or `invalid`.
+    /// `validating`, `ready`, `invalid` or `quarantined` (a worker died
+    /// loading it; never loaded or promoted again).
     pub status: String,
-    /// Why validation failed.
+    /// Why validation failed, or why the version was quarantined.
     pub error: Option<String>,
+    /// The stable code of `error`: `invalid_model`, `model_external_data`,
+    /// `model_tensor_too_large`, `model_too_complex`,
+    /// `model_validation_timeout`, `model_validation_memory`,
+    /// `model_validation_crashed` or `model_load_crashed`.
+    pub error_code: Option<String>,
     pub inputs: Vec<TensorSpecDoc>,
     pub outputs: Vec<TensorSpecDoc>,
     /// Training metrics of a retrained version.
@@ -653,6 +682,7 @@ pub enum ErrorCode {
     VersionNotFound,
     VersionNotReady,
     NoPreviousVersion,
+    VersionIsCurrent,
     DatasetNotFound,
     InvalidDataset,
     TrainingBudgetExceeded,
@@ -897,6 +927,7 @@ mod tests {
                 | ApiError::VersionNotFound { .. }
                 | ApiError::VersionNotReady { .. }
                 | ApiError::NoPreviousVersion(_)
+                | ApiError::VersionIsCurrent(_)
                 | ApiError::DatasetNotFound(_)
                 | ApiError::InvalidDataset(_)
                 | ApiError::TrainingBudget(_)
@@ -959,6 +990,7 @@ mod tests {
                 status: "invalid",
             },
             ApiError::NoPreviousVersion(String::new()),
+            ApiError::VersionIsCurrent(1),
             ApiError::DatasetNotFound(String::new()),
             ApiError::InvalidDataset(String::new()),
             ApiError::TrainingBudget(String::new()),

@@ -35,7 +35,9 @@ use serde::Deserialize;
 use shared::model::valid_tenant_name;
 use shared::queue::datasets::DatasetQuota;
 use shared::queue::ratelimit::Rate;
+use shared::queue::registry;
 use shared::queue::usage::JobQuota;
+use shared::queue::wire::RegistryLimits;
 
 /// One tenant's limits, as resolved from the file.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +87,26 @@ impl Policy {
         JobQuota {
             max_jobs: self.max_queued_jobs,
             max_bytes: self.max_queued_bytes,
+        }
+    }
+
+    /// The registry's bounds for this tenant: its models (counted in its
+    /// model set) and each model's versions.
+    pub fn registry_quota(&self, keys: &shared::Keys, tenant: &str) -> registry::Quota {
+        let limits = self.registry_limits();
+        registry::Quota {
+            tenant_models: keys.tenant_models(tenant),
+            max_versions: limits.max_versions,
+            max_models: limits.max_models,
+        }
+    }
+
+    /// The same bounds as a retrain job carries them to its worker.
+    pub fn registry_limits(&self) -> RegistryLimits {
+        let bound = |n: u64| (n > 0).then(|| u32::try_from(n).unwrap_or(u32::MAX));
+        RegistryLimits {
+            max_versions: bound(self.max_versions_per_model),
+            max_models: bound(self.max_models),
         }
     }
 

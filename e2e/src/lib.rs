@@ -7,6 +7,7 @@
 //! drops, so a failing test leaves nothing behind. Child logs go to
 //! `target/e2e-logs/`, named after the process and its port or pid.
 
+pub mod onnx_build;
 pub mod prom;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1097,6 +1097,16 @@ fn ports_probes_selectors_scrapes_and_keda_agree_with_the_code() {
         uid.parse::<u32>().is_ok_and(|u| u != 0),
         "USER {user}: numeric non-root"
     );
+    // The process runs in a directory of its own user's, not in `/`.
+    let workdir = docker
+        .last("WORKDIR")
+        .expect("Dockerfile WORKDIR in the runtime stage");
+    assert!(
+        docker.runtime.iter().any(|(op, rest)| op == "RUN"
+            && rest.contains(&format!("chown {uid}"))
+            && rest.split_whitespace().any(|w| w == workdir)),
+        "WORKDIR {workdir} must be chowned to {uid} in the runtime stage"
+    );
     for (_, name, w) in k8s.workloads().filter(|(_, n, _)| !n.ends_with("/redis")) {
         let sc = &w["spec"]["template"]["spec"]["securityContext"];
         assert_eq!(sc["runAsNonRoot"], true, "{name}");

@@ -40,6 +40,20 @@ pub enum Command {
     /// Per-model queue depth, lag, pending entries, consumers and dead
     /// letters.
     Stats(StatsArgs),
+    /// Delete model bytes (`{ns}:blob:*`) that no version references, and
+    /// count the references of versions stored before reference counts
+    /// existed (run once after upgrading; safe to run any time).
+    SweepBlobs(SweepArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub struct SweepArgs {
+    /// List what would be deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// One JSON document instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,7 +15,9 @@ use shared::queue::admin::{
 use shared::redis_conn::{self, Limits};
 use shared::time::now_ms;
 
-use crate::cli::{Args, Command, DeadCommand, ListArgs, ReplayArgs, Selection, ShowArgs};
+use crate::cli::{
+    Args, Command, DeadCommand, ListArgs, ReplayArgs, Selection, ShowArgs, SweepArgs,
+};
 use crate::error::CliError;
 use crate::render;
 
@@ -34,6 +36,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         } => dead_show(&mut conn, &keys, &a, &mut out).await?,
         Command::Replay(a) => replay(&mut conn, &keys, &a, &mut out).await?,
         Command::Stats(a) => stats(&mut conn, &keys, a.json, &mut out).await?,
+        Command::SweepBlobs(a) => sweep_blobs(&mut conn, &keys, &a, &mut out).await?,
     }
     out.flush()?;
     Ok(())
@@ -334,5 +337,47 @@ async fn stats(
     } else {
         out.write_all(render::stats_table(&overview).as_bytes())?;
     }
+    Ok(())
+}
+
+async fn sweep_blobs(
+    conn: &mut MultiplexedConnection,
+    keys: &Keys,
+    a: &SweepArgs,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    let r = shared::queue::blobs::sweep(conn, keys, a.dry_run).await?;
+    let bytes: u64 = r.unreferenced.iter().map(|(_, n)| n).sum();
+    if a.json {
+        let doc = serde_json::json!({
+            "dry_run": a.dry_run,
+            "versions_counted": r.adopted,
+            "blobs": r.blobs_seen,
+            "unreferenced": r.unreferenced.iter()
+                .map(|(sha, size)| serde_json::json!({"sha256": sha, "size": size}))
+                .collect::<Vec<_>>(),
+            "unreferenced_bytes": bytes,
+            "deleted": r.deleted,
+        });
+        serde_json::to_writer_pretty(&mut *out, &doc)?;
+        out.write_all(b"\n")?;
+        return Ok(());
+    }
+    for (sha, size) in &r.unreferenced {
+        writeln!(out, "{sha}  {size} bytes")?;
+    }
+    let verb = if a.dry_run { "would delete" } else { "deleted" };
+    let n = if a.dry_run {
+        r.unreferenced.len()
+    } else {
+        r.deleted
+    };
+    writeln!(
+        out,
+        "{} blobs, {} unreferenced ({bytes} bytes): {verb} {n}; {} versions newly counted",
+        r.blobs_seen,
+        r.unreferenced.len(),
+        r.adopted
+    )?;
     Ok(())
 }

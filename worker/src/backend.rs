@@ -46,6 +46,33 @@ impl RunControl<'_> {
 /// The models one worker serves, by name.
 pub type Models = HashMap<String, Arc<dyn Backend>>;
 
+/// Whether a model's bytes come from the operator or from a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// A `--models-dir` file: full graph optimisation.
+    Operator,
+    /// An upload or a retrain output: optimised without constant folding,
+    /// which would execute the graph's constant parts while loading (a
+    /// 221-byte `ConstantOfShape → ReduceSum` allocates 1 GiB there).
+    Tenant,
+}
+
+/// How sessions are built.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub trust: Trust,
+    pub intra_threads: usize,
+    /// An empty directory of the worker's own, given to ONNX Runtime as the
+    /// base of external initializers: defence in depth behind the static
+    /// check ([`crate::modelcheck`]), so a reference that got past it
+    /// resolves to nothing rather than to the working directory.
+    pub external_data_dir: std::path::PathBuf,
+}
+
+/// The graph optimisations skipped for [`Trust::Tenant`] models, as ONNX
+/// Runtime's `optimization.disable_specified_optimizers` (';'-separated).
+pub const UNTRUSTED_DISABLED_OPTIMIZERS: &str = "ConstantFolding";
+
 /// An ONNX model in an ONNX Runtime session.
 pub struct OnnxModel {
     info: ModelInfo,
@@ -57,13 +84,15 @@ pub struct OnnxModel {
 impl OnnxModel {
     /// Loads `bytes` as model `name`. The version is the content hash, so
     /// every worker loading the same file reports the same version.
+    /// Callers run the static checks ([`crate::modelcheck`]) first; the
+    /// error is ONNX Runtime's, [`sanitize`]d.
     pub fn load(
         env: &Environment,
         name: &str,
         bytes: &[u8],
-        intra_threads: usize,
+        opts: &LoadOptions,
     ) -> Result<OnnxModel, String> {
-        let session = build_session(env, bytes, intra_threads).map_err(|e| e.to_string())?;
+        let session = build_session(env, bytes, opts).map_err(|e| sanitize(&e.to_string()))?;
         let inputs = session
             .inputs()
             .iter()
@@ -95,14 +124,50 @@ impl OnnxModel {
         self.info.version = version.to_string();
         self
     }
+
+    /// The session, for a validation's trial run.
+    pub fn session(&self) -> &Mutex<Session> {
+        &self.session
+    }
 }
 
 // Builder errors are not Send/Sync; keep them inside an ort::Result.
-fn build_session(env: &Environment, bytes: &[u8], intra_threads: usize) -> ort::Result<Session> {
-    Session::builder(env)?
+// Always from memory: a model loaded from a path would resolve relative
+// references against that path's directory.
+fn build_session(env: &Environment, bytes: &[u8], opts: &LoadOptions) -> ort::Result<Session> {
+    let mut builder = Session::builder(env)?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
-        .with_intra_threads(intra_threads.max(1))?
-        .commit_from_memory(bytes)
+        .with_intra_threads(opts.intra_threads.max(1))?
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            opts.external_data_dir.to_string_lossy(),
+        )?;
+    if opts.trust == Trust::Tenant {
+        builder = builder.with_disabled_optimizers(UNTRUSTED_DISABLED_OPTIMIZERS)?;
+    }
+    builder.commit_from_memory(bytes)
+}
+
+/// ONNX Runtime's message made fit for a tenant: path-like tokens (which
+/// could tell whether a file exists, and where the worker runs) and source
+/// locations are replaced, and the text is clipped.
+pub fn sanitize(message: &str) -> String {
+    const MAX: usize = 300;
+    let looks_internal = |w: &str| {
+        w.contains('/')
+            || w.contains('\\')
+            || [".cc:", ".h:", ".cpp:"].iter().any(|s| w.contains(s))
+    };
+    let mut out = message
+        .split_whitespace()
+        .map(|w| if looks_internal(w) { "<path>" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ");
+    if let Some((i, _)) = out.char_indices().nth(MAX) {
+        out.truncate(i);
+        out.push('…');
+    }
+    out
 }
 
 fn spec(name: &str, ty: &ValueType) -> Result<TensorSpec, String> {
@@ -247,4 +312,26 @@ fn output_tensor(name: &str, value: &DynValue) -> Result<Tensor, JobFailure> {
         shape,
         data,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize;
+
+    #[test]
+    fn onnx_runtime_messages_lose_paths_and_source_locations() {
+        // As ONNX Runtime 1.31 words a missing external file.
+        let raw = "External data path validation failed for initializer: w. Error: \
+                   tensorprotoutils.cc:461 ValidateExternalDataPathFromDir External data path \
+                   does not exist: \"/tmp/cache/no-external-data/etc/passwd\"";
+        let clean = sanitize(raw);
+        assert!(!clean.contains('/') && !clean.contains("passwd"), "{clean}");
+        assert!(!clean.contains(".cc:"), "{clean}");
+        assert!(
+            clean.starts_with("External data path validation failed"),
+            "{clean}"
+        );
+        let long = "x ".repeat(1000);
+        assert!(sanitize(&long).chars().count() <= 301);
+    }
 }

@@ -183,6 +183,50 @@ pub struct Config {
     /// traces to; `/v1/traces` is appended. Unset: no export.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+
+    /// Address-space limit (RLIMIT_AS) of a model validation child process,
+    /// in MiB: a model that needs more to load or to run once on zeros is
+    /// `invalid` with `model_validation_memory`.
+    #[arg(long, env = "VALIDATE_MEMORY_MB", default_value_t = 1024)]
+    pub validate_memory_mb: u64,
+
+    /// CPU-time limit (RLIMIT_CPU) of a validation child, in seconds
+    /// (`model_validation_timeout`).
+    #[arg(long, env = "VALIDATE_CPU_SECS", default_value_t = 20)]
+    pub validate_cpu_secs: u64,
+
+    /// Wall-clock limit of a validation child, in seconds: the worker kills
+    /// it then (`model_validation_timeout`).
+    #[arg(long, env = "VALIDATE_TIMEOUT_SECS", default_value_t = 30)]
+    pub validate_timeout_secs: u64,
+
+    /// Largest declared size of one tensor of a model, and of all its
+    /// tensors together (sparse ones at their dense size), in bytes
+    /// (`model_tensor_too_large`). Checked before ONNX Runtime sees a model.
+    #[arg(long, env = "MAX_MODEL_TENSOR_BYTES", default_value_t = 256 << 20)]
+    pub max_model_tensor_bytes: u64,
+
+    /// Most nodes of a model, subgraphs and functions included
+    /// (`model_too_complex`).
+    #[arg(long, env = "MAX_MODEL_NODES", default_value_t = 100_000)]
+    pub max_model_nodes: usize,
+
+    /// Most registry versions loaded in ONNX Runtime at once; past it the
+    /// least recently used are unloaded (and loaded again on demand). The
+    /// worker still serves every current model.
+    #[arg(long, env = "MAX_LOADED_MODELS", default_value_t = 64)]
+    pub max_loaded_models: usize,
+
+    /// Memory budget of the loaded versions, in bytes, estimated per version
+    /// as 2 × its ONNX size + 2 MiB; past it the least recently used are
+    /// unloaded.
+    #[arg(long, env = "MAX_LOADED_MODEL_BYTES", default_value_t = 1 << 30)]
+    pub max_loaded_model_bytes: u64,
+
+    /// A load marker not refreshed for this long (ms) means its worker died
+    /// while loading that version: the version is quarantined.
+    #[arg(long, env = "LOAD_STALE_MS", default_value_t = 10_000)]
+    pub load_stale_ms: u64,
 }
 
 #[cfg(test)]

@@ -54,6 +54,29 @@ pub enum JobFailure {
     /// A `validate` job: ONNX Runtime refused the uploaded bytes.
     #[error("ONNX Runtime cannot load the model: {0}")]
     InvalidModel(String),
+    /// A model tensor refers to data outside the model (ONNX external
+    /// data): refused before ONNX Runtime sees it.
+    #[error("the model is not self-contained: {0}")]
+    ModelExternalData(String),
+    /// A tensor declares more bytes than `--max-model-tensor-bytes`.
+    #[error("the model declares too much tensor data: {0}")]
+    ModelTensorTooLarge(String),
+    /// Too many nodes or subgraphs nested too deep.
+    #[error("the model is too complex: {0}")]
+    ModelTooComplex(String),
+    /// Validation ran out of its CPU or wall-clock limit.
+    #[error("validating the model took too long: {0}")]
+    ModelValidationTimeout(String),
+    /// Validation ran out of its memory limit.
+    #[error("validating the model needed too much memory: {0}")]
+    ModelValidationMemory(String),
+    /// The validation process died for another reason.
+    #[error("the model crashed its validation: {0}")]
+    ModelValidationCrashed(String),
+    /// The validation process could not be started (this worker's
+    /// problem, not the model's).
+    #[error("the model validator could not run: {0}")]
+    ValidatorUnavailable(String),
     /// A pinned version that does not exist or is not `ready`.
     #[error("{0}")]
     VersionUnavailable(String),
@@ -101,6 +124,10 @@ pub enum JobFailure {
     /// epochs × rows × features over `--max-train-work`.
     #[error("{0}")]
     TrainingBudget(String),
+    /// Registering the trained version would take its tenant past a
+    /// registry quota.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 impl JobFailure {
@@ -114,6 +141,13 @@ impl JobFailure {
             JobFailure::UnsupportedOutput { .. } => "unsupported_output",
             JobFailure::InvalidModel(_) => "invalid_model",
             JobFailure::VersionUnavailable(_) => "model_version_unavailable",
+            JobFailure::ModelExternalData(_) => "model_external_data",
+            JobFailure::ModelTensorTooLarge(_) => "model_tensor_too_large",
+            JobFailure::ModelTooComplex(_) => "model_too_complex",
+            JobFailure::ModelValidationTimeout(_) => "model_validation_timeout",
+            JobFailure::ModelValidationMemory(_) => "model_validation_memory",
+            JobFailure::ModelValidationCrashed(_) => "model_validation_crashed",
+            JobFailure::ValidatorUnavailable(_) => "validator_unavailable",
             JobFailure::DatasetNotFound(_) => "dataset_not_found",
             JobFailure::InvalidDataset(_) => "invalid_dataset",
             JobFailure::TrainingFailed(_) => "training_failed",
@@ -127,6 +161,7 @@ impl JobFailure {
             JobFailure::Canceled => "canceled",
             JobFailure::TrainingTimeout { .. } => "training_timeout",
             JobFailure::TrainingBudget(_) => "training_budget_exceeded",
+            JobFailure::QuotaExceeded(_) => "quota_exceeded",
         }
     }
 
@@ -141,12 +176,23 @@ impl JobFailure {
     /// are permanent: the same input hits the same limit again, and
     /// retrying a job that held a slot for `--max-run-ms` would only hold
     /// it three times as long. A cancel is the client's decision.
+    /// A model refused by validation is refused for good, resource limits
+    /// included (the same bytes hit the same limits, and a bomb must not be
+    /// run again on every retry); only a validator that could not start
+    /// is this worker's problem and worth another attempt.
     pub fn is_transient(&self) -> bool {
         match self {
             JobFailure::ModelUnavailable(_)
             | JobFailure::Inference(_)
             | JobFailure::ExternalTrainerNotConfigured
-            | JobFailure::RegistryUnavailable(_) => true,
+            | JobFailure::RegistryUnavailable(_)
+            | JobFailure::ValidatorUnavailable(_) => true,
+            JobFailure::ModelExternalData(_)
+            | JobFailure::ModelTensorTooLarge(_)
+            | JobFailure::ModelTooComplex(_)
+            | JobFailure::ModelValidationTimeout(_)
+            | JobFailure::ModelValidationMemory(_)
+            | JobFailure::ModelValidationCrashed(_) => false,
             JobFailure::DatasetNotFound(_)
             | JobFailure::InvalidDataset(_)
             | JobFailure::TrainingFailed(_)
@@ -163,7 +209,37 @@ impl JobFailure {
             | JobFailure::ResultTooLarge(_)
             | JobFailure::TrainingTimeout { .. }
             | JobFailure::TrainingBudget(_)
+            | JobFailure::QuotaExceeded(_)
             | JobFailure::Canceled => false,
+        }
+    }
+
+    /// The model-rejection failure of a stable code (as a validation child
+    /// process reports it); `None` for codes that are not model rejections.
+    pub fn model_rejection(code: &str, message: String) -> Option<JobFailure> {
+        Some(match code {
+            "invalid_model" => JobFailure::InvalidModel(message),
+            "model_external_data" => JobFailure::ModelExternalData(message),
+            "model_tensor_too_large" => JobFailure::ModelTensorTooLarge(message),
+            "model_too_complex" => JobFailure::ModelTooComplex(message),
+            "model_validation_timeout" => JobFailure::ModelValidationTimeout(message),
+            "model_validation_memory" => JobFailure::ModelValidationMemory(message),
+            "model_validation_crashed" => JobFailure::ModelValidationCrashed(message),
+            _ => return None,
+        })
+    }
+
+    /// The failure's own text, without the code's sentence around it.
+    pub fn detail(&self) -> String {
+        match self {
+            JobFailure::InvalidModel(m)
+            | JobFailure::ModelExternalData(m)
+            | JobFailure::ModelTensorTooLarge(m)
+            | JobFailure::ModelTooComplex(m)
+            | JobFailure::ModelValidationTimeout(m)
+            | JobFailure::ModelValidationMemory(m)
+            | JobFailure::ModelValidationCrashed(m) => m.clone(),
+            other => other.to_string(),
         }
     }
 
@@ -198,5 +274,30 @@ mod tests {
         ] {
             assert!(!limit.is_transient(), "{limit:?}");
         }
+    }
+
+    #[test]
+    fn model_rejections_round_trip_through_their_codes() {
+        let all = [
+            JobFailure::InvalidModel("m".into()),
+            JobFailure::ModelExternalData("m".into()),
+            JobFailure::ModelTensorTooLarge("m".into()),
+            JobFailure::ModelTooComplex("m".into()),
+            JobFailure::ModelValidationTimeout("m".into()),
+            JobFailure::ModelValidationMemory("m".into()),
+            JobFailure::ModelValidationCrashed("m".into()),
+        ];
+        for f in all {
+            assert!(!f.is_transient(), "{f:?}");
+            assert_eq!(
+                JobFailure::model_rejection(f.code(), f.detail()),
+                Some(f.clone())
+            );
+        }
+        assert!(JobFailure::ValidatorUnavailable("x".into()).is_transient());
+        assert_eq!(
+            JobFailure::model_rejection("inference_error", "x".into()),
+            None
+        );
     }
 }

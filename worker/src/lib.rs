@@ -5,8 +5,11 @@
 //! * [`config`]: command line and environment.
 //! * [`runtime`]: finding and starting the ONNX Runtime library.
 //! * [`backend`]: the model trait and its ONNX Runtime implementation.
-//! * [`models`]: which registry versions are served (seeding from the models
-//!   dir, hot swap on promotion, pinned versions, `validate` jobs).
+//! * [`modelcheck`]: static checks of model bytes before ONNX Runtime.
+//! * [`sandbox`]: validation of untrusted models in a limited child process.
+//! * [`models`]: which registry versions are served and which are loaded
+//!   (seeding from the models dir, hot swap on promotion, the LRU of
+//!   sessions, pinned versions, quarantine, `validate` jobs).
 //! * [`execute`]: one job's inputs → model → result JSON or a job error.
 //! * [`consumer`]: the Redis Streams loop around it.
 //! * [`training`], [`retrain`]: training slots and what a `retrain` job does
@@ -21,9 +24,11 @@ pub mod consumer;
 pub mod error;
 pub mod execute;
 pub mod http;
+pub mod modelcheck;
 pub mod models;
 pub mod retrain;
 pub mod runtime;
+pub mod sandbox;
 pub mod training;
 pub mod watchdog;
 
@@ -50,18 +55,15 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     });
     let lib = runtime::find_library(cfg.ort_lib.as_deref())?;
     let models_dir = cfg.models_dir.clone();
-    let intra = cfg.intra_threads;
-    let cache_dir = cfg
-        .model_cache_dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("onnx-queue-model-cache"));
     let keys = Keys::new(&cfg.namespace);
     let store_keys = keys.clone();
+    let consumer = consumer::consumer_name();
+    let settings = store_settings(&cfg, &lib, &consumer)?;
     // Loading sessions is CPU work: keep it off the executor.
     let models = tokio::task::spawn_blocking(move || {
         let env = runtime::start(&lib)?;
         tracing::info!(library = %lib.display(), "ONNX Runtime started");
-        models::ModelStore::load_dir(env, &models_dir, intra, cache_dir, store_keys)
+        models::ModelStore::load_dir(env, &models_dir, settings, store_keys)
     })
     .await
     .map_err(|e| WorkerError::OrtLoad {
@@ -78,7 +80,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     let pool = redis_conn::pool(&cfg.redis_url, 8, limits)?;
     let ctx = Arc::new(consumer::Context {
         streams: arc_swap::ArcSwap::from_pointee(Vec::new()),
-        consumer: consumer::consumer_name(),
+        consumer,
         pool,
         redis_url: cfg.redis_url.clone(),
         keys,
@@ -113,6 +115,11 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         }
         None => None,
     };
+    // A version that killed a worker while it loaded is quarantined
+    // before this worker loads anything from the registry.
+    if let Err(error) = models::quarantine::sweep(&ctx.models, &ctx.pool).await {
+        tracing::warn!(%error, "cannot check for abandoned model loads yet");
+    }
     // Seed the registry and switch to its current versions before reading
     // jobs (and after the HTTP listener is up: seeding publishes the
     // signatures, which tells clients the worker is there). With Redis down
@@ -224,6 +231,48 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// The model store's settings from the flags. The validation child is this
+/// very binary; its working directory and ONNX Runtime's external-data
+/// base are one empty directory of the worker's own.
+fn store_settings(
+    cfg: &Config,
+    lib: &std::path::Path,
+    consumer: &str,
+) -> Result<models::StoreSettings, WorkerError> {
+    let cache_dir = cfg
+        .model_cache_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("onnx-queue-model-cache"));
+    let exe = std::env::current_exe().map_err(|e| WorkerError::OrtLoad {
+        path: lib.to_path_buf(),
+        message: format!("cannot find the worker's own executable: {e}"),
+    })?;
+    let ort_lib = std::fs::canonicalize(lib).unwrap_or_else(|_| lib.to_path_buf());
+    let check = modelcheck::Limits {
+        max_tensor_bytes: cfg.max_model_tensor_bytes,
+        max_nodes: cfg.max_model_nodes,
+    };
+    Ok(models::StoreSettings {
+        intra_threads: cfg.intra_threads,
+        consumer: consumer.to_owned(),
+        check,
+        sandbox: sandbox::SandboxConfig {
+            exe,
+            ort_lib,
+            external_data_dir: cache_dir.join("no-external-data"),
+            memory_bytes: cfg.validate_memory_mb.saturating_mul(1 << 20),
+            cpu_secs: cfg.validate_cpu_secs,
+            timeout: Duration::from_secs(cfg.validate_timeout_secs.max(1)),
+            max_tensor_bytes: check.max_tensor_bytes,
+            max_nodes: check.max_nodes,
+        },
+        cache_dir,
+        max_loaded_models: cfg.max_loaded_models,
+        max_loaded_bytes: cfg.max_loaded_model_bytes,
+        load_stale: Duration::from_millis(cfg.load_stale_ms.max(1)),
+    })
+}
+
 /// Intervals of the background upkeep.
 struct Maintenance {
     announce_every: Duration,
@@ -245,6 +294,7 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
     let mut next_announce = tokio::time::Instant::now();
     let mut next_beat = tokio::time::Instant::now();
     let mut next_trim = tokio::time::Instant::now() + m.trim_every;
+    let mut next_sweep = tokio::time::Instant::now();
     let mut served;
     loop {
         let now = tokio::time::Instant::now();
@@ -277,6 +327,13 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
                     now + Duration::from_secs(1)
                 }
             };
+        }
+        if now >= next_sweep {
+            next_sweep = now + models::quarantine::REFRESH_EVERY;
+            // A quarantine bumps the epoch: every watcher reloads.
+            if let Err(error) = models::quarantine::sweep(&ctx.models, &ctx.pool).await {
+                tracing::debug!(%error, "cannot check for abandoned model loads");
+            }
         }
         if let Err(error) = promote(&ctx).await {
             http::count_redis_error(redis_op::PROMOTE, &error);

@@ -1,11 +1,32 @@
-//! `worker` binary: parses the configuration and runs [`worker::run`].
+//! `worker` binary: parses the configuration and runs [`worker::run`]; or,
+//! started by a worker as `worker __validate-model <settings>`, validates
+//! one model in a process of its own ([`worker::sandbox`]).
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before anything else starts (no runtime, no threads, no logging to
+    // stderr of the parent): a validation child only answers on stdout.
+    let mut args = std::env::args();
+    if args.nth(1).as_deref() == Some(worker::sandbox::SUBCOMMAND) {
+        return worker::sandbox::child_main(&args.next().unwrap_or_default());
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(error) => {
+            eprintln!("worker: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> ExitCode {
     let cfg = worker::Config::parse();
     let telemetry = match shared::telemetry::init_with(&shared::telemetry::Options {
         format: &cfg.log_format,

@@ -519,9 +519,12 @@ async fn evaluate(
     let stop1 = Arc::clone(&env.stop);
     let scored = blocking(&env.span, move || {
         let sha256 = sha256_hex(&onnx);
-        let loaded = store
-            .load_unserved(&name, &onnx)
-            .map_err(JobFailure::InvalidModel)?;
+        // An external trainer's output is untrusted: validated in a child
+        // process before this process loads it.
+        if builtin.is_none() {
+            store.validate_untrusted(&onnx)?;
+        }
+        let loaded = store.load_unserved(&name, &onnx)?;
         let (metrics, output) = score(&loaded, &x1, task, &truth1, &stop1)?;
         let diff = match &builtin {
             Some(m) => {
@@ -832,17 +835,36 @@ async fn register_and_decide(
                 "dataset": dataset,
                 "params": params_json,
             }));
-            registry::register(
+            let quota = spec.quota.map(|q| registry::Quota {
+                tenant_models: env.keys.tenant_models(shared::model::tenant_of(model)),
+                max_versions: q.max_versions,
+                max_models: q.max_models,
+            });
+            let registration = registry::register(
                 &mut conn,
                 env.keys,
                 model,
                 &ev.candidate.onnx,
                 &v,
                 RegisterMode::Add,
+                quota.as_ref(),
             )
             .await
-            .map_err(unavailable)?
-            .version
+            .map_err(unavailable)?;
+            match registration {
+                registry::Registration::Registered(r) => r.version,
+                registry::Registration::QuotaExceeded(q) => {
+                    return Err(JobFailure::QuotaExceeded(match q {
+                        registry::QuotaExceeded::Versions { limit } => format!(
+                            "the model has {limit} versions, its tenant's quota; delete old versions to train a new one"
+                        ),
+                        registry::QuotaExceeded::Models { limit } => {
+                            format!("the tenant has {limit} models, its quota")
+                        }
+                    })
+                    .into());
+                }
+            }
         }
     };
 

@@ -43,8 +43,11 @@ pub fn start(path: &Path) -> Result<ort::environment::Environment, WorkerError> 
         message,
     };
     let builder = ort::init_from(path).map_err(|e| load_err(e.to_string()))?;
+    // ONNX Runtime 1.31 records telemetry in a database under $HOME (and
+    // may send it): nothing a worker should do with tenants' models.
     builder
         .with_name("worker")
+        .with_telemetry(false)
         .build()
         .map_err(|e| load_err(e.to_string()))
 }

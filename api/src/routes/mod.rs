@@ -26,15 +26,16 @@ pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
 pub const OPENAPI: &str = "/openapi.json";
 pub const VERSIONS: &str = "/v1/models/{model}/versions";
+pub const VERSION: &str = "/v1/models/{model}/versions/{version}";
 pub const PROMOTE: &str = "/v1/models/{model}/promote";
 pub const ROLLBACK: &str = "/v1/models/{model}/rollback";
 pub const RETRAIN: &str = "/v1/models/{model}/retrain";
 pub const DATASETS: &str = "/v1/datasets";
 pub const DATASET: &str = "/v1/datasets/{name}";
 
-pub const ALL: [&str; 14] = [
-    PREDICT, MODELS, MODEL, JOB, HEALTHZ, READYZ, METRICS, OPENAPI, VERSIONS, PROMOTE, ROLLBACK,
-    RETRAIN, DATASETS, DATASET,
+pub const ALL: [&str; 15] = [
+    PREDICT, MODELS, MODEL, JOB, HEALTHZ, READYZ, METRICS, OPENAPI, VERSIONS, VERSION, PROMOTE,
+    ROLLBACK, RETRAIN, DATASETS, DATASET,
 ];
 
 /// Which router a route belongs to.
@@ -72,7 +73,7 @@ pub struct Route {
 /// from this table alone, and the OpenAPI tests check the document against
 /// it in both directions, so a route cannot be added without being
 /// documented.
-pub const TABLE: [Route; 18] = [
+pub const TABLE: [Route; 19] = [
     Route {
         method: Method::POST,
         path: PREDICT,
@@ -138,6 +139,12 @@ pub const TABLE: [Route; 18] = [
         path: VERSIONS,
         access: Access::Tenant,
         handler: || get(versions::list),
+    },
+    Route {
+        method: Method::DELETE,
+        path: VERSION,
+        access: Access::Tenant,
+        handler: || axum::routing::delete(versions::delete),
     },
     Route {
         method: Method::POST,

@@ -132,6 +132,7 @@ pub async fn retrain(
         params_json,
         promote: req.promote,
         trainer: req.trainer,
+        quota: Some(state.policies().of(tenant.name()).registry_limits()),
     };
     let accepted = submission
         .enqueue(&state, &tenant, Work::Retrain(spec), body_hash)

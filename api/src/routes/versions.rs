@@ -12,18 +12,23 @@
 //! * `POST /v1/models/{model}/promote {"version": n}`: 200, 404
 //!   `version_not_found`, 409 `version_not_ready`.
 //! * `POST /v1/models/{model}/rollback`: 200, 409 `no_previous_version`.
+//! * `DELETE /v1/models/{model}/versions/{version}`: 204 for a version that
+//!   is not current (its bytes go too when no other version holds them),
+//!   409 `version_is_current`, 404 `version_not_found`.
 
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use shared::metric_names::redis_op;
 use shared::model::valid_model_name;
-use shared::queue::registry::{self, Promotion, RegisterMode, Source, Version, VersionStatus};
+use shared::queue::registry::{
+    self, Deletion, Promotion, RegisterMode, Registration, Source, Version, VersionStatus,
+};
 use uuid::Uuid;
 
 use crate::auth::Tenant;
@@ -108,18 +113,27 @@ pub async fn upload(
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let mut v = Version::new(&bytes, &sha256, Source::Upload, VersionStatus::Validating);
     v.job_id = Some(submission.id());
+    let quota = state
+        .policies()
+        .of(tenant.name())
+        .registry_quota(state.keys(), tenant.name());
     let registered = {
         let mut conn = state.conn();
-        registry::register(
+        let registration = registry::register(
             &mut conn,
             state.keys(),
             &model,
             &bytes,
             &v,
             RegisterMode::Add,
+            Some(&quota),
         )
         .await
-        .map_err(redis_failed(redis_op::REGISTRY))?
+        .map_err(redis_failed(redis_op::REGISTRY))?;
+        match registration {
+            Registration::Registered(r) => r,
+            Registration::QuotaExceeded(q) => return Err(ApiError::registry_quota(q)),
+        }
     };
     let span = submission.span().clone();
     // No Idempotency-Key here: the version is registered before the job
@@ -212,6 +226,48 @@ pub async fn rollback(
         .await
         .map_err(redis_failed(redis_op::REGISTRY))?;
     answer(public, 0, done)
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Extension(tenant): Extension<Tenant>,
+    axum::extract::Path((public, version)): axum::extract::Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let model = model_name(&tenant, &public)?;
+    // Anything but a version number names no version: the same 404.
+    let Ok(number) = version.parse::<u32>() else {
+        return Err(ApiError::VersionNotFound {
+            model: public,
+            version: 0,
+        });
+    };
+    let tenant_models = state.keys().tenant_models(tenant.name());
+    let mut conn = state.conn();
+    let done = registry::delete_version(
+        &mut conn,
+        state.keys(),
+        &model,
+        number,
+        Some(&tenant_models),
+    )
+    .await
+    .map_err(redis_failed(redis_op::REGISTRY))?;
+    match done {
+        Deletion::Deleted { blob_deleted } => {
+            tracing::info!(
+                model,
+                version = number,
+                blob_deleted,
+                "model version deleted"
+            );
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Deletion::UnknownVersion => Err(ApiError::VersionNotFound {
+            model: public,
+            version: number,
+        }),
+        Deletion::IsCurrent => Err(ApiError::VersionIsCurrent(number)),
+    }
 }
 
 fn answer(model: String, asked: u32, done: Promotion) -> Result<Response, ApiError> {

@@ -25,6 +25,9 @@
 //! | `{ns}:stream:.train`              | stream  | `retrain` jobs, read only by workers' training slots (`--train-slots`) |
 //! | `{ns}:dataset:{name}`             | hash    | an uploaded training dataset: CSV bytes and what the API checked ([`super::datasets`]) |
 //! | `{ns}:datasets`                   | set     | names of the stored datasets                            |
+//! | `{ns}:blob-refs`                  | hash    | sha256 → versions holding those bytes; field `.counted` once every blob is counted ([`super::registry`]) |
+//! | `{ns}:tenant-models:{tenant}`     | set     | a tenant's model names, kept by quota-checked registrations |
+//! | `{ns}:loading`                    | hash    | consumer → `{model} {version} {Redis ms}` while that worker loads a registry version ([`super::loading`]) |
 //!
 //! A job's stream follows from its kind ([`queue_of`]): predictions travel on
 //! their model's stream, the rest on the two streams above, so a long
@@ -163,6 +166,42 @@ impl Keys {
         format!("{}:blob:{}", self.ns, sha256)
     }
 
+    /// sha256 → how many versions hold those bytes.
+    pub fn blob_refs(&self) -> String {
+        format!("{}:blob-refs", self.ns)
+    }
+
+    /// The model names of a tenant, for per-tenant quotas.
+    pub fn tenant_models(&self, tenant: &str) -> String {
+        format!("{}:tenant-models:{}", self.ns, tenant)
+    }
+
+    /// Which worker is loading which version right now (quarantine).
+    pub fn loading(&self) -> String {
+        format!("{}:loading", self.ns)
+    }
+
+    /// A `SCAN MATCH` pattern of every blob key of this namespace.
+    pub fn blob_pattern(&self) -> String {
+        format!("{}:blob:*", glob_escape(&self.ns))
+    }
+
+    /// A `SCAN MATCH` pattern of every registry key of this namespace.
+    pub fn registry_pattern(&self) -> String {
+        format!("{}:registry:*", glob_escape(&self.ns))
+    }
+
+    /// The sha256 of a blob key of this namespace.
+    pub fn sha_of_blob<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(self.ns.as_str())?.strip_prefix(":blob:")
+    }
+
+    /// The model of a registry key of this namespace.
+    pub fn model_of_registry<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(self.ns.as_str())?
+            .strip_prefix(":registry:")
+    }
+
     /// A training dataset by (tenant-qualified) name.
     pub fn dataset(&self, name: &str) -> String {
         format!("{}:dataset:{}", self.ns, name)
@@ -184,6 +223,18 @@ impl Keys {
     pub fn models_channel(&self) -> String {
         format!("{}:events:models", self.ns)
     }
+}
+
+/// `s` with Redis glob characters escaped, for `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -226,6 +277,13 @@ mod tests {
         assert!(!crate::model::valid_internal_model_name(TRAIN));
         assert_eq!(k.dataset("acme~bc"), "t1:dataset:acme~bc");
         assert_eq!(k.datasets(), "t1:datasets");
+        assert_eq!(k.blob_refs(), "t1:blob-refs");
+        assert_eq!(k.tenant_models("acme"), "t1:tenant-models:acme");
+        assert_eq!(k.loading(), "t1:loading");
+        assert_eq!(k.sha_of_blob(&k.blob("ab")), Some("ab"));
+        assert_eq!(k.model_of_registry(&k.registry("acme~m")), Some("acme~m"));
+        assert_eq!(Keys::new("a*b").blob_pattern(), "a\\*b:blob:*");
+        assert_eq!(k.registry_pattern(), "t1:registry:*");
     }
 
     #[test]

@@ -25,6 +25,10 @@
 //!  API    ── promote / rollback (Lua): check ready, HSET current, HSET models, INCR registry-epoch,
 //!                          PUBLISH events:models + events:registry
 //!  worker ── on events:registry or a changed registry-epoch (checked every 2 s): load, then ArcSwap
+//!  worker ── around each load of a registry version: HSET loading {consumer} (refreshed every 1 s), HDEL;
+//!            a stale marker of another worker → quarantine (Lua): version quarantined, INCR epoch, PUBLISH
+//!  API    ── DELETE version (Lua): not current → HDEL version, LREM history, blob-refs −1, DEL blob at 0
+//!  jobctl ── sweep-blobs: count pre-existing references, DEL blobs nothing references
 //!  API    ── PUT dataset: parse the CSV, then HSET dataset:{name} csv meta, SADD datasets
 //!  API    ── retrain: submit a retrain job on stream:.train
 //!  worker ── training slot: XREADGROUP COUNT 1 on stream:.train; start; train on a blocking thread,
@@ -56,13 +60,17 @@
 //! [`registry`] holds model versions, their bytes and the `current` pointer;
 //! [`datasets`] the training data retrain jobs read; [`usage`] what each
 //! tenant holds (counted by the scripts that change it, checked against its
-//! quotas on the way in).
+//! quotas on the way in); [`loading`] the load markers that quarantine a
+//! version that killed its worker; [`blobs`] the operator's sweep of
+//! unreferenced model bytes.
 
 pub mod admin;
+pub mod blobs;
 pub mod consume;
 pub mod datasets;
 pub mod heartbeat;
 pub mod keys;
+pub mod loading;
 pub mod ops;
 pub mod ratelimit;
 pub mod registry;

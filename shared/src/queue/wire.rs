@@ -69,6 +69,18 @@ pub struct RetrainSpec {
     pub params_json: String,
     pub promote: PromotePolicy,
     pub trainer: TrainerKind,
+    /// The tenant's registry quota as the API knew it at submit (the
+    /// worker has no tenants file): the new version is registered within
+    /// it or not at all. Absent in jobs from before quotas: unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<RegistryLimits>,
+}
+
+/// Bounds of a tenant's registry (see [`super::registry::Quota`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryLimits {
+    pub max_versions: Option<u32>,
+    pub max_models: Option<u32>,
 }
 
 /// Where a retrain job's rows come from.
@@ -217,6 +229,10 @@ mod tests {
             params_json: r#"{"epochs":5}"#.into(),
             promote: PromotePolicy::Never,
             trainer: TrainerKind::External,
+            quota: Some(RegistryLimits {
+                max_versions: Some(3),
+                max_models: None,
+            }),
         });
         let bytes = env.encode().unwrap();
         assert_eq!(JobEnvelope::decode(&bytes).unwrap(), env);

@@ -22,6 +22,18 @@
 //! * `{ns}:events:registry` (pub/sub): a model name whenever its current
 //!   version changes; workers reload on it (and re-check every few seconds
 //!   in case a message was missed).
+//! * `{ns}:blob-refs` (hash): sha256 → how many versions hold those bytes,
+//!   kept by the scripts of [`register`], [`settle`] (an invalid version's
+//!   bytes are dropped at once, its metadata and error kept) and
+//!   [`delete_version`]; a blob whose count reaches 0 is deleted in the same
+//!   step. Field `ref:{n}` of the registry hash says that version `n` holds
+//!   one of those references, field `count` how many versions the model
+//!   has. Blobs stored before the counts existed are left alone until
+//!   `jobctl sweep-blobs` has counted them (it sets the field
+//!   [`COUNTED`]); a namespace whose first registration finds no current
+//!   model and no counts starts counted.
+//! * `{ns}:tenant-models:{tenant}` (set): the tenant's model names, when
+//!   [`register`] is given a [`Quota`].
 //!
 //! # Rules
 //!
@@ -45,7 +57,6 @@
 //!   loaded it, then calls [`promote`] if it decides to roll it out.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
@@ -79,8 +90,11 @@ pub enum VersionStatus {
     Validating,
     /// Loaded successfully: its signature is known; it may become current.
     Ready,
-    /// ONNX Runtime refused it; it never becomes current.
+    /// Validation refused it; it never becomes current.
     Invalid,
+    /// A worker died (crashed or ran out of memory) while loading it: no
+    /// worker loads it again, and it never becomes current again.
+    Quarantined,
 }
 
 impl VersionStatus {
@@ -89,6 +103,7 @@ impl VersionStatus {
             VersionStatus::Validating => "validating",
             VersionStatus::Ready => "ready",
             VersionStatus::Invalid => "invalid",
+            VersionStatus::Quarantined => "quarantined",
         }
     }
 }
@@ -109,9 +124,12 @@ pub struct Version {
     pub created_at_ms: i64,
     pub source: Source,
     pub status: VersionStatus,
-    /// Why validation failed (`invalid` only).
+    /// Why validation failed (`invalid`) or the version was quarantined.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The stable code of `error` (e.g. `model_external_data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
     #[serde(default)]
     pub inputs: Vec<TensorSpec>,
     #[serde(default)]
@@ -138,6 +156,7 @@ impl Version {
             source,
             status,
             error: None,
+            error_code: None,
             inputs: Vec::new(),
             outputs: Vec::new(),
             metrics: None,
@@ -192,279 +211,71 @@ pub enum Promotion {
     NothingToRollBack,
 }
 
-// Moves `current` to version `v` (ARGV[3] is the model), writes its
-// signature to the models hash, bumps the epoch and tells APIs and workers.
-// KEYS: registry, current, models, history, epoch. ARGV[1]/[2]: models and
-// registry channels; ARGV[4]: history length.
-const SET_CURRENT: &str = r#"
-local function set_current(v, remember)
-  local model = ARGV[3]
-  local prev = redis.call('HGET', KEYS[2], model)
-  if prev == v then return prev end
-  if prev and remember then
-    redis.call('LPUSH', KEYS[4], prev)
-    redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
-  end
-  redis.call('HSET', KEYS[2], model, v)
-  redis.call('INCR', KEYS[5])
-  local sig = redis.call('HGET', KEYS[1], 'sig:' .. v)
-  if sig then
-    redis.call('HSET', KEYS[3], model, sig)
-    redis.call('PUBLISH', ARGV[1], model)
-  end
-  redis.call('PUBLISH', ARGV[2], model)
-  return prev
-end
-local function meta(v)
-  local raw = redis.call('HGET', KEYS[1], v)
-  if not raw then return nil end
-  local ok, m = pcall(cjson.decode, raw)
-  if ok then return m end
-  return nil
-end
-local function sig_for(v, sig)
-  return (string.gsub(sig, '"@V@"', '"' .. v .. '"', 1))
-end
-"#;
+mod write;
+pub use write::*;
 
-fn script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{SET_CURRENT}\n{body}"))
+/// The field of `{ns}:blob-refs` that says every stored blob is counted, so
+/// a count of 0 means the bytes are unreferenced (never a sha256: not hex).
+pub const COUNTED: &str = ".counted";
+
+/// Why a version was refused: a stable code and a sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: String,
+    pub message: String,
 }
 
-/// KEYS: registry, current, models, history, epoch, blob.
-/// ARGV: 1-4 as [`SET_CURRENT`], 5 sha256, 6 version JSON, 7 signature JSON
-/// ('' = unknown yet), 8 mode (`seed` | `add`), 9 bytes.
-static REGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local sha_field = 'sha:' .. ARGV[5]
-if ARGV[8] == 'seed' then
-  local known = redis.call('HGET', KEYS[1], sha_field)
-  local m = known and meta(known)
-  if m then
-    if m.status == 'ready' and not redis.call('HGET', KEYS[2], ARGV[3]) then
-      set_current(known, true)
-      return {known, 0, 1}
-    end
-    return {known, 0, 0}
-  end
-end
-redis.call('SET', KEYS[6], ARGV[9], 'NX')
-local v = tostring(redis.call('HINCRBY', KEYS[1], 'seq', 1))
-redis.call('HSET', KEYS[1], v, ARGV[6])
-redis.call('HSETNX', KEYS[1], sha_field, v)
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'sig:' .. v, sig_for(v, ARGV[7])) end
-local promoted = 0
-if ARGV[8] == 'seed' then
-  local cur = redis.call('HGET', KEYS[2], ARGV[3])
-  local take = not cur
-  if cur then
-    local m = meta(cur)
-    take = (not m) or m.source == 'file'
-  end
-  if take then
-    set_current(v, true)
-    promoted = 1
-  end
-end
-return {v, 1, promoted}
-"#,
-    )
-});
-
-/// KEYS: registry, current, models, history, epoch. ARGV: 1-4, 5 version.
-static PROMOTE: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local m = meta(ARGV[5])
-if not m then return {'unknown'} end
-if m.status ~= 'ready' then return {'not_ready', m.status} end
-local prev = set_current(ARGV[5], true)
-return {'ok', prev or ''}
-"#,
-    )
-});
-
-/// KEYS: registry, current, models, history, epoch. ARGV: 1-4.
-static ROLLBACK: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local cur = redis.call('HGET', KEYS[2], ARGV[3])
-while true do
-  local p = redis.call('LPOP', KEYS[4])
-  if not p then return {'none'} end
-  if p ~= cur then
-    local m = meta(p)
-    if m and m.status == 'ready' then
-      set_current(p, false)
-      return {'ok', cur or '', p}
-    end
-  end
-end
-"#,
-    )
-});
-
-/// KEYS: registry, current, models, history, epoch. ARGV: 1-4, 5 version, 6 the
-/// settled version JSON, 7 signature JSON ('' when invalid).
-static SETTLE: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local m = meta(ARGV[5])
-if not m then return 'unknown' end
-if m.status ~= 'validating' then return m.status end
-redis.call('HSET', KEYS[1], ARGV[5], ARGV[6])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'sig:' .. ARGV[5], sig_for(ARGV[5], ARGV[7])) end
-return 'settled'
-"#,
-    )
-});
-
-fn invocation<'a>(s: &'a redis::Script, keys: &Keys, model: &str) -> redis::ScriptInvocation<'a> {
-    let mut inv = s.key(keys.registry(model));
-    inv.key(keys.current())
-        .key(keys.models())
-        .key(keys.history(model))
-        .key(keys.registry_epoch())
-        .arg(keys.models_channel())
-        .arg(keys.registry_channel())
-        .arg(model)
-        .arg(HISTORY_LEN);
-    inv
+/// Limits [`register`] enforces in the same step as it adds a version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    /// The tenant's set of model names ([`Keys::tenant_models`]): the
+    /// models counted against `max_models`.
+    pub tenant_models: String,
+    /// Most versions one model may have (deleted ones do not count).
+    pub max_versions: Option<u32>,
+    /// Most models the tenant may have.
+    pub max_models: Option<u32>,
 }
 
-fn corrupt(what: &str) -> impl Fn(serde_json::Error) -> QueueError + '_ {
-    move |e| QueueError::Corrupt(format!("{what}: {e}"))
+/// Which limit of a [`Quota`] a registration would have crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaExceeded {
+    Versions { limit: u32 },
+    Models { limit: u32 },
 }
 
-/// The signature JSON with a placeholder the scripts replace by the version
-/// number they allocate.
-fn signature_template(model: &str, v: &Version) -> Result<String, QueueError> {
-    let mut info = v.info(model);
-    info.version = "@V@".to_owned();
-    serde_json::to_string(&info).map_err(corrupt("model signature"))
+/// What [`register`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registration {
+    Registered(Registered),
+    /// Nothing was written.
+    QuotaExceeded(QuotaExceeded),
 }
 
-/// Registers `bytes` as a new version of `model` described by `v` (its
-/// `version` is ignored; `ready` versions must carry their signature), see
-/// [`RegisterMode`]. The blob is written unless the same bytes are stored.
-pub async fn register(
-    conn: &mut impl ConnectionLike,
-    keys: &Keys,
-    model: &str,
-    bytes: &[u8],
-    v: &Version,
-    mode: RegisterMode,
-) -> Result<Registered, QueueError> {
-    let json = serde_json::to_string(v).map_err(corrupt("version"))?;
-    let sig = if v.status == VersionStatus::Ready {
-        signature_template(model, v)?
-    } else {
-        String::new()
-    };
-    let mut inv = invocation(&REGISTER, keys, model);
-    inv.key(keys.blob(&v.sha256))
-        .arg(&v.sha256)
-        .arg(json)
-        .arg(sig)
-        .arg(match mode {
-            RegisterMode::Seed => "seed",
-            RegisterMode::Add => "add",
-        })
-        .arg(bytes);
-    let (version, created, promoted): (u32, u8, u8) = inv.invoke_async(conn).await?;
-    Ok(Registered {
-        version,
-        created: created == 1,
-        promoted: promoted == 1,
-    })
-}
-
-/// Records the validation of a `validating` version: `Ok` carries its
-/// signature (status `ready`), `Err` the reason (status `invalid`). A
-/// version already settled is left alone (a redelivered validation job);
-/// returns whether this call settled it.
-pub async fn settle(
-    conn: &mut impl ConnectionLike,
-    keys: &Keys,
-    model: &str,
-    mut v: Version,
-    outcome: Result<(Vec<TensorSpec>, Vec<TensorSpec>), String>,
-) -> Result<bool, QueueError> {
-    let number = v.version;
-    let sig = match outcome {
-        Ok((inputs, outputs)) => {
-            v.status = VersionStatus::Ready;
-            v.inputs = inputs;
-            v.outputs = outputs;
-            v.error = None;
-            signature_template(model, &v)?
+impl Registration {
+    /// The registration, for callers that passed no quota (where nothing
+    /// else can happen).
+    pub fn registered(self) -> Result<Registered, QueueError> {
+        match self {
+            Registration::Registered(r) => Ok(r),
+            Registration::QuotaExceeded(q) => Err(QueueError::Corrupt(format!(
+                "registration refused for a quota: {q:?}"
+            ))),
         }
-        Err(error) => {
-            v.status = VersionStatus::Invalid;
-            v.error = Some(error);
-            String::new()
-        }
-    };
-    let json = serde_json::to_string(&v).map_err(corrupt("version"))?;
-    let mut inv = invocation(&SETTLE, keys, model);
-    inv.arg(number).arg(json).arg(sig);
-    let reply: String = inv.invoke_async(conn).await?;
-    Ok(reply == "settled")
-}
-
-fn promotion(reply: Vec<String>) -> Result<Promotion, QueueError> {
-    let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
-    let num = |s: &str| s.parse::<u32>().ok();
-    match field(0) {
-        "ok" if reply.len() == 2 => Ok(Promotion::Done {
-            from: num(field(1)),
-            to: 0,
-        }),
-        "ok" => Ok(Promotion::Done {
-            from: num(field(1)),
-            to: num(field(2)).ok_or_else(|| QueueError::Corrupt("rollback target".into()))?,
-        }),
-        "unknown" => Ok(Promotion::UnknownVersion),
-        "not_ready" => Ok(Promotion::NotReady(match field(1) {
-            "invalid" => VersionStatus::Invalid,
-            _ => VersionStatus::Validating,
-        })),
-        "none" => Ok(Promotion::NothingToRollBack),
-        other => Err(QueueError::Corrupt(format!(
-            "registry script answered {other:?}"
-        ))),
     }
 }
 
-/// Makes `version` current if it is `ready`; the replaced version is
-/// remembered for [`rollback`].
-pub async fn promote(
-    conn: &mut impl ConnectionLike,
-    keys: &Keys,
-    model: &str,
-    version: u32,
-) -> Result<Promotion, QueueError> {
-    let mut inv = invocation(&PROMOTE, keys, model);
-    inv.arg(version);
-    let reply: Vec<String> = inv.invoke_async(conn).await?;
-    Ok(match promotion(reply)? {
-        Promotion::Done { from, .. } => Promotion::Done { from, to: version },
-        other => other,
-    })
-}
-
-/// Makes the previous current version current again (the most recent one
-/// still `ready`).
-pub async fn rollback(
-    conn: &mut impl ConnectionLike,
-    keys: &Keys,
-    model: &str,
-) -> Result<Promotion, QueueError> {
-    let reply: Vec<String> = invocation(&ROLLBACK, keys, model)
-        .invoke_async(conn)
-        .await?;
-    promotion(reply)
+/// The outcome of [`delete_version`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    /// Gone, with its signature and rollback history entries; its bytes
+    /// too when no other version holds them.
+    Deleted {
+        blob_deleted: bool,
+    },
+    UnknownVersion,
+    /// The current version cannot be deleted.
+    IsCurrent,
 }
 
 /// The registry epoch: changes whenever any current version changes
@@ -505,7 +316,11 @@ pub async fn current(
     Ok(raw.and_then(|v| v.parse().ok()))
 }
 
-fn parse_version(number: u32, json: &str) -> Result<Version, QueueError> {
+pub(crate) fn corrupt(what: &str) -> impl Fn(serde_json::Error) -> QueueError + '_ {
+    move |e| QueueError::Corrupt(format!("{what}: {e}"))
+}
+
+pub(crate) fn parse_version(number: u32, json: &str) -> Result<Version, QueueError> {
     let mut v: Version = serde_json::from_str(json).map_err(corrupt("registry version"))?;
     v.version = number;
     Ok(v)
