@@ -8,6 +8,7 @@
 //! `target/e2e-logs/`, named after the process and its port or pid.
 
 pub mod onnx_build;
+pub mod procfs;
 pub mod prom;
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -16,6 +16,7 @@
 //!   that make constant folding allocate 1 GiB (and a run too).
 //! * [`declared_huge`]: an initializer declaring `[1<<40]` floats, no data.
 //! * [`endless_loop`]: a `Loop` with trip count 10^12 and a trivial body.
+//! * [`loop_of_input`]: the same `Loop`, its trip count from the request.
 //! * [`huge_output`]: `Expand` of a small input to a shape given by a
 //!   second (INT64) input: as much output as the caller asks for.
 //! * [`padded`]: a benign model carrying an unused initializer of `n`
@@ -273,10 +274,9 @@ pub fn declared_huge() -> Vec<u8> {
     ))
 }
 
-/// A `Loop` of 10^12 iterations whose body passes `x` through:
-/// `x f32[N,4] → y f32[N,4]`, running (practically) forever.
-pub fn endless_loop() -> Vec<u8> {
-    let body = graph(
+/// The body of the loops below: passes `x` through, condition unchanged.
+fn pass_through_body() -> GraphProto {
+    graph(
         vec![
             node("Identity", &["cond_in"], &["cond_out"], vec![]),
             node("Identity", &["v_in"], &["v_out"], vec![]),
@@ -291,13 +291,18 @@ pub fn endless_loop() -> Vec<u8> {
             value("v_out", DataType::FLOAT, &[N, Dim::Fixed(4)]),
         ],
         vec![],
-    );
+    )
+}
+
+/// A `Loop` of 10^12 iterations whose body passes `x` through:
+/// `x f32[N,4] → y f32[N,4]`, running (practically) forever.
+pub fn endless_loop() -> Vec<u8> {
     model(graph(
         vec![node(
             "Loop",
             &["trips", "cond", "x"],
             &["y"],
-            vec![graph_attr("body", body)],
+            vec![graph_attr("body", pass_through_body())],
         )],
         vec![x4()],
         vec![y4()],
@@ -305,6 +310,27 @@ pub fn endless_loop() -> Vec<u8> {
             int64s("trips", &[], &[1_000_000_000_000]),
             boolean("cond", true),
         ],
+    ))
+}
+
+/// A `Loop` of as many iterations as the request asks for: `x f32[N,4]`,
+/// `n i64[1]` → `y f32[N,4]` (`y = x`). On zeros, the validation's trial
+/// run, it does nothing; with `n = 10^12` it runs (practically) forever,
+/// so only the run's time limit can stop it.
+pub fn loop_of_input() -> Vec<u8> {
+    model(graph(
+        vec![
+            node("Reshape", &["n", "scalar"], &["trips"], vec![]),
+            node(
+                "Loop",
+                &["trips", "cond", "x"],
+                &["y"],
+                vec![graph_attr("body", pass_through_body())],
+            ),
+        ],
+        vec![x4(), value("n", DataType::INT64, &[Dim::Fixed(1)])],
+        vec![y4()],
+        vec![int64s("scalar", &[0], &[]), boolean("cond", true)],
     ))
 }
 

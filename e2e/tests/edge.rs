@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use e2e::prom::Scrape;
-use e2e::{Api, Client, RedisServer, StatusCode, Worker, unique_namespace};
+use e2e::{Api, Client, RedisServer, StatusCode, Worker, procfs, unique_namespace};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -33,41 +33,6 @@ const SLOW_BODIES_FROM: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 4);
 
 fn row() -> Value {
     json!({ "features": vec![0.25f32; 128] })
-}
-
-/// Raises this test process's descriptor limit to its hard limit (it holds
-/// over a thousand sockets), with util-linux's `prlimit`.
-fn raise_own_nofile() {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
-    let hard = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .expect("Max open files line")
-        .to_owned();
-    let status = std::process::Command::new("prlimit")
-        .args(["--pid", &std::process::id().to_string()])
-        .arg(format!("--nofile={hard}:{hard}"))
-        .status()
-        .expect("run prlimit");
-    assert!(status.success(), "prlimit failed");
-}
-
-/// A value of `/proc/<pid>/status`, in kB.
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("proc status")
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("proc fd")
-        .count()
 }
 
 async fn connect_from(ip: Ipv4Addr, addr: SocketAddr) -> TcpStream {
@@ -135,7 +100,7 @@ fn probe(base: &str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u32, Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abusive_connections_are_shed_while_probes_and_honest_clients_are_served() {
-    raise_own_nofile();
+    procfs::raise_own_nofile();
     let redis = RedisServer::start();
     let ns = unique_namespace("edge");
     let _worker = Worker::spawn(&redis.url(), &ns, &[]);
@@ -184,7 +149,7 @@ async fn abusive_connections_are_shed_while_probes_and_honest_clients_are_served
         "700 − 64 reserved − 16 probe reserve, below the default 4096: {limits}"
     );
     assert_eq!(f["max_connections_per_ip"], 300, "{limits}");
-    let fds_idle = open_fds(pid);
+    let fds_idle = procfs::open_fds(pid);
 
     let stop_probing = Arc::new(AtomicBool::new(false));
     let prober = probe(&c.base, Arc::clone(&stop_probing));
@@ -288,7 +253,7 @@ async fn abusive_connections_are_shed_while_probes_and_honest_clients_are_served
 
     // ---------------------------------------- the honest client meanwhile
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let fds_held = open_fds(pid);
+    let fds_held = procfs::open_fds(pid);
     for _ in 0..5 {
         let id = c.submit("mlp128", &row()).await;
         let job = c.wait_terminal(&id, Duration::from_secs(30)).await;
@@ -401,7 +366,7 @@ async fn abusive_connections_are_shed_while_probes_and_honest_clients_are_served
     );
 
     let fds_limit = 700;
-    let peak_kib = proc_status_kib(pid, "VmHWM");
+    let peak_kib = procfs::status_kib(pid, "VmHWM");
     println!(
         "edge: fds idle {fds_idle}, while holding the attack {fds_held} (limit {fds_limit}); \
          VmHWM {:.1} MiB; connect phase {connect_phase:?}; probes {probes_ok}",

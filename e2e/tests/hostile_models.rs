@@ -8,21 +8,10 @@
 use std::time::{Duration, Instant};
 
 use e2e::onnx_build as onnx;
-use e2e::{Api, Client, RedisServer, StatusCode, Worker, binary, unique_namespace};
+use e2e::{Api, Client, RedisServer, StatusCode, Worker, binary, procfs, unique_namespace};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// The worker process's peak resident memory (VmHWM), in MiB.
-fn peak_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
-        / 1024
-}
 
 fn conn(redis: &RedisServer) -> redis::Connection {
     redis.client().get_connection().expect("redis connection")
@@ -197,7 +186,7 @@ async fn hostile_uploads_are_refused_with_stable_codes_and_the_worker_stays_smal
     );
 
     // The bombs ran in child processes: the worker itself never grew.
-    let peak = peak_mib(worker.proc.pid());
+    let peak = procfs::peak_mib(worker.proc.pid());
     println!("worker VmHWM after the hostile uploads: {peak} MiB");
     assert!(peak < 200, "worker peaked at {peak} MiB");
 
