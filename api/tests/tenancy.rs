@@ -342,3 +342,33 @@ async fn training_that_obviously_exceeds_the_budget_is_refused_at_submit() {
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
 }
+
+#[tokio::test]
+async fn error_messages_quote_little_and_name_the_tenants_own_model() {
+    let (env, _k, _t) = start("", &[]).await;
+    let msg = env
+        .send(as_tenant(
+            post_json("/v1/models/m/predict", r#"{"features":[1,2,3]}"#),
+            "key-a",
+        ))
+        .await
+        .assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input");
+    assert!(msg.contains("model m expects 4 features"), "{msg}");
+    assert!(!msg.contains('~'), "an internal name leaked: {msg}");
+
+    // The reproduced 4 MB 422: serde quotes the string it could not read.
+    let huge = format!(r#"{{"features":"{}"}}"#, "A".repeat(3 << 20));
+    let r = env
+        .send(as_tenant(post_json("/v1/models/m/predict", huge), "key-a"))
+        .await;
+    let msg = r.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input");
+    assert!(r.body.len() < 1500, "a {} byte error body", r.body.len());
+    assert!(msg.contains('…'), "{msg}");
+
+    let name = "n".repeat(5000);
+    let r = env
+        .send(as_tenant(get(&format!("/v1/jobs/{name}")), "key-a"))
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "invalid_job_id");
+    assert!(r.body.len() < 600, "{}", r.body.len());
+}

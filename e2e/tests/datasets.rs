@@ -197,3 +197,57 @@ async fn a_tenant_cannot_see_or_use_another_tenants_dataset() {
     assert_eq!(list.json["datasets"][0]["name"], "bc");
     let _ = std::fs::remove_file(&keys_file);
 }
+
+/// The reproduced quadratic attack and its neighbours: each is refused in
+/// about the time it takes to read it, with the limit named, and the API
+/// stays small and answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_datasets_are_refused_with_the_limit_named_and_the_api_stays_small() {
+    let redis = RedisServer::start();
+    let ns = unique_namespace("hostilecsv");
+    let api = Api::spawn(&redis.url(), &ns, &[]);
+    let c = api.client();
+    // 80,000 columns in 0.7 MB: 14 s of CPU before, quadratic.
+    let wide: String = (0..80_000).map(|j| format!("c{j},")).collect();
+    let wide = format!("{wide}target\n{}1\n", "0,".repeat(80_000));
+    // A line of 2 MiB: one field past the line limit.
+    let long = format!("a,target\n{},0\n", "1".repeat(2 << 20));
+    // Inline rows with as many columns: the same rules.
+    let columns: Vec<String> = (0..20_000).map(|j| format!("c{j}")).collect();
+    for (what, body, needle) in [
+        ("80,000 columns", wide.into_bytes(), "at most 10000"),
+        ("a 2 MiB line", long.into_bytes(), "1048576 bytes"),
+    ] {
+        let t = std::time::Instant::now();
+        let r = put(&c, "hostile", "text/csv", &body).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{what}: {}",
+            r.text
+        );
+        assert_eq!(r.error_code(), "invalid_dataset", "{what}");
+        assert!(r.text.contains(needle), "{what}: {}", r.text);
+        assert!(
+            r.text.len() < 1200,
+            "{what}: a {} byte answer",
+            r.text.len()
+        );
+        println!("{what}: refused in {:?}", t.elapsed());
+    }
+    let mut row = vec![0.0; columns.len()];
+    row[0] = 1.0;
+    let r = retrain(
+        &c,
+        "m",
+        &json!({"data": {"columns": columns, "rows": [row]}, "params": {"target_column": "c0"}}),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.error_code(), "invalid_dataset");
+    assert!(r.text.contains("at most 10000"), "{}", r.text);
+    assert_eq!(c.get("/healthz").await.status, StatusCode::OK);
+    let peak = e2e::procfs::peak_mib(api.proc.pid());
+    println!("api peak memory: {peak} MiB");
+    assert!(peak < 100, "api peaked at {peak} MiB");
+}

@@ -315,3 +315,81 @@ async fn open_routes_name_no_tenant_and_the_operator_listener_shows_all() {
     assert!(!id.is_empty());
     let _ = std::fs::remove_file(&keys_file);
 }
+
+/// An operator changes a tenant's quota in the tenants file and sends
+/// SIGHUP: the running API takes it, and a broken file is refused while
+/// the previous one stays in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_tenants_file_without_a_restart() {
+    let redis = RedisServer::start();
+    let ns = unique_namespace("sighup");
+    let models = ModelsDir::with(&[("acme~mlp128", "mlp128.onnx")]);
+    let keys = std::env::temp_dir().join(format!("{ns}-keys"));
+    std::fs::write(&keys, format!("acme {}\n", digest("key-acme"))).expect("keys");
+    let tenants = std::env::temp_dir().join(format!("{ns}-tenants.yaml"));
+    std::fs::write(&tenants, "tenants:\n  acme: {max_queued_jobs: 1}\n").expect("tenants");
+    let mut api = Api::spawn(
+        &redis.url(),
+        &ns,
+        &[
+            "--api-keys-file",
+            &keys.display().to_string(),
+            "--tenants-file",
+            &tenants.display().to_string(),
+        ],
+    );
+    // The model is published, but no worker runs until the end, so the
+    // jobs stay queued and count against the quota.
+    let worker = Worker::spawn_with_models(&redis.url(), &ns, &models.path, &[]);
+    let acme = Client::with_api_key(&api.base_url, "key-acme");
+    acme.wait_for_models(&["mlp128"], Duration::from_secs(30))
+        .await;
+    drop(worker);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(
+        acme.predict("mlp128", &features()).await.status,
+        StatusCode::ACCEPTED
+    );
+    let r = acme.predict("mlp128", &features()).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(r.error_code(), "tenant_queue_full");
+
+    std::fs::write(&tenants, "tenants:\n  acme: {max_queued_jobs: 3}\n").expect("tenants");
+    api.proc.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = acme.predict("mlp128", &features()).await;
+        if r.status == StatusCode::ACCEPTED {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not reloaded: {}",
+            r.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    std::fs::write(
+        &tenants,
+        "tenants:\n  acme: {max_queued_jobs: not-a-number}\n",
+    )
+    .expect("tenants");
+    api.proc.signal("HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        api.proc.log_text().contains("reload refused"),
+        "the bad file is logged"
+    );
+    // Still the good file's limit of 3: one more fits, then 429.
+    assert_eq!(
+        acme.predict("mlp128", &features()).await.status,
+        StatusCode::ACCEPTED
+    );
+    let r = acme.predict("mlp128", &features()).await;
+    assert_eq!(r.error_code(), "tenant_queue_full");
+    assert!(api.proc.try_exit().is_none(), "SIGHUP never stops the API");
+    let _ = std::fs::remove_file(&keys);
+    let _ = std::fs::remove_file(&tenants);
+}

@@ -346,8 +346,11 @@ impl WorkDir {
         job: &JobEnvelope,
         attempt: u32,
     ) -> std::io::Result<WorkDir> {
+        use std::os::unix::fs::PermissionsExt;
         tempfile::Builder::new()
             .prefix(&format!("onnxq-train-{}-{attempt}-", job.id))
+            // mkdir with 0700: tempfile's default follows the umask.
+            .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(parent)
             .map(WorkDir)
     }
@@ -1008,6 +1011,46 @@ mod tests {
         ];
         assert!(!same_signature(&a, &c));
         assert!(!same_signature(&a, &a[..1]));
+    }
+
+    #[test]
+    fn a_work_dir_is_private_fresh_and_never_follows_what_is_planted() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().expect("parent");
+        let job = JobEnvelope {
+            id: uuid::Uuid::now_v7(),
+            kind: shared::job::JobKind::Retrain,
+            model: "m".into(),
+            inputs: Vec::new(),
+            submitted_at_ms: 0,
+            deadline_ms: None,
+            traceparent: None,
+            model_version: None,
+            retrain: None,
+        };
+        // The old predictable name, planted as a symlink to elsewhere.
+        let elsewhere = tempfile::tempdir().expect("elsewhere");
+        let planted = parent.path().join(format!("onnxq-train-{}-1", job.id));
+        std::os::unix::fs::symlink(elsewhere.path(), &planted).expect("symlink");
+        let a = WorkDir::create(parent.path(), &job, 1).expect("create");
+        let b = WorkDir::create(parent.path(), &job, 1).expect("create again");
+        assert_ne!(a.path(), b.path());
+        assert_ne!(a.path(), planted.as_path());
+        let mode = std::fs::metadata(a.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // Inside, a name that exists (here a symlink) is never written through.
+        std::os::unix::fs::symlink(elsewhere.path().join("x"), a.path().join("train.csv"))
+            .expect("symlink");
+        assert!(a.write_new("train.csv", b"1").is_err());
+        assert!(!elsewhere.path().join("x").exists());
+        let p = a.write_new("params.json", b"{}").expect("new file");
+        assert_eq!(std::fs::read(p).expect("read"), b"{}");
+        let path = a.path().to_owned();
+        a.remove();
+        assert!(!path.exists());
     }
 
     #[test]
