@@ -5,8 +5,10 @@
 //! (`inference_timeout`, not retried, its lease let go) while another
 //! tenant's jobs go on; a running one is canceled by its client; an `Expand`
 //! to a shape the request sets is refused before its output is copied or
-//! encoded (`result_too_large`), and stays readable. The worker's and the
-//! API's peak memory stay small throughout.
+//! encoded (`result_too_large`), and stays readable, and one that asks for
+//! gigabytes fails `inference_out_of_memory` under the worker's ceiling
+//! instead of getting the worker OOM-killed. The worker's and the API's peak
+//! memory stay small throughout.
 
 use std::time::{Duration, Instant};
 
@@ -117,6 +119,8 @@ async fn a_tenants_model_is_bounded_at_run_time_and_the_other_tenant_is_served()
             "1500",
             "--concurrency",
             "2",
+            "--max-memory-mb",
+            "1024",
         ],
     );
     let acme = Client::with_api_key(&api.base_url, "key-a");
@@ -192,6 +196,13 @@ async fn a_tenants_model_is_bounded_at_run_time_and_the_other_tenant_is_served()
         assert_eq!(again.status, StatusCode::OK);
         assert!(again.text.len() < 2000, "{}", again.text);
     }
+    // 900 million floats (3.6 GB) asked of a worker under a 1 GiB ceiling:
+    // the allocation fails, the job fails, the worker lives on.
+    let id = acme.submit("big", &expand(30_000, 30_000)).await;
+    let job = acme.wait_terminal(&id, WAIT).await;
+    assert_eq!(job["error"]["code"], "inference_out_of_memory", "{job}");
+    assert_eq!(job["attempts"], 1, "{job}");
+    assert!(worker.proc.log_text().contains("memory ceiling"));
     let id = acme.submit("big", &expand(2, 3)).await;
     let job = acme.wait_terminal(&id, WAIT).await;
     assert_eq!(job["status"], "succeeded", "{job}");

@@ -236,6 +236,9 @@ impl Backend for OnnxModel {
                 });
             }
             (Err(_), Some(Stopped::Canceled)) => return Err(JobFailure::Canceled),
+            (Err(e), None) if crate::memlimit::is_allocation_failure(&e.to_string()) => {
+                return Err(JobFailure::InferenceMemory);
+            }
             (Err(e), None) => return Err(ort_err(e)),
         };
         let budget = limits.max_output_elements.saturating_mul(ctl.jobs.max(1));

@@ -149,6 +149,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_run_ms: u64,
 
+    /// The worker's memory ceiling (`RLIMIT_DATA`), in MiB: past it an
+    /// allocation fails, so a run that asks for more than that fails
+    /// `inference_out_of_memory` instead of the worker being OOM-killed.
+    /// 0: 90 % of the container's memory limit if there is one, else none.
+    #[arg(long, env = "MAX_MEMORY_MB", default_value_t = 0)]
+    pub max_memory_mb: u64,
+
     /// Most output elements one job's run may produce (all outputs
     /// together), checked before they are copied out of ONNX Runtime; past
     /// it the job fails `result_too_large` (not retried).

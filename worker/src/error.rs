@@ -110,6 +110,10 @@ pub enum JobFailure {
     /// The run passed `--max-run-ms` and was terminated.
     #[error("inference took longer than the limit of {limit_ms} ms and was stopped")]
     InferenceTimeout { limit_ms: u64 },
+    /// The run needed more memory than the worker's ceiling
+    /// (`--max-memory-mb`) allows.
+    #[error("the run needed more memory than this deployment allows a job")]
+    InferenceMemory,
     /// The outputs, or their JSON, are over `--max-output-elements` or
     /// `--max-result-bytes`.
     #[error("the result is too large: {0}")]
@@ -157,6 +161,7 @@ impl JobFailure {
             JobFailure::ExportMismatch(_) => "export_mismatch",
             JobFailure::RegistryUnavailable(_) => "registry_unavailable",
             JobFailure::InferenceTimeout { .. } => "inference_timeout",
+            JobFailure::InferenceMemory => "inference_out_of_memory",
             JobFailure::ResultTooLarge(_) => "result_too_large",
             JobFailure::Canceled => "canceled",
             JobFailure::TrainingTimeout { .. } => "training_timeout",
@@ -206,6 +211,7 @@ impl JobFailure {
             | JobFailure::InvalidModel(_)
             | JobFailure::VersionUnavailable(_) => false,
             JobFailure::InferenceTimeout { .. }
+            | JobFailure::InferenceMemory
             | JobFailure::ResultTooLarge(_)
             | JobFailure::TrainingTimeout { .. }
             | JobFailure::TrainingBudget(_)

@@ -16,6 +16,7 @@
 //!   (train, score against the current version, register, maybe promote).
 //! * [`watchdog`]: time limits and cancellation of inference runs, and the
 //!   run limits every job is held to.
+//! * [`memlimit`]: the worker's own memory ceiling (`--max-memory-mb`).
 //! * [`http`]: metrics, liveness and readiness on `--metrics-listen`.
 
 pub mod backend;
@@ -24,6 +25,7 @@ pub mod consumer;
 pub mod error;
 pub mod execute;
 pub mod http;
+pub mod memlimit;
 pub mod modelcheck;
 pub mod models;
 pub mod retrain;
@@ -48,6 +50,14 @@ use tokio::sync::watch;
 /// publish them, then consume. Start-up errors are returned, not panicked.
 pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     let shutdown = shutdown_signal();
+    match memlimit::apply(cfg.max_memory_mb) {
+        Ok(Some(bytes)) => tracing::info!(
+            max_memory_mb = bytes >> 20,
+            "memory ceiling (RLIMIT_DATA) set"
+        ),
+        Ok(None) => tracing::info!("no memory ceiling: no --max-memory-mb and no container limit"),
+        Err(error) => tracing::warn!(%error, "cannot set the memory ceiling"),
+    }
     watchdog::set_limits(watchdog::RunLimits {
         max_run: Duration::from_millis(cfg.max_run_ms),
         max_output_elements: usize::try_from(cfg.max_output_elements).unwrap_or(usize::MAX),

@@ -30,6 +30,7 @@ use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 
 use crate::backend::{Backend, LoadOptions, OnnxModel, Trust};
 use crate::error::JobFailure;
+use crate::memlimit::{is_allocation_failure, set_rlimit};
 use crate::modelcheck::{self, Limits};
 
 /// The hidden first argument that makes the worker binary a validator.
@@ -109,12 +110,12 @@ pub fn validate(bytes: &[u8], cfg: &SandboxConfig) -> Result<Signature, JobFailu
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            limit(libc::RLIMIT_AS, mem, mem)?;
+            set_rlimit(libc::RLIMIT_AS, mem, mem)?;
             // SIGXCPU at the soft limit; SIGKILL a second later if ignored.
-            limit(libc::RLIMIT_CPU, cpu, cpu + 1)?;
-            limit(libc::RLIMIT_FSIZE, 0, 0)?;
-            limit(libc::RLIMIT_NOFILE, 64, 64)?;
-            limit(libc::RLIMIT_CORE, 0, 0)
+            set_rlimit(libc::RLIMIT_CPU, cpu, cpu + 1)?;
+            set_rlimit(libc::RLIMIT_FSIZE, 0, 0)?;
+            set_rlimit(libc::RLIMIT_NOFILE, 64, 64)?;
+            set_rlimit(libc::RLIMIT_CORE, 0, 0)
         });
     }
     let started = Instant::now();
@@ -224,19 +225,6 @@ fn died(status: std::process::ExitStatus, stderr: &str, cfg: &SandboxConfig) -> 
     }
 }
 
-fn limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> std::io::Result<()> {
-    let rl = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: a plain syscall on a valid, initialised struct.
-    if unsafe { libc::setrlimit(resource, &rl) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// The child's side: everything after `worker __validate-model <json>`.
 pub fn child_main(settings: &str) -> ExitCode {
     let answer = match serde_json::from_str::<SandboxConfig>(settings) {
@@ -259,11 +247,6 @@ pub fn child_main(settings: &str) -> ExitCode {
         }
         Err(_) => ExitCode::FAILURE,
     }
-}
-
-fn is_allocation_failure(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("alloc") && (m.contains("fail") || m.contains("bad_alloc"))
 }
 
 fn run_child(cfg: &SandboxConfig) -> Result<Signature, JobFailure> {
