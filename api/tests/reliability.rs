@@ -429,3 +429,35 @@ async fn cancel_and_keyed_submits_give_503_in_time_when_redis_hangs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_redis_at_its_memory_limit_is_a_503_to_retry_and_writes_nothing() {
+    let env = Env::start().await;
+    env.publish(&mlp("mlp128", 128)).await;
+    let mut conn = env.conn().await;
+    let set = |limit: &'static str| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg("maxmemory")
+                .arg(limit)
+                .query_async::<()>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    set("1").await;
+    let r = env.send(post_json(PREDICT, features_body(128))).await;
+    r.assert_error(StatusCode::SERVICE_UNAVAILABLE, "redis_unavailable");
+    assert!(r.headers.contains_key(axum::http::header::RETRY_AFTER));
+    set("0").await;
+    let len: u64 = redis::cmd("XLEN")
+        .arg(env.keys.stream("mlp128"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(len, 0, "the refused submit wrote no entry");
+    let r = env.send(post_json(PREDICT, features_body(128))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+}

@@ -121,6 +121,12 @@ fn redis_unavailable(e: &redis::RedisError) -> bool {
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
         return true;
     }
+    // A Redis at its `maxmemory` with `noeviction` refuses writes: "retry
+    // later", like a Redis that is loading. A script is refused at its
+    // first write, so nothing half-written is left behind.
+    if e.code() == Some("OOM") {
+        return true;
+    }
     if let ErrorKind::Server(k) = e.kind()
         && not_serving(k)
     {
