@@ -286,8 +286,8 @@ fn run_child(cfg: &SandboxConfig) -> Result<Signature, JobFailure> {
     // Only running out of memory fails the trial: a model may well refuse
     // zeros of batch 1 (a shape it needs, a value it divides by) and still
     // serve real inputs. Running out of time ends the process.
-    if let Err(e) = model.run(&inputs, &crate::backend::RunControl::SOLO)
-        && is_allocation_failure(&e.to_string())
+    // The backend tells allocation failures apart from other run errors.
+    if let Err(JobFailure::InferenceMemory) = model.run(&inputs, &crate::backend::RunControl::SOLO)
     {
         return Err(over("one run on zeros"));
     }
