@@ -10,6 +10,7 @@
 pub mod onnx_build;
 pub mod procfs;
 pub mod prom;
+pub mod tenancy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -19,29 +19,11 @@ fn conn(redis: &RedisServer) -> redis::Connection {
 
 /// Uploads `bytes` as a version of `model`; returns it and the validate job.
 async fn upload(c: &Client, model: &str, bytes: Vec<u8>) -> (u32, Value) {
-    let r = c
-        .post_raw(
-            &format!("/v1/models/{model}/versions"),
-            Some("application/octet-stream"),
-            bytes,
-        )
-        .await;
+    let r = c.upload_version(model, bytes).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let version = r.json["version"].as_u64().expect("version") as u32;
     let id = r.json["job_id"].as_str().expect("job_id").to_owned();
     (version, c.wait_terminal(&id, WAIT).await)
-}
-
-async fn version_meta(c: &Client, model: &str, version: u32) -> Value {
-    let r = c.get(&format!("/v1/models/{model}/versions")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    r.json["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .find(|v| v["version"] == version)
-        .cloned()
-        .unwrap_or_else(|| panic!("no version {version}: {}", r.text))
 }
 
 /// Uploads a model that must be refused with `code`; returns the version
@@ -50,7 +32,7 @@ async fn refused(c: &Client, what: &str, bytes: Vec<u8>, code: &str) -> (u32, St
     let (v, job) = upload(c, "hostile", bytes).await;
     assert_eq!(job["status"], "failed", "{what}: {job}");
     assert_eq!(job["error"]["code"], code, "{what}: {job}");
-    let meta = version_meta(c, "hostile", v).await;
+    let meta = c.version("hostile", v).await;
     assert_eq!(meta["status"], "invalid", "{what}: {meta}");
     assert_eq!(meta["error_code"], code, "{what}: {meta}");
     println!("{what}: {code}: {}", job["error"]["message"]);
@@ -176,7 +158,7 @@ async fn hostile_uploads_are_refused_with_stable_codes_and_the_worker_stays_smal
     // A benign upload still validates, and the worker serves as before.
     let (v, job) = upload(&c, "hostile", onnx::scale(2.0)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
-    assert_eq!(version_meta(&c, "hostile", v).await["status"], "ready");
+    assert_eq!(c.version("hostile", v).await["status"], "ready");
     let r = promote(&c, "hostile", v).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     c.wait_for_models(&["hostile"], WAIT).await;
@@ -192,7 +174,7 @@ async fn hostile_uploads_are_refused_with_stable_codes_and_the_worker_stays_smal
 
     // Invalid uploads keep their metadata, not their bytes.
     let mut rc = conn(&redis);
-    let fold = version_meta(&c, "hostile", fold_version).await;
+    let fold = c.version("hostile", fold_version).await;
     assert_eq!(fold["error_code"], "model_validation_memory", "{fold}");
     let exists: bool = redis::cmd("EXISTS")
         .arg(format!(
@@ -275,11 +257,11 @@ async fn versions_can_be_deleted_and_unreferenced_bytes_are_collected() {
     let (v2, _) = upload(&c, "gc", onnx::scale(3.0)).await;
     // The same bytes again: one blob, two references.
     let (v3, _) = upload(&c, "gc", onnx::scale(3.0)).await;
-    let sha1 = version_meta(&c, "gc", v1).await["sha256"]
+    let sha1 = c.version("gc", v1).await["sha256"]
         .as_str()
         .expect("sha")
         .to_owned();
-    let sha2 = version_meta(&c, "gc", v2).await["sha256"]
+    let sha2 = c.version("gc", v2).await["sha256"]
         .as_str()
         .expect("sha")
         .to_owned();
@@ -438,7 +420,7 @@ async fn a_version_that_kills_its_worker_while_loading_is_quarantined() {
     // the version, in one step that also tells every worker.
     let deadline = Instant::now() + WAIT;
     let meta = loop {
-        let meta = version_meta(&c, "big", v).await;
+        let meta = c.version("big", v).await;
         if meta["status"] == "quarantined" || Instant::now() > deadline {
             break meta;
         }

@@ -13,22 +13,16 @@
 use std::time::{Duration, Instant};
 
 use e2e::onnx_build as onnx;
+use e2e::tenancy::KeysFile;
 use e2e::{Api, Client, RedisServer, StatusCode, Worker, procfs, unique_namespace};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 const WAIT: Duration = Duration::from_secs(60);
 const MAX_RUN_MS: u64 = 3000;
 
 /// Uploads `bytes` as `model`'s new version and makes it current.
 async fn deploy(c: &Client, model: &str, bytes: Vec<u8>) {
-    let r = c
-        .post_raw(
-            &format!("/v1/models/{model}/versions"),
-            Some("application/octet-stream"),
-            bytes,
-        )
-        .await;
+    let r = c.upload_version(model, bytes).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let version = r.json["version"].as_u64().expect("version");
     let job = c
@@ -92,18 +86,8 @@ fn pending(redis: &RedisServer, stream: &str) -> u64 {
 async fn a_tenants_model_is_bounded_at_run_time_and_the_other_tenant_is_served() {
     let redis = RedisServer::start();
     let ns = unique_namespace("hostileruns");
-    let keys = std::env::temp_dir().join(format!("{ns}-keys"));
-    let digest = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
-    std::fs::write(
-        &keys,
-        format!("acme {}\nglobex {}\n", digest("key-a"), digest("key-g")),
-    )
-    .expect("keys file");
-    let api = Api::spawn(
-        &redis.url(),
-        &ns,
-        &["--api-keys-file", &keys.display().to_string()],
-    );
+    let keys = KeysFile::new(&[("acme", "key-a"), ("globex", "key-g")]);
+    let api = Api::spawn(&redis.url(), &ns, &["--api-keys-file", &keys.arg()]);
     let max_run = MAX_RUN_MS.to_string();
     let worker = Worker::spawn(
         &redis.url(),
@@ -215,5 +199,4 @@ async fn a_tenants_model_is_bounded_at_run_time_and_the_other_tenant_is_served()
     println!("peak memory: worker {worker_mib} MiB, api {api_mib} MiB");
     assert!(worker_mib < 200, "worker peaked at {worker_mib} MiB");
     assert!(api_mib < 100, "api peaked at {api_mib} MiB");
-    let _ = std::fs::remove_file(&keys);
 }

@@ -92,13 +92,7 @@ async fn until_version(c: &Client, model: &str, version: &str, k: f64) -> Durati
 }
 
 async fn upload(c: &Client, model: &str, bytes: Vec<u8>) -> (u32, Value) {
-    let r = c
-        .post_raw(
-            &format!("/v1/models/{model}/versions"),
-            Some("application/octet-stream"),
-            bytes,
-        )
-        .await;
+    let r = c.upload_version(model, bytes).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let version = r.json["version"].as_u64().expect("version") as u32;
     let id = r.json["job_id"].as_str().expect("job_id").to_owned();
@@ -123,18 +117,6 @@ async fn rollback(c: &Client, model: &str) -> e2e::Reply {
             .post(format!("{}/v1/models/{model}/rollback", c.base)),
     )
     .await
-}
-
-async fn version_status(c: &Client, model: &str, version: u32) -> Value {
-    let r = c.get(&format!("/v1/models/{model}/versions")).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    r.json["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .find(|v| v["version"] == version)
-        .cloned()
-        .unwrap_or_else(|| panic!("no version {version}: {}", r.text))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +196,7 @@ async fn seeding_creates_one_version_per_content_and_a_changed_file_rolls_out() 
     wait_started(&a);
     assert_eq!(versions(&mut c, &ns, "m"), vec![1, 2, 3, 4]);
     assert_eq!(current(&mut c, &ns, "m"), Some(3));
-    let meta = version_status(&client, "m", 4).await;
+    let meta = client.version("m", 4).await;
     assert_eq!(meta["source"], "file", "{meta}");
     until_version(&client, "m", "3", 2.0).await;
 }
@@ -236,7 +218,7 @@ async fn uploads_are_validated_before_promotion_and_rollback_restores_the_previo
     assert_eq!(v2, 2);
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(job["result"]["status"], "ready", "{job}");
-    let meta = version_status(&c, "m", 2).await;
+    let meta = c.version("m", 2).await;
     assert_eq!(meta["status"], "ready", "{meta}");
     assert_eq!(meta["source"], "upload", "{meta}");
     assert_eq!(meta["outputs"][0]["name"], "y", "{meta}");
@@ -253,7 +235,7 @@ async fn uploads_are_validated_before_promotion_and_rollback_restores_the_previo
         let (v, job) = upload(&c, "m", bad).await;
         assert_eq!(job["status"], "failed", "{job}");
         assert_eq!(job["error"]["code"], "invalid_model", "{job}");
-        let meta = version_status(&c, "m", v).await;
+        let meta = c.version("m", v).await;
         assert_eq!(meta["status"], "invalid", "{meta}");
         assert!(
             meta["error"].as_str().is_some_and(|e| !e.is_empty()),
@@ -272,7 +254,7 @@ async fn uploads_are_validated_before_promotion_and_rollback_restores_the_previo
     let big = vec![7u8; 5_000_000];
     let (v, job) = upload(&c, "m", big).await;
     assert_eq!(job["error"]["code"], "invalid_model", "{job}");
-    assert_eq!(version_status(&c, "m", v).await["size"], 5_000_000);
+    assert_eq!(c.version("m", v).await["size"], 5_000_000);
     let r = c
         .post_raw(
             "/v1/models/m/versions",

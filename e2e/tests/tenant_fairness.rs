@@ -11,9 +11,9 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use e2e::tenancy::KeysFile;
 use e2e::{Api, Client, RedisServer, StatusCode, procfs, unique_namespace};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use shared::Keys;
 use shared::model::ModelInfo;
 use shared::queue::consume;
@@ -51,19 +51,9 @@ async fn a_thousand_long_polls_of_one_tenant_leave_the_other_served() {
     let ns = unique_namespace("fairness");
     publish(&redis, &ns, "acme~m").await;
     publish(&redis, &ns, "globex~m").await;
-    let keys = std::env::temp_dir().join(format!("{ns}-keys"));
-    let digest = |k: &str| hex::encode(Sha256::digest(k.as_bytes()));
-    std::fs::write(
-        &keys,
-        format!("acme {}\nglobex {}\n", digest("key-a"), digest("key-g")),
-    )
-    .expect("keys file");
+    let keys = KeysFile::new(&[("acme", "key-a"), ("globex", "key-g")]);
     // The defaults, as an operator starts it.
-    let api = Api::spawn(
-        &redis.url(),
-        &ns,
-        &["--api-keys-file", &keys.display().to_string()],
-    );
+    let api = Api::spawn(&redis.url(), &ns, &["--api-keys-file", &keys.arg()]);
     let acme = Client::with_api_key(&api.base_url, "key-a");
     let globex = Client::with_api_key(&api.base_url, "key-g");
     let row = json!({"features": [0.1, 0.2, 0.3, 0.4]});
@@ -130,5 +120,4 @@ async fn a_thousand_long_polls_of_one_tenant_leave_the_other_served() {
         let status = p.await.expect("task").expect("poll answered");
         assert_eq!(status, StatusCode::OK);
     }
-    let _ = std::fs::remove_file(&keys);
 }

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use e2e::prom::Scrape;
+use e2e::tenancy::KeysFile;
 use e2e::{Api, Client, ModelsDir, RedisServer, Worker, unique_namespace};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -324,8 +325,7 @@ async fn sighup_reloads_the_tenants_file_without_a_restart() {
     let redis = RedisServer::start();
     let ns = unique_namespace("sighup");
     let models = ModelsDir::with(&[("acme~mlp128", "mlp128.onnx")]);
-    let keys = std::env::temp_dir().join(format!("{ns}-keys"));
-    std::fs::write(&keys, format!("acme {}\n", digest("key-acme"))).expect("keys");
+    let keys = KeysFile::new(&[("acme", "key-acme")]);
     let tenants = std::env::temp_dir().join(format!("{ns}-tenants.yaml"));
     std::fs::write(&tenants, "tenants:\n  acme: {max_queued_jobs: 1}\n").expect("tenants");
     let mut api = Api::spawn(
@@ -333,7 +333,7 @@ async fn sighup_reloads_the_tenants_file_without_a_restart() {
         &ns,
         &[
             "--api-keys-file",
-            &keys.display().to_string(),
+            &keys.arg(),
             "--tenants-file",
             &tenants.display().to_string(),
         ],
@@ -390,6 +390,5 @@ async fn sighup_reloads_the_tenants_file_without_a_restart() {
     let r = acme.predict("mlp128", &features()).await;
     assert_eq!(r.error_code(), "tenant_queue_full");
     assert!(api.proc.try_exit().is_none(), "SIGHUP never stops the API");
-    let _ = std::fs::remove_file(&keys);
     let _ = std::fs::remove_file(&tenants);
 }

@@ -652,8 +652,9 @@ fn score(
     stop: &CancelFlag,
 ) -> Result<(Metrics, Array2<f32>), JobFailure> {
     score_rows(model, x, task, truth, stop).map_err(|e| match e {
-        e @ (JobFailure::Canceled | JobFailure::InferenceTimeout { .. }) => e,
-        JobFailure::IncompatibleModel(m) => JobFailure::IncompatibleModel(m),
+        JobFailure::Canceled
+        | JobFailure::InferenceTimeout { .. }
+        | JobFailure::IncompatibleModel(_) => e,
         other => JobFailure::IncompatibleModel(other.to_string()),
     })
 }

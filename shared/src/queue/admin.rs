@@ -16,7 +16,7 @@ use redis::streams::{StreamId, StreamRangeReply};
 use uuid::Uuid;
 
 use super::QueueError;
-use super::keys::{GROUP, Keys, queue_of};
+use super::keys::{GROUP, Keys, glob_escape, queue_of};
 use super::stats;
 use super::wire::{EntryJob, JobEnvelope, dead};
 use crate::job::JobError;
@@ -612,19 +612,6 @@ async fn scan_stream_models(
         }
         cursor = next;
     }
-}
-
-/// Escapes the glob metacharacters of SCAN MATCH, so a namespace such as
-/// `a[1]` matches only itself.
-fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Redis's clock, the one stream entry ids are made from, so ages do not

@@ -225,8 +225,9 @@ impl Keys {
     }
 }
 
-/// `s` with Redis glob characters escaped, for `SCAN MATCH`.
-fn glob_escape(s: &str) -> String {
+/// `s` with Redis glob characters escaped, for `SCAN MATCH`, so a namespace
+/// such as `a[1]` matches only itself.
+pub(crate) fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
