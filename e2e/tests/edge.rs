@@ -156,25 +156,22 @@ async fn abusive_connections_are_shed_while_probes_and_honest_clients_are_served
 
     // ---------------------------------------------- 1,000 idle sockets
     let attack_started = Instant::now();
-    let mut idle_socks = Vec::new();
+    // Each socket is watched from the moment it connects, so a refusal is
+    // seen when it happens, however long connecting the others takes.
+    let mut idle_waits = Vec::with_capacity(1000);
     for _ in 0..1000 {
-        let s = connect_from(IDLE_FROM, addr).await;
-        idle_socks.push((s, Instant::now()));
+        let mut s = connect_from(IDLE_FROM, addr).await;
+        let connected = Instant::now();
+        idle_waits.push(tokio::spawn(async move {
+            let (got, closed) = read_until_closed(&mut s, Duration::from_secs(8)).await;
+            (got, closed.map(|t| t - connected))
+        }));
     }
     let connect_phase = attack_started.elapsed();
     assert!(
         connect_phase < Duration::from_millis(1500),
         "connecting took {connect_phase:?}: too slow for the timing below"
     );
-    let idle_waits: Vec<_> = idle_socks
-        .into_iter()
-        .map(|(mut s, connected)| {
-            tokio::spawn(async move {
-                let (got, closed) = read_until_closed(&mut s, Duration::from_secs(8)).await;
-                (got, closed.map(|t| t - connected))
-            })
-        })
-        .collect();
 
     // -------------------------------------- slowloris heads, a byte at a time
     let heads: Vec<_> = (0..10)
