@@ -243,7 +243,14 @@ impl Submission {
                     ttl_secs: queue.idempotency_ttl_secs,
                 },
             ),
-            quota: policies.of(tenant.name()).job_quota(),
+            // Nor for the tenant's queue quota: the version is registered
+            // already (within its own quota), and refusing its check would
+            // leave it `validating` for good.
+            quota: if kind == JobKind::Validate {
+                Default::default()
+            } else {
+                policies.of(tenant.name()).job_quota()
+            },
         };
         let outcome = async {
             let mut conn = state.conn();

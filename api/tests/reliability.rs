@@ -461,3 +461,39 @@ async fn a_redis_at_its_memory_limit_is_a_503_to_retry_and_writes_nothing() {
     let r = env.send(post_json(PREDICT, features_body(128))).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
 }
+
+#[tokio::test]
+async fn a_canceled_running_job_that_fails_transiently_is_not_retried() {
+    let env = Env::start().await;
+    env.publish(&mlp("mlp128", 128)).await;
+    let id = submit(&env, features_body(128)).await;
+    let got = read_all(&env).await;
+    assert_eq!(start(&env, &got[0]).await, Start::Run(1));
+    let r = env.send(delete(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    // The worker failed before it saw the cancel, and asks for a retry.
+    let now = shared::time::now_ms();
+    let retry = Finish {
+        delivery: &got[0],
+        job_id: id,
+        attempt: 1,
+        model_version: "",
+        outcome: Outcome::Retry {
+            error: JobError {
+                code: "inference_error".into(),
+                message: "flaky".into(),
+            },
+            retry_at_ms: now,
+        },
+    };
+    consume::finish(&mut env.conn().await, &env.keys, &POLICY, &[retry], now)
+        .await
+        .unwrap();
+    let r = env.send(get(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(r.json()["status"], "canceled", "{}", r.text());
+    let moved = consume::promote_due(&mut env.conn().await, &env.keys, now + 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(moved, 0, "nothing went back on the stream");
+    assert_eq!(usage(&env).await.jobs, 0);
+}

@@ -372,3 +372,25 @@ async fn error_messages_quote_little_and_name_the_tenants_own_model() {
     r.assert_error(StatusCode::BAD_REQUEST, "invalid_job_id");
     assert!(r.body.len() < 600, "{}", r.body.len());
 }
+
+#[tokio::test]
+async fn an_upload_is_validated_even_when_the_tenants_queue_is_full() {
+    let (env, _k, _t) = start("tenants:\n  acme: {max_queued_jobs: 1}\n", &[]).await;
+    assert_eq!(
+        env.send(predict("m", "key-a")).await.status,
+        StatusCode::ACCEPTED
+    );
+    env.send(predict("m", "key-a"))
+        .await
+        .assert_error(StatusCode::TOO_MANY_REQUESTS, "tenant_queue_full");
+    // The version is registered first; its validate job must follow it.
+    let upload = as_tenant(
+        Request::post("/v1/models/m/versions")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from(vec![1u8, 2, 3]))
+            .unwrap(),
+        "key-a",
+    );
+    let r = env.send(upload).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+}

@@ -415,7 +415,8 @@ local group, now, channel, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local stream, dead, delayed = KEYS[1], KEYS[2], KEYS[3]
 
 local function finish(job, usage, entry, attempt, mode, ttl, version, result, err, id, retry_at)
-  local f = redis.call('HMGET', job, 'attempts', 'status', 'bytes', 'cancel_ttl')
+  local f = redis.call('HMGET', job, 'attempts', 'status', 'bytes', 'cancel_ttl',
+    'cancel_requested')
   if not f[1] then
     redis.call('XACK', stream, group, entry)
     return -1
@@ -423,6 +424,9 @@ local function finish(job, usage, entry, attempt, mode, ttl, version, result, er
   if f[1] ~= attempt or f[2] ~= 'running' then
     return 0
   end
+  -- A client canceled the job while it ran: it is not retried, whatever
+  -- the worker saw of the cancel before the failure.
+  if mode == 'retry' and f[5] then mode = 'canceled' end
   local payload
   if mode == 'retry' or mode == 'dead' then
     payload = entry_payload(stream, entry)
