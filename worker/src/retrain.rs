@@ -651,21 +651,6 @@ fn score(
     truth: &Truth,
     stop: &CancelFlag,
 ) -> Result<(Metrics, Array2<f32>), JobFailure> {
-    score_rows(model, x, task, truth, stop).map_err(|e| match e {
-        JobFailure::Canceled
-        | JobFailure::InferenceTimeout { .. }
-        | JobFailure::IncompatibleModel(_) => e,
-        other => JobFailure::IncompatibleModel(other.to_string()),
-    })
-}
-
-fn score_rows(
-    model: &dyn Backend,
-    x: &Array2<f32>,
-    task: Task,
-    truth: &Truth,
-    stop: &CancelFlag,
-) -> Result<(Metrics, Array2<f32>), JobFailure> {
     let bad = JobFailure::IncompatibleModel;
     let info = model.info();
     let [input] = info.inputs.as_slice() else {
@@ -697,7 +682,10 @@ fn score_rows(
         cancels: std::slice::from_ref(stop),
         jobs: rows.max(1),
     };
-    let outputs = model.run(&[tensor], &ctl)?;
+    let outputs = model.run(&[tensor], &ctl).map_err(|e| match e {
+        JobFailure::Canceled | JobFailure::InferenceTimeout { .. } => e,
+        other => bad(other.to_string()),
+    })?;
     let fp32 = |t: &&Tensor| matches!(t.data, TensorData::Fp32(_));
     let wanted = match task {
         Task::Classification => "probabilities",
