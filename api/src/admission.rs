@@ -196,11 +196,9 @@ fn buckets(
 }
 
 pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let route = route.as_deref();
+    // An `Arc` inside: cloning it allocates nothing.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map(MatchedPath::as_str);
     // Only tenant routes come here (health, readiness and metrics have a
     // router of their own and never take a slot); authentication runs
     // first, and a request without a tenant is refused rather than let
@@ -210,7 +208,10 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     let policies: Arc<Policies> = state.policies();
     let policy = policies.of(tenant.name());
-    let model = named_model(&state, &tenant, route, req.uri().path());
+    // Only a model bucket, or a predict's rejection label, needs the name.
+    let model = (policy.model_rate.is_some() || route == Some(routes::PREDICT))
+        .then(|| named_model(&state, &tenant, route, req.uri().path()))
+        .flatten();
     let refuse = |e: ApiError| {
         if route == Some(routes::PREDICT) {
             let label = model

@@ -50,6 +50,23 @@ async fn read_all(env: &Env) -> Vec<Delivery> {
     .unwrap()
 }
 
+/// The worker's end of attempt 1 of `id`: a transient failure, retry now.
+fn retry_now(d: &Delivery, id: Uuid, now: i64) -> Finish<'_> {
+    Finish {
+        delivery: d,
+        job_id: id,
+        attempt: 1,
+        model_version: "",
+        outcome: Outcome::Retry {
+            error: JobError {
+                code: "inference_error".into(),
+                message: "try again".into(),
+            },
+            retry_at_ms: now,
+        },
+    }
+}
+
 async fn start(env: &Env, d: &Delivery) -> Start {
     let got = consume::start(
         &mut env.conn().await,
@@ -168,19 +185,7 @@ async fn canceling_a_job_parked_for_retry_keeps_it_off_the_stream() {
     let got = read_all(&env).await;
     assert_eq!(start(&env, &got[0]).await, Start::Run(1));
     let now = shared::time::now_ms();
-    let retry = Finish {
-        delivery: &got[0],
-        job_id: id,
-        attempt: 1,
-        model_version: "",
-        outcome: Outcome::Retry {
-            error: JobError {
-                code: "transient".into(),
-                message: "try again".into(),
-            },
-            retry_at_ms: now,
-        },
-    };
+    let retry = retry_now(&got[0], id, now);
     consume::finish(&mut env.conn().await, &env.keys, &POLICY, &[retry], now)
         .await
         .unwrap();
@@ -473,19 +478,7 @@ async fn a_canceled_running_job_that_fails_transiently_is_not_retried() {
     assert_eq!(r.status, StatusCode::ACCEPTED);
     // The worker failed before it saw the cancel, and asks for a retry.
     let now = shared::time::now_ms();
-    let retry = Finish {
-        delivery: &got[0],
-        job_id: id,
-        attempt: 1,
-        model_version: "",
-        outcome: Outcome::Retry {
-            error: JobError {
-                code: "inference_error".into(),
-                message: "flaky".into(),
-            },
-            retry_at_ms: now,
-        },
-    };
+    let retry = retry_now(&got[0], id, now);
     consume::finish(&mut env.conn().await, &env.keys, &POLICY, &[retry], now)
         .await
         .unwrap();

@@ -1,6 +1,6 @@
 //! What tests with several tenants need: an API keys file written for the
 //! test (digests only, as operators write it) and removed afterwards, and
-//! a model upload through the registry route.
+//! the registry routes tests drive (upload, promote, a version's entry).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +61,16 @@ impl Client {
             .find(|v| v["version"] == version)
             .cloned()
             .unwrap_or_else(|| panic!("no version {version}: {}", r.text))
+    }
+
+    /// `POST /v1/models/{model}/promote` to `version`.
+    pub async fn promote(&self, model: &str, version: u32) -> Reply {
+        self.send(
+            self.http
+                .post(format!("{}/v1/models/{model}/promote", self.base))
+                .json(&serde_json::json!({ "version": version })),
+        )
+        .await
     }
 
     /// `POST /v1/models/{model}/versions` with `bytes` as the ONNX file.

@@ -43,15 +43,6 @@ fn body(x: &[f32]) -> Value {
     json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": x}]})
 }
 
-async fn promote(c: &Client, model: &str, version: u32) -> e2e::Reply {
-    c.send(
-        c.http
-            .post(format!("{}/v1/models/{model}/promote", c.base))
-            .json(&json!({ "version": version })),
-    )
-    .await
-}
-
 /// Runs one predict on `model` and returns `y`.
 async fn predict(c: &Client, model: &str, x: &[f32]) -> Vec<f64> {
     let id = c.submit(model, &body(x)).await;
@@ -159,7 +150,7 @@ async fn hostile_uploads_are_refused_with_stable_codes_and_the_worker_stays_smal
     let (v, job) = upload(&c, "hostile", onnx::scale(2.0)).await;
     assert_eq!(job["status"], "succeeded", "{job}");
     assert_eq!(c.version("hostile", v).await["status"], "ready");
-    let r = promote(&c, "hostile", v).await;
+    let r = c.promote("hostile", v).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     c.wait_for_models(&["hostile"], WAIT).await;
     assert_eq!(
@@ -198,7 +189,7 @@ async fn many_models_are_served_with_a_bounded_set_loaded() {
     for (k, name) in names.iter().enumerate() {
         let (v, job) = upload(&c, name, onnx::scale(k as f32 + 1.0)).await;
         assert_eq!(job["status"], "succeeded", "{job}");
-        let r = promote(&c, name, v).await;
+        let r = c.promote(name, v).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     }
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -265,8 +256,8 @@ async fn versions_can_be_deleted_and_unreferenced_bytes_are_collected() {
         .as_str()
         .expect("sha")
         .to_owned();
-    assert_eq!(promote(&c, "gc", v1).await.status, StatusCode::OK);
-    assert_eq!(promote(&c, "gc", v2).await.status, StatusCode::OK);
+    assert_eq!(c.promote("gc", v1).await.status, StatusCode::OK);
+    assert_eq!(c.promote("gc", v2).await.status, StatusCode::OK);
 
     let path = |v: u32| format!("/v1/models/gc/versions/{v}");
     // The current version cannot go; another tenant cannot see the model.
@@ -407,7 +398,7 @@ async fn a_version_that_kills_its_worker_while_loading_is_quarantined() {
         .status()
         .expect("prlimit");
     assert!(status.success());
-    let r = promote(&c, "big", v).await;
+    let r = c.promote("big", v).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let exit = victim.proc.wait_exit(WAIT);
     assert!(
@@ -448,7 +439,7 @@ async fn a_version_that_kills_its_worker_while_loading_is_quarantined() {
 
     // It can never become current again, and a new worker does not load
     // it but serves everything else.
-    let r = promote(&c, "big", v).await;
+    let r = c.promote("big", v).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(r.error_code(), "version_not_ready");
     drop(survivor);

@@ -29,13 +29,7 @@ async fn deploy(c: &Client, model: &str, bytes: Vec<u8>) {
         .wait_terminal(r.json["job_id"].as_str().expect("job_id"), WAIT)
         .await;
     assert_eq!(job["status"], "succeeded", "{model} validates: {job}");
-    let r = c
-        .send(
-            c.http
-                .post(format!("{}/v1/models/{model}/promote", c.base))
-                .json(&json!({ "version": version })),
-        )
-        .await;
+    let r = c.promote(model, version as u32).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     c.wait_for_models(&[model], WAIT).await;
 }

@@ -102,15 +102,6 @@ async fn upload(c: &Client, model: &str, bytes: Vec<u8>) -> (u32, Value) {
     (version, job)
 }
 
-async fn promote(c: &Client, model: &str, version: u32) -> e2e::Reply {
-    c.send(
-        c.http
-            .post(format!("{}/v1/models/{model}/promote", c.base))
-            .json(&json!({ "version": version })),
-    )
-    .await
-}
-
 async fn rollback(c: &Client, model: &str) -> e2e::Reply {
     c.send(
         c.http
@@ -188,7 +179,7 @@ async fn seeding_creates_one_version_per_content_and_a_changed_file_rolls_out() 
     // changed file: the file becomes a version, not the current one.
     let (v3, job) = upload(&client, "m", model_bytes("testdata/flaky_fixed.onnx")).await;
     assert_eq!((v3, &job["status"]), (3, &json!("succeeded")), "{job}");
-    let r = promote(&client, "m", 3).await;
+    let r = client.promote("m", 3).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     drop(a);
     dir.put("m", "two_input.onnx");
@@ -241,7 +232,7 @@ async fn uploads_are_validated_before_promotion_and_rollback_restores_the_previo
             meta["error"].as_str().is_some_and(|e| !e.is_empty()),
             "{meta}"
         );
-        let r = promote(&c, "m", v).await;
+        let r = c.promote("m", v).await;
         assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
         assert_eq!(r.error_code(), "version_not_ready");
         assert_eq!(current(&mut rc, &ns, "m"), Some(1));
@@ -275,7 +266,7 @@ async fn uploads_are_validated_before_promotion_and_rollback_restores_the_previo
         StatusCode::PAYLOAD_TOO_LARGE,
         "other routes keep --max-body-bytes"
     );
-    let r = promote(&c, "m", 99).await;
+    let r = c.promote("m", 99).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     assert_eq!(r.error_code(), "version_not_found");
     let r = c
@@ -306,7 +297,7 @@ async fn uploads_are_validated_before_promotion_and_rollback_restores_the_previo
     assert_eq!(r.error_code(), "version_not_found");
 
     // Promote: the next predicts run on version 2.
-    let r = promote(&c, "m", 2).await;
+    let r = c.promote("m", 2).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(
         r.json,
@@ -348,7 +339,7 @@ async fn uploads_are_validated_before_promotion_and_rollback_restores_the_previo
         "not served before promotion: {}",
         r.text
     );
-    let r = promote(&c, "fresh", 1).await;
+    let r = c.promote("fresh", 1).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     c.wait_for_models(&["fresh"], WAIT).await;
     let input = x(11);
