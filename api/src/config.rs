@@ -23,6 +23,9 @@ pub struct Config {
     #[arg(long, env = "QUEUE_NAMESPACE", default_value = "infer")]
     pub namespace: String,
 
+    #[command(flatten)]
+    pub queue: shared::queue_args::QueueArgs,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,

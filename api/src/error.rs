@@ -95,6 +95,12 @@ pub enum ApiError {
     TrainingBudget(String),
     #[error("the job store is unavailable, retry later")]
     RedisUnavailable(#[source] QueueError),
+    /// `--durability replicated`: the write happened on the master, but no
+    /// replica confirmed it in time, so the 202 cannot be promised.
+    #[error(
+        "the job was written but not confirmed by a replica in time; retry with the same Idempotency-Key"
+    )]
+    NotReplicated(#[source] QueueError),
     #[error("internal server error")]
     Internal(#[source] anyhow::Error),
 }
@@ -131,9 +137,10 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::RedisUnavailable(_) | ApiError::Overloaded | ApiError::TooManyConnections => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::RedisUnavailable(_)
+            | ApiError::NotReplicated(_)
+            | ApiError::Overloaded
+            | ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -172,6 +179,7 @@ impl ApiError {
             ApiError::InvalidDataset(_) => "invalid_dataset",
             ApiError::TrainingBudget(_) => "training_budget_exceeded",
             ApiError::RedisUnavailable(_) => "redis_unavailable",
+            ApiError::NotReplicated(_) => "not_replicated",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -233,6 +241,8 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> ApiError {
         if e.is_unavailable() {
             ApiError::RedisUnavailable(e)
+        } else if matches!(e, QueueError::NotReplicated { .. }) {
+            ApiError::NotReplicated(e)
         } else {
             ApiError::Internal(e.into())
         }
@@ -263,6 +273,9 @@ impl IntoResponse for ApiError {
         match &self {
             ApiError::RedisUnavailable(cause) => {
                 tracing::warn!(error = %ErrorChain(cause), "redis unavailable");
+            }
+            ApiError::NotReplicated(cause) => {
+                tracing::warn!(error = %ErrorChain(cause), "write not replicated");
             }
             // `{:#}`: the whole cause chain on one line.
             ApiError::Internal(cause) => {

@@ -6,6 +6,14 @@
 //! channel: job ids wake long-polling requests ([`Waiters`]), model names
 //! refresh the [`ModelCache`].
 //!
+//! On a cluster the subscription is held on any one node: a `PUBLISH`
+//! (also one from a script) is broadcast to every node of the cluster, so
+//! any node hears every job. When the node fails the task moves to the next
+//! seed node of `--redis-url`. (Sharded `SSUBSCRIBE` would need one
+//! subscription per partition on its master, and every API process needs
+//! every partition's events anyway: it would save the cluster bus fan-out,
+//! not the API's work; see the README's scaling model.)
+//!
 //! Pub/sub is fire-and-forget: messages published while the subscription is
 //! down are lost. So on every (re)subscribe the task wakes *all* waiters (they
 //! re-read their jobs) and reloads all signatures. A silent connection (no
@@ -47,8 +55,10 @@ impl Drop for Listener {
 
 impl Listener {
     /// Starts the task. Must be called within a Tokio runtime.
+    /// `clients`: the nodes to subscribe on, tried in turn (one on a
+    /// single node).
     pub fn spawn(
-        client: redis::Client,
+        clients: Vec<redis::Client>,
         keys: &Keys,
         limits: Limits,
         models: Arc<ModelCache>,
@@ -57,7 +67,8 @@ impl Listener {
         let (tx, subscribed) = watch::channel(false);
         let task = tokio::spawn(
             Task {
-                client,
+                clients,
+                next: std::sync::atomic::AtomicUsize::new(0),
                 limits,
                 job_channel: keys.job_finished_channel(),
                 models_channel: keys.models_channel(),
@@ -85,7 +96,10 @@ impl Listener {
 }
 
 struct Task {
-    client: redis::Client,
+    clients: Vec<redis::Client>,
+    /// The node to try next: moves on after every failed or lost
+    /// subscription, so a dead cluster node is left behind.
+    next: std::sync::atomic::AtomicUsize,
     limits: Limits,
     job_channel: String,
     models_channel: String,
@@ -127,7 +141,12 @@ impl Task {
     }
 
     async fn subscribe(&self) -> Result<(PubSubSink, PubSubStream), RedisError> {
-        let mut pubsub = tokio::time::timeout(self.limits.connect, self.client.get_async_pubsub())
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let client = self
+            .clients
+            .get(n % self.clients.len().max(1))
+            .ok_or_else(|| timed_out("choosing a node"))?;
+        let mut pubsub = tokio::time::timeout(self.limits.connect, client.get_async_pubsub())
             .await
             .map_err(|_| timed_out("connecting"))??;
         tokio::time::timeout(

@@ -9,19 +9,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
-use redis::aio::ConnectionManager;
 use shared::model::ModelInfo;
 use shared::queue::ops;
+use shared::redis_conn::Conn;
 use shared::{Keys, QueueError};
 
 pub struct ModelCache {
-    redis: ConnectionManager,
+    redis: Conn,
     keys: Keys,
     models: RwLock<HashMap<String, Arc<ModelInfo>>>,
 }
 
 impl ModelCache {
-    pub fn new(redis: ConnectionManager, keys: Keys) -> ModelCache {
+    pub fn new(redis: Conn, keys: Keys) -> ModelCache {
         ModelCache {
             redis,
             keys,

@@ -112,7 +112,7 @@ pub struct ApiDoc;
         (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -135,7 +135,7 @@ fn submit_job() {}
         (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -158,7 +158,7 @@ fn get_job() {}
         (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -175,7 +175,7 @@ fn cancel_job() {}
         (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -194,7 +194,7 @@ fn list_models() {}
         (status = 401, description = "`unauthorized`: API keys are configured (`--api-keys-file`) and the request carries none or an unknown one (`Authorization: Bearer <key>` or `X-API-Key`)", body = ErrorBody<'static>,
             headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>,
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -263,7 +263,7 @@ fn openapi_json() {}
         (status = 422, description = "`invalid_input`: an empty file", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -281,7 +281,7 @@ fn upload_version() {}
         (status = 404, description = "`model_not_found`: no version of that model", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -304,7 +304,7 @@ fn list_versions() {}
         (status = 422, description = "`invalid_input`: the body is not `{\"version\": n}`", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -323,7 +323,7 @@ fn promote_version() {}
         (status = 409, description = "`no_previous_version`", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -345,7 +345,7 @@ fn rollback_version() {}
         (status = 409, description = "`version_is_current`", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -374,7 +374,7 @@ fn delete_version() {}
         (status = 429, description = "`queue_full`: the training queue holds `--max-queue-depth` unfinished jobs; `tenant_queue_full`, `rate_limited` or `tenant_concurrency_limit`", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -399,7 +399,7 @@ fn retrain_model() {}
         (status = 422, description = "`invalid_dataset`: the message names the line and column at fault, or the limit (10,000 columns, lines of 1 MiB) the file is over", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -416,7 +416,7 @@ fn put_dataset() {}
         (status = 404, description = "`dataset_not_found`", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -431,7 +431,7 @@ fn get_dataset() {}
         (status = 200, description = "Sorted by name", body = DatasetList),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -449,7 +449,7 @@ fn list_datasets() {}
         (status = 404, description = "`dataset_not_found`", body = ErrorBody<'static>),
         (status = 401, description = "`unauthorized`", body = ErrorBody<'static>),
         (status = 500, description = "`internal`", body = ErrorBody<'static>),
-        (status = 503, description = "`overloaded` or `redis_unavailable`", body = ErrorBody<'static>),
+        (status = 503, description = "`overloaded`, `redis_unavailable` or `not_replicated`", body = ErrorBody<'static>),
     )
 )]
 #[allow(dead_code)]
@@ -691,6 +691,7 @@ pub enum ErrorCode {
     InvalidDataset,
     TrainingBudgetExceeded,
     RedisUnavailable,
+    NotReplicated,
     Internal,
 }
 
@@ -937,6 +938,7 @@ mod tests {
                 | ApiError::TrainingBudget(_)
                 | ApiError::NotCsv
                 | ApiError::RedisUnavailable(_)
+                | ApiError::NotReplicated(_)
                 | ApiError::Internal(_) => {}
             }
         }
@@ -999,6 +1001,7 @@ mod tests {
             ApiError::InvalidDataset(String::new()),
             ApiError::TrainingBudget(String::new()),
             ApiError::RedisUnavailable(shared::QueueError::Corrupt(String::new())),
+            ApiError::NotReplicated(shared::QueueError::Corrupt(String::new())),
             ApiError::Internal(anyhow::anyhow!("x")),
         ];
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();

@@ -11,9 +11,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use metrics_exporter_prometheus::PrometheusHandle;
-use redis::aio::ConnectionManager;
 use shared::Keys;
-use shared::redis_conn::{self, Limits};
+use shared::redis_conn::{self, Conn, Limits, Topology};
 
 use crate::admission::Pools;
 use crate::auth::ApiKeys;
@@ -32,7 +31,7 @@ pub enum StartupError {
     ApiKeys(#[from] crate::auth::KeysError),
     #[error(transparent)]
     Tenants(#[from] TenantsError),
-    #[error("the queue namespace must not be empty")]
+    #[error("the queue namespace must not be empty nor hold braces")]
     EmptyNamespace,
 }
 
@@ -42,7 +41,7 @@ pub struct AppState {
 }
 
 struct Inner {
-    redis: ConnectionManager,
+    redis: Conn,
     api_keys: ArcSwap<ApiKeys>,
     api_keys_file: Option<PathBuf>,
     policies: ArcSwap<Policies>,
@@ -72,6 +71,8 @@ pub struct QueuePolicy {
     pub idempotency_ttl_secs: u64,
     /// TTL of a canceled job's record.
     pub canceled_ttl_secs: u64,
+    /// Whether a 202 waits for a replica's copy of the job.
+    pub durability: shared::queue::Durability,
 }
 
 impl AppState {
@@ -80,21 +81,20 @@ impl AppState {
     /// is back, it does not stop the process. Must be called within a Tokio
     /// runtime.
     pub fn new(config: &Config) -> Result<AppState, StartupError> {
-        if config.namespace.is_empty() {
+        if !shared::queue::keys::valid_namespace(&config.namespace) {
             return Err(StartupError::EmptyNamespace);
         }
         let limits = config.redis_limits();
-        let client =
-            redis::Client::open(config.redis_url.as_str()).map_err(StartupError::RedisUrl)?;
-        let redis =
-            redis_conn::shared(&config.redis_url, limits).map_err(StartupError::RedisUrl)?;
+        let topology = Topology::parse(&config.redis_url).map_err(StartupError::RedisUrl)?;
+        let pubsub = topology.pubsub_clients().map_err(StartupError::RedisUrl)?;
+        let redis = redis_conn::shared(&topology, limits).map_err(StartupError::RedisUrl)?;
         let api_keys = load_keys(config.api_keys_file.as_deref())?;
         let policies = load_policies(config.tenants_file.as_deref(), !api_keys.is_open())?;
-        let keys = Keys::new(&config.namespace);
+        let keys = config.queue.keys(&config.namespace);
         let models = Arc::new(ModelCache::new(redis.clone(), keys.clone()));
         let waiters = Arc::new(Waiters::new());
         let listener = Listener::spawn(
-            client,
+            pubsub,
             &keys,
             limits,
             Arc::clone(&models),
@@ -125,6 +125,7 @@ impl AppState {
                     max_queue_depth: config.max_queue_depth,
                     idempotency_ttl_secs: config.result_ttl_secs,
                     canceled_ttl_secs: config.canceled_ttl_secs,
+                    durability: config.queue.durability(),
                 },
             }),
         })
@@ -133,7 +134,7 @@ impl AppState {
     /// A handle to the process's shared Redis connection (see
     /// [`redis_conn::shared`]); every command on it is bounded by the
     /// configured Redis limits.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> Conn {
         self.inner.redis.clone()
     }
 

@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::SharedString;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use shared::Keys;
 use shared::job::{JobKind, JobStatus};
 use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
 use shared::queue::wire::{JobEnvelope, RetrainSpec};
@@ -138,13 +139,16 @@ impl Submission {
     /// checked to be a valid model name): a new job id, its submit span and
     /// trace, and the idempotency key, refused at once if malformed.
     pub fn begin(
+        keys: &Keys,
         tenant: &Tenant,
         public: &str,
         headers: &HeaderMap,
     ) -> Result<Submission, ApiError> {
         let key_hash = idempotency_key(headers)?;
         let model = tenant.model_key(public);
-        let id = Uuid::now_v7();
+        // The id names the job's partition (see `shared::queue::keys`): the
+        // idempotency key's, or the next in turn.
+        let id = keys.new_job_id(keys.pick_partition(key_hash.as_deref()));
         let client = client_trace(headers);
         // Without export the ids are made here, so the span gets its trace
         // id at creation: recording it afterwards re-encodes the span's JSON
@@ -251,6 +255,7 @@ impl Submission {
             } else {
                 policies.of(tenant.name()).job_quota()
             },
+            durability: queue.durability,
         };
         let outcome = async {
             let mut conn = state.conn();

@@ -23,8 +23,10 @@ async fn submit(env: &Env, uri: &str, body: String) -> Uuid {
 async fn finish(env: &Env, model: &str, id: Uuid, outcome: Outcome) {
     let mut conn = env.conn().await;
     let keys = &env.keys;
-    consume::ensure_group(&mut conn, keys, model).await.unwrap();
-    let got = consume::read_new(&mut conn, &[keys.stream(model)], "test-worker", 10, 100)
+    consume::ensure_group(&mut conn, &keys.stream(model, 0))
+        .await
+        .unwrap();
+    let got = consume::read_new(&mut conn, &[keys.stream(model, 0)], "test-worker", 10, 100)
         .await
         .unwrap();
     let d = got
@@ -35,6 +37,7 @@ async fn finish(env: &Env, model: &str, id: Uuid, outcome: Outcome) {
         max_attempts: 3,
         succeeded_ttl_secs: 60,
         failed_ttl_secs: 60,
+        durability: shared::queue::Durability::Async,
     };
     let started = consume::start(
         &mut conn,
@@ -107,10 +110,10 @@ async fn submit_answers_202_with_location_and_the_job_reads_back_queued() {
 
     // The queued payload is exactly the validated tensor.
     let mut conn = env.conn().await;
-    consume::ensure_group(&mut conn, &env.keys, "mlp128")
+    consume::ensure_group(&mut conn, &env.keys.stream("mlp128", 0))
         .await
         .unwrap();
-    let got = consume::read_new(&mut conn, &[env.keys.stream("mlp128")], "c", 10, 100)
+    let got = consume::read_new(&mut conn, &[env.keys.stream("mlp128", 0)], "c", 10, 100)
         .await
         .unwrap();
     let job = got[0].job.as_ref().unwrap();

@@ -21,6 +21,7 @@ const POLICY: Policy = Policy {
     max_attempts: 3,
     succeeded_ttl_secs: 60,
     failed_ttl_secs: 60,
+    durability: shared::queue::Durability::Async,
 };
 
 async fn submit(env: &Env, body: String) -> Uuid {
@@ -36,12 +37,12 @@ fn delete(uri: &str) -> Request<Body> {
 /// Reads every new entry of mlp128's stream as one consumer.
 async fn read_all(env: &Env) -> Vec<Delivery> {
     let mut conn = env.conn().await;
-    consume::ensure_group(&mut conn, &env.keys, "mlp128")
+    consume::ensure_group(&mut conn, &env.keys.stream("mlp128", 0))
         .await
         .unwrap();
     consume::read_new(
         &mut conn,
-        &[env.keys.stream("mlp128")],
+        &[env.keys.stream("mlp128", 0)],
         "test-worker",
         100,
         100,
@@ -198,12 +199,18 @@ async fn canceling_a_job_parked_for_retry_keeps_it_off_the_stream() {
     let r = env.send(delete(&format!("/v1/jobs/{id}"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["status"], "canceled");
-    let moved = consume::promote_due(&mut env.conn().await, &env.keys, now + 1, 10)
-        .await
-        .unwrap();
+    let moved = consume::promote_due(
+        &mut env.conn().await,
+        &env.keys,
+        &[env.keys.stream("mlp128", 0)],
+        now + 1,
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(moved, 0, "a canceled job went back on the stream");
     let parked: usize = redis::cmd("ZCARD")
-        .arg(env.keys.delayed())
+        .arg(env.keys.delayed("mlp128", 0))
         .query_async(&mut env.conn().await)
         .await
         .unwrap();
@@ -251,7 +258,7 @@ async fn queue_depth_counts_undelivered_and_unacknowledged_entries() {
     // not yet trimmed entry of `a`), which errs on the side of refusing.
     let mut conn = env.conn().await;
     let last: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
-        .arg(env.keys.stream("mlp128"))
+        .arg(env.keys.stream("mlp128", 0))
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -260,14 +267,14 @@ async fn queue_depth_counts_undelivered_and_unacknowledged_entries() {
         .await
         .unwrap();
     let _: () = redis::cmd("XDEL")
-        .arg(env.keys.stream("mlp128"))
+        .arg(env.keys.stream("mlp128", 0))
         .arg(&last.ids[0].id)
         .query_async(&mut conn)
         .await
         .unwrap();
     // The group alone would say 0 undelivered + 2 pending = 2, below 3.
     let len: usize = redis::cmd("XLEN")
-        .arg(env.keys.stream("mlp128"))
+        .arg(env.keys.stream("mlp128", 0))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -283,7 +290,7 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
         submit(&env, features_body(128)).await;
     }
     let job = JobEnvelope {
-        id: Uuid::now_v7(),
+        id: env.keys.new_job_id(0),
         kind: shared::job::JobKind::Predict,
         model: "mlp128".into(),
         inputs: vec![],
@@ -297,6 +304,7 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
         max_queue_depth: 4,
         idempotency: None,
         quota: Default::default(),
+        durability: shared::queue::Durability::Async,
     };
     let got = ops::submit(&mut env.conn().await, &env.keys, &job, &opts)
         .await
@@ -458,7 +466,7 @@ async fn a_redis_at_its_memory_limit_is_a_503_to_retry_and_writes_nothing() {
     assert!(r.headers.contains_key(axum::http::header::RETRY_AFTER));
     set("0").await;
     let len: u64 = redis::cmd("XLEN")
-        .arg(env.keys.stream("mlp128"))
+        .arg(env.keys.stream("mlp128", 0))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -484,9 +492,15 @@ async fn a_canceled_running_job_that_fails_transiently_is_not_retried() {
         .unwrap();
     let r = env.send(get(&format!("/v1/jobs/{id}"))).await;
     assert_eq!(r.json()["status"], "canceled", "{}", r.text());
-    let moved = consume::promote_due(&mut env.conn().await, &env.keys, now + 1, 10)
-        .await
-        .unwrap();
+    let moved = consume::promote_due(
+        &mut env.conn().await,
+        &env.keys,
+        &[env.keys.stream("mlp128", 0)],
+        now + 1,
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!(moved, 0, "nothing went back on the stream");
     assert_eq!(usage(&env).await.jobs, 0);
 }

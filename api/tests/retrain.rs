@@ -58,7 +58,7 @@ impl KeysFile {
 
 async fn stream_len(env: &Env, model: &str) -> u64 {
     redis::cmd("XLEN")
-        .arg(env.keys.stream(model))
+        .arg(env.keys.stream(model, 0))
         .query_async(&mut env.conn().await)
         .await
         .unwrap()
@@ -67,12 +67,18 @@ async fn stream_len(env: &Env, model: &str) -> u64 {
 /// Everything new on the training stream, read as a training slot would.
 async fn read_train(env: &Env) -> Vec<Delivery> {
     let mut conn = env.conn().await;
-    consume::ensure_group(&mut conn, &env.keys, TRAIN)
+    consume::ensure_group(&mut conn, &env.keys.stream(TRAIN, 0))
         .await
         .unwrap();
-    consume::read_new(&mut conn, &[env.keys.stream(TRAIN)], "trainer-1", 10, 100)
-        .await
-        .unwrap()
+    consume::read_new(
+        &mut conn,
+        &[env.keys.stream(TRAIN, 0)],
+        "trainer-1",
+        10,
+        100,
+    )
+    .await
+    .unwrap()
 }
 
 fn spec(job: &JobEnvelope) -> &RetrainSpec {
@@ -467,6 +473,7 @@ async fn a_retrain_job_carries_the_tenants_dataset_and_filled_in_params_on_the_t
         max_attempts: 3,
         succeeded_ttl_secs: 60,
         failed_ttl_secs: 60,
+        durability: shared::queue::Durability::Async,
     };
     let started = consume::start(
         &mut conn,

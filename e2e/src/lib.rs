@@ -798,3 +798,14 @@ impl Client {
         .await
     }
 }
+
+/// The key layout the binaries under test use in namespace `ns` (one
+/// partition, the default), so tests name keys as the code does.
+pub fn keys(ns: &str) -> shared::Keys {
+    shared::Keys::new(ns)
+}
+
+/// The record key of job `id` in namespace `ns`.
+pub fn job_key(ns: &str, id: &str) -> String {
+    keys(ns).job(&uuid::Uuid::parse_str(id).expect("a job id"))
+}

@@ -164,7 +164,7 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
     assert_eq!(c.job(&a, None).await.json, r.json);
 
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{ns}:job:{a}"))
+        .arg(e2e::job_key(&ns, &a.to_string()))
         .query(&mut conn(&redis))
         .expect("TTL");
     assert!(
@@ -202,7 +202,7 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
     assert_eq!(ja.json["attempts"], 0, "a canceled job was started");
     assert!(ja.json["started_at"].is_null(), "{}", ja.text);
     assert!(ja.json["result"].is_null(), "{}", ja.text);
-    let stream = format!("{ns}:stream:mlp128");
+    let stream = e2e::keys(&ns).stream("mlp128", 0);
     let deadline = Instant::now() + Duration::from_secs(5);
     while pending(&redis, &stream) > 0 {
         assert!(
@@ -272,7 +272,7 @@ async fn idempotency_key_returns_the_first_job_per_model() {
         ids.insert(r.json["job_id"].as_str().expect("job_id").to_owned());
     }
     assert_eq!(ids.len(), 1, "one key, several jobs: {ids:?}");
-    let mlp_stream = format!("{ns}:stream:mlp128");
+    let mlp_stream = e2e::keys(&ns).stream("mlp128", 0);
     assert_eq!(xlen(&redis, &mlp_stream), 2, "one entry per key");
 
     let reused = c
@@ -307,7 +307,7 @@ async fn idempotency_key_returns_the_first_job_per_model() {
     assert_eq!(other.status, StatusCode::ACCEPTED, "{}", other.text);
     assert_ne!(other.json["job_id"], id.as_str());
     assert!(other.headers.get("idempotent-replayed").is_none());
-    assert_eq!(xlen(&redis, &format!("{ns}:stream:breast_cancer")), 1);
+    assert_eq!(xlen(&redis, &e2e::keys(&ns).stream("breast_cancer", 0)), 1);
 
     for bad in ["x".repeat(257), String::new()] {
         let r = c.predict_with_key("mlp128", &body, &bad).await;
@@ -323,7 +323,7 @@ async fn idempotency_key_returns_the_first_job_per_model() {
 
     // Remembered for --result-ttl-secs.
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{ns}:idem:mlp128:*"))
+        .arg(format!("{ns}:*:idem:mlp128:*"))
         .query(&mut conn(&redis))
         .expect("KEYS");
     assert_eq!(keys.len(), 3, "{keys:?}");
@@ -446,7 +446,7 @@ async fn a_full_queue_answers_429_until_workers_drain_it() {
     assert_eq!(r.error_code(), "queue_full");
     assert!(retry_after(&r) >= 1);
     // Refused, not dropped: the queue holds exactly the five accepted jobs.
-    let stream = format!("{ns}:stream:mlp128");
+    let stream = e2e::keys(&ns).stream("mlp128", 0);
     assert_eq!(xlen(&redis, &stream), 5);
     // The bound is per model.
     c.submit("breast_cancer", &row(30, 0.5)).await;

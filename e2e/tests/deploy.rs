@@ -1022,7 +1022,8 @@ fn ports_probes_selectors_scrapes_and_keda_agree_with_the_code() {
         "the worker Deployment must leave replicas to KEDA"
     );
     let keys = Keys::new(ns);
-    let want_streams: BTreeSet<String> = served_models().iter().map(|m| keys.stream(m)).collect();
+    let want_streams: BTreeSet<String> =
+        served_models().iter().map(|m| keys.stream(m, 0)).collect();
     let mut lag_streams = BTreeSet::new();
     let mut pending_streams = BTreeSet::new();
     for t in arr(&so["spec"]["triggers"], "triggers") {

@@ -238,7 +238,7 @@ async fn versions_can_be_deleted_and_unreferenced_bytes_are_collected() {
     let mut rc = conn(&redis);
     let blob_exists = |rc: &mut redis::Connection, sha: &str| -> bool {
         redis::cmd("EXISTS")
-            .arg(format!("{ns}:blob:{sha}"))
+            .arg(e2e::keys(&ns).blob(sha))
             .query(rc)
             .expect("exists")
     };
@@ -294,17 +294,17 @@ async fn versions_can_be_deleted_and_unreferenced_bytes_are_collected() {
         hex::encode(sha2::Sha256::digest(&legacy))
     };
     let _: () = redis::cmd("SET")
-        .arg(format!("{ns}:blob:{legacy_sha}"))
+        .arg(e2e::keys(&ns).blob(&legacy_sha))
         .arg(&legacy)
         .query(&mut rc)
         .expect("set");
     let _: i64 = redis::cmd("HDEL")
-        .arg(format!("{ns}:registry:gc"))
+        .arg(e2e::keys(&ns).registry("gc"))
         .arg(format!("ref:{v2}"))
         .query(&mut rc)
         .expect("hdel");
     let _: i64 = redis::cmd("HDEL")
-        .arg(format!("{ns}:blob-refs"))
+        .arg(e2e::keys(&ns).blob_refs())
         .arg(&sha2)
         .query(&mut rc)
         .expect("hdel");
@@ -427,7 +427,7 @@ async fn a_version_that_kills_its_worker_while_loading_is_quarantined() {
     let deadline = Instant::now() + WAIT;
     loop {
         let markers: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("{ns}:loading"))
+            .arg(e2e::keys(&ns).loading())
             .query(&mut rc)
             .expect("hgetall");
         if markers.is_empty() {

@@ -134,7 +134,7 @@ async fn a_tenants_model_is_bounded_at_run_time_and_the_other_tenant_is_served()
         "two endless runs took {took:?}"
     );
     // Acknowledged with their ends: nothing left whose lease is renewed.
-    assert_eq!(pending(&redis, &format!("{ns}:stream:acme~spin")), 0);
+    assert_eq!(pending(&redis, &e2e::keys(&ns).stream("acme~spin", 0)), 0);
     // The same model with an honest request still works.
     let ok = acme.submit("spin", &spin(3)).await;
     assert_eq!(acme.wait_terminal(&ok, WAIT).await["status"], "succeeded");

@@ -129,7 +129,7 @@ async fn promoting_under_load_fails_no_job_and_every_result_matches_its_version(
         assert_eq!(got, expected, "job {i} on version {version}");
         *per_version.entry(version.clone()).or_default() += 1;
         let (worker, started): (String, i64) = redis::cmd("HMGET")
-            .arg(format!("{ns}:job:{id}"))
+            .arg(e2e::job_key(&ns, &id.to_string()))
             .arg("worker")
             .arg("started_at")
             .query(&mut redis_conn)

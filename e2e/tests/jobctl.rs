@@ -111,7 +111,7 @@ fn env(prefix: &str) -> Env {
 
 fn envelope(model: &str, inputs: Vec<Tensor>, submitted_at_ms: i64) -> JobEnvelope {
     JobEnvelope {
-        id: Uuid::now_v7(),
+        id: shared::Keys::new("x").new_job_id(0),
         kind: JobKind::Predict,
         model: model.to_owned(),
         inputs,
@@ -176,7 +176,7 @@ fn seed_dead(e: &mut Env, env: &JobEnvelope, failed_at_ms: i64, with_record: boo
             .expect("seed job record");
     }
     redis::cmd("XADD")
-        .arg(e.keys.dead_letters())
+        .arg(e.keys.dead_letters(0))
         .arg("*")
         .arg(FIELD_ID)
         .arg(env.id.to_string())
@@ -212,7 +212,7 @@ fn field_bytes(entry: &redis::streams::StreamId, field: &str) -> Vec<u8> {
 }
 
 fn dead_job_ids(e: &mut Env) -> Vec<String> {
-    let key = e.keys.dead_letters();
+    let key = e.keys.dead_letters(0);
     range(&mut e.con, &key)
         .ids
         .iter()
@@ -358,8 +358,8 @@ fn dry_run_changes_nothing_and_replay_requeues_the_exact_payload() {
     let a_payload = seed_dead(&mut e, &a, now - 5 * MINUTE, true);
     seed_dead(&mut e, &b, now - 4 * MINUTE, true);
     let (a_id, b_id) = (a.id.to_string(), b.id.to_string());
-    let stream = e.keys.stream("mlp128");
-    let dead_key = e.keys.dead_letters();
+    let stream = e.keys.stream("mlp128", 0);
+    let dead_key = e.keys.dead_letters(0);
 
     let snapshot = |e: &mut Env| {
         let dead: Vec<_> = range(&mut e.con, &dead_key)
@@ -392,7 +392,7 @@ fn dry_run_changes_nothing_and_replay_requeues_the_exact_payload() {
             ("last_error", "{}"),
         ])
         .cmd("ZADD")
-        .arg(e.keys.delayed())
+        .arg(e.keys.delayed("mlp128", 0))
         .arg(1)
         .arg(&a_id)
         .query::<()>(&mut e.con)
@@ -455,7 +455,7 @@ fn dry_run_changes_nothing_and_replay_requeues_the_exact_payload() {
         assert!(!rec.contains_key(gone), "{gone} left in {rec:?}");
     }
     let delayed: Option<f64> = redis::cmd("ZSCORE")
-        .arg(e.keys.delayed())
+        .arg(e.keys.delayed("mlp128", 0))
         .arg(&a_id)
         .query(&mut e.con)
         .expect("zscore");
@@ -497,7 +497,7 @@ async fn replay_is_atomic_and_never_enqueues_a_job_twice() {
         .get_multiplexed_async_connection()
         .await
         .expect("async connection");
-    let stream = e.keys.stream("mlp128");
+    let stream = e.keys.stream("mlp128", 0);
 
     // Two replays of the same dead letter (as two operators would race):
     // the second finds the entry gone and writes nothing.
@@ -550,7 +550,7 @@ async fn replay_is_atomic_and_never_enqueues_a_job_twice() {
     assert_eq!(range(&mut e.con, &stream).ids.len(), 2);
     assert_eq!(dead_job_ids(&mut e), [b.id.to_string()], "kept for review");
     redis::cmd("DEL")
-        .arg(e.keys.dead_letters())
+        .arg(e.keys.dead_letters(0))
         .query::<()>(&mut e.con)
         .expect("del");
 
@@ -609,7 +609,7 @@ async fn replay_is_atomic_and_never_enqueues_a_job_twice() {
         replayed += count("replayed ");
     }
     assert_eq!(replayed, 40, "replays of both processes");
-    let entries = range(&mut e.con, &e.keys.stream("breast_cancer")).ids;
+    let entries = range(&mut e.con, &e.keys.stream("breast_cancer", 0)).ids;
     let ids: HashSet<Vec<u8>> = entries.iter().map(|s| field_bytes(s, FIELD_ID)).collect();
     assert_eq!(entries.len(), 40, "a job was enqueued twice");
     assert_eq!(ids.len(), 40);
@@ -663,7 +663,7 @@ async fn a_replayed_job_runs_on_a_real_worker() {
 #[test]
 fn stats_report_depth_lag_pending_and_the_oldest_pending_age() {
     let mut e = env("jobctl-stats");
-    let stream = e.keys.stream("mlp128");
+    let stream = e.keys.stream("mlp128", 0);
     // A published model with no stream yet, and a stream no worker joined.
     redis::cmd("HSET")
         .arg(e.keys.models())
@@ -675,7 +675,7 @@ fn stats_report_depth_lag_pending_and_the_oldest_pending_age() {
         .expect("hset models");
     for _ in 0..2 {
         redis::cmd("XADD")
-            .arg(e.keys.stream("orphan"))
+            .arg(e.keys.stream("orphan", 0))
             .arg("*")
             .arg("id")
             .arg("x")

@@ -351,7 +351,7 @@ async fn every_bad_request_gets_its_status_and_json_error() {
     assert_eq!(job["status"], "succeeded");
     let mut conn = sys.redis.client().get_connection().expect("redis");
     let len: usize = redis::cmd("XLEN")
-        .arg(format!("{}:stream:mlp128", sys.ns))
+        .arg(e2e::keys(&sys.ns).stream("mlp128", 0))
         .query(&mut conn)
         .expect("xlen");
     assert_eq!(len, 1, "only the valid request was enqueued");
@@ -427,12 +427,12 @@ async fn e2e_seed_models(sys: &System) {
     drop(w);
     let mut conn = sys.redis.client().get_connection().expect("redis");
     let sigs: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{}-seed:models", sys.ns))
+        .arg(e2e::keys(&format!("{}-seed", sys.ns)).models())
         .query(&mut conn)
         .expect("models");
     for (name, sig) in sigs {
         let _: () = redis::cmd("HSET")
-            .arg(format!("{}:models", sys.ns))
+            .arg(e2e::keys(&sys.ns).models())
             .arg(name)
             .arg(sig)
             .query(&mut conn)
@@ -478,7 +478,7 @@ async fn two_workers_process_500_jobs_exactly_once() {
             TOL,
         );
         let worker: String = redis::cmd("HGET")
-            .arg(format!("{}:job:{id}", sys.ns))
+            .arg(e2e::job_key(&sys.ns, &id.to_string()))
             .arg("worker")
             .query(&mut conn)
             .expect("hget");
@@ -512,7 +512,7 @@ async fn two_workers_process_500_jobs_exactly_once() {
         assert_eq!(count, Some(1), "job {id} finished {count:?} times");
     }
     let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-        .arg(format!("{}:stream:mlp128", sys.ns))
+        .arg(e2e::keys(&sys.ns).stream("mlp128", 0))
         .arg("workers")
         .query(&mut conn)
         .expect("xpending");
@@ -530,7 +530,7 @@ async fn a_result_expires_after_its_ttl() {
     assert_eq!(job["status"], "succeeded");
     let mut conn = sys.redis.client().get_connection().expect("redis");
     let ttl: i64 = redis::cmd("TTL")
-        .arg(format!("{}:job:{id}", sys.ns))
+        .arg(e2e::job_key(&sys.ns, &id.to_string()))
         .query(&mut conn)
         .expect("ttl");
     assert!((0..=1).contains(&ttl), "ttl {ttl}");

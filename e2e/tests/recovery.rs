@@ -33,7 +33,7 @@ fn pending_count(c: &mut redis::Connection, stream: &str) -> usize {
 
 fn job_field(c: &mut redis::Connection, ns: &str, id: &str, field: &str) -> Option<String> {
     redis::cmd("HGET")
-        .arg(format!("{ns}:job:{id}"))
+        .arg(e2e::job_key(ns, id))
         .arg(field)
         .query(c)
         .expect("hget")
@@ -76,7 +76,7 @@ async fn a_killed_workers_jobs_are_taken_over_and_finish_exactly_once() {
         a.consumer_name(Duration::from_secs(10)),
         b.consumer_name(Duration::from_secs(10)),
     );
-    let stream = format!("{ns}:stream:mlp128");
+    let stream = e2e::keys(&ns).stream("mlp128", 0);
     let cases = Fixture::load("mlp128").cases;
 
     // Queue all 2000 while the workers are paused, so that when they resume
@@ -255,7 +255,7 @@ async fn a_stalled_workers_late_result_is_discarded() {
     }
     let after = client.job(&id, None).await.json;
     assert_eq!(after, job, "the late result changed the job");
-    assert_eq!(pending_count(&mut c, &format!("{ns}:stream:slow")), 0);
+    assert_eq!(pending_count(&mut c, &e2e::keys(&ns).stream("slow", 0)), 0);
     assert!(
         a.log_events("job finished").is_empty(),
         "the stalled worker reported a finish"
@@ -335,7 +335,10 @@ async fn every_accepted_job_survives_redis_being_killed_and_restarted() {
         );
     }
     let mut c = conn(&redis);
-    assert_eq!(pending_count(&mut c, &format!("{ns}:stream:mlp128")), 0);
+    assert_eq!(
+        pending_count(&mut c, &e2e::keys(&ns).stream("mlp128", 0)),
+        0
+    );
     eprintln!(
         "{} jobs accepted, all succeeded; {} submits answered 503 during the restart",
         submitted.len(),
@@ -396,7 +399,7 @@ async fn transient_failures_retry_into_dead_letters_and_permanent_ones_fail_at_o
 
     let mut c = conn(&redis);
     let dead: StreamRangeReply = redis::cmd("XRANGE")
-        .arg(format!("{ns}:dead"))
+        .arg(e2e::keys(&ns).dead_letters(0))
         .arg("-")
         .arg("+")
         .query(&mut c)
@@ -417,7 +420,7 @@ async fn transient_failures_retry_into_dead_letters_and_permanent_ones_fail_at_o
     };
     let env = JobEnvelope::decode(payload).expect("dead letter payload decodes");
     assert_eq!(env.id.to_string(), id);
-    assert_eq!(pending_count(&mut c, &format!("{ns}:stream:flaky")), 0);
+    assert_eq!(pending_count(&mut c, &e2e::keys(&ns).stream("flaky", 0)), 0);
 
     // The cause is fixed (the model file replaced, the worker restarted);
     // the operator replays the dead letter and it succeeds.
@@ -450,7 +453,7 @@ async fn transient_failures_retry_into_dead_letters_and_permanent_ones_fail_at_o
         "{job}"
     );
     let len: usize = redis::cmd("XLEN")
-        .arg(format!("{ns}:dead"))
+        .arg(e2e::keys(&ns).dead_letters(0))
         .query(&mut c)
         .expect("xlen");
     assert_eq!(
@@ -504,7 +507,7 @@ async fn sigterm_lets_a_worker_finish_its_jobs_and_loses_none() {
         assert_eq!(job["result"]["prediction"], x, "{job}");
     }
     let mut c = conn(&redis);
-    assert_eq!(pending_count(&mut c, &format!("{ns}:stream:slow")), 0);
+    assert_eq!(pending_count(&mut c, &e2e::keys(&ns).stream("slow", 0)), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,7 +532,7 @@ async fn finished_jobs_expire_and_streams_are_trimmed_of_acked_entries() {
         .wait_for_models(&["mlp128"], Duration::from_secs(30))
         .await;
     let mut c = conn(&redis);
-    let stream = format!("{ns}:stream:mlp128");
+    let stream = e2e::keys(&ns).stream("mlp128", 0);
 
     // Each task submits and long-polls its job at once, well within the TTL.
     let body = json!({ "features": vec![0.1f32; 128] });
@@ -548,7 +551,7 @@ async fn finished_jobs_expire_and_streams_are_trimmed_of_acked_entries() {
     loop {
         let len: usize = redis::cmd("XLEN").arg(&stream).query(&mut c).expect("xlen");
         let jobs: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{ns}:job:*"))
+            .arg(format!("{ns}:*:job:*"))
             .query(&mut c)
             .expect("keys");
         if len <= 1 && jobs.is_empty() {

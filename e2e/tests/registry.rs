@@ -24,7 +24,7 @@ fn conn(redis: &RedisServer) -> redis::Connection {
 /// The registry's version numbers of `model`, ascending.
 fn versions(c: &mut redis::Connection, ns: &str, model: &str) -> Vec<u32> {
     let fields: Vec<String> = redis::cmd("HKEYS")
-        .arg(format!("{ns}:registry:{model}"))
+        .arg(e2e::keys(ns).registry(model))
         .query(c)
         .expect("hkeys");
     let mut v: Vec<u32> = fields.iter().filter_map(|f| f.parse().ok()).collect();
@@ -34,7 +34,7 @@ fn versions(c: &mut redis::Connection, ns: &str, model: &str) -> Vec<u32> {
 
 fn current(c: &mut redis::Connection, ns: &str, model: &str) -> Option<u32> {
     let v: Option<String> = redis::cmd("HGET")
-        .arg(format!("{ns}:current"))
+        .arg(e2e::keys(ns).current())
         .arg(model)
         .query(c)
         .expect("hget");

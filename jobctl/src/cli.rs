@@ -20,6 +20,9 @@ pub struct Args {
     /// Prefix of every Redis key; must match the API's and workers'.
     #[arg(long, env = "QUEUE_NAMESPACE", default_value = "infer", global = true)]
     pub namespace: String,
+
+    #[command(flatten)]
+    pub queue: shared::queue_args::QueueArgs,
     /// Connect and response limit for Redis, in milliseconds.
     #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 5000, global = true)]
     pub redis_timeout_ms: u64,

@@ -6,13 +6,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use redis::aio::MultiplexedConnection;
 use shared::Keys;
 use shared::queue::admin::{
     self, AdminError, DeadLetter, DeadLetterFilter, ReplayOutcome, job_snapshot, list_dead,
     parse_time_arg, queue_stats,
 };
-use shared::redis_conn::{self, Limits};
+use shared::redis_conn::{self, Conn, Limits, Topology};
 use shared::time::now_ms;
 
 use crate::cli::{
@@ -24,7 +23,7 @@ use crate::render;
 /// Runs the parsed command.
 pub async fn run(args: Args) -> Result<(), CliError> {
     validate(&args)?;
-    let keys = Keys::new(&args.namespace);
+    let keys = args.queue.keys(&args.namespace);
     let mut conn = connect(&args).await?;
     let mut out = std::io::stdout().lock();
     match args.command {
@@ -57,10 +56,21 @@ fn validate(args: &Args) -> Result<(), CliError> {
 
 /// One dedicated connection, checked with PING so that an unreachable or
 /// misconfigured Redis is reported as such before any command runs.
-async fn connect(args: &Args) -> Result<MultiplexedConnection, CliError> {
-    let client = redis::Client::open(args.redis_url.as_str()).map_err(CliError::RedisUrl)?;
+async fn connect(args: &Args) -> Result<Conn, CliError> {
+    let topology = Topology::parse(&args.redis_url).map_err(CliError::RedisUrl)?;
     // The address only: the URL may carry a password.
-    let addr = client.get_connection_info().addr().to_string();
+    let first = match &topology {
+        Topology::Single(url) => Some(url),
+        Topology::Cluster(nodes) => nodes.first(),
+    };
+    let addr = match first {
+        Some(url) => redis::Client::open(url.as_str())
+            .map_err(CliError::RedisUrl)?
+            .get_connection_info()
+            .addr()
+            .to_string(),
+        None => String::new(),
+    };
     let limit = Duration::from_millis(args.redis_timeout_ms.max(1));
     let limits = Limits {
         connect: limit,
@@ -70,7 +80,7 @@ async fn connect(args: &Args) -> Result<MultiplexedConnection, CliError> {
         addr: addr.clone(),
         source,
     };
-    let mut conn = redis_conn::dedicated(&args.redis_url, limits)
+    let mut conn = redis_conn::dedicated(&topology, limits)
         .await
         .map_err(connect_err)?;
     redis::cmd("PING")
@@ -92,7 +102,7 @@ fn filter_of(sel: &Selection, now: i64) -> Result<DeadLetterFilter, CliError> {
 }
 
 async fn dead_list(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     a: &ListArgs,
     out: &mut impl Write,
@@ -116,7 +126,7 @@ async fn dead_list(
 }
 
 async fn dead_show(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     a: &ShowArgs,
     out: &mut impl Write,
@@ -137,7 +147,7 @@ async fn dead_show(
         let text = render::show_text(
             &letters,
             record.as_ref(),
-            &keys.dead_letters(),
+            &keys.dead_letters(0),
             &keys.job(&a.job_id),
             now_ms(),
         );
@@ -157,7 +167,7 @@ struct Tally {
 }
 
 async fn replay(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     a: &ReplayArgs,
     out: &mut impl Write,
@@ -249,7 +259,7 @@ async fn replay(
 /// interruption leaves every entry either replayed or untouched). Stops at
 /// the first sign that Redis is gone; other errors are counted and reported.
 async fn replay_all(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     letters: &[DeadLetter],
 ) -> Result<Tally, (Tally, CliError)> {
@@ -325,7 +335,7 @@ fn confirm(n: usize) -> Result<bool, CliError> {
 }
 
 async fn stats(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     json: bool,
     out: &mut impl Write,
@@ -341,7 +351,7 @@ async fn stats(
 }
 
 async fn sweep_blobs(
-    conn: &mut MultiplexedConnection,
+    conn: &mut Conn,
     keys: &Keys,
     a: &SweepArgs,
     out: &mut impl Write,

@@ -140,6 +140,35 @@ impl JobRecord {
         "cancel_requested",
     ];
 
+    /// Every hash field a job record may hold: [`JobRecord::FIELDS`] and the
+    /// fields only the scripts use (the payload size the usage release
+    /// reads, the worker of the attempt, a retry's parked payload, due time
+    /// and last error, a cancel's TTL). The one list of record fields: a test
+    /// in `queue::scripts` keeps every Lua literal a script uses as a record
+    /// field in it.
+    pub const ALL_FIELDS: [&'static str; 20] = [
+        "kind",
+        "model",
+        "model_version",
+        "status",
+        "attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "deadline",
+        "result",
+        "error",
+        "traceparent",
+        "progress",
+        "cancel_requested",
+        "bytes",
+        "worker",
+        "payload",
+        "retry_at",
+        "last_error",
+        "cancel_ttl",
+    ];
+
     /// Builds the record from the hash fields; `None` when the hash is empty
     /// (unknown or expired job). Unknown extra fields are ignored so newer
     /// writers do not break older readers.

@@ -10,6 +10,7 @@ pub mod job;
 pub mod metric_names;
 pub mod model;
 pub mod queue;
+pub mod queue_args;
 pub mod redis_conn;
 pub mod retrain;
 pub mod telemetry;

@@ -1,27 +1,42 @@
-//! Redis connections with explicit time limits.
+//! Redis connections with explicit time limits, on one node or a cluster.
 //!
 //! redis-rs gives every response 500 ms by default and deadpool waits forever
 //! for a connection; neither suits us, so every connection here is built with
 //! explicit limits (an outage turns into a quick error, not a hung request).
 //!
-//! Three shapes, by traffic:
+//! # Topologies
+//!
+//! `--redis-url` names either one node (`redis://host:port/db`, as always)
+//! or a Redis Cluster: `redis+cluster://host1:port1,host2:port2,...` (seed
+//! nodes; the client learns the rest from `CLUSTER SLOTS`). A cluster is
+//! reached through the redis crate's cluster client, which routes every
+//! command by its first key's slot and follows `MOVED`/`ASK` and failovers.
+//! Everything above this module takes a [`Conn`] and never asks which.
+//!
+//! # Shapes, by traffic
 //! * [`shared`]: one multiplexed connection for a whole process, reconnected
 //!   in the background after a failure. Concurrent requests are pipelined on
 //!   one socket, so Redis reads many commands per syscall and a request costs
 //!   exactly its own round trip. The API uses it: a pool's checkout would add
 //!   a health-check round trip (deadpool-redis sends `UNWATCH` + `PING` on
 //!   every checkout) to every HTTP request.
-//! * [`pool`]: a bounded deadpool of multiplexed connections, for callers that
-//!   check a connection out once per batch of work (the worker).
+//! * [`Pool`]: a bounded deadpool of multiplexed connections, for callers that
+//!   check a connection out once per batch of work (the worker). On a
+//!   cluster the cluster connection is itself multiplexed per node, so the
+//!   "pool" is one shared cluster connection.
 //! * [`dedicated`]: a connection of its own, for commands that block
 //!   server-side (a worker's `XREADGROUP`), with a response timeout above the
-//!   block time.
+//!   block time: a blocking read must never stall a multiplexed connection
+//!   that other tasks share.
 
 use std::time::Duration;
 
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::AsyncConnectionConfig;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Value};
 
 /// Time limits for one class of connections.
 #[derive(Debug, Clone, Copy)]
@@ -39,29 +54,229 @@ impl Default for Limits {
     }
 }
 
+/// The URL scheme of a cluster: the seed nodes after it, comma-separated.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// Where Redis is: one node or a cluster's seed nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    Single(String),
+    /// `redis://host:port` of each seed node.
+    Cluster(Vec<String>),
+}
+
+impl Topology {
+    /// Reads `--redis-url`; a typo fails here, at start-up, not at first use.
+    pub fn parse(url: &str) -> Result<Topology, RedisError> {
+        let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+            redis::Client::open(url)?;
+            return Ok(Topology::Single(url.to_owned()));
+        };
+        // Credentials, if any, come once before the first host and hold
+        // for every node.
+        let (auth, hosts) = match rest.rsplit_once('@') {
+            Some((auth, hosts)) => (format!("{auth}@"), hosts),
+            None => (String::new(), rest),
+        };
+        let hosts = hosts.trim_end_matches('/');
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{auth}{h}"))
+            .collect();
+        if nodes.is_empty() {
+            return Err(invalid("a redis+cluster:// URL names no node"));
+        }
+        for n in &nodes {
+            redis::Client::open(n.as_str())?;
+        }
+        Ok(Topology::Cluster(nodes))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Topology::Cluster(_))
+    }
+
+    /// One client per node that can serve a pub/sub subscription. On a
+    /// cluster any node does: a `PUBLISH` reaches every node of the cluster,
+    /// so a subscriber moves to the next seed when its node fails.
+    pub fn pubsub_clients(&self) -> Result<Vec<redis::Client>, RedisError> {
+        match self {
+            Topology::Single(url) => Ok(vec![redis::Client::open(url.as_str())?]),
+            Topology::Cluster(nodes) => nodes
+                .iter()
+                .map(|n| redis::Client::open(n.as_str()))
+                .collect(),
+        }
+    }
+
+    fn cluster_client(nodes: &[String], limits: Limits) -> Result<ClusterClient, RedisError> {
+        ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+            .connection_timeout(limits.connect)
+            .response_timeout(limits.response)
+            // A failover takes a few node timeouts; the client retries
+            // MOVED, ASK, TRYAGAIN and lost connections within this budget,
+            // then the caller answers 503 and the client's retry does the
+            // rest. The waits stay well under the response limit.
+            .retries(4)
+            .min_retry_wait(50)
+            .max_retry_wait(500)
+            .build()
+    }
+}
+
+fn invalid(msg: &'static str) -> RedisError {
+    RedisError::from((ErrorKind::InvalidClientConfig, msg))
+}
+
 fn config(limits: Limits) -> AsyncConnectionConfig {
     AsyncConnectionConfig::new()
         .set_connection_timeout(Some(limits.connect))
         .set_response_timeout(Some(limits.response))
 }
 
-/// One connection shared by every task of the process (clones are cheap
-/// handles to it). Connects lazily: a Redis that is down at start-up only
-/// makes requests fail until it is back. After a connection error the next
-/// request reconnects once, within the connect limit, rather than retrying
-/// for long: callers turn errors into quick 503s and clients retry.
-pub fn shared(url: &str, limits: Limits) -> Result<ConnectionManager, redis::RedisError> {
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(limits.connect))
-        .set_response_timeout(Some(limits.response))
-        .set_number_of_retries(0);
-    ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)
+/// An async Redis connection of either topology. Clones share the
+/// underlying socket(s), except [`Conn::Pooled`], which is checked out.
+pub enum Conn {
+    Manager(ConnectionManager),
+    Multiplexed(MultiplexedConnection),
+    Pooled(deadpool_redis::Connection),
+    Cluster(ClusterConnection),
 }
 
-/// A bounded pool of multiplexed connections.
-pub fn pool(url: &str, max_size: usize, limits: Limits) -> Result<Pool, redis::RedisError> {
+impl Conn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
+impl Clone for Conn {
+    /// A pooled connection cannot be cloned; its clone is the multiplexed
+    /// connection it wraps, which shares the socket.
+    fn clone(&self) -> Conn {
+        match self {
+            Conn::Manager(c) => Conn::Manager(c.clone()),
+            Conn::Multiplexed(c) => Conn::Multiplexed(c.clone()),
+            Conn::Pooled(c) => Conn::Multiplexed((**c).clone()),
+            Conn::Cluster(c) => Conn::Cluster(c.clone()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Manager(_) => "Conn::Manager",
+            Conn::Multiplexed(_) => "Conn::Multiplexed",
+            Conn::Pooled(_) => "Conn::Pooled",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Manager(c) => c.req_packed_command(cmd),
+            Conn::Multiplexed(c) => c.req_packed_command(cmd),
+            Conn::Pooled(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Manager(c) => c.get_db(),
+            Conn::Multiplexed(c) => c.get_db(),
+            Conn::Pooled(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// One connection shared by every task of the process (clones are cheap
+/// handles to it). Connects lazily on a single node: a Redis that is down at
+/// start-up only makes requests fail until it is back. After a connection
+/// error the next request reconnects once, within the connect limit, rather
+/// than retrying for long: callers turn errors into quick 503s and clients
+/// retry. A cluster connection learns the slot map in the background, as
+/// lazily.
+pub fn shared(topology: &Topology, limits: Limits) -> Result<Conn, RedisError> {
+    match topology {
+        Topology::Single(url) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(limits.connect))
+                .set_response_timeout(Some(limits.response))
+                .set_number_of_retries(0);
+            Ok(Conn::Manager(ConnectionManager::new_lazy_with_config(
+                redis::Client::open(url.as_str())?,
+                config,
+            )?))
+        }
+        Topology::Cluster(nodes) => cluster(nodes, limits).map(Conn::Cluster),
+    }
+}
+
+fn cluster(nodes: &[String], limits: Limits) -> Result<ClusterConnection, RedisError> {
+    let client = Topology::cluster_client(nodes, limits)?;
+    Ok(client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::default()))
+}
+
+/// A bounded pool of connections (see the module doc).
+#[derive(Clone)]
+pub enum Pool {
+    Single(deadpool_redis::Pool),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pool::Single(_) => "Pool::Single",
+            Pool::Cluster(_) => "Pool::Cluster",
+        })
+    }
+}
+
+impl Pool {
+    pub fn new(topology: &Topology, max_size: usize, limits: Limits) -> Result<Pool, RedisError> {
+        match topology {
+            Topology::Single(url) => single_pool(url, max_size, limits).map(Pool::Single),
+            Topology::Cluster(nodes) => cluster(nodes, limits).map(Pool::Cluster),
+        }
+    }
+
+    /// A connection for one unit of work.
+    pub async fn get(&self) -> Result<Conn, crate::queue::QueueError> {
+        match self {
+            Pool::Single(p) => Ok(Conn::Pooled(p.get().await?)),
+            Pool::Cluster(c) => Ok(Conn::Cluster(c.clone())),
+        }
+    }
+}
+
+fn single_pool(
+    url: &str,
+    max_size: usize,
+    limits: Limits,
+) -> Result<deadpool_redis::Pool, RedisError> {
+    use deadpool_redis::{Manager, Runtime};
     let manager = Manager::new_with_config(url, config(limits))?;
-    Pool::builder(manager)
+    deadpool_redis::Pool::builder(manager)
         .max_size(max_size)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(limits.connect))
@@ -69,25 +284,54 @@ pub fn pool(url: &str, max_size: usize, limits: Limits) -> Result<Pool, redis::R
         .recycle_timeout(Some(limits.response))
         .build()
         .map_err(|e| {
-            redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
+            RedisError::from((
+                ErrorKind::InvalidClientConfig,
                 "cannot build redis pool",
                 e.to_string(),
             ))
         })
 }
 
-/// A connection of its own, for commands that block server-side.
-pub async fn dedicated(
-    url: &str,
-    limits: Limits,
-) -> Result<MultiplexedConnection, redis::RedisError> {
-    redis::Client::open(url)?
-        .get_multiplexed_async_connection_with_config(&config(limits))
-        .await
+/// A connection of its own, for commands that block server-side. On a
+/// cluster it is a cluster connection of its own: a blocking read goes to
+/// its slot's master, and follows the slot when it moves.
+pub async fn dedicated(topology: &Topology, limits: Limits) -> Result<Conn, RedisError> {
+    match topology {
+        Topology::Single(url) => Ok(Conn::Multiplexed(
+            redis::Client::open(url.as_str())?
+                .get_multiplexed_async_connection_with_config(&config(limits))
+                .await?,
+        )),
+        Topology::Cluster(nodes) => cluster(nodes, limits).map(Conn::Cluster),
+    }
 }
 
-/// Checks that a URL parses, so a typo fails at start-up, not at first use.
-pub fn check_url(url: &str) -> Result<(), redis::RedisError> {
-    redis::Client::open(url).map(drop)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_url_is_one_node() {
+        assert_eq!(
+            Topology::parse("redis://127.0.0.1:6379/0").unwrap(),
+            Topology::Single("redis://127.0.0.1:6379/0".into())
+        );
+        assert!(Topology::parse("nonsense://x").is_err());
+    }
+
+    #[test]
+    fn a_cluster_url_lists_its_seed_nodes() {
+        assert_eq!(
+            Topology::parse("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/").unwrap(),
+            Topology::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://127.0.0.1:7001".into()
+            ])
+        );
+        assert_eq!(
+            Topology::parse("redis+cluster://u:p@h1:1,h2:2").unwrap(),
+            Topology::Cluster(vec!["redis://u:p@h1:1".into(), "redis://u:p@h2:2".into()])
+        );
+        assert!(Topology::parse("redis+cluster://").is_err());
+    }
 }

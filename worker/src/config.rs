@@ -28,6 +28,9 @@ pub struct Config {
     #[arg(long, env = "QUEUE_NAMESPACE", default_value = "infer")]
     pub namespace: String,
 
+    #[command(flatten)]
+    pub queue: shared::queue_args::QueueArgs,
+
     /// Path of libonnxruntime.so. Default: .local/onnxruntime/libonnxruntime.so
     /// (where scripts/setup puts it), then /usr/local/lib/libonnxruntime.so.
     #[arg(long, env = "ORT_DYLIB_PATH")]

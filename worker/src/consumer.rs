@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use deadpool_redis::Pool;
 use rand::Rng;
-use redis::aio::MultiplexedConnection;
 use shared::metric_names::{
     WORKER_BATCH_SIZE, WORKER_END_TO_END, WORKER_JOB_RETRIES, WORKER_JOBS_DEAD_LETTERED,
     WORKER_JOBS_FINISHED, WORKER_JOBS_RECLAIMED, WORKER_QUEUE_WAIT, WORKER_RESULTS_DISCARDED,
@@ -23,7 +21,7 @@ use shared::metric_names::{
 };
 use shared::queue::consume::{self, Delivery, Finish, Finished, Outcome, Policy, Renewed, Start};
 use shared::queue::{Keys, QueueError};
-use shared::redis_conn::{self, Limits};
+use shared::redis_conn::{self, Conn, Limits, Pool, Topology};
 use shared::telemetry::{self, spans};
 use shared::trace::TraceContext;
 use tokio::sync::watch;
@@ -50,7 +48,7 @@ pub struct Context {
     /// Unique per process start, so a restarted worker never inherits the
     /// pending entries of its previous life under the same name.
     pub consumer: String,
-    pub redis_url: String,
+    pub topology: Topology,
     pub pool: Pool,
     pub limits: Limits,
     pub read_count: usize,
@@ -71,22 +69,34 @@ impl Context {
     /// stream and of the training stream.
     pub async fn ensure_groups(&self) -> Result<(), QueueError> {
         let mut conn = self.pool.get().await?;
-        for model in self.models.names() {
-            consume::ensure_group(&mut conn, &self.keys, &model).await?;
+        let names = self.models.names();
+        for p in self.keys.all_partitions() {
+            for model in &names {
+                consume::ensure_group(&mut conn, &self.keys.stream(model, p)).await?;
+            }
+            for queue in [shared::queue::keys::CONTROL, shared::queue::keys::TRAIN] {
+                consume::ensure_group(&mut conn, &self.keys.stream(queue, p)).await?;
+            }
         }
-        consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::CONTROL).await?;
-        consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::TRAIN).await
+        Ok(())
+    }
+
+    /// The training streams of every partition.
+    pub fn train_streams(&self) -> Vec<String> {
+        self.keys
+            .all_partitions()
+            .map(|p| self.keys.stream(shared::queue::keys::TRAIN, p))
+            .collect()
     }
 
     /// Reads the streams of the models served now (after a model was added).
     pub fn refresh_streams(&self) {
-        let mut streams: Vec<String> = self
-            .models
-            .names()
-            .iter()
-            .map(|m| self.keys.stream(m))
-            .collect();
-        streams.push(self.keys.stream(shared::queue::keys::CONTROL));
+        let names = self.models.names();
+        let mut streams = Vec::new();
+        for p in self.keys.all_partitions() {
+            streams.extend(names.iter().map(|m| self.keys.stream(m, p)));
+            streams.push(self.keys.stream(shared::queue::keys::CONTROL, p));
+        }
         self.streams.store(Arc::new(streams));
     }
 
@@ -151,7 +161,7 @@ impl Backoff {
 /// One read→run→write loop, until `shutdown` turns true. Slot 0 also
 /// reclaims expired leases, every half lease.
 pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Receiver<bool>) {
-    let mut conn: Option<MultiplexedConnection> = None;
+    let mut conn: Option<Conn> = None;
     let mut backoff = Backoff(0);
     let mut last_reclaim = Instant::now();
     // The server blocks up to block_ms; the client must wait longer than that.
@@ -165,7 +175,7 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
             reclaim_expired(&ctx).await;
         }
         if conn.is_none() {
-            match redis_conn::dedicated(&ctx.redis_url, read_limits).await {
+            match redis_conn::dedicated(&ctx.topology, read_limits).await {
                 Ok(c) => conn = Some(c),
                 Err(error) => {
                     metrics::counter!(shared::metric_names::REDIS_ERRORS, "op" => redis_op::CONNECT)

@@ -42,7 +42,7 @@ use std::time::Duration;
 
 use shared::metric_names::{WORKER_MODEL_SWAPS, WORKER_MODELS_LOADED, redis_op};
 use shared::queue::consume::Policy;
-use shared::queue::{Keys, heartbeat};
+use shared::queue::heartbeat;
 use shared::redis_conn::{self, Limits};
 use tokio::sync::watch;
 
@@ -65,7 +65,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     });
     let lib = runtime::find_library(cfg.ort_lib.as_deref())?;
     let models_dir = cfg.models_dir.clone();
-    let keys = Keys::new(&cfg.namespace);
+    let keys = cfg.queue.keys(&cfg.namespace);
     let store_keys = keys.clone();
     let consumer = consumer::consumer_name();
     let settings = store_settings(&cfg, &lib, &consumer)?;
@@ -81,18 +81,18 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         message: e.to_string(),
     })??;
 
-    redis_conn::check_url(&cfg.redis_url)?;
+    let topology = redis_conn::Topology::parse(&cfg.redis_url)?;
     let limits = Limits {
         connect: Duration::from_millis(cfg.redis_timeout_ms),
         response: Duration::from_millis(cfg.redis_timeout_ms),
     };
     let models = Arc::new(models);
-    let pool = redis_conn::pool(&cfg.redis_url, 8, limits)?;
+    let pool = redis_conn::Pool::new(&topology, 8, limits)?;
     let ctx = Arc::new(consumer::Context {
         streams: arc_swap::ArcSwap::from_pointee(Vec::new()),
         consumer,
         pool,
-        redis_url: cfg.redis_url.clone(),
+        topology,
         keys,
         models,
         limits,
@@ -105,6 +105,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
             max_attempts: cfg.max_attempts.max(1),
             succeeded_ttl_secs: cfg.result_ttl_secs,
             failed_ttl_secs: cfg.failed_ttl_secs,
+            durability: cfg.queue.durability(),
         },
         retry_base: Duration::from_millis(cfg.retry_base_ms),
         retry_max: Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_base_ms)),
@@ -163,7 +164,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         tokio::spawn(models::watch(
             Arc::clone(&ctx.models),
             ctx.pool.clone(),
-            ctx.redis_url.clone(),
+            ctx.topology.clone(),
             ctx.keys.registry_channel(),
             move || {
                 ctx2.refresh_streams();
@@ -381,9 +382,16 @@ async fn beat(ctx: &consumer::Context, served: &[String]) -> Result<(), shared::
 
 async fn promote(ctx: &consumer::Context) -> Result<(), shared::QueueError> {
     let mut conn = ctx.pool.get().await?;
-    let moved =
-        shared::queue::consume::promote_due(&mut conn, &ctx.keys, shared::time::now_ms(), 1000)
-            .await?;
+    let mut streams = ctx.streams.load().to_vec();
+    streams.extend(ctx.train_streams());
+    let moved = shared::queue::consume::promote_due(
+        &mut conn,
+        &ctx.keys,
+        &streams,
+        shared::time::now_ms(),
+        1000,
+    )
+    .await?;
     if moved > 0 {
         tracing::debug!(moved, "re-queued due retries");
     }
@@ -395,8 +403,8 @@ async fn trim(
     dead_letter_max_len: usize,
 ) -> Result<(), shared::QueueError> {
     let mut conn = ctx.pool.get().await?;
-    let training = ctx.keys.stream(shared::queue::keys::TRAIN);
-    for stream in ctx.streams.load().iter().chain([&training]) {
+    let training = ctx.train_streams();
+    for stream in ctx.streams.load().iter().chain(&training) {
         let removed = shared::queue::consume::trim_acked(&mut conn, stream).await?;
         if removed > 0 {
             tracing::debug!(stream, removed, "trimmed acknowledged entries");

@@ -28,13 +28,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
 use ndarray::{Array2, ArrayView2, Axis};
 use shared::metric_names::{WORKER_RETRAIN_DECISIONS, WORKER_TRAINING};
 use shared::model::TENANT_SEPARATOR;
 use shared::queue::registry::{self, Promotion, RegisterMode, Source, Version, VersionStatus};
 use shared::queue::wire::{JobEnvelope, PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
 use shared::queue::{Keys, datasets};
+use shared::redis_conn::Pool;
 use shared::retrain::{DatasetUsed, Decision, Phase, Progress, RetrainResult, Scored};
 use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 use tokio::sync::watch;
@@ -1007,7 +1007,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let parent = tempfile::tempdir().expect("parent");
         let job = JobEnvelope {
-            id: uuid::Uuid::now_v7(),
+            id: shared::Keys::new("x").new_job_id(0),
             kind: shared::job::JobKind::Retrain,
             model: "m".into(),
             inputs: Vec::new(),

@@ -14,13 +14,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
-use redis::aio::MultiplexedConnection;
 use shared::metric_names::redis_op;
 use shared::queue::consume;
-use shared::queue::keys::TRAIN;
 use shared::queue::{Keys, QueueError};
-use shared::redis_conn::{self, Limits};
+use shared::redis_conn::Pool;
+use shared::redis_conn::{self, Conn, Limits};
 use shared::retrain::Progress;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -42,9 +40,8 @@ pub async fn run_slot(
     slot: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let stream = ctx.keys.stream(TRAIN);
-    let streams = vec![stream.clone()];
-    let mut conn: Option<MultiplexedConnection> = None;
+    let streams = ctx.train_streams();
+    let mut conn: Option<Conn> = None;
     let mut backoff = Backoff(0);
     let mut last_reclaim: Option<Instant> = None;
     let block_ms = ctx
@@ -61,7 +58,13 @@ pub async fn run_slot(
             let claimed = async {
                 let mut c = ctx.pool.get().await?;
                 let lease_ms = u64::try_from(ctx.lease.as_millis()).unwrap_or(u64::MAX);
-                consume::reclaim(&mut c, &stream, &ctx.consumer, lease_ms, 1).await
+                for stream in &streams {
+                    let got = consume::reclaim(&mut c, stream, &ctx.consumer, lease_ms, 1).await?;
+                    if !got.is_empty() {
+                        return Ok(got);
+                    }
+                }
+                Ok(Vec::new())
             }
             .await;
             match claimed {
@@ -78,7 +81,7 @@ pub async fn run_slot(
             }
         }
         if conn.is_none() {
-            match redis_conn::dedicated(&ctx.redis_url, read_limits).await {
+            match redis_conn::dedicated(&ctx.topology, read_limits).await {
                 Ok(c) => conn = Some(c),
                 Err(error) => {
                     count_redis_error(redis_op::CONNECT, &QueueError::Redis(error));
@@ -102,7 +105,10 @@ pub async fn run_slot(
                 count_redis_error(redis_op::READ, &QueueError::Redis(e));
                 let made = async {
                     let mut c = ctx.pool.get().await?;
-                    consume::ensure_group(&mut c, &ctx.keys, TRAIN).await
+                    for stream in &streams {
+                        consume::ensure_group(&mut c, stream).await?;
+                    }
+                    Ok::<(), QueueError>(())
                 }
                 .await;
                 if let Err(error) = made {

@@ -121,6 +121,7 @@ pub async fn cancel(
         &mut conn,
         state.keys(),
         &id,
+        owned.kind,
         &owned.model,
         policy.canceled_ttl_secs,
         shared::time::now_ms(),

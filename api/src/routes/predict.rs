@@ -72,7 +72,7 @@ async fn submit(
     };
     *model_label = SharedString::from(model.clone());
     // The job's span starts here, so an exported trace covers validation too.
-    let submission = Submission::begin(tenant, &public, headers)?;
+    let submission = Submission::begin(state.keys(), tenant, &public, headers)?;
     let JsonBody(body) = body?;
     let hash_body = submission.wants_body_hash();
     // One typed parse: the pin is the field serde decoded, escapes and all.

@@ -55,7 +55,7 @@ pub async fn retrain(
     if !valid_model_name(&public) {
         return Err(ApiError::ModelNotFound(clip(&public)));
     }
-    let submission = Submission::begin(&tenant, &public, &headers)?;
+    let submission = Submission::begin(state.keys(), &tenant, &public, &headers)?;
     let JsonBody(body) = body?;
     let req: RetrainRequest = extract::parse(&body)?;
     let params: TrainParams = match req.params {

@@ -102,7 +102,7 @@ pub async fn upload(
     if !octets {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let submission = Submission::begin(&tenant, &public, &headers)?;
+    let submission = Submission::begin(state.keys(), &tenant, &public, &headers)?;
     let limit = state.max_model_bytes();
     let bytes = axum::body::to_bytes(body, limit)
         .await

@@ -8,7 +8,6 @@
 //! malformed entry shows up as such instead of hiding the rest of the queue.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::LazyLock;
 
 use redis::Value;
 use redis::aio::ConnectionLike;
@@ -16,7 +15,7 @@ use redis::streams::{StreamId, StreamRangeReply};
 use uuid::Uuid;
 
 use super::QueueError;
-use super::keys::{GROUP, Keys, glob_escape, queue_of};
+use super::keys::{GROUP, Keys};
 use super::stats;
 use super::wire::{EntryJob, JobEnvelope, dead};
 use crate::job::JobError;
@@ -263,7 +262,7 @@ pub async fn list_dead(
     if filter.limit == Some(0) {
         return Ok(out);
     }
-    let mut pages = Pages::new(keys.dead_letters());
+    let mut pages = Pages::new(keys.dead_letters(0));
     while let Some(page) = pages.next(conn).await? {
         for entry in page {
             let dl = DeadLetter::from_entry(entry);
@@ -363,50 +362,6 @@ pub async fn job_snapshot(
 
 // -------------------------------------------------------------------- replay
 
-/// Puts a dead letter back on its work stream, atomically: the dead-letter
-/// entry must still exist (else someone replayed it first and nothing is
-/// written), the job must not be queued or running already (a job
-/// dead-lettered twice has two entries; replaying both would run it twice),
-/// then the record is reset to a fresh `queued` job that no longer expires,
-/// the original `id` and `job` bytes are appended to the model's stream, and
-/// the dead-letter entry is deleted. Retry bookkeeping of the worker
-/// (`payload`, `retry_at`, `last_error`, the delayed set) is cleared so the
-/// job cannot come back a second way.
-static REPLAY: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
--- KEYS: dead-letter stream, job record, work stream, delayed set, tenant usage
--- ARGV: dead-letter entry id, job id, payload, kind, model, created_at, group
-if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then
-  return {'gone'}
-end
-local st = redis.call('HGET', KEYS[2], 'status')
-if st == 'queued' or st == 'running' then
-  return {'active', st}
-end
-local g = redis.pcall('XGROUP', 'CREATE', KEYS[3], ARGV[7], '0', 'MKSTREAM')
-if type(g) == 'table' and g.err and not string.find(g.err, 'BUSYGROUP', 1, true) then
-  return redis.error_reply(g.err)
-end
-redis.call('HSETNX', KEYS[2], 'kind', ARGV[4])
-redis.call('HSETNX', KEYS[2], 'model', ARGV[5])
-redis.call('HSETNX', KEYS[2], 'created_at', ARGV[6])
-redis.call('HSET', KEYS[2], 'status', 'queued', 'attempts', 0, 'bytes', string.len(ARGV[3]))
-redis.call('HDEL', KEYS[2], 'result', 'error', 'started_at', 'finished_at',
-  'model_version', 'worker', 'payload', 'retry_at', 'last_error', 'progress',
-  'cancel_requested', 'cancel_ttl')
--- Unfinished again: counted against its tenant until it ends (see usage).
-redis.call('HINCRBY', KEYS[5], 'jobs', 1)
-redis.call('HINCRBY', KEYS[5], 'bytes', string.len(ARGV[3]))
-redis.call('PERSIST', KEYS[2])
-redis.call('ZREM', KEYS[4], ARGV[2])
-local id = redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'job', ARGV[3])
-redis.call('XDEL', KEYS[1], ARGV[1])
-return {'replayed', id}
-"#,
-    )
-});
-
 /// What [`replay`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplayOutcome {
@@ -440,12 +395,15 @@ pub async fn replay(
         .envelope
         .as_ref()
         .map_err(|e| not_replayable(e.clone()))?;
-    let reply: Vec<String> = REPLAY
-        .key(keys.dead_letters())
+    let reply: Vec<String> = super::scripts::REPLAY
+        .key(keys.dead_letters(0))
         .key(keys.job(&env.id))
-        .key(keys.stream(queue_of(env.kind, &env.model)))
-        .key(keys.delayed())
-        .key(keys.usage(crate::model::tenant_of(&env.model)))
+        .key(keys.stream_of(env.kind, &env.model, &env.id))
+        .key(keys.delayed_of(env.kind, &env.model, &env.id))
+        .key(keys.job_usage(
+            crate::model::tenant_of(&env.model),
+            super::keys::partition_of(&env.id),
+        ))
         .arg(&dl.entry_id)
         .arg(env.id.to_string())
         .arg(&dl.payload)
@@ -546,12 +504,12 @@ pub async fn queue_stats(
     models.extend(scan_stream_models(conn, keys).await?);
 
     let dead_total: u64 = redis::cmd("XLEN")
-        .arg(keys.dead_letters())
+        .arg(keys.dead_letters(0))
         .query_async(conn)
         .await?;
     let dead_by_model = if dead_total <= DEAD_COUNT_LIMIT {
         let mut counts: HashMap<String, u64> = HashMap::new();
-        let mut pages = Pages::new(keys.dead_letters());
+        let mut pages = Pages::new(keys.dead_letters(0));
         while let Some(page) = pages.next(conn).await? {
             for entry in page {
                 *counts
@@ -586,7 +544,7 @@ async fn scan_stream_models(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
 ) -> Result<Vec<String>, QueueError> {
-    let pattern = format!("{}*", glob_escape(&keys.stream("")));
+    let pattern = keys.stream_pattern(0);
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {
@@ -627,7 +585,7 @@ async fn stream_stats(
     model: &str,
     now_ms: i64,
 ) -> Result<QueueStats, QueueError> {
-    let stream = keys.stream(model);
+    let stream = keys.stream(model, 0);
     let mut q = QueueStats {
         model: model.to_owned(),
         stream: stream.clone(),
@@ -983,8 +941,14 @@ mod tests {
 
     #[test]
     fn glob_metacharacters_are_escaped() {
-        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
-        assert_eq!(glob_escape("infer:stream:"), "infer:stream:");
+        assert_eq!(
+            super::super::keys::glob_escape("a*b?[c]\\"),
+            "a\\*b\\?\\[c\\]\\\\"
+        );
+        assert_eq!(
+            super::super::keys::glob_escape("infer:stream:"),
+            "infer:stream:"
+        );
     }
 
     #[test]

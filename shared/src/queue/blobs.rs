@@ -15,13 +15,13 @@
 //! With `dry_run` nothing is written: the report lists what would go.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
 
 use super::QueueError;
 use super::keys::Keys;
 use super::registry::{COUNTED, VersionStatus, parse_version};
+use super::scripts::{ADOPT, DROP_UNREFERENCED};
 
 /// What a sweep found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,29 +34,6 @@ pub struct SweepReport {
     /// Deleted (0 on a dry run).
     pub deleted: usize,
 }
-
-/// KEYS: registry:{model}, blob-refs. ARGV: version, sha256, JSON as read.
-static ADOPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[3] then return 0 end
-if redis.call('HSETNX', KEYS[1], 'ref:' .. ARGV[1], 1) == 0 then return 0 end
-redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
-return 1
-"#,
-    )
-});
-
-/// KEYS: blob, blob-refs. ARGV: sha256.
-static DROP_UNREFERENCED: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local n = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if n > 0 then return 0 end
-return redis.call('DEL', KEYS[1])
-"#,
-    )
-});
 
 async fn scan(conn: &mut impl ConnectionLike, pattern: &str) -> Result<Vec<String>, QueueError> {
     let mut out = Vec::new();

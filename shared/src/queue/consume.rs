@@ -21,17 +21,14 @@
 //! allowed attempt fails, or which keeps losing its worker, ends `failed` and
 //! is copied to the dead-letter stream before it is acknowledged.
 
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use uuid::Uuid;
 
 use super::QueueError;
-use super::keys::{CONTROL, GROUP, Keys, TRAIN};
-use super::scripts::invoke_all;
-use super::usage::RELEASE_LUA;
-use super::wire::{EntryJob, JobEnvelope};
+use super::keys::{GROUP, Keys, partition_of};
+use super::scripts::{Durability, FINISH, PROGRESS, PROMOTE, RENEW, START, TRIM, invoke_all};
+use super::wire::{EntryJob, FIELD_ID, FIELD_JOB, JobEnvelope};
 use crate::job::JobError;
 use crate::model::{ModelInfo, tenant_of};
 
@@ -58,17 +55,13 @@ pub async fn publish_model(
     Ok(())
 }
 
-/// Creates the consumer group of a model's stream (and the stream) if missing.
+/// Creates the consumer group of a stream (and the stream) if missing.
 /// The group starts at `0`, not `$`, so jobs enqueued before the first worker
 /// ever started are still delivered.
-pub async fn ensure_group(
-    conn: &mut impl ConnectionLike,
-    keys: &Keys,
-    model: &str,
-) -> Result<(), QueueError> {
+pub async fn ensure_group(conn: &mut impl ConnectionLike, stream: &str) -> Result<(), QueueError> {
     let res = redis::cmd("XGROUP")
         .arg("CREATE")
-        .arg(keys.stream(model))
+        .arg(stream)
         .arg(GROUP)
         .arg("0")
         .arg("MKSTREAM")
@@ -188,93 +181,6 @@ pub async fn reclaim(
         .collect())
 }
 
-/// Lua: the `job` field of a pending entry. The entry is still in its stream
-/// (trimming never touches unacknowledged entries), so the payload need not
-/// travel with every start and finish; only a retry or a dead letter reads it.
-const ENTRY_PAYLOAD_LUA: &str = r#"
-local function entry_payload(stream, id)
-  local e = redis.call('XRANGE', stream, id, id)
-  if not e[1] then return nil end
-  local f = e[1][2]
-  for i = 1, #f, 2 do
-    if f[i] == 'job' then return f[i + 1] end
-  end
-  return nil
-end
-"#;
-
-fn with_entry_payload(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{ENTRY_PAYLOAD_LUA}{RELEASE_LUA}{body}"))
-}
-
-/// Takes a new attempt for each delivered job, or settles jobs that must not
-/// run: a record that is gone or already terminal (e.g. canceled) is just
-/// acknowledged; a job past its deadline fails with `deadline_exceeded`; a
-/// job that already used every attempt (its workers kept dying) fails with
-/// `attempts_exhausted` and is dead-lettered.
-static START: LazyLock<redis::Script> = LazyLock::new(|| {
-    with_entry_payload(
-        r#"
--- One call starts every job of a batch read from one stream: a script call
--- costs Redis ~12 us on top of its commands, so one per job was a third of
--- Redis's time per job.
--- KEYS: stream, dead, then for each job: its record, its tenant's usage
--- ARGV: now, consumer, group, max_attempts, failed_ttl, channel, model, then
---       for each job: entry, job id, deadline ('' = none)
-local now, consumer, group = ARGV[1], ARGV[2], ARGV[3]
-local max_attempts, failed_ttl = tonumber(ARGV[4]), ARGV[5]
-local channel, model = ARGV[6], ARGV[7]
-local stream, dead = KEYS[1], KEYS[2]
-
-local function start(job, usage, entry, id, deadline)
-  local st = redis.call('HGET', job, 'status')
-  if not st then
-    redis.call('XACK', stream, group, entry)
-    return -1
-  end
-  if st ~= 'queued' and st ~= 'running' then
-    redis.call('XACK', stream, group, entry)
-    return -2
-  end
-  local attempts = tonumber(redis.call('HGET', job, 'attempts') or '0')
-  local function fail(code, message, to_dead)
-    local err = cjson.encode({code = code, message = message})
-    redis.call('HSET', job, 'status', 'failed', 'finished_at', now, 'error', err)
-    redis.call('HDEL', job, 'payload', 'retry_at')
-    redis.call('EXPIRE', job, failed_ttl)
-    usage_release(usage, 'jobs', 1)
-    usage_release(usage, 'bytes', redis.call('HGET', job, 'bytes'))
-    if to_dead then
-      redis.call('XADD', dead, '*', 'id', id, 'job', entry_payload(stream, entry) or '',
-        'model', model, 'error', err, 'attempts', attempts, 'failed_at', now)
-    end
-    redis.call('XACK', stream, group, entry)
-    redis.call('PUBLISH', channel, id)
-  end
-  if deadline ~= '' and tonumber(now) > tonumber(deadline) then
-    fail('deadline_exceeded', 'the job was not started before its deadline', false)
-    return -3
-  end
-  if attempts >= max_attempts then
-    fail('attempts_exhausted', 'gave up after ' .. attempts ..
-      ' attempts: the workers running it stopped or lost their lease each time', true)
-    return -4
-  end
-  local n = redis.call('HINCRBY', job, 'attempts', 1)
-  redis.call('HSET', job, 'status', 'running', 'started_at', now, 'worker', consumer)
-  return n
-end
-
-local out = {}
-for i = 3, #KEYS, 2 do
-  local a = 7 + (i - 3) / 2 * 3
-  out[#out + 1] = start(KEYS[i], KEYS[i + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
-end
-return out
-"#,
-    )
-});
-
 /// What [`start`] decided for one job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -296,8 +202,16 @@ pub struct Policy {
     pub max_attempts: u32,
     pub succeeded_ttl_secs: u64,
     pub failed_ttl_secs: u64,
+    /// Whether a finish waits for a replica's copy before the worker moves
+    /// on (see [`Durability`]).
+    pub durability: Durability,
 }
 
+/// Takes a new attempt for each delivered job, or settles jobs that must not
+/// run: a record that is gone or already terminal (e.g. canceled) is just
+/// acknowledged; a job past its deadline fails with `deadline_exceeded`; a
+/// job that already used every attempt (its workers kept dying) fails with
+/// `attempts_exhausted` and is dead-lettered.
 pub async fn start(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
@@ -310,20 +224,20 @@ pub async fn start(
         return Ok(Vec::new());
     }
     let channel = keys.job_finished_channel();
-    let dead = keys.dead_letters();
     let groups = by_stream(deliveries.iter().map(|d| d.stream.as_str()));
     let invocations: Vec<_> = groups
         .iter()
         .map(|(stream, members)| {
+            let (model, p) = keys.parse_stream(stream).unwrap_or(("", 0));
             let mut inv = START.key(*stream);
-            inv.key(&dead)
+            inv.key(keys.dead_letters(p))
                 .arg(now_ms)
                 .arg(consumer)
                 .arg(GROUP)
                 .arg(policy.max_attempts.max(1))
                 .arg(policy.failed_ttl_secs.max(1))
                 .arg(&channel)
-                .arg(keys.model_of_stream(stream).unwrap_or(""));
+                .arg(model);
             for &i in members {
                 let d = deliveries[i];
                 let id = d.job_id.unwrap_or_default();
@@ -335,7 +249,7 @@ pub async fn start(
                     .map(|ms| ms.to_string())
                     .unwrap_or_default();
                 inv.key(keys.job(&id))
-                    .key(keys.usage(d.tenant(keys)))
+                    .key(keys.job_usage(d.tenant(keys), partition_of(&id)))
                     .arg(&d.entry_id)
                     .arg(id.to_string())
                     .arg(deadline);
@@ -343,7 +257,9 @@ pub async fn start(
             inv
         })
         .collect();
-    let codes: Vec<Vec<i64>> = invoke_all(conn, &START, &invocations).await?;
+    let streams: Vec<&str> = groups.iter().map(|(s, _)| *s).collect();
+    let codes: Vec<Vec<i64>> =
+        invoke_all(conn, &START, &streams, &invocations, Durability::Async).await?;
     let codes = scatter(&groups, codes, deliveries.len())?;
     Ok(codes
         .into_iter()
@@ -399,81 +315,6 @@ fn scatter(
     Ok(out)
 }
 
-/// Ends an attempt, atomically and only if the job is still `running` under
-/// the caller's attempt: writes the outcome, acknowledges the entry and
-/// publishes the job id when it became terminal.
-static FINISH: LazyLock<redis::Script> = LazyLock::new(|| {
-    with_entry_payload(
-        r#"
--- One call per stream finishes every job of a batch (see START).
--- KEYS: stream, dead, delayed, then for each job: its record, its tenant's
---       usage
--- ARGV: group, now, channel, model, then for each job: entry, attempt,
---       mode (succeeded|failed|dead|retry|canceled), ttl, model_version,
---       result, error, job id, retry_at
-local group, now, channel, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local stream, dead, delayed = KEYS[1], KEYS[2], KEYS[3]
-
-local function finish(job, usage, entry, attempt, mode, ttl, version, result, err, id, retry_at)
-  local f = redis.call('HMGET', job, 'attempts', 'status', 'bytes', 'cancel_ttl',
-    'cancel_requested')
-  if not f[1] then
-    redis.call('XACK', stream, group, entry)
-    return -1
-  end
-  if f[1] ~= attempt or f[2] ~= 'running' then
-    return 0
-  end
-  -- A client canceled the job while it ran: it is not retried, whatever
-  -- the worker saw of the cancel before the failure.
-  if mode == 'retry' and f[5] then mode = 'canceled' end
-  local payload
-  if mode == 'retry' or mode == 'dead' then
-    payload = entry_payload(stream, entry)
-    -- Without its entry (deleted by hand) a job cannot be re-queued: end it.
-    if not payload then mode = 'dead' end
-  end
-  if version ~= '' then redis.call('HSET', job, 'model_version', version) end
-  if mode == 'retry' then
-    redis.call('HSET', job, 'status', 'queued', 'last_error', err,
-      'retry_at', retry_at, 'payload', payload)
-    redis.call('ZADD', delayed, retry_at, id)
-    redis.call('XACK', stream, group, entry)
-    return 1
-  end
-  local status = 'failed'
-  if mode == 'succeeded' then status = 'succeeded' elseif mode == 'canceled' then
-    status = 'canceled'
-    -- The TTL the API chose when the client asked.
-    if f[4] then ttl = f[4] end
-  end
-  redis.call('HSET', job, 'status', status, 'finished_at', now)
-  if result ~= '' then redis.call('HSET', job, 'result', result) end
-  if err ~= '' then redis.call('HSET', job, 'error', err) end
-  redis.call('HDEL', job, 'payload', 'retry_at', 'last_error')
-  redis.call('EXPIRE', job, ttl)
-  usage_release(usage, 'jobs', 1)
-  usage_release(usage, 'bytes', f[3])
-  if mode == 'dead' then
-    redis.call('XADD', dead, '*', 'id', id, 'job', payload or '', 'model', model,
-      'error', err, 'attempts', attempt, 'failed_at', now)
-  end
-  redis.call('XACK', stream, group, entry)
-  redis.call('PUBLISH', channel, id)
-  return 1
-end
-
-local out = {}
-for i = 4, #KEYS, 2 do
-  local a = 4 + (i - 4) / 2 * 9
-  out[#out + 1] = finish(KEYS[i], KEYS[i + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
-end
-return out
-"#,
-    )
-});
-
 /// How an attempt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -523,6 +364,9 @@ pub enum Finished {
     Gone,
 }
 
+/// Ends an attempt, atomically and only if the job is still `running` under
+/// the caller's attempt: writes the outcome, acknowledges the entry and
+/// publishes the job id when it became terminal.
 pub async fn finish(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
@@ -534,26 +378,27 @@ pub async fn finish(
         return Ok(Vec::new());
     }
     let channel = keys.job_finished_channel();
-    let dead = keys.dead_letters();
-    let delayed = keys.delayed();
     let groups = by_stream(items.iter().map(|f| f.delivery.stream.as_str()));
     let invocations: Vec<_> = groups
         .iter()
         .map(|(stream, members)| {
+            let (model, p) = keys.parse_stream(stream).unwrap_or(("", 0));
             let mut inv = FINISH.key(*stream);
-            inv.key(&dead)
-                .key(&delayed)
+            inv.key(keys.dead_letters(p))
+                .key(keys.delayed(model, p))
                 .arg(GROUP)
                 .arg(now_ms)
                 .arg(&channel)
-                .arg(keys.model_of_stream(stream).unwrap_or(""));
+                .arg(model);
             for &i in members {
                 finish_args(&mut inv, keys, policy, &items[i]);
             }
             inv
         })
         .collect();
-    let codes: Vec<Vec<i64>> = invoke_all(conn, &FINISH, &invocations).await?;
+    let streams: Vec<&str> = groups.iter().map(|(s, _)| *s).collect();
+    let codes: Vec<Vec<i64>> =
+        invoke_all(conn, &FINISH, &streams, &invocations, policy.durability).await?;
     let codes = scatter(&groups, codes, items.len())?;
     Ok(codes
         .into_iter()
@@ -593,7 +438,7 @@ fn finish_args(
         Outcome::Canceled => ("canceled", policy.failed_ttl_secs, "", String::new(), 0),
     };
     inv.key(keys.job(&f.job_id))
-        .key(keys.usage(f.delivery.tenant(keys)))
+        .key(keys.job_usage(f.delivery.tenant(keys), partition_of(&f.job_id)))
         .arg(&f.delivery.entry_id)
         .arg(f.attempt)
         .arg(mode)
@@ -604,37 +449,6 @@ fn finish_args(
         .arg(f.job_id.to_string())
         .arg(retry_at);
 }
-
-/// Renews the lease of entries this consumer still owns by resetting their
-/// idle time (XCLAIM JUSTID, which does not count as a delivery), and tells
-/// whether a client asked to cancel each job meanwhile: the renewal is the
-/// worker's periodic look at its running jobs, so a cancel costs no extra
-/// round trip. An entry another consumer has taken over is left alone:
-/// stealing it back would only make the two workers fight over it.
-static RENEW: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
--- KEYS: stream, then each entry's job record; ARGV: group, consumer, then
--- the entry ids in the order of their records
--- Answers per entry: 0 lost, 1 held, 2 held and a cancel was asked for.
-local out = {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  if p[1] and p[1][2] == ARGV[2] then
-    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-    if redis.call('HEXISTS', KEYS[i - 1], 'cancel_requested') == 1 then
-      out[#out + 1] = 2
-    else
-      out[#out + 1] = 1
-    end
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
-"#,
-    )
-});
 
 /// One running job whose lease [`renew`] keeps.
 #[derive(Debug, Clone, Copy)]
@@ -655,6 +469,13 @@ pub enum Renewed {
     Lost,
 }
 
+/// Renews the lease of entries this consumer still owns by resetting their
+/// idle time (XCLAIM JUSTID, which does not count as a delivery), and tells
+/// whether a client asked to cancel each job meanwhile: the renewal is the
+/// worker's periodic look at its running jobs, so a cancel costs no extra
+/// round trip. An entry another consumer has taken over is left alone:
+/// stealing it back would only make the two workers fight over it.
+///
 /// Renews the leases of `leases` held by `consumer`; answers in their order.
 pub async fn renew(
     conn: &mut impl ConnectionLike,
@@ -674,7 +495,9 @@ pub async fn renew(
             inv
         })
         .collect();
-    let answers: Vec<Vec<i64>> = invoke_all(conn, &RENEW, &invocations).await?;
+    let streams: Vec<&str> = groups.iter().map(|(s, _)| *s).collect();
+    let answers: Vec<Vec<i64>> =
+        invoke_all(conn, &RENEW, &streams, &invocations, Durability::Async).await?;
     Ok(scatter(&groups, answers, leases.len())?
         .into_iter()
         .map(|c| match c {
@@ -688,20 +511,7 @@ pub async fn renew(
 /// Writes a running job's progress, only while `attempt` is the job's
 /// current attempt and it is still running: a worker that lost the job to a
 /// takeover cannot overwrite the new attempt's progress.
-static PROGRESS: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
--- KEYS: job; ARGV: attempt, progress JSON
-local f = redis.call('HMGET', KEYS[1], 'status', 'attempts')
-if f[1] == 'running' and f[2] == ARGV[1] then
-  redis.call('HSET', KEYS[1], 'progress', ARGV[2])
-  return 1
-end
-return 0
-"#,
-    )
-});
-
+///
 /// Stores `progress_json` as the job's `progress` field (served by
 /// `GET /v1/jobs/{id}`); false when the attempt is no longer current.
 pub async fn write_progress(
@@ -720,98 +530,109 @@ pub async fn write_progress(
     Ok(written == 1)
 }
 
-/// Moves retries that are due from `{ns}:delayed` back onto their streams.
-/// A job canceled while it waited is dropped from the set, not re-queued.
-static PROMOTE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
--- KEYS: delayed; ARGV: now, namespace, limit, control stream model,
--- training stream model (keys::queue_of, which this mirrors)
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
-local moved = 0
-for _, id in ipairs(ids) do
-  local job = ARGV[2] .. ':job:' .. id
-  local f = redis.call('HMGET', job, 'status', 'model', 'payload', 'kind')
-  redis.call('ZREM', KEYS[1], id)
-  if f[1] == 'queued' and f[2] and f[3] then
-    local queue = f[2]
-    if f[4] == 'validate' then queue = ARGV[4] elseif f[4] == 'retrain' then queue = ARGV[5] end
-    redis.call('XADD', ARGV[2] .. ':stream:' .. queue, '*', 'id', id, 'job', f[3])
-    redis.call('HDEL', job, 'payload', 'retry_at')
-    moved = moved + 1
-  end
-end
-return moved
-"#,
-    )
-});
-
-/// Re-queues up to `limit` due retries; returns how many were moved.
+/// Re-queues due retries of `streams` (up to `limit` per stream) from
+/// their delayed sets; returns how many were moved. The due ids of the
+/// streams of one slot are read in one pipeline, then each stream with due
+/// jobs is promoted by one script call (`lua/promote.lua`), which skips a
+/// job canceled or moved meanwhile.
 pub async fn promote_due(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
+    streams: &[String],
     now_ms: i64,
     limit: usize,
 ) -> Result<usize, QueueError> {
-    let mut inv = PROMOTE.key(keys.delayed());
-    inv.arg(now_ms)
-        .arg(keys.namespace())
-        .arg(limit)
-        .arg(CONTROL)
-        .arg(TRAIN);
-    let moved: Vec<i64> = invoke_all(conn, &PROMOTE, &[inv]).await?;
-    Ok(moved
-        .first()
-        .and_then(|&m| usize::try_from(m).ok())
-        .unwrap_or(0))
+    let mut moved = 0;
+    for group in by_slot(streams) {
+        let delayed: Vec<String> = group
+            .iter()
+            .map(|s| {
+                let (queue, p) = keys.parse_stream(s).unwrap_or(("", 0));
+                keys.delayed(queue, p)
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        for d in &delayed {
+            pipe.cmd("ZRANGEBYSCORE")
+                .arg(d)
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        let due: Vec<Vec<String>> = pipe.query_async(conn).await?;
+        let mut first_keys = Vec::new();
+        let mut invocations = Vec::new();
+        for ((stream, set), ids) in group.iter().zip(&delayed).zip(due) {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut inv = PROMOTE.key(set);
+            inv.key(*stream).arg(FIELD_ID).arg(FIELD_JOB);
+            for id in &ids {
+                let Ok(uuid) = Uuid::parse_str(id) else {
+                    continue;
+                };
+                inv.key(keys.job(&uuid)).arg(id);
+            }
+            first_keys.push(set.as_str());
+            invocations.push(inv);
+        }
+        let counts: Vec<i64> =
+            invoke_all(conn, &PROMOTE, &first_keys, &invocations, Durability::Async).await?;
+        moved += counts
+            .iter()
+            .map(|&c| usize::try_from(c).unwrap_or(0))
+            .sum::<usize>();
+    }
+    Ok(moved)
+}
+
+/// `streams` grouped by hash slot, in first-seen order.
+fn by_slot(streams: &[String]) -> Vec<Vec<&str>> {
+    let mut groups: Vec<(redis::cluster_routing::Slot, Vec<&str>)> = Vec::new();
+    for s in streams {
+        let slot = redis::cluster_routing::Slot::for_key(s);
+        match groups.iter_mut().find(|(g, _)| *g == slot) {
+            Some((_, members)) => members.push(s),
+            None => groups.push((slot, vec![s])),
+        }
+    }
+    groups.into_iter().map(|(_, m)| m).collect()
 }
 
 /// Trims a work stream of acknowledged entries only: everything older than
 /// both the oldest pending entry and the group's last delivered entry. Entries
 /// not yet delivered or not yet acknowledged are never touched.
-static TRIM: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
--- KEYS: stream; ARGV: group
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local last
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local t = {}
-  for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
-  if t['name'] == ARGV[1] then last = t['last-delivered-id'] end
-end
-if not last or last == '0-0' then return 0 end
-local p = redis.call('XPENDING', KEYS[1], ARGV[1])
-local minid = last
-if tonumber(p[1]) > 0 then minid = p[2] end
-return redis.call('XTRIM', KEYS[1], 'MINID', minid)
-"#,
-    )
-});
-
+///
 /// Trims acknowledged entries from `stream`; returns how many were removed.
 pub async fn trim_acked(conn: &mut impl ConnectionLike, stream: &str) -> Result<usize, QueueError> {
     let mut inv = TRIM.key(stream);
     inv.arg(GROUP);
-    let n: Vec<i64> = invoke_all(conn, &TRIM, &[inv]).await?;
+    let n: Vec<i64> = invoke_all(conn, &TRIM, &[stream], &[inv], Durability::Async).await?;
     Ok(n.first()
         .and_then(|&m| usize::try_from(m).ok())
         .unwrap_or(0))
 }
 
-/// Caps the dead-letter stream at about `max_len` entries (oldest dropped).
+/// Caps each partition's dead-letter stream at about `max_len / P`
+/// entries (oldest dropped), so all of them hold about `max_len`.
 pub async fn trim_dead_letters(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     max_len: usize,
 ) -> Result<(), QueueError> {
-    redis::cmd("XTRIM")
-        .arg(keys.dead_letters())
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(max_len)
-        .query_async::<()>(conn)
-        .await?;
+    let each = max_len.div_ceil(usize::from(keys.partitions()));
+    for p in keys.all_partitions() {
+        redis::cmd("XTRIM")
+            .arg(keys.dead_letters(p))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(each)
+            .query_async::<()>(conn)
+            .await?;
+    }
     Ok(())
 }
 

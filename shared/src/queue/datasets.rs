@@ -16,14 +16,13 @@
 //! does not affect a retrain job that already read it; a job records the
 //! SHA-256 of the bytes it trained on.
 
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionLike;
 use serde::{Deserialize, Serialize};
 
 use super::QueueError;
 use super::keys::Keys;
-use super::usage::{OverQuota, RELEASE_LUA};
+use super::scripts::{DATASET_DELETE, DATASET_PUT};
+use super::usage::OverQuota;
 use crate::model::tenant_of;
 
 const FIELD_CSV: &str = "csv";
@@ -58,43 +57,6 @@ pub enum Stored {
     OverQuota(OverQuota),
 }
 
-/// Stores or replaces a dataset and counts it in its tenant's usage, unless
-/// that would go past the tenant's quota (a replacement counts the
-/// difference in size). Field `size` is what the usage counts, so a delete
-/// releases exactly what was added.
-static PUT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        "{RELEASE_LUA}{}",
-        r#"
--- KEYS: dataset, dataset names, tenant usage
--- ARGV: csv, meta JSON, size, name, max datasets, max bytes (0 = unbounded)
-local existed = redis.call('EXISTS', KEYS[1]) == 1
-local old = tonumber(redis.call('HGET', KEYS[1], 'size')) or 0
-local size = tonumber(ARGV[3])
-local u = redis.call('HMGET', KEYS[3], 'datasets', 'dataset_bytes')
-local count, bytes = tonumber(u[1]) or 0, tonumber(u[2]) or 0
-local max_count, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
-if not existed and max_count > 0 and count + 1 > max_count then
-  return {'quota', 'datasets', tostring(count), ARGV[5]}
-end
-if max_bytes > 0 and bytes - old + size > max_bytes then
-  return {'quota', 'dataset_bytes', tostring(bytes), ARGV[6]}
-end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'csv', ARGV[1], 'meta', ARGV[2], 'size', ARGV[3])
-redis.call('SADD', KEYS[2], ARGV[4])
-if not existed then redis.call('HINCRBY', KEYS[3], 'datasets', 1) end
-if size >= old then
-  redis.call('HINCRBY', KEYS[3], 'dataset_bytes', size - old)
-else
-  usage_release(KEYS[3], 'dataset_bytes', old - size)
-end
-if existed then return {'replaced'} end
-return {'created'}
-"#
-    ))
-});
-
 /// Stores (or replaces) a dataset within its tenant's `quota`.
 pub async fn put(
     conn: &mut impl ConnectionLike,
@@ -106,10 +68,10 @@ pub async fn put(
 ) -> Result<Stored, QueueError> {
     let meta_json = serde_json::to_string(meta)
         .map_err(|e| QueueError::Corrupt(format!("encoding dataset metadata: {e}")))?;
-    let reply: Vec<String> = PUT
+    let reply: Vec<String> = DATASET_PUT
         .key(keys.dataset(name))
         .key(keys.datasets())
-        .key(keys.usage(tenant_of(name)))
+        .key(keys.dataset_usage(tenant_of(name)))
         .arg(csv)
         .arg(meta_json)
         .arg(csv.len())
@@ -129,25 +91,6 @@ pub async fn put(
         ))),
     }
 }
-
-/// Deletes a dataset and releases what it counted in its tenant's usage.
-static DELETE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        "{RELEASE_LUA}{}",
-        r#"
--- KEYS: dataset, dataset names, tenant usage; ARGV: name
-local size = redis.call('HGET', KEYS[1], 'size')
-if redis.call('DEL', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[2], ARGV[1])
-  return 0
-end
-redis.call('SREM', KEYS[2], ARGV[1])
-usage_release(KEYS[3], 'datasets', 1)
-usage_release(KEYS[3], 'dataset_bytes', size)
-return 1
-"#
-    ))
-});
 
 fn parse_meta(name: &str, json: &str) -> Result<DatasetMeta, QueueError> {
     serde_json::from_str(json)
@@ -192,10 +135,10 @@ pub async fn delete(
     keys: &Keys,
     name: &str,
 ) -> Result<bool, QueueError> {
-    let deleted: i64 = DELETE
+    let deleted: i64 = DATASET_DELETE
         .key(keys.dataset(name))
         .key(keys.datasets())
-        .key(keys.usage(tenant_of(name)))
+        .key(keys.dataset_usage(tenant_of(name)))
         .arg(name)
         .invoke_async(conn)
         .await?;

@@ -13,7 +13,6 @@
 //! clock too, per model and as distinct workers over all models. The cost is one small script per worker every two seconds, and
 //! one `ZRANGE` per model per reader.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Value;
@@ -21,6 +20,7 @@ use redis::aio::ConnectionLike;
 
 use super::QueueError;
 use super::keys::Keys;
+use super::scripts::BEAT;
 
 /// How often a worker beats.
 pub const BEAT_EVERY: Duration = Duration::from_secs(2);
@@ -29,23 +29,6 @@ pub const FRESH_WITHIN: Duration = Duration::from_secs(10);
 /// Members older than this are pruned; the key expires this long after the
 /// last beat of any worker.
 pub const RETAIN: Duration = Duration::from_secs(60);
-
-static BEAT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
--- KEYS: the heartbeat set of every served model; ARGV: consumer, retain ms
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local retain = tonumber(ARGV[2])
-for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, string.format('%.0f', now), ARGV[1])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', '(' .. string.format('%.0f', now - retain))
-  redis.call('PEXPIRE', key, retain)
-end
-return 1
-"#,
-    )
-});
 
 /// Records one heartbeat of `consumer` for every model in `models`, in one
 /// round trip.

@@ -18,13 +18,13 @@
 //! Times are Redis's (`TIME`), so workers' clocks never matter.
 
 use std::collections::HashMap;
-use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
 
 use super::QueueError;
 use super::keys::Keys;
 use super::registry::{Version, VersionStatus, corrupt};
+use super::scripts::{MARK, QUARANTINE};
 
 /// A load in progress (or abandoned) as another worker sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,42 +35,6 @@ pub struct Marker {
     /// The field's value as read: [`quarantine`] acts only if it is unchanged.
     pub raw: String,
 }
-
-/// KEYS: loading. ARGV: consumer, model, version.
-static MARK: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ms)
-return ms
-"#,
-    )
-});
-
-/// KEYS: loading, registry:{model}, epoch. ARGV: 1 consumer, 2 marker as
-/// read, 3 stale window ms, 4 version, 5 version JSON as read, 6 the
-/// quarantined version JSON ('' = only drop the marker), 7 registry
-/// channel, 8 model.
-static QUARANTINE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if cur ~= ARGV[2] then return 'changed' end
-local at = tonumber(string.match(cur, '(%d+)$')) or 0
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if now - at <= tonumber(ARGV[3]) then return 'fresh' end
-redis.call('HDEL', KEYS[1], ARGV[1])
-if ARGV[6] == '' then return 'dropped' end
-if redis.call('HGET', KEYS[2], ARGV[4]) ~= ARGV[5] then return 'dropped' end
-redis.call('HSET', KEYS[2], ARGV[4], ARGV[6])
-redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', ARGV[7], ARGV[8])
-return 'quarantined'
-"#,
-    )
-});
 
 /// Writes or refreshes this worker's marker for loading `model` `version`.
 pub async fn mark(

@@ -74,12 +74,13 @@ pub mod loading;
 pub mod ops;
 pub mod ratelimit;
 pub mod registry;
-mod scripts;
+pub mod scripts;
 pub mod stats;
 pub mod usage;
 pub mod wire;
 
 pub use keys::Keys;
+pub use scripts::Durability;
 
 /// Errors talking to or decoding from the queue.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +93,11 @@ pub enum QueueError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("corrupt data in redis: {0}")]
     Corrupt(String),
+    /// A write that [`scripts::Durability::Replicated`] asked to be copied
+    /// was acknowledged by fewer replicas than wanted within the timeout.
+    /// The write itself happened on the master.
+    #[error("{acked} of {wanted} replicas confirmed the write in time")]
+    NotReplicated { acked: u32, wanted: u32 },
 }
 
 impl QueueError {
@@ -101,7 +107,9 @@ impl QueueError {
         match self {
             QueueError::Redis(e) => redis_unavailable(e),
             QueueError::Pool(_) => true,
-            QueueError::Encode(_) | QueueError::Corrupt(_) => false,
+            QueueError::Encode(_) | QueueError::Corrupt(_) | QueueError::NotReplicated { .. } => {
+                false
+            }
         }
     }
 }

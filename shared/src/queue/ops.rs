@@ -8,17 +8,16 @@
 //! idempotency key taken, is the queue full, else write the job" and "is the
 //! job still queued, then cancel it".
 
-use std::collections::HashMap;
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionLike;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::QueueError;
-use super::keys::{GROUP, Keys, queue_of};
-use super::usage::{JobQuota, OverQuota, RELEASE_LUA};
+use super::keys::{GROUP, Keys, partition_of};
+use super::scripts::{self, CANCEL, Durability, SUBMIT};
+use super::usage::{JobQuota, OverQuota};
 use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
-use crate::job::{JobRecord, JobStatus};
+use crate::job::{JobKind, JobRecord, JobStatus};
 use crate::model::{ModelInfo, tenant_of};
 
 /// How a submission is bounded and deduplicated.
@@ -31,6 +30,8 @@ pub struct SubmitOptions<'a> {
     pub idempotency: Option<Idempotency<'a>>,
     /// The tenant's bounds on unfinished jobs (see [`super::usage`]).
     pub quota: JobQuota,
+    /// Whether the 202 waits for a replica's copy.
+    pub durability: Durability,
 }
 
 /// A client's idempotency key, reduced to digests so arbitrary header bytes
@@ -66,78 +67,28 @@ pub enum Submitted {
 
 /// Checks the idempotency key, then the queue depth, then the tenant's
 /// quota, then writes the job record, its stream entry and the idempotency
-/// key and counts the job in the tenant's usage, atomically.
+/// key and counts the job in the tenant's usage, atomically
+/// (`lua/submit.lua`): the record and the stream entry are written together
+/// or not at all, so there is never one without the other.
+///
+/// Everything lives in the partition the job's id names
+/// ([`Keys::new_job_id`]); the queue-depth and quota bounds are the
+/// partition's share of them ([`share`]). The stream follows from the job's
+/// kind ([`super::keys::queue_of`]): control and training jobs name their
+/// model but travel on their own streams. The job's tenant is its model's
+/// ([`crate::model::tenant_of`]).
 ///
 /// Depth is what the consumer group still owes: `lag` (entries not yet
 /// delivered) plus `pending` (delivered, not yet acknowledged). Without a
 /// group (no worker ever started) or when Redis cannot compute the lag
 /// (entries deleted mid-stream), XLEN stands in: an over-estimate, never an
 /// under-estimate, since acknowledged entries are only ever trimmed.
-static SUBMIT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
--- KEYS: job, stream, tenant usage[, idempotency]
--- ARGV: job id, payload, kind, model, created_at, deadline ('' = none),
---       max depth (0 = unbounded), group, body hash, idempotency ttl,
---       job key prefix, id field, job field, traceparent ('' = none),
---       max unfinished jobs, max unfinished bytes (0 = unbounded)
-if KEYS[4] then
-  local v = redis.call('GET', KEYS[4])
-  local sp = v and string.find(v, ' ', 1, true)
-  if sp then
-    local id = string.sub(v, 1, sp - 1)
-    -- A job whose record is gone (expired, e.g. under a short canceled TTL)
-    -- has nothing left to return: the key is treated as new.
-    local st = redis.call('HGET', ARGV[11] .. id, 'status')
-    if st then
-      if string.sub(v, sp + 1) == ARGV[9] then return {'duplicate', id, st} end
-      return {'reused', id}
-    end
-  end
-end
-local max = tonumber(ARGV[7])
-if max > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
-  local depth
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
-    local t = {}
-    for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
-    if t['name'] == ARGV[8] and t['lag'] then depth = t['lag'] + t['pending'] end
-  end
-  if not depth then depth = redis.call('XLEN', KEYS[2]) end
-  if depth >= max then return {'full', tostring(depth)} end
-end
-local size = string.len(ARGV[2])
-local max_jobs, max_bytes = tonumber(ARGV[15]), tonumber(ARGV[16])
-if max_jobs > 0 or max_bytes > 0 then
-  local u = redis.call('HMGET', KEYS[3], 'jobs', 'bytes')
-  local jobs, bytes = tonumber(u[1]) or 0, tonumber(u[2]) or 0
-  if max_jobs > 0 and jobs + 1 > max_jobs then
-    return {'quota', 'jobs', tostring(jobs), ARGV[15]}
-  end
-  if max_bytes > 0 and bytes + size > max_bytes then
-    return {'quota', 'bytes', tostring(bytes), ARGV[16]}
-  end
-end
-redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'model', ARGV[4], 'status', 'queued',
-  'attempts', 0, 'created_at', ARGV[5], 'bytes', size)
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'deadline', ARGV[6]) end
-if ARGV[14] ~= '' then redis.call('HSET', KEYS[1], 'traceparent', ARGV[14]) end
-redis.call('XADD', KEYS[2], '*', ARGV[12], ARGV[1], ARGV[13], ARGV[2])
-redis.call('HINCRBY', KEYS[3], 'jobs', 1)
-redis.call('HINCRBY', KEYS[3], 'bytes', size)
-if KEYS[4] then
-  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10])
-end
-return {'created', ARGV[1]}
-"#,
-    )
-});
-
-/// Submits a job (see [`SUBMIT`]'s rules): the record and the stream entry
-/// are written together or not at all, so there is never one without the
-/// other. The stream follows from the job's kind ([`queue_of`]): control and
-/// training jobs name their model but travel on their own streams. The
-/// job's tenant is its model's ([`crate::model::tenant_of`]).
+///
+/// An idempotency key that names an earlier job is resolved here: the
+/// earlier record (same partition, but a key the script could not have
+/// been given) is read, and if it has expired the key is taken over with a
+/// compare-and-set on its old value, so two racing retries still make one
+/// job.
 pub async fn submit(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
@@ -146,58 +97,96 @@ pub async fn submit(
 ) -> Result<Submitted, QueueError> {
     let payload = job.encode()?;
     let id = job.id.to_string();
-    let mut inv = SUBMIT.key(keys.job(&job.id));
-    inv.key(keys.stream(queue_of(job.kind, &job.model)))
-        .key(keys.usage(tenant_of(&job.model)));
-    if let Some(idem) = &opts.idempotency {
-        inv.key(keys.idempotency(&job.model, job.kind, idem.key_hash));
+    let p = partition_of(&job.id);
+    let parts = keys.partitions();
+    let job_key = keys.job(&job.id);
+    let idem_key = opts
+        .idempotency
+        .map(|i| keys.idempotency(p, &job.model, job.kind, i.key_hash));
+    let mut replaceable = String::new();
+    for _ in 0..3 {
+        let mut inv = SUBMIT.key(&job_key);
+        inv.key(keys.stream_of(job.kind, &job.model, &job.id))
+            .key(keys.job_usage(tenant_of(&job.model), p));
+        if let Some(k) = &idem_key {
+            inv.key(k);
+        }
+        inv.arg(&id)
+            .arg(&payload)
+            .arg(job.kind.as_str())
+            .arg(&job.model)
+            .arg(job.submitted_at_ms)
+            .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
+            .arg(share(opts.max_queue_depth, parts, p))
+            .arg(GROUP)
+            .arg(opts.idempotency.map_or("", |i| i.body_hash))
+            .arg(opts.idempotency.map_or(1, |i| i.ttl_secs.max(1)))
+            .arg(FIELD_ID)
+            .arg(FIELD_JOB)
+            .arg(job.traceparent.as_deref().unwrap_or_default())
+            .arg(share(opts.quota.max_jobs, parts, p))
+            .arg(share(opts.quota.max_bytes, parts, p))
+            .arg(&replaceable);
+        let reply: Vec<String> =
+            scripts::invoke(conn, &SUBMIT, &job_key, &inv, opts.durability).await?;
+        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
+        return match field(0) {
+            "created" => Ok(Submitted::Created),
+            "exists" => {
+                let earlier = Uuid::parse_str(field(1)).map_err(|_| {
+                    QueueError::Corrupt(format!("idempotency record names job {:?}", field(1)))
+                })?;
+                let status: Option<String> = redis::cmd("HGET")
+                    .arg(keys.job(&earlier))
+                    .arg("status")
+                    .query_async(conn)
+                    .await?;
+                match status {
+                    Some(st) if field(2) == "1" => Ok(Submitted::Duplicate {
+                        id: earlier,
+                        status: JobStatus::parse(&st).ok_or_else(|| {
+                            QueueError::Corrupt(format!("job {earlier} has status {st:?}"))
+                        })?,
+                    }),
+                    Some(_) => Ok(Submitted::KeyReused(earlier)),
+                    // The earlier job's record is gone (expired, e.g.
+                    // under a short canceled TTL): nothing is left to
+                    // return, so the key is taken over.
+                    None => {
+                        replaceable = field(3).to_owned();
+                        continue;
+                    }
+                }
+            }
+            "full" => Ok(Submitted::QueueFull {
+                depth: field(1).parse().unwrap_or(u64::MAX),
+            }),
+            "quota" => Ok(Submitted::OverQuota(OverQuota::from_reply(
+                field(1),
+                field(2),
+                field(3),
+            )?)),
+            other => Err(QueueError::Corrupt(format!(
+                "submit script answered {other:?}"
+            ))),
+        };
     }
-    let job_key_prefix = keys.job(&job.id);
-    let job_key_prefix = job_key_prefix.strip_suffix(id.as_str()).unwrap_or("");
-    inv.arg(&id)
-        .arg(payload)
-        .arg(job.kind.as_str())
-        .arg(&job.model)
-        .arg(job.submitted_at_ms)
-        .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
-        .arg(opts.max_queue_depth)
-        .arg(GROUP)
-        .arg(opts.idempotency.map_or("", |i| i.body_hash))
-        .arg(opts.idempotency.map_or(1, |i| i.ttl_secs.max(1)))
-        .arg(job_key_prefix)
-        .arg(FIELD_ID)
-        .arg(FIELD_JOB)
-        .arg(job.traceparent.as_deref().unwrap_or_default())
-        .arg(opts.quota.max_jobs)
-        .arg(opts.quota.max_bytes);
-    let reply: Vec<String> = inv.invoke_async(conn).await?;
-    let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
-    let existing = || {
-        Uuid::parse_str(field(1)).map_err(|_| {
-            QueueError::Corrupt(format!("idempotency record names job {:?}", field(1)))
-        })
-    };
-    match field(0) {
-        "created" => Ok(Submitted::Created),
-        "duplicate" => Ok(Submitted::Duplicate {
-            id: existing()?,
-            status: JobStatus::parse(field(2)).ok_or_else(|| {
-                QueueError::Corrupt(format!("job {} has status {:?}", field(1), field(2)))
-            })?,
-        }),
-        "reused" => Ok(Submitted::KeyReused(existing()?)),
-        "full" => Ok(Submitted::QueueFull {
-            depth: field(1).parse().unwrap_or(u64::MAX),
-        }),
-        "quota" => Ok(Submitted::OverQuota(OverQuota::from_reply(
-            field(1),
-            field(2),
-            field(3),
-        )?)),
-        other => Err(QueueError::Corrupt(format!(
-            "submit script answered {other:?}"
-        ))),
+    Err(QueueError::Corrupt(
+        "an idempotency key kept changing while it was taken over".into(),
+    ))
+}
+
+/// Partition `p`'s share of a bound over `parts` partitions: the bound
+/// divided evenly, the remainder to the first partitions, so the shares add
+/// up to the bound exactly. 0 stays "unbounded"; a partition whose share
+/// would be 0 (a bound below P) gets 1, so a tiny bound never refuses
+/// everything.
+pub fn share(bound: u64, parts: u16, p: u16) -> u64 {
+    if bound == 0 || parts <= 1 {
+        return bound;
     }
+    let (n, p) = (u64::from(parts), u64::from(p));
+    (bound / n + u64::from(p < bound % n)).max(1)
 }
 
 fn record_from(id: Uuid, fields: HashMap<String, String>) -> Result<Option<JobRecord>, QueueError> {
@@ -238,58 +227,26 @@ pub enum Canceled {
     NotCancelable(JobStatus),
 }
 
-/// Cancels a job. A `queued` one is canceled at once: marked canceled, its
-/// record's TTL started, a parked retry dropped, its usage released, and
-/// the id published so long-polls wake; its stream entry stays until a
-/// worker reads it, whose start step sees a terminal job and just
-/// acknowledges the entry. A `running` one gets `cancel_requested` (the
-/// time) and `cancel_ttl`: its worker sees them when it renews the lease,
-/// stops the run and ends the attempt `canceled` with that TTL. A job that
-/// ends before its worker looks ends as it ended.
-static CANCEL: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(&format!(
-        "{RELEASE_LUA}{}",
-        r#"
--- KEYS: job, delayed, tenant usage; ARGV: now, ttl, channel, job id
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return {'missing'} end
-local tag
-if st == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[1])
-  -- A job waiting out a retry back-off must not be put back on its stream.
-  redis.call('HDEL', KEYS[1], 'payload', 'retry_at')
-  redis.call('ZREM', KEYS[2], ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  usage_release(KEYS[3], 'jobs', 1)
-  usage_release(KEYS[3], 'bytes', redis.call('HGET', KEYS[1], 'bytes'))
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
-  tag = 'canceled'
-elseif st == 'running' then
-  if redis.call('HSETNX', KEYS[1], 'cancel_requested', ARGV[1]) == 1 then
-    redis.call('HSET', KEYS[1], 'cancel_ttl', ARGV[2])
-  end
-  tag = 'requested'
-else
-  return {'not_cancelable', st}
-end
-local r = redis.call('HGETALL', KEYS[1])
-table.insert(r, 1, tag)
-return r
-"#
-    ))
-});
-
+/// Cancels a job (`lua/cancel.lua`). A `queued` one is canceled at once:
+/// marked canceled, its record's TTL started, a parked retry dropped, its
+/// usage released, and the id published so long-polls wake; its stream
+/// entry stays until a worker reads it, whose start step sees a terminal
+/// job and just acknowledges the entry. A `running` one gets
+/// `cancel_requested` (the time) and `cancel_ttl`: its worker sees them
+/// when it renews the lease, stops the run and ends the attempt `canceled`
+/// with that TTL. A job that ends before its worker looks ends as it ended.
 pub async fn cancel(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     id: &Uuid,
+    kind: JobKind,
     model: &str,
     ttl_secs: u64,
     now_ms: i64,
 ) -> Result<Canceled, QueueError> {
     let mut inv = CANCEL.key(keys.job(id));
-    inv.key(keys.delayed())
-        .key(keys.usage(tenant_of(model)))
+    inv.key(keys.delayed_of(kind, model, id))
+        .key(keys.job_usage(tenant_of(model), partition_of(id)))
         .arg(now_ms)
         .arg(ttl_secs.max(1))
         .arg(keys.job_finished_channel())

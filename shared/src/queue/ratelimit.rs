@@ -9,11 +9,10 @@
 //! clocks agree. A bucket expires once it would be full again: an idle
 //! tenant costs no memory.
 
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionLike;
 
 use super::QueueError;
+use super::scripts::TAKE;
 
 /// A bucket's shape: `burst` tokens at most, refilled at `per_sec`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,39 +54,6 @@ pub enum Verdict {
     /// `retry_in_ms`.
     Limited { index: usize, retry_in_ms: u64 },
 }
-
-static TAKE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r#"
--- KEYS: the buckets; ARGV: for each, tokens per ms and burst
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local level = {}
-for i, key in ipairs(KEYS) do
-  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local b = redis.call('HMGET', key, 'tokens', 'at')
-  local tokens = tonumber(b[1]) or burst
-  local at = tonumber(b[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-  if tokens < 1 then
-    return {0, i, math.ceil((1 - tokens) / rate)}
-  end
-  level[i] = tokens
-end
-local out = {1}
-for i, key in ipairs(KEYS) do
-  local rate, burst = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local tokens = level[i] - 1
-  local full_in = math.ceil((burst - tokens) / rate)
-  redis.call('HSET', key, 'tokens', tostring(tokens), 'at', now)
-  redis.call('PEXPIRE', key, full_in + 1000)
-  out[#out + 1] = math.floor(tokens)
-  out[#out + 1] = full_in
-end
-return out
-"#,
-    )
-});
 
 /// Takes one token from every bucket, or none if any is empty.
 pub async fn take(

@@ -95,11 +95,11 @@ pub async fn sample(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Sampl
             .cmd("HKEYS")
             .arg(keys.models())
             .cmd("XLEN")
-            .arg(keys.dead_letters())
+            .arg(keys.dead_letters(0))
             .cmd("ZCARD")
-            .arg(keys.delayed())
+            .arg(keys.delayed(TRAIN, 0))
             .cmd("EXISTS")
-            .arg(keys.stream(TRAIN))
+            .arg(keys.stream(TRAIN, 0))
             .query_async(conn)
             .await?;
     if training {
@@ -115,7 +115,7 @@ pub async fn sample(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Sampl
     // then fail for that model only, which reads as an empty queue.
     pipe.ignore_errors();
     for model in &models {
-        let stream = keys.stream(model);
+        let stream = keys.stream(model, 0);
         pipe.cmd("XLEN").arg(&stream);
         pipe.cmd("XINFO").arg("GROUPS").arg(&stream);
         pipe.cmd("XPENDING").arg(&stream).arg(GROUP);
@@ -144,7 +144,7 @@ pub async fn sample(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Sampl
         let (pending, lag, consumers) = match &group {
             Some(g) => (
                 g.pending,
-                lag(conn, &keys.stream(&model), g).await?,
+                lag(conn, &keys.stream(&model, 0), g).await?,
                 g.consumers,
             ),
             // No worker ever joined: nothing was delivered, everything waits.

@@ -1,7 +1,9 @@
 //! What each tenant holds in Redis right now, counted where it changes, so a
 //! quota check on the way in is one HMGET inside the script that writes.
 //!
-//! `{ns}:usage:{tenant}` (hash, see [`super::keys`]):
+//! `{ns}:{P}:usage:{tenant}` per partition for jobs, `{ns}:{reg}:usage:{tenant}`
+//! for datasets (hashes, see [`super::keys`]): each counter lives beside
+//! the keys of the scripts that change it, in their slot.
 //!
 //! | field           | counts                                                        |
 //! |-----------------|---------------------------------------------------------------|
@@ -26,30 +28,21 @@
 //! dataset counts the difference.
 //!
 //! Every key a script touches comes in through `KEYS`; the caller names the
-//! tenant's usage key with [`super::Keys::usage`].
+//! tenant's usage keys with [`super::Keys::job_usage`] and
+//! [`super::Keys::dataset_usage`]. The release helper is
+//! `lua/usage_release.lua`. A partition's job counters are checked against
+//! the partition's share of the quota ([`super::ops::share`]).
 
 use redis::aio::ConnectionLike;
 
 use super::QueueError;
 use super::keys::Keys;
 
-/// Hash fields of `{ns}:usage:{tenant}`.
+/// Hash fields of the usage hashes.
 pub const JOBS: &str = "jobs";
 pub const BYTES: &str = "bytes";
 pub const DATASETS: &str = "datasets";
 pub const DATASET_BYTES: &str = "dataset_bytes";
-
-/// Lua: subtracts from a usage counter, never below zero. Prepended to the
-/// scripts that release usage.
-pub(crate) const RELEASE_LUA: &str = r#"
-local function usage_release(key, field, n)
-  n = tonumber(n) or 0
-  if n <= 0 then return end
-  if redis.call('HINCRBY', key, field, -n) < 0 then
-    redis.call('HSET', key, field, 0)
-  end
-end
-"#;
 
 /// A tenant's usage, as counted now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -124,22 +117,28 @@ impl OverQuota {
     }
 }
 
-/// A tenant's usage counters.
+/// A tenant's usage counters, summed over the partitions.
 pub async fn read(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     tenant: &str,
 ) -> Result<Usage, QueueError> {
+    let mut usage = Usage::default();
+    for p in keys.all_partitions() {
+        let v: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(keys.job_usage(tenant, p))
+            .arg(&[JOBS, BYTES])
+            .query_async(conn)
+            .await?;
+        usage.jobs += v.first().copied().flatten().unwrap_or(0);
+        usage.bytes += v.get(1).copied().flatten().unwrap_or(0);
+    }
     let v: Vec<Option<u64>> = redis::cmd("HMGET")
-        .arg(keys.usage(tenant))
-        .arg(&[JOBS, BYTES, DATASETS, DATASET_BYTES])
+        .arg(keys.dataset_usage(tenant))
+        .arg(&[DATASETS, DATASET_BYTES])
         .query_async(conn)
         .await?;
-    let at = |i: usize| v.get(i).copied().flatten().unwrap_or(0);
-    Ok(Usage {
-        jobs: at(0),
-        bytes: at(1),
-        datasets: at(2),
-        dataset_bytes: at(3),
-    })
+    usage.datasets = v.first().copied().flatten().unwrap_or(0);
+    usage.dataset_bytes = v.get(1).copied().flatten().unwrap_or(0);
+    Ok(usage)
 }

@@ -9,9 +9,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use deadpool_redis::Pool;
-use shared::queue::QueueError;
 use shared::queue::registry::{self, VersionStatus};
+use shared::redis_conn::Pool;
 
 use super::{LoadError, ModelStore, quarantine, sha256_hex, trust_of};
 use crate::backend::{Backend, OnnxModel, Trust};
@@ -28,7 +27,7 @@ pub(super) async fn load(
     number: u32,
 ) -> Result<(Arc<dyn Backend>, u64), LoadError> {
     let v = {
-        let mut conn = pool.get().await.map_err(QueueError::from)?;
+        let mut conn = pool.get().await?;
         registry::version(&mut conn, &store.keys, model, number)
             .await?
             .ok_or(LoadError::Unknown)?
@@ -42,7 +41,7 @@ pub(super) async fn load(
         let bytes = match store.cache_get(&v.sha256) {
             Some(b) => b,
             None => {
-                let mut conn = pool.get().await.map_err(QueueError::from)?;
+                let mut conn = pool.get().await?;
                 let b = registry::blob(&mut conn, &store.keys, &v.sha256)
                     .await?
                     .ok_or(LoadError::BlobMissing)?;
@@ -131,7 +130,7 @@ impl ModelStore {
         if let Some(b) = self.cache_get(sha256) {
             return Ok(b);
         }
-        let mut conn = pool.get().await.map_err(QueueError::from)?;
+        let mut conn = pool.get().await?;
         registry::blob(&mut conn, &self.keys, sha256)
             .await?
             .ok_or(LoadError::BlobMissing)

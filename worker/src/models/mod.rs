@@ -38,13 +38,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use deadpool_redis::Pool;
 use ort::environment::Environment;
 use sha2::{Digest, Sha256};
 use shared::metric_names::{WORKER_MODEL_SWAPS, WORKER_MODELS_LOADED};
 use shared::model::{ModelInfo, valid_internal_model_name};
 use shared::queue::registry::{self, RegisterMode, Source, Version, VersionStatus};
 use shared::queue::{Keys, QueueError};
+use shared::redis_conn::Pool;
 use shared::tensor::TensorSpec;
 
 use crate::backend::{Backend, LoadOptions, OnnxModel, Trust};
@@ -260,7 +260,7 @@ impl ModelStore {
     /// whose model lost its current version (a Redis that lost its data).
     async fn seed(
         &self,
-        conn: &mut deadpool_redis::Connection,
+        conn: &mut shared::redis_conn::Conn,
         currents: &HashMap<String, u32>,
     ) -> Result<bool, QueueError> {
         let mut any = false;
@@ -409,7 +409,7 @@ impl ModelStore {
         number: u32,
     ) -> Result<ServedModel, LoadError> {
         let v = {
-            let mut conn = pool.get().await.map_err(QueueError::from)?;
+            let mut conn = pool.get().await?;
             registry::version(&mut conn, &self.keys, model, number)
                 .await?
                 .ok_or(LoadError::Unknown)?

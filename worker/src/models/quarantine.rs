@@ -12,9 +12,9 @@
 
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use shared::queue::QueueError;
 use shared::queue::loading::{self, Quarantine};
+use shared::redis_conn::Pool;
 
 use super::{LoadError, ModelStore};
 
@@ -35,7 +35,7 @@ pub(super) async fn guarded<T>(
 ) -> Result<T, LoadError> {
     let consumer = &store.settings.consumer;
     let mark = || async {
-        let mut conn = pool.get().await.map_err(QueueError::from)?;
+        let mut conn = pool.get().await?;
         loading::mark(&mut conn, &store.keys, consumer, model, number).await
     };
     mark().await?;
@@ -52,7 +52,7 @@ pub(super) async fn guarded<T>(
         _ = refresh => unreachable_refresh(),
     };
     let unmarked = async {
-        let mut conn = pool.get().await.map_err(QueueError::from)?;
+        let mut conn = pool.get().await?;
         loading::unmark(&mut conn, &store.keys, consumer).await
     }
     .await;

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use deadpool_redis::Pool;
 use shared::queue::registry::{self, Rejection, VersionStatus};
+use shared::redis_conn::Pool;
 
 use super::{LoadError, ModelStore, sha256_hex};
 use crate::JobFailure;

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use futures::StreamExt;
+use shared::redis_conn::Pool;
 use tokio::sync::watch as tokio_watch;
 
 use super::{CHECK_EVERY, ModelStore};
@@ -19,7 +19,7 @@ use super::{CHECK_EVERY, ModelStore};
 pub async fn watch<F>(
     store: Arc<ModelStore>,
     pool: Pool,
-    redis_url: String,
+    topology: shared::redis_conn::Topology,
     channel: String,
     on_names_changed: F,
     mut stop: tokio_watch::Receiver<bool>,
@@ -29,10 +29,13 @@ pub async fn watch<F>(
     // The sink is kept with the stream: the subscription lives as long as
     // both halves.
     let mut subscription: Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)> = None;
+    // On a cluster any node hears every PUBLISH: try the seed nodes in turn.
+    let mut attempt = 0usize;
     let mut next_check = tokio::time::Instant::now();
     loop {
         if subscription.is_none() {
-            subscription = subscribe(&redis_url, &channel).await;
+            subscription = subscribe(&topology, attempt, &channel).await;
+            attempt = attempt.wrapping_add(1);
         }
         let event = async {
             match subscription.as_mut() {
@@ -63,11 +66,18 @@ pub async fn watch<F>(
 }
 
 async fn subscribe(
-    url: &str,
+    topology: &shared::redis_conn::Topology,
+    attempt: usize,
     channel: &str,
 ) -> Option<(redis::aio::PubSubSink, redis::aio::PubSubStream)> {
     let res = async {
-        let client = redis::Client::open(url)?;
+        let clients = topology.pubsub_clients()?;
+        let Some(client) = clients.get(attempt % clients.len().max(1)) else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "no node to subscribe on",
+            )));
+        };
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
         Ok::<_, redis::RedisError>(pubsub.split())

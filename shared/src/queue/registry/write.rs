@@ -5,8 +5,6 @@
 //! remove the versions holding the references, so a count can never be
 //! out of step with the versions (see the module docs of [`super`]).
 
-use std::sync::LazyLock;
-
 use redis::aio::ConnectionLike;
 
 use super::{
@@ -15,203 +13,8 @@ use super::{
 };
 use crate::queue::QueueError;
 use crate::queue::keys::Keys;
+use crate::queue::scripts::{DELETE_VERSION, PROMOTE_VERSION, REGISTER, ROLLBACK, SETTLE};
 use crate::tensor::TensorSpec;
-
-// Moves `current` to version `v` (ARGV[3] is the model), writes its
-// signature to the models hash, bumps the epoch and tells APIs and workers.
-// KEYS: registry, current, models, history, epoch. ARGV[1]/[2]: models and
-// registry channels; ARGV[4]: history length.
-// `unref(v, blob_key, refs_key, sha)` drops version v's reference to its
-// bytes, deleting them when it was the last one (and the namespace is
-// counted); returns whether the blob was deleted.
-const COMMON: &str = r#"
-local function set_current(v, remember)
-  local model = ARGV[3]
-  local prev = redis.call('HGET', KEYS[2], model)
-  if prev == v then return prev end
-  if prev and remember then
-    redis.call('LPUSH', KEYS[4], prev)
-    redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[4]) - 1)
-  end
-  redis.call('HSET', KEYS[2], model, v)
-  redis.call('INCR', KEYS[5])
-  local sig = redis.call('HGET', KEYS[1], 'sig:' .. v)
-  if sig then
-    redis.call('HSET', KEYS[3], model, sig)
-    redis.call('PUBLISH', ARGV[1], model)
-  end
-  redis.call('PUBLISH', ARGV[2], model)
-  return prev
-end
-local function meta(v)
-  local raw = redis.call('HGET', KEYS[1], v)
-  if not raw then return nil end
-  local ok, m = pcall(cjson.decode, raw)
-  if ok then return m end
-  return nil
-end
-local function sig_for(v, sig)
-  return (string.gsub(sig, '"@V@"', '"' .. v .. '"', 1))
-end
-local function unref(v, blob_key, refs_key, sha)
-  if redis.call('HDEL', KEYS[1], 'ref:' .. v) == 0 then return false end
-  local n = redis.call('HINCRBY', refs_key, sha, -1)
-  if n > 0 then return false end
-  redis.call('HDEL', refs_key, sha)
-  if redis.call('HEXISTS', refs_key, '.counted') == 1 then
-    return redis.call('DEL', blob_key) == 1
-  end
-  return false
-end
-"#;
-
-fn script(body: &str) -> redis::Script {
-    redis::Script::new(&format!("{COMMON}\n{body}"))
-}
-
-/// KEYS: registry, current, models, history, epoch, blob, blob-refs, then
-/// optionally the tenant's model set. ARGV: 1-4 as [`COMMON`], 5 sha256,
-/// 6 version JSON, 7 signature JSON ('' = unknown yet), 8 mode (`seed` |
-/// `add`), 9 bytes, 10 max versions ('' = none), 11 max models ('' = none).
-static REGISTER: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local sha_field = 'sha:' .. ARGV[5]
-if ARGV[8] == 'seed' then
-  local known = redis.call('HGET', KEYS[1], sha_field)
-  local m = known and meta(known)
-  if m then
-    if m.status == 'ready' and not redis.call('HGET', KEYS[2], ARGV[3]) then
-      set_current(known, true)
-      return {known, 0, 1, ''}
-    end
-    return {known, 0, 0, ''}
-  end
-end
-local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '')
-if not count then
-  -- A model registered before counts existed: count it once.
-  count = 0
-  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
-    if string.match(f, '^%d+$') then count = count + 1 end
-  end
-end
-if ARGV[10] ~= '' and count >= tonumber(ARGV[10]) then return {0, 0, 0, 'versions'} end
-if KEYS[8] then
-  if ARGV[11] ~= '' and redis.call('SISMEMBER', KEYS[8], ARGV[3]) == 0
-     and redis.call('SCARD', KEYS[8]) >= tonumber(ARGV[11]) then
-    return {0, 0, 0, 'models'}
-  end
-  redis.call('SADD', KEYS[8], ARGV[3])
-end
-if redis.call('EXISTS', KEYS[7]) == 0 and redis.call('EXISTS', KEYS[2]) == 0 then
-  -- Nothing was ever registered with counts or made current: no blob
-  -- predates the counts.
-  redis.call('HSET', KEYS[7], '.counted', 1)
-end
-redis.call('SET', KEYS[6], ARGV[9], 'NX')
-redis.call('HINCRBY', KEYS[7], ARGV[5], 1)
-local v = tostring(redis.call('HINCRBY', KEYS[1], 'seq', 1))
-redis.call('HSET', KEYS[1], v, ARGV[6], 'ref:' .. v, 1, 'count', count + 1)
-redis.call('HSETNX', KEYS[1], sha_field, v)
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'sig:' .. v, sig_for(v, ARGV[7])) end
-local promoted = 0
-if ARGV[8] == 'seed' then
-  local cur = redis.call('HGET', KEYS[2], ARGV[3])
-  local take = not cur
-  if cur then
-    local m = meta(cur)
-    take = (not m) or m.source == 'file'
-  end
-  if take then
-    set_current(v, true)
-    promoted = 1
-  end
-end
-return {v, 1, promoted, ''}
-"#,
-    )
-});
-
-/// KEYS: registry, current, models, history, epoch. ARGV: 1-4, 5 version.
-static PROMOTE: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local m = meta(ARGV[5])
-if not m then return {'unknown'} end
-if m.status ~= 'ready' then return {'not_ready', m.status} end
-local prev = set_current(ARGV[5], true)
-return {'ok', prev or ''}
-"#,
-    )
-});
-
-/// KEYS: registry, current, models, history, epoch. ARGV: 1-4.
-static ROLLBACK: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local cur = redis.call('HGET', KEYS[2], ARGV[3])
-while true do
-  local p = redis.call('LPOP', KEYS[4])
-  if not p then return {'none'} end
-  if p ~= cur then
-    local m = meta(p)
-    if m and m.status == 'ready' then
-      set_current(p, false)
-      return {'ok', cur or '', p}
-    end
-  end
-end
-"#,
-    )
-});
-
-/// KEYS: registry, current, models, history, epoch, blob, blob-refs.
-/// ARGV: 1-4, 5 version, 6 the settled version JSON, 7 signature JSON
-/// ('' when invalid: the bytes are dropped), 8 sha256.
-static SETTLE: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local m = meta(ARGV[5])
-if not m then return 'unknown' end
-if m.status ~= 'validating' then return m.status end
-redis.call('HSET', KEYS[1], ARGV[5], ARGV[6])
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[1], 'sig:' .. ARGV[5], sig_for(ARGV[5], ARGV[7]))
-else
-  unref(ARGV[5], KEYS[6], KEYS[7], ARGV[8])
-end
-return 'settled'
-"#,
-    )
-});
-
-/// KEYS: registry, current, models, history, epoch, blob, blob-refs, then
-/// optionally the tenant's model set. ARGV: 1-4, 5 version, 6 its sha256
-/// as read before (a version rewritten since is left alone).
-static DELETE: LazyLock<redis::Script> = LazyLock::new(|| {
-    script(
-        r#"
-local v = ARGV[5]
-local m = meta(v)
-if not m then return 'unknown' end
-if redis.call('HGET', KEYS[2], ARGV[3]) == v then return 'current' end
-if m.sha256 ~= ARGV[6] then return 'changed' end
-redis.call('HDEL', KEYS[1], v, 'sig:' .. v)
-if redis.call('HGET', KEYS[1], 'sha:' .. ARGV[6]) == v then
-  redis.call('HDEL', KEYS[1], 'sha:' .. ARGV[6])
-end
-redis.call('LREM', KEYS[4], 0, v)
-local gone = unref(v, KEYS[6], KEYS[7], ARGV[6])
-if redis.call('HEXISTS', KEYS[1], 'count') == 1 then
-  local left = redis.call('HINCRBY', KEYS[1], 'count', -1)
-  if left <= 0 and KEYS[8] then redis.call('SREM', KEYS[8], ARGV[3]) end
-end
-if gone then return 'deleted_blob' end
-return 'deleted'
-"#,
-    )
-});
 
 fn invocation<'a>(s: &'a redis::Script, keys: &Keys, model: &str) -> redis::ScriptInvocation<'a> {
     let mut inv = s.key(keys.registry(model));
@@ -350,7 +153,7 @@ pub async fn delete_version(
         let Some(v) = super::version(conn, keys, model, number).await? else {
             return Ok(Deletion::UnknownVersion);
         };
-        let mut inv = invocation(&DELETE, keys, model);
+        let mut inv = invocation(&DELETE_VERSION, keys, model);
         inv.key(keys.blob(&v.sha256)).key(keys.blob_refs());
         if let Some(t) = tenant_models {
             inv.key(t);
@@ -407,7 +210,7 @@ pub async fn promote(
     model: &str,
     version: u32,
 ) -> Result<Promotion, QueueError> {
-    let mut inv = invocation(&PROMOTE, keys, model);
+    let mut inv = invocation(&PROMOTE_VERSION, keys, model);
     inv.arg(version);
     let reply: Vec<String> = inv.invoke_async(conn).await?;
     Ok(match promotion(reply)? {
@@ -433,7 +236,10 @@ pub async fn rollback(
 mod tests {
     #[test]
     fn the_counted_marker_is_the_one_the_scripts_test() {
-        assert!(super::COMMON.contains(&format!("'{}'", crate::queue::registry::COUNTED)));
+        assert!(
+            include_str!("../lua/registry_common.lua")
+                .contains(&format!("'{}'", crate::queue::registry::COUNTED))
+        );
         assert!(super::REGISTER.get_hash().len() == 40);
     }
 }

@@ -1,0 +1,58 @@
+-- Accepts a job: idempotency check, queue-depth check, tenant quota check,
+-- then the record, the stream entry, the usage and the idempotency key,
+-- all or nothing.
+-- KEYS: 1 job record, 2 stream, 3 tenant's job usage (this partition),
+--       4 idempotency key (optional)
+-- ARGV: 1 job id, 2 payload, 3 kind, 4 model, 5 created_at,
+--       6 deadline ('' = none), 7 max depth (0 = unbounded), 8 group,
+--       9 body hash, 10 idempotency ttl, 11 id field, 12 job field,
+--       13 traceparent ('' = none), 14 max unfinished jobs,
+--       15 max unfinished bytes (0 = unbounded),
+--       16 idempotency value this call may replace ('' = none)
+-- Answers: {'created', id} | {'exists', id, same body '1'|'0', value} |
+--          {'full', depth} | {'quota', field, used, limit}
+if KEYS[4] then
+  local v = redis.call('GET', KEYS[4])
+  if v and v ~= ARGV[16] then
+    local sp = string.find(v, ' ', 1, true)
+    if sp then
+      local same = '0'
+      if string.sub(v, sp + 1) == ARGV[9] then same = '1' end
+      return {'exists', string.sub(v, 1, sp - 1), same, v}
+    end
+  end
+end
+local max = tonumber(ARGV[7])
+if max > 0 and redis.call('EXISTS', KEYS[2]) == 1 then
+  local depth
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[2])) do
+    local t = {}
+    for i = 1, #g, 2 do t[g[i]] = g[i + 1] end
+    if t['name'] == ARGV[8] and t['lag'] then depth = t['lag'] + t['pending'] end
+  end
+  if not depth then depth = redis.call('XLEN', KEYS[2]) end
+  if depth >= max then return {'full', tostring(depth)} end
+end
+local size = string.len(ARGV[2])
+local max_jobs, max_bytes = tonumber(ARGV[14]), tonumber(ARGV[15])
+if max_jobs > 0 or max_bytes > 0 then
+  local u = redis.call('HMGET', KEYS[3], 'jobs', 'bytes')
+  local jobs, bytes = tonumber(u[1]) or 0, tonumber(u[2]) or 0
+  if max_jobs > 0 and jobs + 1 > max_jobs then
+    return {'quota', 'jobs', tostring(jobs), ARGV[14]}
+  end
+  if max_bytes > 0 and bytes + size > max_bytes then
+    return {'quota', 'bytes', tostring(bytes), ARGV[15]}
+  end
+end
+redis.call('HSET', KEYS[1], 'kind', ARGV[3], 'model', ARGV[4], 'status', 'queued',
+  'attempts', 0, 'created_at', ARGV[5], 'bytes', size)
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'deadline', ARGV[6]) end
+if ARGV[13] ~= '' then redis.call('HSET', KEYS[1], 'traceparent', ARGV[13]) end
+redis.call('XADD', KEYS[2], '*', ARGV[11], ARGV[1], ARGV[12], ARGV[2])
+redis.call('HINCRBY', KEYS[3], 'jobs', 1)
+redis.call('HINCRBY', KEYS[3], 'bytes', size)
+if KEYS[4] then
+  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[9], 'EX', ARGV[10])
+end
+return {'created', ARGV[1]}
