@@ -7,6 +7,7 @@
 //! drops, so a failing test leaves nothing behind. Child logs go to
 //! `target/e2e-logs/`, named after the process and its port or pid.
 
+pub mod cluster;
 pub mod onnx_build;
 pub mod procfs;
 pub mod prom;
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use cluster::RedisCluster;
 pub use reqwest::StatusCode;
 
 /// The workspace root (the repository).
