@@ -7,13 +7,15 @@
 //! drops, so a failing test leaves nothing behind. Child logs go to
 //! `target/e2e-logs/`, named after the process and its port or pid.
 
+pub mod cluster;
 pub mod onnx_build;
 pub mod procfs;
 pub mod prom;
+pub mod redis_server;
 pub mod tenancy;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -23,6 +25,8 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::Value;
 
+pub use cluster::RedisCluster;
+pub use redis_server::RedisServer;
 pub use reqwest::StatusCode;
 
 /// The workspace root (the repository).
@@ -66,111 +70,6 @@ fn wait_until(timeout: Duration, mut ok: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     ok()
-}
-
-// ------------------------------------------------------------------ Redis
-
-/// A private redis-server. Persistence is off unless asked for.
-pub struct RedisServer {
-    port: u16,
-    dir: PathBuf,
-    appendonly: bool,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    pub fn start() -> RedisServer {
-        RedisServer::start_with(false)
-    }
-
-    /// With AOF (`appendfsync everysec`), as production runs it.
-    pub fn start_persistent() -> RedisServer {
-        RedisServer::start_with(true)
-    }
-
-    fn start_with(appendonly: bool) -> RedisServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("e2e-redis-{}-{port}", std::process::id()));
-        let _ = std::fs::create_dir_all(&dir);
-        let mut server = RedisServer {
-            port,
-            dir,
-            appendonly,
-            child: None,
-        };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::create(log_dir().join(format!("redis-{}.log", self.port)))
-            .expect("cannot create redis log");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
-            .args(["--appendfsync", "everysec"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::from(log.try_clone().expect("log handle")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("cannot start redis-server: run scripts/setup");
-        self.child = Some(child);
-        assert!(
-            wait_until(Duration::from_secs(10), || self.ping()),
-            "redis-server on port {} did not answer PING",
-            self.port
-        );
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    /// The server's pid while it runs (benchmarks read its CPU time).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// A blocking client connection, for inspecting keys from a test.
-    pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("redis url")
-    }
-
-    /// kill -9: no shutdown, no final save.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts it again on the same port and data directory.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 // --------------------------------------------------------------- binaries
@@ -682,37 +581,6 @@ pub fn assert_outputs_match(actual: &Value, expected: &[Value], tol: f64) {
 }
 
 // ------------------------------------------------------ failure-test helpers
-
-impl RedisServer {
-    /// SHUTDOWN the way an operator restart does (SIGTERM: the AOF is
-    /// flushed), then start again on the same port and data directory.
-    pub fn restart_graceful(&mut self) {
-        self.stop_graceful();
-        self.spawn();
-    }
-
-    /// SIGTERM and wait for the exit, leaving the server down.
-    pub fn stop_graceful(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts a server stopped by [`RedisServer::stop_graceful`] again.
-    pub fn start_again(&mut self) {
-        if self.child.is_none() {
-            self.spawn();
-        }
-    }
-}
 
 impl Worker {
     /// The worker's consumer name, from its "worker starting" log line.
