@@ -35,7 +35,6 @@ use shared::job::JobKind;
 
 use crate::error::JobFailure;
 use crate::execute::{self, Resolved};
-use crate::http::count_redis_error;
 use crate::models::{LoadError, ModelStore};
 use crate::watchdog::CancelFlag;
 
@@ -795,6 +794,16 @@ where
             }
             ok => return ok,
         }
+    }
+}
+
+/// Counts a failed Redis call of kind `op` (one of [`redis_op`]); errors that
+/// are not Redis's own (corrupt data, encoding) are not counted. It lives
+/// here, not in [`crate::http`], which serves what is counted and reads this
+/// module's [`Context`].
+pub fn count_redis_error(op: &'static str, e: &QueueError) {
+    if matches!(e, QueueError::Redis(_) | QueueError::Pool(_)) {
+        metrics::counter!(shared::metric_names::REDIS_ERRORS, "op" => op).increment(1);
     }
 }
 

@@ -315,7 +315,7 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
         if now >= next_beat {
             next_beat = now + heartbeat::BEAT_EVERY;
             if let Err(error) = beat(&ctx, &served).await {
-                http::count_redis_error(redis_op::HEARTBEAT, &error);
+                consumer::count_redis_error(redis_op::HEARTBEAT, &error);
                 tracing::debug!(%error, "cannot write the heartbeat");
             }
         }
@@ -324,9 +324,9 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
                 Ok(()) => ctx
                     .publish_models()
                     .await
-                    .inspect_err(|e| http::count_redis_error(redis_op::PUBLISH, e)),
+                    .inspect_err(|e| consumer::count_redis_error(redis_op::PUBLISH, e)),
                 Err(e) => {
-                    http::count_redis_error(redis_op::ENSURE_GROUP, &e);
+                    consumer::count_redis_error(redis_op::ENSURE_GROUP, &e);
                     Err(e)
                 }
             };
@@ -346,13 +346,13 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
             }
         }
         if let Err(error) = promote(&ctx).await {
-            http::count_redis_error(redis_op::PROMOTE, &error);
+            consumer::count_redis_error(redis_op::PROMOTE, &error);
             tracing::debug!(%error, "cannot re-queue due retries");
         }
         if now >= next_trim {
             next_trim = now + m.trim_every;
             if let Err(error) = trim(&ctx, m.dead_letter_max_len).await {
-                http::count_redis_error(redis_op::TRIM, &error);
+                consumer::count_redis_error(redis_op::TRIM, &error);
                 tracing::warn!(%error, "cannot trim streams");
             }
         }

@@ -26,9 +26,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::consumer::{self, Backoff, Context, Runnable};
+use crate::consumer::{self, Backoff, Context, Runnable, count_redis_error};
 use crate::error::JobFailure;
-use crate::http::count_redis_error;
 use crate::retrain::{self, Reporter, Stopped, TrainerConfig};
 
 /// Shortest interval between two progress writes of one job.
