@@ -4,7 +4,7 @@
 //! A slot reads with `COUNT 1` only when it is free, so a worker never holds
 //! a training job it cannot start, and `--train-slots 0` keeps a worker out
 //! of training altogether. Each job goes through the same start and finish
-//! scripts as predictions ([`crate::consumer`]): its lease is renewed while
+//! scripts as predictions ([`crate::consumer::attempt`]): its lease is renewed while
 //! it trains, a worker that dies mid-training loses the job to another
 //! worker once the lease expires, and the finish is a compare-and-set on the
 //! attempt. While it runs, the job's progress is written to its record at
@@ -26,7 +26,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::consumer::{self, Backoff, Context, Runnable, count_redis_error};
+use crate::consumer::attempt::{finish_all, renew_leases, start_all};
+use crate::consumer::{Backoff, Context, Runnable, count_redis_error};
 use crate::error::JobFailure;
 use crate::retrain::{self, Reporter, Stopped, TrainerConfig};
 
@@ -126,7 +127,7 @@ async fn run_batch(
     batch: Vec<consume::Delivery>,
     shutdown: &watch::Receiver<bool>,
 ) {
-    for r in consumer::start_all(ctx, batch).await {
+    for r in start_all(ctx, batch).await {
         run_job(ctx, config, r, shutdown).await;
     }
 }
@@ -139,7 +140,7 @@ async fn run_job(
     shutdown: &watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let renewer = tokio::spawn(consumer::renew_leases(ctx, std::slice::from_ref(&r)));
+    let renewer = tokio::spawn(renew_leases(ctx, std::slice::from_ref(&r)));
     let (reporter, progress) = Reporter::new(r.attempt);
     let writer = tokio::spawn(write_progress(
         ctx.pool.clone(),
@@ -206,7 +207,7 @@ async fn run_job(
             return;
         }
     };
-    consumer::finish_all(ctx, &[(r, attempted)], started).await;
+    finish_all(ctx, &[(r, attempted)], started).await;
     renewer.abort();
 }
 

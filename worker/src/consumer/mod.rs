@@ -1,0 +1,146 @@
+//! The Redis Streams side of the worker, and the [`Context`] every slot of
+//! one worker process shares.
+//!
+//! * [`read`]: a prediction slot's loop: a blocking `XREADGROUP` of every
+//!   served stream on a dedicated connection.
+//! * [`attempt`]: an attempt's life cycle: start the jobs of a batch (one
+//!   script call per stream), renew their leases while they run, then end
+//!   every attempt in one pipelined round trip; the retry / dead-letter
+//!   decision.
+//! * [`batch`]: what a prediction slot does with a batch: inference on a
+//!   blocking thread (stacked across jobs by [`crate::execute`]) beside the
+//!   batch's `validate` jobs.
+//! * [`upkeep`]: taking over entries whose lease expired (`XAUTOCLAIM`).
+//! * [`metrics`]: what the consumer logs and counts about jobs and Redis.
+//! * [`backoff`]: riding out Redis blips.
+//!
+//! The rest of the upkeep (delayed-retry promotion, trimming, heartbeats) is the worker's
+//! `maintain` task in the crate root.
+
+pub mod attempt;
+pub mod backoff;
+pub mod batch;
+pub mod metrics;
+pub mod read;
+pub mod upkeep;
+
+pub use attempt::{Attempted, Runnable};
+pub(crate) use backoff::Backoff;
+pub use metrics::count_redis_error;
+pub use read::run_slot;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use deadpool_redis::Pool;
+use rand::Rng;
+use shared::queue::consume::{self, Policy};
+use shared::queue::{Keys, QueueError};
+use shared::redis_conn::Limits;
+use uuid::Uuid;
+
+use crate::models::ModelStore;
+
+/// What every slot of one worker process shares.
+pub struct Context {
+    pub keys: Keys,
+    /// The served model versions, swapped when the registry changes.
+    pub models: Arc<ModelStore>,
+    /// The streams of the models this worker serves, and the control stream;
+    /// replaced when a model is added.
+    pub streams: ArcSwap<Vec<String>>,
+    /// Unique per process start, so a restarted worker never inherits the
+    /// pending entries of its previous life under the same name.
+    pub consumer: String,
+    pub redis_url: String,
+    pub pool: Pool,
+    pub limits: Limits,
+    pub read_count: usize,
+    /// Rows stacked into one ONNX Runtime run at most; 1 turns stacking off.
+    pub max_batch_rows: usize,
+    /// After a read that returned fewer than `read_count` entries, how long
+    /// to wait for more before running the batch (0: run at once).
+    pub max_batch_delay_ms: u64,
+    pub block_ms: u64,
+    pub lease: Duration,
+    pub policy: Policy,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Context {
+    /// Creates the consumer group of every served stream, of the control
+    /// stream and of the training stream.
+    pub async fn ensure_groups(&self) -> Result<(), QueueError> {
+        let mut conn = self.pool.get().await?;
+        for model in self.models.names() {
+            consume::ensure_group(&mut conn, &self.keys, &model).await?;
+        }
+        consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::CONTROL).await?;
+        consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::TRAIN).await
+    }
+
+    /// Reads the streams of the models served now (after a model was added).
+    pub fn refresh_streams(&self) {
+        let mut streams: Vec<String> = self
+            .models
+            .names()
+            .iter()
+            .map(|m| self.keys.stream(m))
+            .collect();
+        streams.push(self.keys.stream(shared::queue::keys::CONTROL));
+        self.streams.store(Arc::new(streams));
+    }
+
+    /// Publishes every served model's signature.
+    pub async fn publish_models(&self) -> Result<(), QueueError> {
+        let mut conn = self.pool.get().await?;
+        for model in self.models.snapshot().values() {
+            let mut info = model.info().clone();
+            // Promotion writes the new current version's signature; a worker
+            // that has not swapped yet must not put its old one back.
+            if let Ok(loaded) = info.version.parse::<u32>()
+                && shared::queue::registry::current(&mut conn, &self.keys, &info.name).await?
+                    != Some(loaded)
+            {
+                continue;
+            }
+            info.updated_at_ms = shared::time::now_ms();
+            consume::publish_model(&mut conn, &self.keys, &info).await?;
+        }
+        Ok(())
+    }
+
+    /// The back-off before retry number `attempt` (1-based attempt that
+    /// just failed): exponential, capped, with "equal jitter" (half fixed,
+    /// half random) so jobs failing together do not retry together.
+    fn retry_delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry_base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.retry_max);
+        let half = exp / 2;
+        half + half.mul_f64(rand::rng().random::<f64>())
+    }
+}
+
+/// A unique consumer name: host, pid and a random suffix.
+pub fn consumer_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let suffix = Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &suffix[suffix.len() - 8..]
+    )
+}
+
+/// Whole milliseconds of `d`, saturating.
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
