@@ -11,7 +11,9 @@
 //!   (seeding from the models dir, hot swap on promotion, the LRU of
 //!   sessions, pinned versions, quarantine, `validate` jobs).
 //! * [`execute`]: one job's inputs → model → result JSON or a job error.
-//! * [`consumer`]: the Redis Streams loop around it.
+//! * [`consumer`]: the Redis Streams side around it: the read loop every
+//!   slot runs, an attempt's life cycle, prediction batches, takeovers.
+//! * [`slots`]: starts the read loops and decides which streams each reads.
 //! * [`training`], [`retrain`]: training slots and what a `retrain` job does
 //!   (train, score against the current version, register, maybe promote).
 //! * [`watchdog`]: time limits and cancellation of inference runs, and the
@@ -31,6 +33,7 @@ pub mod models;
 pub mod retrain;
 pub mod runtime;
 pub mod sandbox;
+pub mod slots;
 pub mod training;
 pub mod watchdog;
 
@@ -89,7 +92,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     let models = Arc::new(models);
     let pool = redis_conn::pool(&cfg.redis_url, 8, limits)?;
     let ctx = Arc::new(consumer::Context {
-        streams: arc_swap::ArcSwap::from_pointee(Vec::new()),
+        streams: Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())),
         consumer,
         pool,
         redis_url: cfg.redis_url.clone(),
@@ -182,9 +185,6 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     if let Err(error) = ctx.ensure_groups().await {
         tracing::warn!(%error, "cannot create consumer groups yet");
     }
-    let mut slots: Vec<_> = (0..cfg.concurrency.max(1))
-        .map(|slot| tokio::spawn(consumer::run_slot(Arc::clone(&ctx), slot, stop_rx.clone())))
-        .collect();
     let trainer = Arc::new(retrain::TrainerConfig {
         external: cfg
             .external_trainer
@@ -203,14 +203,13 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         external_trainer = trainer.external.is_some(),
         "training slots starting"
     );
-    slots.extend((0..cfg.train_slots).map(|slot| {
-        tokio::spawn(training::run_slot(
-            Arc::clone(&ctx),
-            Arc::clone(&trainer),
-            slot,
-            stop_rx.clone(),
-        ))
-    }));
+    let slots = slots::start(
+        &ctx,
+        &trainer,
+        cfg.concurrency.max(1),
+        cfg.train_slots,
+        &stop_rx,
+    );
 
     shutdown.await;
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);

@@ -16,13 +16,22 @@ use shared::telemetry::spans;
 
 use super::Context;
 use super::attempt::{Attempted, Runnable, child_spans, finish_all, renew_leases, start_all};
+use super::read::Batches;
 use crate::error::JobFailure;
 use crate::execute::{self, Resolved};
 use crate::models::LoadError;
 use crate::watchdog::CancelFlag;
 
-/// Starts, runs and finishes one batch of a prediction slot.
-pub(super) async fn process(ctx: &Context, batch: Vec<Delivery>) {
+/// The prediction slots' [`Batches`]: inference and `validate` jobs.
+pub struct Predictions;
+
+impl Batches for Predictions {
+    async fn run(&self, ctx: &Context, batch: Vec<Delivery>) {
+        process(ctx, batch).await
+    }
+}
+
+async fn process(ctx: &Context, batch: Vec<Delivery>) {
     metrics::histogram!(WORKER_BATCH_SIZE).record(batch.len() as f64);
     let started = Instant::now();
     let runnable = start_all(ctx, batch).await;

@@ -1,8 +1,9 @@
 //! The Redis Streams side of the worker, and the [`Context`] every slot of
 //! one worker process shares.
 //!
-//! * [`read`]: a prediction slot's loop: a blocking `XREADGROUP` of every
-//!   served stream on a dedicated connection.
+//! * [`read`]: the one read loop every slot runs (predictions and
+//!   training): a blocking `XREADGROUP` of a read group's streams on a
+//!   dedicated connection, handing each batch to the slot's [`read::Batches`].
 //! * [`attempt`]: an attempt's life cycle: start the jobs of a batch (one
 //!   script call per stream), renew their leases while they run, then end
 //!   every attempt in one pipelined round trip; the retry / dead-letter
@@ -14,7 +15,9 @@
 //! * [`metrics`]: what the consumer logs and counts about jobs and Redis.
 //! * [`backoff`]: riding out Redis blips.
 //!
-//! The rest of the upkeep (delayed-retry promotion, trimming, heartbeats) is the worker's
+//! Which streams a loop reads and which slot takes over expired leases is
+//! decided where the loops start ([`crate::slots`]). The rest of the
+//! upkeep (delayed-retry promotion, trimming, heartbeats) is the worker's
 //! `maintain` task in the crate root.
 
 pub mod attempt;
@@ -25,9 +28,8 @@ pub mod read;
 pub mod upkeep;
 
 pub use attempt::{Attempted, Runnable};
-pub(crate) use backoff::Backoff;
+pub use batch::Predictions;
 pub use metrics::count_redis_error;
-pub use read::run_slot;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +50,9 @@ pub struct Context {
     /// The served model versions, swapped when the registry changes.
     pub models: Arc<ModelStore>,
     /// The streams of the models this worker serves, and the control stream;
-    /// replaced when a model is added.
-    pub streams: ArcSwap<Vec<String>>,
+    /// replaced when a model is added. Shared with the read group of the
+    /// prediction slots, which reads whatever it holds at each read.
+    pub streams: Arc<ArcSwap<Vec<String>>>,
     /// Unique per process start, so a restarted worker never inherits the
     /// pending entries of its previous life under the same name.
     pub consumer: String,
@@ -79,6 +82,16 @@ impl Context {
         }
         consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::CONTROL).await?;
         consume::ensure_group(&mut conn, &self.keys, shared::queue::keys::TRAIN).await
+    }
+
+    /// Creates the consumer groups of the given stream keys (those of one
+    /// read group); keys outside this namespace are skipped.
+    pub async fn ensure_groups_of(&self, streams: &[String]) -> Result<(), QueueError> {
+        let mut conn = self.pool.get().await?;
+        for model in streams.iter().filter_map(|s| self.keys.model_of_stream(s)) {
+            consume::ensure_group(&mut conn, &self.keys, model).await?;
+        }
+        Ok(())
     }
 
     /// Reads the streams of the models served now (after a model was added).

@@ -1,53 +1,134 @@
-//! A prediction slot's loop: read (or, on slot 0, reclaim) a batch of
-//! entries of every served stream and hand it to [`super::batch`], until
-//! shutdown.
+//! The one read loop every slot runs, prediction and training slots alike:
+//! read new entries of a read group's streams with a blocking `XREADGROUP`
+//! on a dedicated connection, hand each batch to the slot's [`Batches`],
+//! and, on a slot with the reclaim duty, take over expired leases of those
+//! streams every half lease ([`super::upkeep`]).
 //!
-//! Each slot owns a dedicated connection for its blocking `XREADGROUP`;
-//! everything else goes through the shared pool. Several slots overlap one
-//! batch's Redis round trips with another batch's inference. Reads are
-//! never cancelled mid-flight: an entry the server has delivered is always
-//! processed, so shutdown waits at most one block interval plus the batch
-//! in flight.
+//! A slot hands a batch over and waits for it before reading again, so it
+//! never holds entries it cannot start yet. Reads are never cancelled
+//! mid-flight: an entry the server has delivered is always processed, so
+//! shutdown waits at most one block interval plus the batch in flight.
+//! Which streams form a group, and which slots reclaim, is decided where
+//! the loops start ([`crate::slots`]).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use redis::aio::MultiplexedConnection;
 use shared::metric_names::redis_op;
 use shared::queue::QueueError;
-use shared::queue::consume;
+use shared::queue::consume::{self, Delivery};
 use shared::redis_conn::{self, Limits};
 use tokio::sync::watch;
 
 use super::backoff::Backoff;
-use super::batch::process;
 use super::metrics::count_redis_error;
-use super::upkeep::reclaim_expired;
+use super::upkeep::reclaim;
 use super::{Context, duration_ms};
 
-/// One read→run→write loop, until `shutdown` turns true. Slot 0 also
-/// reclaims expired leases, every half lease.
-pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Receiver<bool>) {
+/// The stream keys one loop reads together, in one `XREADGROUP`, and how to
+/// open the dedicated connection that read blocks on (a blocking read
+/// stalls everything else on its connection). On a Redis Cluster every key
+/// of a group must share a hash slot: the read is routed by its first key.
+#[derive(Clone)]
+pub struct ReadGroup {
+    /// The group's keys, read afresh at every read and every reclaim: the
+    /// served set grows when a model is added.
+    pub streams: Arc<ArcSwap<Vec<String>>>,
+    pub redis_url: String,
+    /// The connection's limits; the loop adds its longest block to the
+    /// response limit.
+    pub limits: Limits,
+}
+
+impl ReadGroup {
+    /// A group of fixed keys.
+    pub fn fixed(streams: Vec<String>, redis_url: String, limits: Limits) -> ReadGroup {
+        ReadGroup {
+            streams: Arc::new(ArcSwap::from_pointee(streams)),
+            redis_url,
+            limits,
+        }
+    }
+
+    /// A new dedicated connection whose response limit outlasts a server-side
+    /// block of `longest_block_ms`.
+    async fn connect(
+        &self,
+        longest_block_ms: u64,
+    ) -> Result<MultiplexedConnection, redis::RedisError> {
+        let limits = Limits {
+            response: self.limits.response + Duration::from_millis(longest_block_ms),
+            ..self.limits
+        };
+        redis_conn::dedicated(&self.redis_url, limits).await
+    }
+}
+
+/// How one slot reads its group.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSpec {
+    /// Names the kind of slot in its logs (`reads` field).
+    pub name: &'static str,
+    pub slot: usize,
+    /// Entries taken per stream in one read (`XREADGROUP COUNT`).
+    pub count: usize,
+    /// Server-side block of an empty read.
+    pub block_ms: u64,
+    /// After a read that returned fewer than `count` entries, how long to
+    /// wait for more before handing the batch over (0: at once).
+    pub linger_ms: u64,
+    /// Whether this slot takes over expired leases of its group's streams,
+    /// every half lease (at its start too) and up to this many entries per
+    /// stream. Such a slot blocks at most half a lease, to be back in time.
+    pub reclaim: Option<usize>,
+}
+
+/// What a slot does with the entries it read or took over. The loop waits
+/// for it before reading again.
+pub trait Batches: Send + Sync {
+    fn run(&self, ctx: &Context, batch: Vec<Delivery>) -> impl Future<Output = ()> + Send;
+}
+
+/// Reads `group` as `spec` says and hands every batch to `batches`, until
+/// `shutdown` turns true.
+pub async fn read_loop<B: Batches>(
+    ctx: Arc<Context>,
+    group: ReadGroup,
+    spec: ReadSpec,
+    batches: B,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (reads, slot) = (spec.name, spec.slot);
+    let block_ms = match spec.reclaim {
+        Some(_) => spec.block_ms.min(duration_ms(ctx.lease / 2)),
+        None => spec.block_ms,
+    }
+    // Redis takes BLOCK 0 as "forever": the loop would never see shutdown.
+    .max(1);
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = Backoff(0);
-    let mut last_reclaim = Instant::now();
-    // The server blocks up to block_ms; the client must wait longer than that.
-    let read_limits = Limits {
-        response: ctx.limits.response + Duration::from_millis(ctx.block_ms),
-        ..ctx.limits
-    };
+    // At once on the first round: a worker starting may be replacing one
+    // that died with jobs in hand.
+    let mut last_reclaim: Option<Instant> = None;
     while !*shutdown.borrow_and_update() {
-        if slot == 0 && last_reclaim.elapsed() >= ctx.lease / 2 {
-            last_reclaim = Instant::now();
-            reclaim_expired(&ctx).await;
+        if let Some(count) = spec.reclaim
+            && last_reclaim.is_none_or(|t| t.elapsed() >= ctx.lease / 2)
+        {
+            last_reclaim = Some(Instant::now());
+            if take_over(&ctx, &group, count, &batches, spec).await {
+                // Running them may have taken a while: see shutdown first.
+                continue;
+            }
         }
         if conn.is_none() {
-            match redis_conn::dedicated(&ctx.redis_url, read_limits).await {
+            match group.connect(block_ms.max(spec.linger_ms)).await {
                 Ok(c) => conn = Some(c),
                 Err(error) => {
-                    metrics::counter!(shared::metric_names::REDIS_ERRORS, "op" => redis_op::CONNECT)
-                        .increment(1);
-                    tracing::warn!(slot, %error, "cannot connect to redis; backing off");
+                    tracing::warn!(reads, slot, %error, "cannot connect to redis; backing off");
+                    count_redis_error(redis_op::CONNECT, &QueueError::Redis(error));
                     tokio::select! {
                         _ = backoff.wait() => {}
                         _ = shutdown.changed() => {}
@@ -57,27 +138,19 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
             }
         }
         let Some(c) = conn.as_mut() else { continue };
-        // Slot 0 must come back in time to reclaim; others may block longer.
-        let block_ms = if slot == 0 {
-            ctx.block_ms.min(duration_ms(ctx.lease / 2).max(1))
-        } else {
-            ctx.block_ms
-        };
-        let streams = ctx.streams.load_full();
-        let read = consume::read_new(c, &streams, &ctx.consumer, ctx.read_count, block_ms).await;
+        let streams = group.streams.load_full();
+        let read = consume::read_new(c, &streams, &ctx.consumer, spec.count, block_ms).await;
         let read = match read {
             Ok(mut batch)
-                if ctx.max_batch_delay_ms > 0
-                    && !batch.is_empty()
-                    && batch.len() < ctx.read_count =>
+                if spec.linger_ms > 0 && !batch.is_empty() && batch.len() < spec.count =>
             {
                 // Triton's max_queue_delay: give stragglers a moment to join.
                 let more = consume::read_new(
                     c,
                     &streams,
                     &ctx.consumer,
-                    ctx.read_count - batch.len(),
-                    ctx.max_batch_delay_ms,
+                    spec.count - batch.len(),
+                    spec.linger_ms,
                 )
                 .await;
                 match more {
@@ -85,7 +158,7 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
                     Err(error) => {
                         count_redis_error(redis_op::READ, &error);
                         // What was already read must still run: keep it.
-                        tracing::warn!(slot, %error, "second read of a batch failed");
+                        tracing::warn!(reads, slot, %error, "second read of a batch failed");
                         conn = None;
                     }
                 }
@@ -97,28 +170,47 @@ pub async fn run_slot(ctx: Arc<Context>, slot: usize, mut shutdown: watch::Recei
             Ok(batch) => {
                 backoff = Backoff(0);
                 if !batch.is_empty() {
-                    process(&ctx, batch).await;
+                    batches.run(&ctx, batch).await;
                 }
             }
             Err(QueueError::Redis(e)) if e.code() == Some("NOGROUP") => {
-                metrics::counter!(shared::metric_names::REDIS_ERRORS, "op" => redis_op::READ)
-                    .increment(1);
+                count_redis_error(redis_op::READ, &QueueError::Redis(e));
                 // The stream or group vanished (e.g. a Redis without
                 // persistence restarted): recreate and read again.
-                tracing::warn!(slot, "consumer group missing; recreating");
-                if let Err(error) = ctx.ensure_groups().await {
+                tracing::warn!(reads, slot, "consumer group missing; recreating");
+                if let Err(error) = ctx.ensure_groups_of(&streams).await {
                     count_redis_error(redis_op::ENSURE_GROUP, &error);
-                    tracing::warn!(slot, %error, "cannot recreate consumer groups");
+                    tracing::warn!(reads, slot, %error, "cannot recreate consumer groups");
                     backoff.wait().await;
                 }
             }
             Err(error) => {
                 count_redis_error(redis_op::READ, &error);
-                tracing::warn!(slot, %error, "reading the job streams failed; reconnecting");
+                tracing::warn!(reads, slot, %error, "reading the streams failed; reconnecting");
                 conn = None;
                 backoff.wait().await;
             }
         }
     }
-    tracing::debug!(slot, "slot stopped");
+    tracing::debug!(reads, slot, "slot stopped");
+}
+
+/// Takes over the expired leases of the group's streams and hands each
+/// stream's entries over as one batch; whether there were any.
+async fn take_over<B: Batches>(
+    ctx: &Context,
+    group: &ReadGroup,
+    count: usize,
+    batches: &B,
+    spec: ReadSpec,
+) -> bool {
+    let mut took = false;
+    for stream in group.streams.load_full().iter() {
+        let batch = reclaim(ctx, stream, count, spec.name, spec.slot).await;
+        if !batch.is_empty() {
+            took = true;
+            batches.run(ctx, batch).await;
+        }
+    }
+    took
 }
