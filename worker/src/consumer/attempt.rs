@@ -218,7 +218,10 @@ pub(crate) async fn finish_all(
             job_id: r.job_id,
             attempt: r.attempt,
             model_version: version,
-            outcome: outcome_of(ctx, r.attempt, result),
+            outcome: outcome_of(result, r.attempt, ctx.policy.max_attempts, || {
+                shared::time::now_ms()
+                    + i64::try_from(ctx.retry_delay(r.attempt).as_millis()).unwrap_or(i64::MAX / 2)
+            }),
         })
         .collect();
     let writing = child_spans(spans::WRITE_RESULT, executed.iter().map(|(r, _)| &r.span));
@@ -244,19 +247,24 @@ pub(crate) async fn finish_all(
 }
 
 /// Decides how an attempt ends. The failure's type decides whether it is
-/// retried; the attempt count decides whether a retry is still allowed.
-fn outcome_of(ctx: &Context, attempt: u32, result: &Result<String, JobFailure>) -> Outcome {
+/// retried; the attempt count decides whether a retry is still allowed
+/// (`retry_at_ms` is asked only then).
+fn outcome_of(
+    result: &Result<String, JobFailure>,
+    attempt: u32,
+    max_attempts: u32,
+    retry_at_ms: impl FnOnce() -> i64,
+) -> Outcome {
     match result {
         Ok(result_json) => Outcome::Succeeded {
             result_json: result_json.clone(),
         },
         Err(JobFailure::Canceled) => Outcome::Canceled,
         Err(f) if !f.is_transient() => Outcome::Failed(f.to_job_error()),
-        Err(f) if attempt >= ctx.policy.max_attempts => Outcome::DeadLetter(f.to_job_error()),
+        Err(f) if attempt >= max_attempts => Outcome::DeadLetter(f.to_job_error()),
         Err(f) => Outcome::Retry {
             error: f.to_job_error(),
-            retry_at_ms: shared::time::now_ms()
-                + i64::try_from(ctx.retry_delay(attempt).as_millis()).unwrap_or(i64::MAX / 2),
+            retry_at_ms: retry_at_ms(),
         },
     }
 }
@@ -322,5 +330,67 @@ pub(crate) fn renew_leases(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never() -> i64 {
+        panic!("a retry time was asked for an outcome that is not a retry")
+    }
+
+    #[test]
+    fn success_and_cancel_end_the_job_whatever_the_attempt() {
+        let ok = Ok(r#"{"outputs":[]}"#.to_owned());
+        assert_eq!(
+            outcome_of(&ok, 3, 3, never),
+            Outcome::Succeeded {
+                result_json: r#"{"outputs":[]}"#.to_owned()
+            }
+        );
+        assert_eq!(
+            outcome_of(&Err(JobFailure::Canceled), 1, 3, never),
+            Outcome::Canceled
+        );
+    }
+
+    #[test]
+    fn a_permanent_failure_is_final_on_any_attempt() {
+        let bad = Err(JobFailure::InvalidInput("no input x".into()));
+        for attempt in [1, 3, 9] {
+            match outcome_of(&bad, attempt, 3, never) {
+                Outcome::Failed(e) => assert_eq!(e.code, "invalid_input"),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_until_the_last_attempt_then_dead_lettered() {
+        let flaky = Err(JobFailure::Inference("blip".into()));
+        for attempt in [1, 2] {
+            match outcome_of(&flaky, attempt, 3, || 1234) {
+                Outcome::Retry { error, retry_at_ms } => {
+                    assert_eq!(
+                        (error.code.as_str(), retry_at_ms),
+                        ("inference_error", 1234)
+                    );
+                }
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+        for attempt in [3, 4] {
+            match outcome_of(&flaky, attempt, 3, never) {
+                Outcome::DeadLetter(e) => assert_eq!(e.code, "inference_error"),
+                other => panic!("attempt {attempt}: {other:?}"),
+            }
+        }
+        // One attempt allowed: the first failure is the last.
+        assert!(matches!(
+            outcome_of(&flaky, 1, 1, never),
+            Outcome::DeadLetter(_)
+        ));
     }
 }

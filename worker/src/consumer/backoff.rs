@@ -12,9 +12,13 @@ pub(crate) struct Backoff(pub(crate) u32);
 
 impl Backoff {
     pub(crate) async fn wait(&mut self) {
+        tokio::time::sleep(self.next_delay()).await;
+    }
+
+    fn next_delay(&mut self) -> Duration {
         let ms = 100u64.saturating_mul(1 << self.0.min(6)).min(5_000);
         self.0 += 1;
-        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Duration::from_millis(ms)
     }
 }
 
@@ -41,5 +45,17 @@ where
             }
             ok => return ok,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_100_ms_to_5_s() {
+        let mut b = Backoff(0);
+        let ms: Vec<u128> = (0..9).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
     }
 }

@@ -173,3 +173,175 @@ fn execute_all(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    use shared::model::ModelInfo;
+    use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
+    use tracing::Span;
+    use uuid::Uuid;
+
+    use crate::backend::{Backend, RunControl};
+
+    /// `y = x` over a `[-1, 2]` FP32 input, remembering the rows of each run.
+    struct Echo {
+        info: ModelInfo,
+        runs: Mutex<Vec<i64>>,
+    }
+
+    impl Backend for Echo {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn run(&self, inputs: &[Tensor], _: &RunControl<'_>) -> Result<Vec<Tensor>, JobFailure> {
+            let x = &inputs[0];
+            self.runs.lock().unwrap().push(x.shape[0]);
+            Ok(vec![Tensor {
+                name: "y".into(),
+                shape: x.shape.clone(),
+                data: x.data.clone(),
+            }])
+        }
+    }
+
+    fn echo(version: &str) -> Arc<Echo> {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 2],
+        };
+        Arc::new(Echo {
+            info: ModelInfo {
+                name: "m".into(),
+                version: version.into(),
+                inputs: vec![spec("x")],
+                outputs: vec![spec("y")],
+                updated_at_ms: 0,
+            },
+            runs: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn job(rows: &[[f32; 2]]) -> Runnable {
+        let id = Uuid::now_v7();
+        runnable(Ok(JobEnvelope {
+            id,
+            kind: JobKind::Predict,
+            model: "m".into(),
+            inputs: vec![Tensor {
+                name: "x".into(),
+                shape: vec![rows.len() as i64, 2],
+                data: TensorData::Fp32(rows.iter().flatten().copied().collect()),
+            }],
+            submitted_at_ms: 0,
+            deadline_ms: None,
+            traceparent: None,
+            model_version: None,
+            retrain: None,
+        }))
+    }
+
+    fn runnable(job: Result<JobEnvelope, String>) -> Runnable {
+        let job_id = Uuid::now_v7();
+        Runnable {
+            job_id,
+            delivery: Delivery {
+                stream: "t:stream:m".into(),
+                entry_id: "1-0".into(),
+                job_id: Some(job_id),
+                job,
+            },
+            attempt: 1,
+            span: Span::none(),
+            cancel: CancelFlag::default(),
+        }
+    }
+
+    fn data(result: &Result<String, JobFailure>) -> Vec<f64> {
+        let json: serde_json::Value = serde_json::from_str(result.as_ref().unwrap()).unwrap();
+        json["outputs"][0]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn jobs_of_one_version_run_stacked_and_each_gets_its_own_rows_back() {
+        let model = echo("7");
+        let jobs = vec![
+            job(&[[1.0, 2.0]]),
+            job(&[[3.0, 4.0], [5.0, 6.0]]),
+            job(&[[7.0, 8.0]]),
+        ];
+        let ids: Vec<Uuid> = jobs.iter().map(|r| r.job_id).collect();
+        let resolved: Vec<Resolved> = (0..3)
+            .map(|_| Ok(model.clone() as Arc<dyn Backend>))
+            .collect();
+        let out = execute_all(resolved, jobs, 64);
+        assert_eq!(*model.runs.lock().unwrap(), vec![4]);
+        assert_eq!(out.iter().map(|(r, _)| r.job_id).collect::<Vec<_>>(), ids);
+        assert!(out.iter().all(|(_, (version, _))| version == "7"));
+        assert_eq!(data(&out[0].1.1), [1.0, 2.0]);
+        assert_eq!(data(&out[1].1.1), [3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(data(&out[2].1.1), [7.0, 8.0]);
+    }
+
+    #[test]
+    fn stacked_runs_are_split_at_max_rows() {
+        let model = echo("7");
+        let jobs: Vec<Runnable> = (0..5).map(|i| job(&[[i as f32, 0.0]])).collect();
+        let resolved: Vec<Resolved> = (0..5)
+            .map(|_| Ok(model.clone() as Arc<dyn Backend>))
+            .collect();
+        let out = execute_all(resolved, jobs, 2);
+        assert_eq!(*model.runs.lock().unwrap(), vec![2, 2, 1]);
+        for (i, (_, (_, result))) in out.iter().enumerate() {
+            assert_eq!(data(result), [i as f64, 0.0]);
+        }
+    }
+
+    #[test]
+    fn versions_never_share_a_run_and_bad_jobs_fail_alone_in_place() {
+        let (old, new) = (echo("1"), echo("2"));
+        let jobs = vec![
+            job(&[[1.0, 1.0]]),
+            runnable(Err("not msgpack".into())),
+            job(&[[2.0, 2.0]]),
+            job(&[[f32::NAN, 3.0]]),
+            job(&[[4.0, 4.0]]),
+        ];
+        // One entry per decoded job: the undecodable one has none.
+        let resolved: Vec<Resolved> = vec![
+            Ok(old.clone()),
+            Err(JobFailure::ModelUnavailable("m".into())),
+            Ok(new.clone()),
+            Ok(new.clone()),
+        ];
+        let out = execute_all(resolved, jobs, 64);
+        assert_eq!(*old.runs.lock().unwrap(), vec![1]);
+        assert_eq!(*new.runs.lock().unwrap(), vec![2]);
+        let codes: Vec<(&str, &str)> = out
+            .iter()
+            .map(|(_, (version, result))| {
+                let code = result.as_ref().err().map_or("ok", |f| f.code());
+                (version.as_str(), code)
+            })
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                ("1", "ok"),
+                ("", "invalid_payload"),
+                ("", "model_unavailable"),
+                ("2", "non_finite_output"),
+                ("2", "ok"),
+            ]
+        );
+        assert_eq!(data(&out[4].1.1), [4.0, 4.0]);
+    }
+}

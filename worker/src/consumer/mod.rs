@@ -125,17 +125,26 @@ impl Context {
         Ok(())
     }
 
-    /// The back-off before retry number `attempt` (1-based attempt that
-    /// just failed): exponential, capped, with "equal jitter" (half fixed,
-    /// half random) so jobs failing together do not retry together.
+    /// The back-off before retry number `attempt` (see [`retry_delay`]).
     fn retry_delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .retry_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.retry_max);
-        let half = exp / 2;
-        half + half.mul_f64(rand::rng().random::<f64>())
+        retry_delay(
+            self.retry_base,
+            self.retry_max,
+            attempt,
+            rand::rng().random::<f64>(),
+        )
     }
+}
+
+/// The back-off before retry number `attempt` (1-based attempt that just
+/// failed): exponential, capped, with "equal jitter" (half fixed, half
+/// `jitter` in `[0, 1)`) so jobs failing together do not retry together.
+fn retry_delay(base: Duration, max: Duration, attempt: u32, jitter: f64) -> Duration {
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    let half = exp / 2;
+    half + half.mul_f64(jitter)
 }
 
 /// A unique consumer name: host, pid and a random suffix.
@@ -156,4 +165,22 @@ pub fn consumer_name() -> String {
 /// Whole milliseconds of `d`, saturating.
 pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_is_capped_and_keeps_half_fixed() {
+        let (base, max) = (Duration::from_millis(100), Duration::from_secs(1));
+        assert_eq!(retry_delay(base, max, 1, 0.0), Duration::from_millis(50));
+        assert_eq!(retry_delay(base, max, 3, 0.0), Duration::from_millis(200));
+        let top = retry_delay(base, max, 3, 0.999_999);
+        assert!(top < Duration::from_millis(400) && top > Duration::from_millis(399));
+        // Past the cap, and far past it (no overflow).
+        assert_eq!(retry_delay(base, max, 5, 0.0), max / 2);
+        assert_eq!(retry_delay(base, max, u32::MAX, 0.0), max / 2);
+        assert!(retry_delay(base, max, u32::MAX, 0.999_999) <= max);
+    }
 }
