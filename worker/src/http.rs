@@ -231,14 +231,3 @@ fn unavailable(cause: &str) -> Response {
 fn json(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
-
-/// Counts a failed Redis call of kind `op` (one of [`redis_op`]); errors that
-/// are not Redis's own (corrupt data, encoding) are not counted.
-pub fn count_redis_error(op: &'static str, e: &shared::QueueError) {
-    if matches!(
-        e,
-        shared::QueueError::Redis(_) | shared::QueueError::Pool(_)
-    ) {
-        metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
-    }
-}

@@ -11,7 +11,9 @@
 //!   (seeding from the models dir, hot swap on promotion, the LRU of
 //!   sessions, pinned versions, quarantine, `validate` jobs).
 //! * [`execute`]: one job's inputs → model → result JSON or a job error.
-//! * [`consumer`]: the Redis Streams loop around it.
+//! * [`consumer`]: the Redis Streams side around it: the read loop every
+//!   slot runs, an attempt's life cycle, prediction batches, takeovers.
+//! * [`slots`]: starts the read loops and decides which streams each reads.
 //! * [`training`], [`retrain`]: training slots and what a `retrain` job does
 //!   (train, score against the current version, register, maybe promote).
 //! * [`watchdog`]: time limits and cancellation of inference runs, and the
@@ -31,6 +33,7 @@ pub mod models;
 pub mod retrain;
 pub mod runtime;
 pub mod sandbox;
+pub mod slots;
 pub mod training;
 pub mod watchdog;
 
@@ -89,7 +92,10 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     let models = Arc::new(models);
     let pool = redis_conn::Pool::new(&topology, 8, limits)?;
     let ctx = Arc::new(consumer::Context {
-        streams: arc_swap::ArcSwap::from_pointee(Vec::new()),
+        streams: keys
+            .all_partitions()
+            .map(|_| Arc::new(arc_swap::ArcSwap::from_pointee(Vec::new())))
+            .collect(),
         consumer,
         pool,
         topology,
@@ -183,9 +189,6 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     if let Err(error) = ctx.ensure_groups().await {
         tracing::warn!(%error, "cannot create consumer groups yet");
     }
-    let mut slots: Vec<_> = (0..cfg.concurrency.max(1))
-        .map(|slot| tokio::spawn(consumer::run_slot(Arc::clone(&ctx), slot, stop_rx.clone())))
-        .collect();
     let trainer = Arc::new(retrain::TrainerConfig {
         external: cfg
             .external_trainer
@@ -204,14 +207,13 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         external_trainer = trainer.external.is_some(),
         "training slots starting"
     );
-    slots.extend((0..cfg.train_slots).map(|slot| {
-        tokio::spawn(training::run_slot(
-            Arc::clone(&ctx),
-            Arc::clone(&trainer),
-            slot,
-            stop_rx.clone(),
-        ))
-    }));
+    let slots = slots::start(
+        &ctx,
+        &trainer,
+        cfg.concurrency.max(1),
+        cfg.train_slots,
+        &stop_rx,
+    );
 
     shutdown.await;
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
@@ -316,7 +318,7 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
         if now >= next_beat {
             next_beat = now + heartbeat::BEAT_EVERY;
             if let Err(error) = beat(&ctx, &served).await {
-                http::count_redis_error(redis_op::HEARTBEAT, &error);
+                consumer::count_redis_error(redis_op::HEARTBEAT, &error);
                 tracing::debug!(%error, "cannot write the heartbeat");
             }
         }
@@ -325,9 +327,9 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
                 Ok(()) => ctx
                     .publish_models()
                     .await
-                    .inspect_err(|e| http::count_redis_error(redis_op::PUBLISH, e)),
+                    .inspect_err(|e| consumer::count_redis_error(redis_op::PUBLISH, e)),
                 Err(e) => {
-                    http::count_redis_error(redis_op::ENSURE_GROUP, &e);
+                    consumer::count_redis_error(redis_op::ENSURE_GROUP, &e);
                     Err(e)
                 }
             };
@@ -347,13 +349,13 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
             }
         }
         if let Err(error) = promote(&ctx).await {
-            http::count_redis_error(redis_op::PROMOTE, &error);
+            consumer::count_redis_error(redis_op::PROMOTE, &error);
             tracing::debug!(%error, "cannot re-queue due retries");
         }
         if now >= next_trim {
             next_trim = now + m.trim_every;
             if let Err(error) = trim(&ctx, m.dead_letter_max_len).await {
-                http::count_redis_error(redis_op::TRIM, &error);
+                consumer::count_redis_error(redis_op::TRIM, &error);
                 tracing::warn!(%error, "cannot trim streams");
             }
         }
@@ -382,7 +384,7 @@ async fn beat(ctx: &consumer::Context, served: &[String]) -> Result<(), shared::
 
 async fn promote(ctx: &consumer::Context) -> Result<(), shared::QueueError> {
     let mut conn = ctx.pool.get().await?;
-    let mut streams = ctx.streams.load().to_vec();
+    let mut streams = ctx.served_streams();
     streams.extend(ctx.train_streams());
     let moved = shared::queue::consume::promote_due(
         &mut conn,
@@ -403,8 +405,9 @@ async fn trim(
     dead_letter_max_len: usize,
 ) -> Result<(), shared::QueueError> {
     let mut conn = ctx.pool.get().await?;
-    let training = ctx.train_streams();
-    for stream in ctx.streams.load().iter().chain(&training) {
+    let mut streams = ctx.served_streams();
+    streams.extend(ctx.train_streams());
+    for stream in &streams {
         let removed = shared::queue::consume::trim_acked(&mut conn, stream).await?;
         if removed > 0 {
             tracing::debug!(stream, removed, "trimmed acknowledged entries");

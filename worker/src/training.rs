@@ -1,10 +1,12 @@
-//! Training slots: the loops that take `retrain` jobs off the training
-//! stream (`{ns}:stream:.train`), one job per slot at a time.
+//! What a training slot does with the `retrain` jobs it reads off the
+//! training stream (`{ns}:stream:.train`), one job per slot at a time.
 //!
-//! A slot reads with `COUNT 1` only when it is free, so a worker never holds
-//! a training job it cannot start, and `--train-slots 0` keeps a worker out
-//! of training altogether. Each job goes through the same start and finish
-//! scripts as predictions ([`crate::consumer`]): its lease is renewed while
+//! A training slot runs the read loop every slot runs
+//! ([`crate::consumer::read`]) with `COUNT 1` and waits for its job before
+//! reading again, so a worker never holds a training job it cannot start,
+//! and `--train-slots 0` keeps a worker out of training altogether (see
+//! [`crate::slots`]). Each job goes through the same start and finish
+//! scripts as predictions ([`crate::consumer::attempt`]): its lease is renewed while
 //! it trains, a worker that dies mid-training loses the job to another
 //! worker once the lease expires, and the finish is a compare-and-set on the
 //! attempt. While it runs, the job's progress is written to its record at
@@ -15,126 +17,36 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shared::metric_names::redis_op;
+use shared::queue::Keys;
 use shared::queue::consume;
-use shared::queue::{Keys, QueueError};
 use shared::redis_conn::Pool;
-use shared::redis_conn::{self, Conn, Limits};
 use shared::retrain::Progress;
 use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::consumer::{self, Backoff, Context, Runnable};
+use crate::consumer::attempt::{finish_all, renew_leases, start_all};
+use crate::consumer::read::Batches;
+use crate::consumer::{Context, Runnable, count_redis_error};
 use crate::error::JobFailure;
-use crate::http::count_redis_error;
 use crate::retrain::{self, Reporter, Stopped, TrainerConfig};
 
 /// Shortest interval between two progress writes of one job.
 pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
-/// One training slot, until `shutdown` turns true. A job running at
-/// shutdown is stopped and abandoned (see [`crate::retrain`]).
-pub async fn run_slot(
-    ctx: Arc<Context>,
-    config: Arc<TrainerConfig>,
-    slot: usize,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let streams = ctx.train_streams();
-    let mut conn: Option<Conn> = None;
-    let mut backoff = Backoff(0);
-    let mut last_reclaim: Option<Instant> = None;
-    let block_ms = ctx
-        .block_ms
-        .min(u64::try_from((ctx.lease / 2).as_millis()).unwrap_or(u64::MAX))
-        .max(1);
-    let read_limits = Limits {
-        response: ctx.limits.response + Duration::from_millis(block_ms),
-        ..ctx.limits
-    };
-    while !*shutdown.borrow_and_update() {
-        if last_reclaim.is_none_or(|t| t.elapsed() >= ctx.lease / 2) {
-            last_reclaim = Some(Instant::now());
-            let claimed = async {
-                let mut c = ctx.pool.get().await?;
-                let lease_ms = u64::try_from(ctx.lease.as_millis()).unwrap_or(u64::MAX);
-                for stream in &streams {
-                    let got = consume::reclaim(&mut c, stream, &ctx.consumer, lease_ms, 1).await?;
-                    if !got.is_empty() {
-                        return Ok(got);
-                    }
-                }
-                Ok(Vec::new())
-            }
-            .await;
-            match claimed {
-                Ok(batch) if !batch.is_empty() => {
-                    tracing::warn!(slot, "took over a retrain job whose lease expired");
-                    run_batch(&ctx, &config, batch, &shutdown).await;
-                    continue;
-                }
-                Ok(_) => {}
-                Err(error) => {
-                    count_redis_error(redis_op::RECLAIM, &error);
-                    tracing::warn!(slot, %error, "reclaiming expired training leases failed");
-                }
-            }
-        }
-        if conn.is_none() {
-            match redis_conn::dedicated(&ctx.topology, read_limits).await {
-                Ok(c) => conn = Some(c),
-                Err(error) => {
-                    count_redis_error(redis_op::CONNECT, &QueueError::Redis(error));
-                    tokio::select! {
-                        _ = backoff.wait() => {}
-                        _ = shutdown.changed() => {}
-                    }
-                    continue;
-                }
-            }
-        }
-        let Some(c) = conn.as_mut() else { continue };
-        match consume::read_new(c, &streams, &ctx.consumer, 1, block_ms).await {
-            Ok(batch) => {
-                backoff = Backoff(0);
-                if !batch.is_empty() {
-                    run_batch(&ctx, &config, batch, &shutdown).await;
-                }
-            }
-            Err(QueueError::Redis(e)) if e.code() == Some("NOGROUP") => {
-                count_redis_error(redis_op::READ, &QueueError::Redis(e));
-                let made = async {
-                    let mut c = ctx.pool.get().await?;
-                    for stream in &streams {
-                        consume::ensure_group(&mut c, stream).await?;
-                    }
-                    Ok::<(), QueueError>(())
-                }
-                .await;
-                if let Err(error) = made {
-                    count_redis_error(redis_op::ENSURE_GROUP, &error);
-                    backoff.wait().await;
-                }
-            }
-            Err(error) => {
-                count_redis_error(redis_op::READ, &error);
-                tracing::warn!(slot, %error, "reading the training stream failed; reconnecting");
-                conn = None;
-                backoff.wait().await;
-            }
-        }
-    }
-    tracing::debug!(slot, "training slot stopped");
+/// The training slots' [`Batches`]: each started retrain job runs in turn.
+/// A job running at shutdown is stopped and abandoned (see
+/// [`crate::retrain`]).
+pub struct Training {
+    pub config: Arc<TrainerConfig>,
+    pub shutdown: watch::Receiver<bool>,
 }
 
-async fn run_batch(
-    ctx: &Context,
-    config: &TrainerConfig,
-    batch: Vec<consume::Delivery>,
-    shutdown: &watch::Receiver<bool>,
-) {
-    for r in consumer::start_all(ctx, batch).await {
-        run_job(ctx, config, r, shutdown).await;
+impl Batches for Training {
+    async fn run(&self, ctx: &Context, batch: Vec<consume::Delivery>) {
+        for r in start_all(ctx, batch).await {
+            run_job(ctx, &self.config, r, &self.shutdown).await;
+        }
     }
 }
 
@@ -146,7 +58,7 @@ async fn run_job(
     shutdown: &watch::Receiver<bool>,
 ) {
     let started = Instant::now();
-    let renewer = tokio::spawn(consumer::renew_leases(ctx, std::slice::from_ref(&r)));
+    let renewer = tokio::spawn(renew_leases(ctx, std::slice::from_ref(&r)));
     let (reporter, progress) = Reporter::new(r.attempt);
     let writer = tokio::spawn(write_progress(
         ctx.pool.clone(),
@@ -213,7 +125,7 @@ async fn run_job(
             return;
         }
     };
-    consumer::finish_all(ctx, &[(r, attempted)], started).await;
+    finish_all(ctx, &[(r, attempted)], started).await;
     renewer.abort();
 }
 
