@@ -7,8 +7,14 @@
 //!
 //! [`sample`] costs two pipelined round trips whatever the number of models
 //! (the model list with Redis's clock and the totals, then per model the
-//! reads of [`queue_gauge_reads`] and the heartbeat set), every command O(1)
-//! or O(groups). Only a lag Redis cannot tell costs more (see [`lag`]).
+//! reads of `queue_gauge_reads` and the heartbeat set); none of those
+//! commands walks a stream or the pending list. Only a lag Redis cannot
+//! tell costs more (see [`lag`]).
+//!
+//! Every reply is read through the redis crate's types
+//! (`StreamInfoGroupsReply`, `StreamPendingCountReply`, tuples); only the
+//! heartbeat set's reply is handed on as a `Value`, to
+//! [`heartbeat::parse`], which owns its format.
 
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamPendingCountReply};
@@ -59,9 +65,10 @@ impl StreamGauges {
 pub(super) const GAUGE_READS: usize = 3;
 
 /// Adds the reads of one stream's gauges to `pipe`, which must run with
-/// `ignore_errors`: a model published before its first job has no stream,
-/// and a stream no worker joined has no group, so XINFO and XPENDING fail
-/// for that stream only. [`read_gauges`] decodes the replies.
+/// `ignore_errors`: a model published before its first job has no stream
+/// (XINFO fails) and a stream no worker joined has no group (XPENDING
+/// fails), which must read as an empty or waiting queue for that stream
+/// only. [`read_gauges`] decodes the replies.
 pub(super) fn queue_gauge_reads(pipe: &mut redis::Pipeline, stream: &str) {
     pipe.cmd("XLEN").arg(stream);
     pipe.cmd("XINFO").arg("GROUPS").arg(stream);

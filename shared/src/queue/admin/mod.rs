@@ -1,10 +1,11 @@
 //! Operator operations on the queue, as `jobctl` runs them: listing and
-//! selecting dead letters ([`dead`]), replaying them onto their work
-//! streams ([`replay`]), a job record as stored ([`job`]), per-model queue
-//! statistics ([`overview`], over the gauges of [`super::stats`]) and the
-//! operator's time arguments ([`time_arg`]). Everything here only reads,
-//! except [`replay()`], whose writes all happen inside one Lua script so a
-//! replay is all-or-nothing.
+//! selecting dead letters ([`list_dead`], module `dead`), replaying them
+//! onto their work streams ([`replay()`], module `replay`), a job record as
+//! stored ([`job_snapshot`]), per-model queue statistics ([`queue_stats`],
+//! module `overview`, over the gauges of [`super::stats`]) and the
+//! operator's time arguments ([`parse_time_arg`]). Everything here only
+//! reads, except [`replay()`], whose writes all happen inside one Lua script
+//! so a replay is all-or-nothing.
 //!
 //! The submodules are private; their items are re-exported here, so
 //! callers name `admin::list_dead`, `admin::replay`, `admin::queue_stats`.
