@@ -26,11 +26,10 @@ pub enum ReplayOutcome {
     JobActive { status: String },
 }
 
-/// Replays one dead letter; the replay script (`lua/replay.lua`) says
-/// the exact steps. Entries
-/// whose payload does not decode, or disagrees with the entry's `id` or
-/// `model` fields, are refused with [`AdminError::NotReplayable`] because a
-/// worker could not run them either.
+/// Replays one dead letter; the replay script (`lua/replay.lua`) says the
+/// exact steps. Entries whose payload does not decode, or disagrees with
+/// the entry's `id` or `model` fields, are refused with
+/// [`AdminError::NotReplayable`] because a worker could not run them either.
 pub async fn replay(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
