@@ -56,7 +56,8 @@
 //! See [`keys`] for the key layout and [`wire`] for the stream entry format;
 //! [`ops`] holds the API's operations, [`consume`] the worker's and
 //! [`admin`] the operator's (`jobctl`); [`heartbeat`] tells which workers
-//! serve which model, and [`stats`] samples the queue gauges for `/metrics`.
+//! serve which model, and [`stats`] reads the queue gauges, for `/metrics`
+//! and `jobctl stats` alike; `paging` walks streams and the keyspace.
 //! [`registry`] holds model versions, their bytes and the `current` pointer;
 //! [`datasets`] the training data retrain jobs read; [`usage`] what each
 //! tenant holds (counted by the scripts that change it, checked against its
@@ -72,6 +73,7 @@ pub mod heartbeat;
 pub mod keys;
 pub mod loading;
 pub mod ops;
+mod paging;
 pub mod ratelimit;
 pub mod registry;
 pub mod scripts;

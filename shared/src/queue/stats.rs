@@ -1,62 +1,186 @@
-//! Cheap queue gauges for scraping: per model stream length, pending
-//! entries, consumer-group lag, oldest pending age, consumers and fresh
-//! workers, plus the delayed-retry and dead-letter totals.
+//! Queue gauges. [`StreamGauges`] is the one reading of a stream's length,
+//! lag, pending entries and oldest pending entry: [`sample`] takes it for
+//! every model on each `/metrics` scrape (with the heartbeats and the
+//! delayed and dead-letter totals), and `jobctl stats`
+//! ([`super::admin::queue_stats`]) takes the same reading and adds detail
+//! too dear for every scrape.
 //!
 //! [`sample`] costs two pipelined round trips whatever the number of models
-//! (the model list with Redis's clock and the totals, then per model `XLEN`,
-//! `XINFO GROUPS`, the `XPENDING` summary and the heartbeat set), every
-//! command O(1) or O(consumers). `jobctl stats` ([`super::admin::queue_stats`])
-//! reads the same group fields through [`workers_group`] and adds the
-//! per-consumer detail that is too dear to take on every scrape.
+//! (the model list with Redis's clock and the totals, then per model the
+//! reads of `queue_gauge_reads` and the heartbeat set); none of those
+//! commands walks a stream or the pending list. Only a lag Redis cannot
+//! tell costs more (see [`lag`]).
+//!
+//! Every reply is read through the redis crate's types
+//! (`StreamInfoGroupsReply`, `StreamPendingCountReply`, tuples); only the
+//! heartbeat set's reply is handed on as a `Value`, to
+//! [`heartbeat::parse`], which owns its format.
 
-use redis::Value;
 use redis::aio::ConnectionLike;
+use redis::streams::{StreamInfoGroup, StreamInfoGroupsReply, StreamPendingCountReply};
+use redis::{FromRedisValue, RedisResult, Value};
 
 use super::QueueError;
-use super::admin::{count_after, entry_id_ms, field_map, value_string, value_u64};
 use super::heartbeat::{self, ModelWorkers};
 use super::keys::{GROUP, Keys, TRAIN};
+use super::paging::{count_after, entry_id_ms};
 
-/// The fields of the `workers` group in an `XINFO GROUPS` reply.
+/// The oldest entry delivered but not yet acknowledged.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupInfo {
-    /// Entries delivered and not yet acknowledged.
-    pub pending: u64,
-    /// Entries not yet delivered; `None` when Redis cannot tell (entries
-    /// deleted after the group's position), see [`lag`].
-    pub lag: Option<u64>,
-    pub consumers: u64,
-    pub last_delivered_id: String,
+pub struct OldestPending {
+    pub entry_id: String,
+    pub consumer: String,
+    /// Time since it was enqueued (Redis clock: now − the entry id's time).
+    pub age_ms: u64,
+    /// Time since it was last delivered (its lease clock).
+    pub idle_ms: u64,
+    pub deliveries: u64,
 }
 
-/// The `workers` group of an `XINFO GROUPS` reply, if the stream has it.
-pub fn workers_group(groups: Vec<Value>) -> Option<GroupInfo> {
-    let g = groups
-        .into_iter()
-        .map(field_map)
-        .find(|g| g.get("name").and_then(value_string).as_deref() == Some(GROUP))?;
-    Some(GroupInfo {
-        pending: g.get("pending").and_then(value_u64).unwrap_or(0),
-        lag: g.get("lag").and_then(value_u64),
-        consumers: g.get("consumers").and_then(value_u64).unwrap_or(0),
-        last_delivered_id: g
-            .get("last-delivered-id")
-            .and_then(value_string)
-            .unwrap_or_else(|| "0-0".to_owned()),
+/// One stream as its `workers` group sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamGauges {
+    /// XLEN: acknowledged entries included until trimmed.
+    pub length: u64,
+    /// Whether the `workers` group exists (a worker for it ever started).
+    pub group_exists: bool,
+    /// Entries not yet delivered to any consumer.
+    pub lag: u64,
+    /// Entries delivered and not yet acknowledged.
+    pub pending: u64,
+    /// Consumers the group knows (registered on first delivery, kept until
+    /// deleted).
+    pub consumers: u64,
+    pub oldest_pending: Option<OldestPending>,
+}
+
+impl StreamGauges {
+    /// 0 when nothing is pending.
+    pub fn oldest_pending_age_ms(&self) -> u64 {
+        self.oldest_pending.as_ref().map_or(0, |p| p.age_ms)
+    }
+}
+
+/// Replies [`queue_gauge_reads`] adds to a pipeline.
+pub(super) const GAUGE_READS: usize = 3;
+
+/// Adds the reads of one stream's gauges to `pipe`, which must run with
+/// `ignore_errors`: a model published before its first job has no stream
+/// (XINFO fails) and a stream no worker joined has no group (XPENDING
+/// fails), which must read as an empty or waiting queue for that stream
+/// only. [`read_gauges`] decodes the replies.
+pub(super) fn queue_gauge_reads(pipe: &mut redis::Pipeline, stream: &str) {
+    pipe.cmd("XLEN").arg(stream);
+    pipe.cmd("XINFO").arg("GROUPS").arg(stream);
+    // Extended form, first entry only: the smallest pending id is the
+    // oldest pending entry, and this costs less than the summary form,
+    // which walks every consumer.
+    pipe.cmd("XPENDING")
+        .arg(stream)
+        .arg(GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(1);
+}
+
+/// The gauges of `stream` from the [`GAUGE_READS`] replies of
+/// [`queue_gauge_reads`], ages against Redis time `now_ms`. May read more
+/// when Redis cannot tell the lag (see [`lag`]).
+pub(super) async fn read_gauges(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    replies: &[Value],
+    now_ms: i64,
+) -> Result<StreamGauges, QueueError> {
+    let [length, groups, oldest] = replies else {
+        return Err(QueueError::Corrupt(format!(
+            "{stream}: {} gauge replies, expected {GAUGE_READS}",
+            replies.len()
+        )));
+    };
+    let length: u64 = reply(length, "XLEN")?.unwrap_or(0);
+    let group = reply::<StreamInfoGroupsReply>(groups, "XINFO GROUPS")?
+        .and_then(|r| r.groups.into_iter().find(|g| g.name == GROUP));
+    let Some(group) = group else {
+        // No worker ever joined: nothing was delivered, everything waits.
+        return Ok(StreamGauges {
+            length,
+            group_exists: false,
+            lag: length,
+            pending: 0,
+            consumers: 0,
+            oldest_pending: None,
+        });
+    };
+    let oldest = reply::<StreamPendingCountReply>(oldest, "XPENDING")?
+        .and_then(|r| r.ids.into_iter().next())
+        .map(|p| OldestPending {
+            age_ms: age_ms(&p.id, now_ms),
+            entry_id: p.id,
+            consumer: p.consumer,
+            idle_ms: p.last_delivered_ms as u64,
+            deliveries: p.times_delivered as u64,
+        });
+    Ok(StreamGauges {
+        length,
+        group_exists: true,
+        lag: lag(conn, stream, &group).await?,
+        pending: group.pending as u64,
+        consumers: group.consumers as u64,
+        oldest_pending: oldest,
     })
 }
 
-/// The group's lag; where Redis reports none (its counter is unreliable
-/// after deletions), the entries after the last delivered one, counted.
+/// The group's lag. Redis reports none after entries were deleted past the
+/// group's position (its counter is then unreliable), and Redis before 7.0
+/// has no `lag` field at all (the crate's `StreamInfoGroup::lag` is `None`
+/// either way): the entries after the last delivered one are then counted,
+/// in pages.
 pub async fn lag(
     conn: &mut impl ConnectionLike,
     stream: &str,
-    group: &GroupInfo,
+    group: &StreamInfoGroup,
 ) -> Result<u64, QueueError> {
-    match group.lag {
-        Some(lag) => Ok(lag),
-        None => count_after(conn, stream, &group.last_delivered_id).await,
+    if let Some(lag) = group.lag {
+        return Ok(lag as u64);
     }
+    let after = match group.last_delivered_id.as_str() {
+        "" => "0-0",
+        id => id,
+    };
+    count_after(conn, stream, after).await
+}
+
+/// One reply of a pipeline run with `ignore_errors`, typed. A command Redis
+/// refused for this key (no such key, no group, another type) reads as
+/// `None`, i.e. nothing there; a Redis that is not serving, or a reply of
+/// another shape, is an error.
+pub(super) fn reply<T: FromRedisValue>(v: &Value, what: &str) -> Result<Option<T>, QueueError> {
+    match redis::from_redis_value_ref::<RedisResult<T>>(v) {
+        Ok(Ok(t)) => Ok(Some(t)),
+        Ok(Err(e)) if super::redis_unavailable(&e) => Err(e.into()),
+        Ok(Err(_)) => Ok(None),
+        Err(e) => Err(QueueError::Corrupt(format!("{what} reply: {e}"))),
+    }
+}
+
+/// How long ago, by Redis's clock, the entry was appended.
+fn age_ms(entry_id: &str, now_ms: i64) -> u64 {
+    entry_id_ms(entry_id)
+        .and_then(|t| u64::try_from(now_ms - t).ok())
+        .unwrap_or(0)
+}
+
+/// A `TIME` reply (seconds, microseconds) in Unix milliseconds.
+fn unix_ms((secs, micros): (i64, i64)) -> i64 {
+    secs * 1000 + micros / 1000
+}
+
+/// Redis's clock, the one stream entry ids are made from, so ages do not
+/// depend on the reader's clock.
+pub(super) async fn redis_now_ms(conn: &mut impl ConnectionLike) -> Result<i64, QueueError> {
+    let time: (i64, i64) = redis::cmd("TIME").query_async(conn).await?;
+    Ok(unix_ms(time))
 }
 
 /// One model's stream, as of one [`sample`].
@@ -89,36 +213,30 @@ pub struct Sample {
 /// of the training stream once it exists (reported as model `.train`, so
 /// training workers can be scaled on its lag like any model's).
 pub async fn sample(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Sample, QueueError> {
-    let (time, mut models, dead_letters, delayed, training): (Value, Vec<String>, u64, u64, bool) =
-        redis::pipe()
-            .cmd("TIME")
-            .cmd("HKEYS")
-            .arg(keys.models())
-            .cmd("XLEN")
-            .arg(keys.dead_letters(0))
-            .cmd("ZCARD")
-            .arg(keys.delayed(TRAIN, 0))
-            .cmd("EXISTS")
-            .arg(keys.stream(TRAIN, 0))
-            .query_async(conn)
-            .await?;
+    type Totals = ((i64, i64), Vec<String>, u64, u64, bool);
+    let (time, mut models, dead_letters, delayed, training): Totals = redis::pipe()
+        .cmd("TIME")
+        .cmd("HKEYS")
+        .arg(keys.models())
+        .cmd("XLEN")
+        .arg(keys.dead_letters(0))
+        .cmd("ZCARD")
+        .arg(keys.delayed(TRAIN, 0))
+        .cmd("EXISTS")
+        .arg(keys.stream(TRAIN, 0))
+        .query_async(conn)
+        .await?;
     if training {
         models.push(TRAIN.to_owned());
     }
-    let now_ms = heartbeat::parse_time(&time)
-        .ok_or_else(|| QueueError::Corrupt(format!("TIME reply {time:?}")))?;
+    let now_ms = unix_ms(time);
     models.sort();
 
-    const PER_MODEL: usize = 4;
+    const PER_MODEL: usize = GAUGE_READS + 1;
     let mut pipe = redis::pipe();
-    // A model published before any job has no stream yet: XINFO and XPENDING
-    // then fail for that model only, which reads as an empty queue.
     pipe.ignore_errors();
     for model in &models {
-        let stream = keys.stream(model, 0);
-        pipe.cmd("XLEN").arg(&stream);
-        pipe.cmd("XINFO").arg("GROUPS").arg(&stream);
-        pipe.cmd("XPENDING").arg(&stream).arg(GROUP);
+        queue_gauge_reads(&mut pipe, &keys.stream(model, 0));
         heartbeat::queue_read(&mut pipe, keys, model);
     }
     let replies: Vec<Value> = if models.is_empty() {
@@ -136,27 +254,16 @@ pub async fn sample(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Sampl
 
     let mut streams = Vec::with_capacity(models.len());
     for (model, r) in models.into_iter().zip(replies.chunks_exact(PER_MODEL)) {
-        let length = value_u64(&r[0]).unwrap_or(0);
-        let group = match &r[1] {
-            Value::Array(groups) => workers_group(groups.clone()),
-            _ => None,
-        };
-        let (pending, lag, consumers) = match &group {
-            Some(g) => (
-                g.pending,
-                lag(conn, &keys.stream(&model, 0), g).await?,
-                g.consumers,
-            ),
-            // No worker ever joined: nothing was delivered, everything waits.
-            None => (0, length, 0),
-        };
+        let (gauges, beats) = r.split_at(GAUGE_READS);
+        let g = read_gauges(conn, &keys.stream(&model, 0), gauges, now_ms).await?;
         streams.push(StreamSample {
-            length,
-            pending,
-            lag,
-            consumers,
-            oldest_pending_age_ms: oldest_pending_age_ms(&r[2], now_ms),
-            workers: heartbeat::parse(&model, &r[3], now_ms),
+            length: g.length,
+            pending: g.pending,
+            lag: g.lag,
+            consumers: g.consumers,
+            oldest_pending_age_ms: g.oldest_pending_age_ms(),
+            // The heartbeat set's reply is read by its owner.
+            workers: heartbeat::parse(&model, &beats[0], now_ms),
             model,
         });
     }
@@ -167,21 +274,6 @@ pub async fn sample(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Sampl
     })
 }
 
-/// From an `XPENDING key group` summary (`[count, smallest id, greatest
-/// id, consumers]`): the age of the smallest id, i.e. of the oldest pending
-/// entry.
-fn oldest_pending_age_ms(summary: &Value, now_ms: i64) -> u64 {
-    let Value::Array(parts) = summary else {
-        return 0;
-    };
-    parts
-        .get(1)
-        .and_then(value_string)
-        .and_then(|id| entry_id_ms(&id))
-        .and_then(|t| u64::try_from(now_ms - t).ok())
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,51 +282,150 @@ mod tests {
         Value::BulkString(s.as_bytes().to_vec())
     }
 
-    #[test]
-    fn the_workers_group_is_found_among_others() {
-        let group = |name: &str, lag: Value| {
-            Value::Array(vec![
-                bulk("name"),
-                bulk(name),
-                bulk("consumers"),
-                Value::Int(2),
-                bulk("pending"),
-                Value::Int(3),
-                bulk("last-delivered-id"),
-                bulk("5-0"),
-                bulk("lag"),
-                lag,
-            ])
-        };
-        let g = workers_group(vec![
-            group("other", Value::Int(9)),
-            group(GROUP, Value::Int(4)),
-        ]);
-        assert_eq!(
-            g,
-            Some(GroupInfo {
-                pending: 3,
-                lag: Some(4),
-                consumers: 2,
-                last_delivered_id: "5-0".into(),
-            })
-        );
-        let unknown_lag = workers_group(vec![group(GROUP, Value::Nil)]);
-        assert_eq!(unknown_lag.and_then(|g| g.lag), None);
-        assert_eq!(workers_group(vec![group("other", Value::Int(1))]), None);
+    /// An `XINFO GROUPS` entry as RESP2 sends it: alternating names and
+    /// values.
+    fn group_resp2(name: &str, lag: Value) -> Value {
+        Value::Array(vec![
+            bulk("name"),
+            bulk(name),
+            bulk("consumers"),
+            Value::Int(2),
+            bulk("pending"),
+            Value::Int(3),
+            bulk("last-delivered-id"),
+            bulk("5-0"),
+            bulk("entries-read"),
+            Value::Int(5),
+            bulk("lag"),
+            lag,
+        ])
+    }
+
+    /// A refused command, as an `ignore_errors` pipeline hands it back.
+    fn server_error(line: &str) -> Value {
+        let v = redis::parse_redis_value(format!("-{line}\r\n").as_bytes()).expect("RESP");
+        assert!(matches!(v, Value::ServerError(_)), "{v:?}");
+        v
+    }
+
+    /// Gauges from replies alone: with a lag Redis tells, no further read.
+    fn gauges(replies: &[Value]) -> Result<StreamGauges, QueueError> {
+        struct NoConn;
+        impl ConnectionLike for NoConn {
+            fn req_packed_command<'a>(
+                &'a mut self,
+                _: &'a redis::Cmd,
+            ) -> redis::RedisFuture<'a, Value> {
+                panic!("no further read expected")
+            }
+            fn req_packed_commands<'a>(
+                &'a mut self,
+                _: &'a redis::Pipeline,
+                _: usize,
+                _: usize,
+            ) -> redis::RedisFuture<'a, Vec<Value>> {
+                panic!("no further read expected")
+            }
+            fn get_db(&self) -> i64 {
+                0
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(read_gauges(&mut NoConn, "s", replies, 4_000))
     }
 
     #[test]
-    fn oldest_pending_age_comes_from_the_smallest_id() {
-        let summary = Value::Array(vec![
-            Value::Int(2),
+    fn the_workers_group_is_found_among_others() {
+        let pending = Value::Array(vec![Value::Array(vec![
             bulk("1000-0"),
-            bulk("1500-3"),
-            Value::Array(vec![]),
+            bulk("worker-a"),
+            Value::Int(250),
+            Value::Int(2),
+        ])]);
+        let groups = Value::Array(vec![
+            group_resp2("other", Value::Int(9)),
+            group_resp2(GROUP, Value::Int(4)),
         ]);
-        assert_eq!(oldest_pending_age_ms(&summary, 4000), 3000);
-        let none = Value::Array(vec![Value::Int(0), Value::Nil, Value::Nil, Value::Nil]);
-        assert_eq!(oldest_pending_age_ms(&none, 4000), 0);
-        assert_eq!(oldest_pending_age_ms(&Value::Nil, 1), 0);
+        let g = gauges(&[Value::Int(7), groups, pending]).expect("gauges");
+        assert_eq!(
+            g,
+            StreamGauges {
+                length: 7,
+                group_exists: true,
+                lag: 4,
+                pending: 3,
+                consumers: 2,
+                oldest_pending: Some(OldestPending {
+                    entry_id: "1000-0".into(),
+                    consumer: "worker-a".into(),
+                    age_ms: 3_000,
+                    idle_ms: 250,
+                    deliveries: 2,
+                }),
+            }
+        );
+        assert_eq!(g.oldest_pending_age_ms(), 3_000);
+    }
+
+    #[test]
+    fn resp3_maps_decode_like_resp2_arrays() {
+        let group = Value::Map(vec![
+            (Value::SimpleString("name".into()), bulk(GROUP)),
+            (Value::SimpleString("consumers".into()), Value::Int(1)),
+            (Value::SimpleString("pending".into()), Value::Int(0)),
+            (Value::SimpleString("last-delivered-id".into()), bulk("9-0")),
+            (Value::SimpleString("lag".into()), Value::Int(6)),
+        ]);
+        let g = gauges(&[
+            Value::Int(6),
+            Value::Array(vec![group]),
+            Value::Array(vec![]),
+        ])
+        .expect("gauges");
+        assert_eq!((g.lag, g.pending, g.consumers), (6, 0, 1));
+        assert_eq!(g.oldest_pending, None);
+        assert_eq!(g.oldest_pending_age_ms(), 0);
+    }
+
+    #[test]
+    fn a_missing_stream_or_group_is_an_empty_or_waiting_queue() {
+        let no_key = server_error("ERR no such key");
+        let no_group = server_error("NOGROUP No such key 's' or consumer group 'workers'");
+        let g = gauges(&[Value::Int(0), no_key, no_group.clone()]).expect("gauges");
+        assert_eq!((g.length, g.lag, g.group_exists), (0, 0, false));
+
+        let others = Value::Array(vec![group_resp2("other", Value::Int(1))]);
+        let g = gauges(&[Value::Int(5), others, no_group]).expect("gauges");
+        assert_eq!((g.lag, g.pending, g.group_exists), (5, 0, false));
+
+        let wrong_type =
+            server_error("WRONGTYPE Operation against a key holding the wrong kind of value");
+        let g = gauges(&[wrong_type.clone(), wrong_type.clone(), wrong_type]).expect("gauges");
+        assert_eq!((g.length, g.lag), (0, 0));
+    }
+
+    #[test]
+    fn a_redis_that_is_not_serving_is_an_error_not_an_empty_queue() {
+        let loading = server_error("LOADING Redis is loading the dataset in memory");
+        let e = gauges(&[loading.clone(), loading.clone(), loading]).expect_err("loading");
+        assert!(e.is_unavailable(), "{e}");
+    }
+
+    #[test]
+    fn a_reply_of_another_shape_is_corrupt() {
+        let e = gauges(&[bulk("seven"), Value::Array(vec![]), Value::Array(vec![])])
+            .expect_err("corrupt");
+        assert!(matches!(e, QueueError::Corrupt(_)), "{e}");
+        assert!(gauges(&[Value::Int(1)]).is_err());
+    }
+
+    #[test]
+    fn ages_count_back_from_redis_time() {
+        assert_eq!(age_ms("1000-0", 4_000), 3_000);
+        assert_eq!(age_ms("5000-0", 4_000), 0, "a clock step back is no age");
+        assert_eq!(age_ms("junk", 4_000), 0);
+        assert_eq!(unix_ms((1_763_792_262, 123_456)), 1_763_792_262_123);
     }
 }
