@@ -147,7 +147,7 @@ async fn dead_show(
         let text = render::show_text(
             &letters,
             record.as_ref(),
-            &keys.dead_letters(0),
+            &keys.dead_letters(letters.first().map_or(0, |d| d.partition)),
             &keys.job(&a.job_id),
             now_ms(),
         );

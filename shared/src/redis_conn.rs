@@ -208,6 +208,41 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// A connection that can send a command to the master owning a slot: on a
+/// cluster, keyless commands that read one node's keyspace (`SCAN`) must
+/// be aimed at the node holding the slot of the keys sought.
+pub trait Routed: ConnectionLike + Send {
+    /// Sends `cmd` to the master that owns `slot` (on one node: the node).
+    fn on_slot<'a>(&'a mut self, cmd: &'a Cmd, slot: u16) -> RedisFuture<'a, Value>;
+}
+
+impl Routed for Conn {
+    fn on_slot<'a>(&'a mut self, cmd: &'a Cmd, slot: u16) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                Box::pin(c.route_command(cmd.clone(), route))
+            }
+            other => other.req_packed_command(cmd),
+        }
+    }
+}
+
+impl Routed for MultiplexedConnection {
+    fn on_slot<'a>(&'a mut self, cmd: &'a Cmd, _slot: u16) -> RedisFuture<'a, Value> {
+        self.req_packed_command(cmd)
+    }
+}
+
+impl Routed for ConnectionManager {
+    fn on_slot<'a>(&'a mut self, cmd: &'a Cmd, _slot: u16) -> RedisFuture<'a, Value> {
+        self.req_packed_command(cmd)
+    }
+}
+
 /// One connection shared by every task of the process (clones are cheap
 /// handles to it). Connects lazily on a single node: a Redis that is down at
 /// start-up only makes requests fail until it is back. After a connection

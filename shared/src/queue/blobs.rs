@@ -16,10 +16,9 @@
 
 use std::collections::HashMap;
 
-use redis::aio::ConnectionLike;
-
 use super::QueueError;
 use super::keys::Keys;
+use super::paging::scan_keys;
 use super::registry::{COUNTED, VersionStatus, parse_version};
 use super::scripts::{ADOPT, DROP_UNREFERENCED};
 
@@ -35,29 +34,9 @@ pub struct SweepReport {
     pub deleted: usize,
 }
 
-async fn scan(conn: &mut impl ConnectionLike, pattern: &str) -> Result<Vec<String>, QueueError> {
-    let mut out = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(conn)
-            .await?;
-        out.extend(keys);
-        if next == 0 {
-            return Ok(out);
-        }
-        cursor = next;
-    }
-}
-
 /// Runs the sweep (see the module docs).
 pub async fn sweep(
-    conn: &mut impl ConnectionLike,
+    conn: &mut impl crate::redis_conn::Routed,
     keys: &Keys,
     dry_run: bool,
 ) -> Result<SweepReport, QueueError> {
@@ -67,7 +46,7 @@ pub async fn sweep(
         .arg(keys.blob_refs())
         .query_async(conn)
         .await?;
-    for key in scan(conn, &keys.registry_pattern()).await? {
+    for key in scan_keys(conn, keys.registry_slot(), &keys.registry_pattern(), "hash").await? {
         let Some(model) = keys.model_of_registry(&key) else {
             continue;
         };
@@ -102,7 +81,7 @@ pub async fn sweep(
             }
         }
     }
-    for key in scan(conn, &keys.blob_pattern()).await? {
+    for key in scan_keys(conn, keys.registry_slot(), &keys.blob_pattern(), "string").await? {
         let Some(sha) = keys.sha_of_blob(&key) else {
             continue;
         };

@@ -96,24 +96,29 @@ pub(super) async fn count_after(
 /// `hash`, ...). SCAN rather than KEYS: a large keyspace is walked a step at
 /// a time instead of blocking Redis for the whole walk. A key may be
 /// reported twice if the keyspace is rehashed meanwhile.
+///
+/// The scan runs on the node that owns `slot`, where every key of that
+/// slot's tag lives (on a cluster a keyless `SCAN` would go anywhere).
 pub(super) async fn scan_keys(
-    conn: &mut impl ConnectionLike,
+    conn: &mut impl crate::redis_conn::Routed,
+    slot: u16,
     pattern: &str,
     kind: &str,
 ) -> Result<Vec<String>, QueueError> {
     let mut cursor: u64 = 0;
     let mut out = Vec::new();
     loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
             .arg(SCAN_COUNT)
             .arg("TYPE")
-            .arg(kind)
-            .query_async(conn)
-            .await?;
+            .arg(kind);
+        let reply = conn.on_slot(&cmd, slot).await?;
+        let (next, batch): (u64, Vec<String>) =
+            redis::from_redis_value(reply).map_err(redis::RedisError::from)?;
         out.extend(batch);
         if next == 0 {
             return Ok(out);

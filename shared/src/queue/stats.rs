@@ -5,10 +5,9 @@
 //! ([`super::admin::queue_stats`]) takes the same reading and adds detail
 //! too dear for every scrape.
 //!
-//! [`sample`] costs two pipelined round trips whatever the number of models
-//! (the model list with Redis's clock and the totals, then per model the
-//! reads of `queue_gauge_reads` and the heartbeat set); none of those
-//! commands walks a stream or the pending list. Only a lag Redis cannot
+//! [`sample`] costs a few round trips whatever the number of models (the
+//! clock, the model list, one pipeline per partition, the heartbeats); none
+//! of those commands walks a stream or the pending list. Only a lag Redis cannot
 //! tell costs more (see [`lag`]).
 //!
 //! Every reply is read through the redis crate's types
@@ -22,7 +21,7 @@ use redis::{FromRedisValue, RedisResult, Value};
 
 use super::QueueError;
 use super::heartbeat::{self, ModelWorkers};
-use super::keys::{GROUP, Keys, TRAIN};
+use super::keys::{CONTROL, GROUP, Keys, TRAIN};
 use super::paging::{count_after, entry_id_ms};
 
 /// The oldest entry delivered but not yet acknowledged.
@@ -203,75 +202,110 @@ pub struct StreamSample {
 pub struct Sample {
     /// Sorted by model name.
     pub streams: Vec<StreamSample>,
-    /// Jobs waiting out a retry back-off (`{ns}:delayed`).
+    /// Jobs waiting out a retry back-off (every delayed set).
     pub delayed: u64,
-    /// Entries in the dead-letter stream.
+    /// Entries in the dead-letter streams of every partition.
     pub dead_letters: u64,
 }
 
 /// Samples the queue gauges of every model published in `{ns}:models`, and
 /// of the training stream once it exists (reported as model `.train`, so
-/// training workers can be scaled on its lag like any model's).
+/// training workers can be scaled on its lag like any model's), added up
+/// over the partitions: lengths, lags, pending entries, delayed jobs and
+/// dead letters are sums, the oldest pending age and the consumer count the
+/// largest of any partition.
+///
+/// One pipelined round trip reads the models and their heartbeats (the
+/// registry's slot), then one per partition reads its streams (each
+/// partition is one slot, which a cluster requires of a pipeline).
 pub async fn sample(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<Sample, QueueError> {
-    type Totals = ((i64, i64), Vec<String>, u64, u64, bool);
-    let (time, mut models, dead_letters, delayed, training): Totals = redis::pipe()
-        .cmd("TIME")
-        .cmd("HKEYS")
+    let now_ms = redis_now_ms(conn).await?;
+    let mut models: Vec<String> = redis::cmd("HKEYS")
         .arg(keys.models())
-        .cmd("XLEN")
-        .arg(keys.dead_letters(0))
-        .cmd("ZCARD")
-        .arg(keys.delayed(TRAIN, 0))
-        .cmd("EXISTS")
-        .arg(keys.stream(TRAIN, 0))
         .query_async(conn)
         .await?;
-    if training {
-        models.push(TRAIN.to_owned());
-    }
-    let now_ms = unix_ms(time);
     models.sort();
+    models.push(TRAIN.to_owned());
 
-    const PER_MODEL: usize = GAUGE_READS + 1;
+    let mut totals = Sample {
+        streams: models
+            .iter()
+            .map(|m| StreamSample {
+                model: m.clone(),
+                length: 0,
+                pending: 0,
+                lag: 0,
+                oldest_pending_age_ms: 0,
+                consumers: 0,
+                workers: ModelWorkers {
+                    model: m.clone(),
+                    fresh: 0,
+                    last_beat_age_ms: None,
+                },
+            })
+            .collect(),
+        delayed: 0,
+        dead_letters: 0,
+    };
+    let mut training_exists = false;
+    for p in keys.all_partitions() {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        pipe.cmd("XLEN").arg(keys.dead_letters(p));
+        pipe.cmd("EXISTS").arg(keys.stream(TRAIN, p));
+        for model in models.iter().map(String::as_str).chain([CONTROL]) {
+            pipe.cmd("ZCARD").arg(keys.delayed(model, p));
+        }
+        for model in &models {
+            queue_gauge_reads(&mut pipe, &keys.stream(model, p));
+        }
+        let replies: Vec<Value> = pipe.query_async(conn).await?;
+        let heads = 2 + models.len() + 1;
+        if replies.len() != heads + models.len() * GAUGE_READS {
+            return Err(QueueError::Corrupt(format!(
+                "stream stats: {} replies for {} models",
+                replies.len(),
+                models.len()
+            )));
+        }
+        totals.dead_letters += reply::<u64>(&replies[0], "XLEN")?.unwrap_or(0);
+        training_exists |= reply::<bool>(&replies[1], "EXISTS")?.unwrap_or(false);
+        for r in &replies[2..heads] {
+            totals.delayed += reply::<u64>(r, "ZCARD")?.unwrap_or(0);
+        }
+        for (s, r) in totals
+            .streams
+            .iter_mut()
+            .zip(replies[heads..].chunks_exact(GAUGE_READS))
+        {
+            let g = read_gauges(conn, &keys.stream(&s.model, p), r, now_ms).await?;
+            s.length += g.length;
+            s.pending += g.pending;
+            s.lag += g.lag;
+            s.consumers = s.consumers.max(g.consumers);
+            s.oldest_pending_age_ms = s.oldest_pending_age_ms.max(g.oldest_pending_age_ms());
+        }
+    }
+    if !training_exists {
+        totals.streams.pop();
+    }
+    totals.streams.sort_by(|a, b| a.model.cmp(&b.model));
+
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for model in &models {
-        queue_gauge_reads(&mut pipe, &keys.stream(model, 0));
-        heartbeat::queue_read(&mut pipe, keys, model);
+    for s in &totals.streams {
+        heartbeat::queue_read(&mut pipe, keys, &s.model);
     }
-    let replies: Vec<Value> = if models.is_empty() {
+    let beats: Vec<Value> = if totals.streams.is_empty() {
         Vec::new()
     } else {
         pipe.query_async(conn).await?
     };
-    if replies.len() != models.len() * PER_MODEL {
-        return Err(QueueError::Corrupt(format!(
-            "stream stats: {} replies for {} models",
-            replies.len(),
-            models.len()
-        )));
+    for (s, b) in totals.streams.iter_mut().zip(&beats) {
+        // The heartbeat set's reply is read by its owner.
+        s.workers = heartbeat::parse(&s.model, b, now_ms);
     }
-
-    let mut streams = Vec::with_capacity(models.len());
-    for (model, r) in models.into_iter().zip(replies.chunks_exact(PER_MODEL)) {
-        let (gauges, beats) = r.split_at(GAUGE_READS);
-        let g = read_gauges(conn, &keys.stream(&model, 0), gauges, now_ms).await?;
-        streams.push(StreamSample {
-            length: g.length,
-            pending: g.pending,
-            lag: g.lag,
-            consumers: g.consumers,
-            oldest_pending_age_ms: g.oldest_pending_age_ms(),
-            // The heartbeat set's reply is read by its owner.
-            workers: heartbeat::parse(&model, &beats[0], now_ms),
-            model,
-        });
-    }
-    Ok(Sample {
-        streams,
-        delayed,
-        dead_letters,
-    })
+    Ok(totals)
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Dead letters: reading `{ns}:dead` entries leniently, selecting them
+//! Dead letters: reading the entries of every partition's `{ns}:{P}:dead`
+//! leniently, selecting them
 //! ([`DeadLetterFilter`]) and counting them per model. Putting one back on
 //! its work stream, which also deletes it, is [`super::replay`].
 //!
@@ -15,7 +16,7 @@ use uuid::Uuid;
 use crate::job::JobError;
 use crate::model::valid_internal_model_name;
 use crate::queue::QueueError;
-use crate::queue::keys::Keys;
+use crate::queue::keys::{Keys, Partition};
 use crate::queue::paging::{Pages, entry_id_ms};
 use crate::queue::wire::{EntryJob, JobEnvelope, dead};
 
@@ -24,7 +25,9 @@ use crate::queue::wire::{EntryJob, JobEnvelope, dead};
 /// an explanation (see [`DeadLetter::envelope`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
-    /// The entry's id in `{ns}:dead`.
+    /// The partition whose dead-letter stream holds it (`{ns}:{P}:dead`).
+    pub partition: Partition,
+    /// The entry's id in that stream.
     pub entry_id: String,
     /// From the `id` field; `None` if missing or not a UUID.
     pub job_id: Option<Uuid>,
@@ -43,7 +46,7 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    pub(super) fn from_entry(entry: StreamId) -> DeadLetter {
+    pub(super) fn from_entry(entry: StreamId, partition: Partition) -> DeadLetter {
         // A field that is missing or does not convert reads as absent.
         let text = |field: &str| entry.get::<String>(field);
         let EntryJob {
@@ -66,6 +69,7 @@ impl DeadLetter {
             },
         };
         DeadLetter {
+            partition,
             job_id,
             model,
             error,
@@ -131,10 +135,11 @@ impl DeadLetterFilter {
     }
 }
 
-/// Dead letters matching `filter`, oldest first. Pages through the stream
+/// Dead letters matching `filter`, oldest first (by entry id, Redis's
+/// clock, across the partitions). Pages through each partition's stream
 /// with XRANGE COUNT so a huge dead-letter queue never becomes one huge
 /// reply. The whole stream is scanned: `failed_at` comes from a worker's
-/// clock, so entry ids (Redis's clock) cannot safely narrow a time range.
+/// clock, so entry ids cannot safely narrow a time range.
 pub async fn list_dead(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
@@ -144,19 +149,42 @@ pub async fn list_dead(
     if filter.limit == Some(0) {
         return Ok(out);
     }
-    let mut pages = Pages::new(keys.dead_letters(0));
-    while let Some(page) = pages.next(conn).await? {
-        for entry in page {
-            let dl = DeadLetter::from_entry(entry);
-            if filter.matches(&dl) {
-                out.push(dl);
-                if filter.limit.is_some_and(|n| out.len() >= n) {
-                    return Ok(out);
+    for p in keys.all_partitions() {
+        let mut taken = 0;
+        let mut pages = Pages::new(keys.dead_letters(p));
+        'pages: while let Some(page) = pages.next(conn).await? {
+            for entry in page {
+                let dl = DeadLetter::from_entry(entry, p);
+                if filter.matches(&dl) {
+                    out.push(dl);
+                    taken += 1;
+                    // Each partition is in order: past `limit` of its own,
+                    // none of its later entries can make the merged cut.
+                    if filter.limit.is_some_and(|n| taken >= n) {
+                        break 'pages;
+                    }
                 }
             }
         }
     }
+    out.sort_by_key(|dl| (entry_id_ms(&dl.entry_id).unwrap_or(0), dl.partition));
+    if let Some(n) = filter.limit {
+        out.truncate(n);
+    }
     Ok(out)
+}
+
+/// Entries in every partition's dead-letter stream.
+pub(super) async fn total(conn: &mut impl ConnectionLike, keys: &Keys) -> Result<u64, QueueError> {
+    let mut total = 0;
+    for p in keys.all_partitions() {
+        let n: u64 = redis::cmd("XLEN")
+            .arg(keys.dead_letters(p))
+            .query_async(conn)
+            .await?;
+        total += n;
+    }
+    Ok(total)
 }
 
 /// Dead letters per model (empty for an entry that names none), or `None`
@@ -171,12 +199,14 @@ pub(super) async fn count_by_model(
         return Ok(None);
     }
     let mut counts: HashMap<String, u64> = HashMap::new();
-    let mut pages = Pages::new(keys.dead_letters(0));
-    while let Some(page) = pages.next(conn).await? {
-        for entry in page {
-            *counts
-                .entry(DeadLetter::from_entry(entry).model)
-                .or_default() += 1;
+    for p in keys.all_partitions() {
+        let mut pages = Pages::new(keys.dead_letters(p));
+        while let Some(page) = pages.next(conn).await? {
+            for entry in page {
+                *counts
+                    .entry(DeadLetter::from_entry(entry, p).model)
+                    .or_default() += 1;
+            }
         }
     }
     Ok(Some(counts))
@@ -205,6 +235,7 @@ mod tests {
             retrain: None,
         };
         DeadLetter {
+            partition: 0,
             entry_id: format!("{failed_at_ms}-0"),
             job_id: Some(env.id),
             model: model.to_owned(),
@@ -288,20 +319,23 @@ mod tests {
     fn dead_letter_entries_parse_in_the_documented_format() {
         let want = letter("mlp128", NOW);
         let id = want.job_id.unwrap().to_string();
-        let dl = DeadLetter::from_entry(entry(
-            "1763792262999-0",
-            &[
-                (FIELD_ID, id.as_bytes()),
-                (FIELD_JOB, &want.payload),
-                (dead::MODEL, b"mlp128"),
-                (
-                    dead::ERROR,
-                    br#"{"code":"inference_error","message":"boom"}"#,
-                ),
-                (dead::ATTEMPTS, b"3"),
-                (dead::FAILED_AT, NOW.to_string().as_bytes()),
-            ],
-        ));
+        let dl = DeadLetter::from_entry(
+            entry(
+                "1763792262999-0",
+                &[
+                    (FIELD_ID, id.as_bytes()),
+                    (FIELD_JOB, &want.payload),
+                    (dead::MODEL, b"mlp128"),
+                    (
+                        dead::ERROR,
+                        br#"{"code":"inference_error","message":"boom"}"#,
+                    ),
+                    (dead::ATTEMPTS, b"3"),
+                    (dead::FAILED_AT, NOW.to_string().as_bytes()),
+                ],
+            ),
+            0,
+        );
         assert_eq!(
             dl,
             DeadLetter {
@@ -314,10 +348,13 @@ mod tests {
 
     #[test]
     fn malformed_dead_letters_parse_but_are_not_replayable() {
-        let dl = DeadLetter::from_entry(entry(
-            "1763792262999-0",
-            &[(FIELD_ID, b"not-a-uuid"), (dead::ERROR, b"plain text")],
-        ));
+        let dl = DeadLetter::from_entry(
+            entry(
+                "1763792262999-0",
+                &[(FIELD_ID, b"not-a-uuid"), (dead::ERROR, b"plain text")],
+            ),
+            0,
+        );
         assert_eq!(dl.job_id, None);
         assert_eq!(
             dl.failed_at_ms, 1_763_792_262_999,
@@ -358,12 +395,15 @@ mod tests {
         let mut e = entry("7-0", &[(FIELD_ID, b"x")]);
         e.map.insert(dead::ATTEMPTS.into(), Value::Int(4));
         e.map.insert(dead::FAILED_AT.into(), Value::Int(1_234));
-        let dl = DeadLetter::from_entry(e);
+        let dl = DeadLetter::from_entry(e, 0);
         assert_eq!((dl.attempts, dl.failed_at_ms), (4, 1_234));
-        let junk = DeadLetter::from_entry(entry(
-            "7-0",
-            &[(dead::ATTEMPTS, b"many"), (dead::FAILED_AT, b"soon")],
-        ));
+        let junk = DeadLetter::from_entry(
+            entry(
+                "7-0",
+                &[(dead::ATTEMPTS, b"many"), (dead::FAILED_AT, b"soon")],
+            ),
+            0,
+        );
         assert_eq!((junk.attempts, junk.failed_at_ms), (0, 7), "neutral values");
     }
 }

@@ -47,7 +47,7 @@ pub async fn replay(
         .as_ref()
         .map_err(|e| not_replayable(e.clone()))?;
     let reply: Vec<String> = REPLAY
-        .key(keys.dead_letters(0))
+        .key(keys.dead_letters(dl.partition))
         .key(keys.job(&env.id))
         .key(keys.stream_of(env.kind, &env.model, &env.id))
         .key(keys.delayed_of(env.kind, &env.model, &env.id))
