@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use shared::metric_names::{WORKER_QUEUE_WAIT, redis_op};
+use shared::queue::QueueError;
 use shared::queue::consume::{self, Delivery, Finish, Outcome, Renewed, Start};
 use shared::telemetry::{self, spans};
 use shared::trace::TraceContext;
@@ -239,6 +240,13 @@ pub(crate) async fn finish_all(
                 let _entered = r.span.enter();
                 report(&ctx.keys, f, finished, run_secs);
             }
+        }
+        // `--durability replicated`: the master wrote and acknowledged the
+        // results, no replica confirmed them in time. If the master
+        // survives they stand; if it is lost, its replica still has the
+        // entries pending and another attempt writes the results there.
+        Err(error @ QueueError::NotReplicated { .. }) => {
+            tracing::warn!(%error, jobs = finishes.len(), "results written but not confirmed by a replica");
         }
         Err(error) => {
             tracing::error!(%error, jobs = finishes.len(), "cannot write results; jobs stay pending until reclaimed");
