@@ -13,6 +13,10 @@
 //!
 //! and prints one aligned table, each figure with a ratio to a baseline from
 //! the same run where one exists (the machine is shared and noisy).
+//!
+//! `--cluster` runs instead the Redis topology comparison ([`cluster`]):
+//! one node against a 6-node Redis Cluster, unpartitioned and partitioned,
+//! and the submit latency of `--durability replicated`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 mod closed;
+mod cluster;
 mod http;
 mod parsers;
 mod procstat;
@@ -70,6 +75,9 @@ struct Args {
     /// Only the in-process parser limits (no Redis, API or workers).
     #[arg(long)]
     parsers_only: bool,
+
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 const MODEL: &str = "mlp128";
@@ -399,6 +407,16 @@ fn progress(msg: &str) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
+    if args.cluster.cluster {
+        return cluster::run(cluster::Run {
+            concurrency: args.concurrency,
+            workers: args.workers,
+            worker_args: &args.worker_args,
+            quick: args.quick,
+            args: args.cluster.clone(),
+        })
+        .await;
+    }
     if args.quick {
         args.jobs = args.jobs.min(500);
         args.rates.truncate(1);
