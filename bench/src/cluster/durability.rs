@@ -140,7 +140,7 @@ impl Comparison {
                 &format!("p{p:.0} replicated"),
                 ms(pr),
                 format!(
-                    "{:.2} x async; +{:.2} ms",
+                    "{:.2} x async; {:+.2} ms",
                     pr.as_secs_f64() / pa.as_secs_f64().max(1e-9),
                     (pr.as_secs_f64() - pa.as_secs_f64()) * 1e3
                 ),
