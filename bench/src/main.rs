@@ -13,19 +13,32 @@
 //!
 //! and prints one aligned table, each figure with a ratio to a baseline from
 //! the same run where one exists (the machine is shared and noisy).
+//!
+//! `--cluster` runs instead the Redis topology comparison ([`cluster`]):
+//! one node against a 6-node Redis Cluster, unpartitioned and partitioned,
+//! and the submit latency of `--durability replicated`.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+mod closed;
+mod cluster;
+mod http;
 mod parsers;
+mod procstat;
+mod report;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use e2e::{Api, RedisServer, StatusCode, Worker, repo_root, unique_namespace};
+use closed::{closed_loop, report_closed, warm_up};
+use e2e::{Api, RedisServer, Worker, repo_root, unique_namespace};
+use http::{Errors, Http};
 use ort::session::{Session, builder::GraphOptimizationLevel};
 use ort::value::TensorRef;
+use procstat::{cpu_time, mib, rss_kib};
+use report::{Report, machine, ms, pct};
 
 /// Benchmark of the whole system on this machine (everything on 127.0.0.1).
 #[derive(Debug, Parser)]
@@ -62,6 +75,9 @@ struct Args {
     /// Only the in-process parser limits (no Redis, API or workers).
     #[arg(long)]
     parsers_only: bool,
+
+    #[command(flatten)]
+    cluster: cluster::ClusterArgs,
 }
 
 const MODEL: &str = "mlp128";
@@ -69,108 +85,6 @@ const MODEL: &str = "mlp128";
 const JOB_DEADLINE: Duration = Duration::from_secs(30);
 /// Round trips one job costs in Redis (submit, read, start, finish, poll).
 const RT_PER_JOB: f64 = 5.0;
-
-// ------------------------------------------------------------------ report
-
-struct Report {
-    rows: Vec<[String; 4]>,
-}
-
-impl Report {
-    fn row(&mut self, section: &str, metric: &str, value: String, ratio: String) {
-        self.rows
-            .push([section.to_owned(), metric.to_owned(), value, ratio]);
-    }
-
-    fn print(&self, header: &[String]) {
-        let titles = ["section", "metric", "value", "ratio / note"];
-        let mut w = titles.map(str::len);
-        for r in &self.rows {
-            for (i, c) in r.iter().enumerate() {
-                w[i] = w[i].max(c.chars().count());
-            }
-        }
-        for h in header {
-            println!("{h}");
-        }
-        println!();
-        let line = |c: &[String; 4]| {
-            format!(
-                "{:<w0$}  {:<w1$}  {:>w2$}  {}",
-                c[0],
-                c[1],
-                c[2],
-                c[3],
-                w0 = w[0],
-                w1 = w[1],
-                w2 = w[2]
-            )
-            .trim_end()
-            .to_owned()
-        };
-        println!("{}", line(&titles.map(str::to_owned)));
-        println!("{}", "-".repeat(w.iter().sum::<usize>() + 6));
-        let mut last = String::new();
-        for r in &self.rows {
-            let mut r = r.clone();
-            if r[0] == last {
-                r[0].clear();
-            } else {
-                last.clone_from(&r[0]);
-            }
-            println!("{}", line(&r));
-        }
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn machine() -> (usize, String) {
-    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("model name"))
-                .map(|v| v.trim_start_matches([' ', '\t', ':']).trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown".into());
-    (n, cpu)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// CPU time (user + system) a process has used so far. /proc counts it in
-/// USER_HZ ticks, which Linux fixes at 100 per second for user space.
-fn cpu_time(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may itself hold spaces: state is
-    // field 3, utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let mut f = rest.split_whitespace().skip(11);
-    let utime: u64 = f.next()?.parse().ok()?;
-    let stime: u64 = f.next()?.parse().ok()?;
-    Some(Duration::from_millis((utime + stime) * 10))
-}
 
 /// CPU time of each process of the system under test, and of this one.
 struct CpuSample(Vec<(String, Option<Duration>)>);
@@ -215,280 +129,6 @@ impl CpuSample {
             ),
         );
     }
-}
-
-fn mib(kib: Option<u64>) -> String {
-    kib.map_or_else(|| "n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
-}
-
-// -------------------------------------------------------------------- HTTP
-
-#[derive(Clone)]
-struct Http {
-    client: reqwest::Client,
-    base: String,
-    body: Arc<Vec<u8>>,
-}
-
-impl Http {
-    fn new(base: &str) -> Result<Http> {
-        let features: Vec<f32> = (0..128).map(|i| i as f32 / 128.0).collect();
-        Ok(Http {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .pool_max_idle_per_host(16_384)
-                .build()?,
-            base: base.trim_end_matches('/').to_owned(),
-            body: Arc::new(serde_json::to_vec(
-                &serde_json::json!({ "features": features }),
-            )?),
-        })
-    }
-
-    /// One predict; the job id of a 202, else an error text.
-    async fn submit(&self) -> Result<String, String> {
-        let v = expect_json(
-            "submit",
-            StatusCode::ACCEPTED,
-            self.client
-                .post(format!("{}/v1/models/{MODEL}/predict", self.base))
-                .header("content-type", "application/json")
-                .body(self.body.as_ref().clone()),
-        )
-        .await?;
-        v["job_id"]
-            .as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| "submit: no job_id".into())
-    }
-
-    /// Long-polls (`?wait=5`) until the job is terminal; Ok when it succeeded.
-    async fn wait(&self, id: &str, deadline: Instant) -> Result<(), String> {
-        loop {
-            let v = expect_json(
-                "poll",
-                StatusCode::OK,
-                self.client
-                    .get(format!("{}/v1/jobs/{id}?wait=5", self.base)),
-            )
-            .await?;
-            match v["status"].as_str().unwrap_or("") {
-                "succeeded" => return Ok(()),
-                s @ ("failed" | "canceled") => return Err(format!("job {s}")),
-                _ if Instant::now() > deadline => return Err("job not done in time".into()),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Sends a request and parses its JSON body, or says what went wrong
-/// (`stage: status error_code`, or a transport or body error).
-async fn expect_json(
-    stage: &str,
-    expected: StatusCode,
-    req: reqwest::RequestBuilder,
-) -> Result<serde_json::Value, String> {
-    let resp = req.send().await.map_err(|e| format!("{stage}: {e}"))?;
-    let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| format!("{stage}: {e}"))?;
-    if status != expected {
-        return Err(http_error(stage, status, &bytes));
-    }
-    serde_json::from_slice(&bytes).map_err(|e| format!("{stage} body: {e}"))
-}
-
-fn http_error(stage: &str, status: StatusCode, body: &[u8]) -> String {
-    let code = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    format!("{stage}: {} {code}", status.as_u16())
-}
-
-/// Failed jobs, counted by kind.
-#[derive(Default)]
-struct Errors(std::collections::BTreeMap<String, usize>);
-
-impl Errors {
-    fn add(&mut self, e: String) {
-        *self.0.entry(e).or_default() += 1;
-    }
-
-    fn total(&self) -> usize {
-        self.0.values().sum()
-    }
-
-    fn summary(&self) -> String {
-        let mut v: Vec<_> = self.0.iter().collect();
-        v.sort_by(|a, b| b.1.cmp(a.1));
-        v.iter()
-            .take(3)
-            .map(|(k, n)| format!("{n}× {k}"))
-            .collect::<Vec<_>>()
-            .join("; ")
-    }
-}
-
-// ------------------------------------------------------------- closed loop
-
-struct Closed {
-    submit_rps: f64,
-    submit_p50: Duration,
-    submit_p99: Duration,
-    burst_jps: f64,
-    e2e_jps: f64,
-    e2e_p50: Duration,
-    e2e_p99: Duration,
-    errors: Errors,
-}
-
-async fn closed_loop(http: &Http, jobs: usize, conc: usize) -> Result<Closed> {
-    let mut errors = Errors::default();
-
-    // Phase 1: submit burst (no waiting), then drain every result.
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let (http, next) = (http.clone(), next.clone());
-        set.spawn(async move {
-            let mut out = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                let t = Instant::now();
-                out.push(http.submit().await.map(|id| (id, t.elapsed())));
-            }
-            out
-        });
-    }
-    let mut ids = Vec::with_capacity(jobs);
-    let mut lat = Vec::with_capacity(jobs);
-    for r in set.join_all().await.into_iter().flatten() {
-        match r {
-            Ok((id, d)) => {
-                ids.push(id);
-                lat.push(d);
-            }
-            Err(e) => errors.add(e),
-        }
-    }
-    let submitted = start.elapsed();
-    lat.sort();
-    let ids = Arc::new(ids);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let (http, ids, next) = (http.clone(), ids.clone(), next.clone());
-        set.spawn(async move {
-            let mut errs = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(id) = ids.get(i) else { break };
-                if let Err(e) = http.wait(id, Instant::now() + JOB_DEADLINE).await {
-                    errs.push(e);
-                }
-            }
-            errs
-        });
-    }
-    for e in set.join_all().await.into_iter().flatten() {
-        errors.add(e);
-    }
-    let burst = start.elapsed();
-
-    // Phase 2: each client submits, then long-polls its job, and repeats.
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let (http, next) = (http.clone(), next.clone());
-        set.spawn(async move {
-            let mut out = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                let t = Instant::now();
-                let r = match http.submit().await {
-                    Ok(id) => http.wait(&id, t + JOB_DEADLINE).await,
-                    Err(e) => Err(e),
-                };
-                out.push(r.map(|()| t.elapsed()));
-            }
-            out
-        });
-    }
-    let mut e2e = Vec::with_capacity(jobs);
-    for r in set.join_all().await.into_iter().flatten() {
-        match r {
-            Ok(d) => e2e.push(d),
-            Err(e) => errors.add(e),
-        }
-    }
-    let total = start.elapsed();
-    e2e.sort();
-    Ok(Closed {
-        submit_rps: lat.len() as f64 / submitted.as_secs_f64(),
-        submit_p50: pct(&lat, 50.0),
-        submit_p99: pct(&lat, 99.0),
-        burst_jps: ids.len() as f64 / burst.as_secs_f64(),
-        e2e_jps: e2e.len() as f64 / total.as_secs_f64(),
-        e2e_p50: pct(&e2e, 50.0),
-        e2e_p99: pct(&e2e, 99.0),
-        errors,
-    })
-}
-
-fn report_closed(rep: &mut Report, section: &str, c: &Closed, ort1: f64) {
-    rep.row(
-        section,
-        "submit burst (no waiting)",
-        format!("{:.0} req/s", c.submit_rps),
-        String::new(),
-    );
-    rep.row(
-        section,
-        "submit latency p50",
-        ms(c.submit_p50),
-        String::new(),
-    );
-    rep.row(
-        section,
-        "submit latency p99",
-        ms(c.submit_p99),
-        String::new(),
-    );
-    rep.row(
-        section,
-        "burst: 1st submit to last result",
-        format!("{:.0} jobs/s", c.burst_jps),
-        String::new(),
-    );
-    rep.row(
-        section,
-        "end-to-end (submit, then ?wait=)",
-        format!("{:.0} jobs/s", c.e2e_jps),
-        if ort1 > 0.0 {
-            format!("{:.3} x in-process ORT batch 1", c.e2e_jps / ort1)
-        } else {
-            String::new()
-        },
-    );
-    rep.row(
-        section,
-        "end-to-end latency p50",
-        ms(c.e2e_p50),
-        String::new(),
-    );
-    rep.row(
-        section,
-        "end-to-end latency p99",
-        ms(c.e2e_p99),
-        String::new(),
-    );
-    rep.row(
-        section,
-        "errors",
-        c.errors.total().to_string(),
-        c.errors.summary(),
-    );
 }
 
 // --------------------------------------------------------------- open loop
@@ -760,22 +400,6 @@ fn batch_flag(args: &[String]) -> String {
     v
 }
 
-/// Waits until the workers take jobs: a few jobs must come back.
-async fn warm_up(http: &Http) -> Result<()> {
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..32 {
-        let http = http.clone();
-        set.spawn(async move {
-            let id = http.submit().await?;
-            http.wait(&id, Instant::now() + JOB_DEADLINE).await
-        });
-    }
-    for r in set.join_all().await {
-        r.map_err(anyhow::Error::msg).context("warm-up job")?;
-    }
-    Ok(())
-}
-
 fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
 }
@@ -783,6 +407,16 @@ fn progress(msg: &str) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = Args::parse();
+    if args.cluster.cluster {
+        return cluster::run(cluster::Run {
+            concurrency: args.concurrency,
+            workers: args.workers,
+            worker_args: &args.worker_args,
+            quick: args.quick,
+            args: args.cluster.clone(),
+        })
+        .await;
+    }
     if args.quick {
         args.jobs = args.jobs.min(500);
         args.rates.truncate(1);
