@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -35,6 +35,9 @@ pub struct LoadSpec {
     pub request_timeout: Duration,
     /// Pause before resending after a 503 (or a timeout).
     pub retry_pause: Duration,
+    /// Pause of a client task after each accepted job, to hold the load to
+    /// a rate the workers keep up with (zero: as fast as the API answers).
+    pub pace: Duration,
     /// How long one job may be retried before the client gives up on it
     /// (a failure the test reports).
     pub give_up_after: Duration,
@@ -74,6 +77,7 @@ pub struct Answer {
 /// A load in progress.
 pub struct LoadRun {
     accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
     tasks: tokio::task::JoinSet<Vec<Answer>>,
     started: Instant,
 }
@@ -91,15 +95,20 @@ pub struct LoadReport {
 impl LoadRun {
     pub fn spawn(client: &Client, spec: LoadSpec) -> LoadRun {
         let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..spec.submitters {
             let (client, spec) = (client.clone(), spec.clone());
             let (accepted, next) = (Arc::clone(&accepted), Arc::clone(&next));
+            let stop = Arc::clone(&stop);
             let stop_at = Instant::now() + spec.stop_after;
             tasks.spawn(async move {
                 let mut answers = Vec::new();
                 loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return answers;
+                    }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= spec.total {
                         return answers;
@@ -122,12 +131,16 @@ impl LoadRun {
                         })
                     ) {
                         accepted.fetch_add(1, Ordering::Relaxed);
+                        if !spec.pace.is_zero() {
+                            tokio::time::sleep(spec.pace).await;
+                        }
                     }
                 }
             });
         }
         LoadRun {
             accepted,
+            stop,
             tasks,
             started: Instant::now(),
         }
@@ -138,8 +151,10 @@ impl LoadRun {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    pub fn is_finished(&self) -> bool {
-        self.tasks.is_empty()
+    /// Sends no new job from now on; a job being sent is still sent until
+    /// accepted (or given up on).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 
     /// Waits until `n` jobs have been accepted (or the load ended),

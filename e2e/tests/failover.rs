@@ -88,6 +88,7 @@ async fn a_master_killed_under_replicated_load_loses_no_accepted_job() {
         submitters: SUBMITTERS,
         request_timeout: REQUEST_TIMEOUT,
         retry_pause: Duration::from_millis(50),
+        pace: Duration::ZERO,
         give_up_after: GIVE_UP,
         stop_after: Duration::from_secs(60),
         key_prefix: format!("{ns}-job"),
