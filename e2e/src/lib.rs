@@ -8,11 +8,13 @@
 //! `target/e2e-logs/`, named after the process and its port or pid.
 
 pub mod cluster;
+pub mod keyed_load;
 pub mod onnx_build;
 pub mod procfs;
 pub mod prom;
 pub mod redis_server;
 pub mod tenancy;
+pub mod topology;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

@@ -117,18 +117,34 @@ impl QueueError {
 }
 
 /// Connection trouble, or a server that is up but not serving yet (still
-/// loading its AOF after a restart, or a replica without its master). A
-/// MULTI/EXEC or pipeline reports those per command, wrapped in an aborted
-/// transaction, so the inner errors are checked too.
+/// loading its AOF after a restart, or a replica without its master), or a
+/// cluster whose slot is failing over. A MULTI/EXEC or pipeline reports
+/// those per command, wrapped in an aborted transaction, so the inner
+/// errors are checked too.
 fn redis_unavailable(e: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
+    // While a master fails over, the cluster answers CLUSTERDOWN, TRYAGAIN,
+    // READONLY (a demoted master) or redirects (MOVED, ASK) to the node that
+    // died; the cluster client retries these within its budget and then
+    // returns the last one. The store is moving, not broken: retry later.
     let not_serving = |k: ServerErrorKind| {
         matches!(
             k,
-            ServerErrorKind::BusyLoading | ServerErrorKind::TryAgain | ServerErrorKind::MasterDown
+            ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::Moved
+                | ServerErrorKind::Ask
+                | ServerErrorKind::ReadOnly
         )
     };
     if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    // The cluster client found no connection for the slot (its node is
+    // gone and no other serves it yet).
+    if e.kind() == ErrorKind::ClusterConnectionNotFound {
         return true;
     }
     // A Redis at its `maxmemory` with `noeviction` refuses writes: "retry
@@ -145,4 +161,38 @@ fn redis_unavailable(e: &redis::RedisError) -> bool {
     e.clone()
         .into_server_errors()
         .is_some_and(|errs| errs.iter().any(|(_, s)| s.kind().is_some_and(not_serving)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    fn server(kind: ServerErrorKind) -> QueueError {
+        QueueError::Redis(RedisError::from((
+            ErrorKind::Server(kind),
+            "from the server",
+        )))
+    }
+
+    #[test]
+    fn a_cluster_failing_over_is_unavailable_not_broken() {
+        for kind in [
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::Moved,
+            ServerErrorKind::Ask,
+            ServerErrorKind::ReadOnly,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::BusyLoading,
+        ] {
+            assert!(server(kind).is_unavailable(), "{kind:?}");
+        }
+        let lost = RedisError::from((ErrorKind::ClusterConnectionNotFound, "no node"));
+        assert!(QueueError::Redis(lost).is_unavailable());
+        // A script or protocol error is a bug, not an outage.
+        assert!(!server(ServerErrorKind::ResponseError).is_unavailable());
+        assert!(!server(ServerErrorKind::CrossSlot).is_unavailable());
+        assert!(!server(ServerErrorKind::NoScript).is_unavailable());
+    }
 }

@@ -50,16 +50,18 @@ pub async fn publish_model(
 ) -> Result<(), QueueError> {
     let json = serde_json::to_string(info)
         .map_err(|e| QueueError::Corrupt(format!("model signature: {e}")))?;
-    redis::pipe()
-        .cmd("HSET")
+    // Two commands, not one pipeline: a cluster routes PUBLISH by its
+    // channel's slot, which is not the registry's, and refuses a pipeline
+    // that crosses slots.
+    redis::cmd("HSET")
         .arg(keys.models())
         .arg(&info.name)
         .arg(json)
-        .ignore()
-        .cmd("PUBLISH")
+        .query_async::<()>(conn)
+        .await?;
+    redis::cmd("PUBLISH")
         .arg(keys.models_channel())
         .arg(&info.name)
-        .ignore()
         .query_async::<()>(conn)
         .await?;
     Ok(())

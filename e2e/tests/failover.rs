@@ -1,0 +1,305 @@
+//! A master of a 3-master/3-replica Redis Cluster is SIGKILLed while 5,000
+//! jobs are being submitted under `--durability replicated` with 3
+//! partitions, and no accepted job is lost.
+//!
+//! Clients behave as a real one should: every job has its own
+//! `Idempotency-Key`, a 503 is resent with the same key, every request is
+//! bounded by a client timeout. The kill comes after 1,500 jobs were
+//! accepted and hits the master of partition 0. What must hold:
+//!
+//! * every 202'd job ends `succeeded`, with the result its input gives, and
+//!   its attempts recorded; no key made two jobs, and the cluster holds
+//!   exactly one record per accepted job (a write the dead master never
+//!   replicated was answered 503, not 202, and its retry made the job anew);
+//! * while the cluster fails over, every answer is a 202 or a 503 with the
+//!   documented JSON error body: never a 500, never a request that runs
+//!   into the client timeout;
+//! * the API recovers by itself: the promoted master has no replica of its
+//!   own until the killed node, restarted as a supervisor would restart it,
+//!   rejoins as its replica; from then on submits are accepted again with
+//!   no 503, and the API was never touched;
+//! * after the workers drain, no entry is pending in any partition's
+//!   consumer group.
+//!
+//! Prints the 503 window (first to last 503), jobs accepted, lost (must be
+//! 0), run more than once (informative: a finish the dead master took but
+//! never replicated is run again) and the failover time the harness saw.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::keyed_load::{LoadRun, LoadSpec, Outcome, final_states};
+use e2e::topology::{Probe, count_keys, master_urls};
+use e2e::{Api, Fixture, RedisCluster, Worker, assert_outputs_match, unique_namespace};
+use serde_json::{Value, json};
+use shared::Keys;
+
+const JOBS: usize = 5000;
+const KILL_AFTER: usize = 1500;
+const SUBMITTERS: usize = 6;
+const PARTITIONS: &str = "3";
+const TOL: f64 = 1e-5;
+/// Longer than any answer the API should give while it fails over: its
+/// Redis limit (1 s) times the cluster client's retries, plus the WAIT.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after the killed node rejoined as a replica the API may go on
+/// refusing (its cluster client learns the new layout on its own).
+const RECOVERY_SLACK: Duration = Duration::from_secs(5);
+/// A client gives up on a job refused for this long.
+const GIVE_UP: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_under_replicated_load_loses_no_accepted_job() {
+    let test_start = Instant::now();
+    let mut cluster = RedisCluster::start();
+    let ns = unique_namespace("failover");
+    let keys = Keys::with_partitions(&ns, PARTITIONS.parse().expect("partitions"));
+    let url = cluster.url();
+    let queue = [
+        "--partitions",
+        PARTITIONS,
+        "--durability",
+        "replicated",
+        "--replication-timeout-ms",
+        "500",
+    ];
+    let mut worker_args = queue.to_vec();
+    worker_args.extend(["--lease-ms", "2000", "--block-ms", "200"]);
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| Worker::spawn(&url, &ns, &worker_args))
+        .collect();
+    let mut api_args = queue.to_vec();
+    api_args.extend(["--redis-timeout-ms", "1000"]);
+    let api = Api::spawn(&url, &ns, &api_args);
+    let client = api.client();
+    client
+        .wait_for_models(&["mlp128"], Duration::from_secs(30))
+        .await;
+    let cases = Arc::new(Fixture::load("mlp128").cases);
+
+    // Partition 0's master: its stream, job records and idempotency keys go
+    // down with it.
+    let victim = cluster.master_of_key(&keys.stream("mlp128", 0));
+    let body_cases = Arc::clone(&cases);
+    let spec = LoadSpec {
+        model: "mlp128".into(),
+        total: JOBS,
+        submitters: SUBMITTERS,
+        request_timeout: REQUEST_TIMEOUT,
+        retry_pause: Duration::from_millis(50),
+        pace: Duration::ZERO,
+        give_up_after: GIVE_UP,
+        stop_after: Duration::from_secs(60),
+        key_prefix: format!("{ns}-job"),
+        body: Arc::new(move |i| json!({ "inputs": body_cases[i % body_cases.len()].inputs })),
+    };
+    let load = LoadRun::spawn(&client, spec.clone());
+    load.wait_accepted(KILL_AFTER, Duration::from_secs(60))
+        .await;
+    let accepted_at_kill = load.accepted();
+    // The killed node is started again once its replica has taken over, as
+    // a supervisor would: it rejoins as the new master's replica. Until
+    // then that master has no replica, so `WAIT 1` cannot succeed there and
+    // partition 0 can only answer 503 under `replicated` durability.
+    let (cluster, failover, killed_at, healed_at) = tokio::task::spawn_blocking(move || {
+        let at = Instant::now();
+        cluster.kill(victim);
+        let failover = cluster.wait_failover(victim);
+        cluster.restart(victim);
+        cluster.wait_rejoined(victim);
+        (cluster, failover, at, Instant::now())
+    })
+    .await
+    .expect("kill, failover and rejoin");
+    let report = load.finish().await;
+
+    // Recovered by itself: a fresh batch, sent after the load ended, is
+    // accepted without a single 503.
+    let after = LoadRun::spawn(
+        &client,
+        LoadSpec {
+            total: 60,
+            key_prefix: format!("{ns}-after"),
+            ..spec
+        },
+    )
+    .finish()
+    .await;
+
+    // Every accepted job, followed to its end.
+    let mut expected: HashMap<String, usize> = HashMap::new();
+    for (&i, id) in &report.accepted {
+        expected.insert(id.clone(), i);
+    }
+    for (&i, id) in &after.accepted {
+        expected.insert(id.clone(), i);
+    }
+    let states = final_states(
+        &client,
+        expected.keys().cloned().collect(),
+        16,
+        Duration::from_secs(90),
+    )
+    .await;
+    let mut lost = Vec::new();
+    let mut more_than_once = 0;
+    for (id, state) in &states {
+        let job: &Value = match state {
+            Ok(job) if job["status"] == "succeeded" => job,
+            Ok(job) => {
+                lost.push(format!("{id} ended {}: {job}", job["status"]));
+                continue;
+            }
+            Err(e) => {
+                lost.push(e.clone());
+                continue;
+            }
+        };
+        assert_outputs_match(
+            &job["result"]["outputs"],
+            &cases[expected[id] % cases.len()].outputs,
+            TOL,
+        );
+        let attempts = job["attempts"].as_u64().unwrap_or(0);
+        assert!(attempts >= 1, "a succeeded job with no attempt: {job}");
+        if attempts > 1 {
+            more_than_once += 1;
+        }
+    }
+
+    // After the drain nothing is left pending, in any partition.
+    let mut probe = Probe::cluster(&cluster).await;
+    let drain_deadline = Instant::now() + Duration::from_secs(20);
+    let pending = loop {
+        let pending = probe.pending_per_partition(&keys, "mlp128").await;
+        if pending.iter().all(|&n| n == 0) || Instant::now() > drain_deadline {
+            break pending;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let records = count_keys(&master_urls(&cluster), &format!("{ns}:*:job:*"));
+    let finished_twice = finished_more_than_once(&workers);
+
+    let window = report.unavailable_window();
+    let codes = report.unavailable_codes();
+    let bad = report.bad();
+    println!(
+        "FAILOVER master {victim} SIGKILLed after {accepted_at_kill} accepted; replica {} promoted, \
+         failover took {:?} (harness); {victim} back as its replica {:?} after the kill",
+        failover.new_master,
+        failover.took,
+        healed_at - killed_at
+    );
+    match window {
+        Some((first, last)) => println!(
+            "FAILOVER 503 window {:?} (first 503 {:+.3} s, last {:+.3} s from the kill); 503s by code {codes:?}",
+            last - first,
+            signed_secs(first, killed_at),
+            signed_secs(last, killed_at),
+        ),
+        None => println!("FAILOVER no 503 at all"),
+    }
+    println!(
+        "FAILOVER jobs accepted {} (+{} after), lost {}, run more than once {more_than_once}, \
+         finish logged more than once {finished_twice}; timeouts {}, bad answers {}, slowest answer {:?}; \
+         accepted after the rejoin {}; {records} job records; pending per partition {pending:?}; \
+         test took {:?}",
+        report.accepted.len(),
+        after.accepted.len(),
+        lost.len(),
+        report.timeouts(),
+        bad.len(),
+        report.slowest(),
+        report.accepted_after(healed_at),
+        test_start.elapsed()
+    );
+
+    assert!(
+        window.is_some(),
+        "no request was refused: the kill did not reach the load"
+    );
+    assert!(
+        bad.is_empty(),
+        "{} answers were neither 202 nor a well-formed 503, e.g. {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert_eq!(report.timeouts(), 0, "requests ran into the client timeout");
+    for code in codes.keys() {
+        assert!(
+            matches!(code.as_str(), "redis_unavailable" | "not_replicated"),
+            "503 with code {code}"
+        );
+    }
+    assert!(
+        report.abandoned.is_empty(),
+        "jobs never accepted within {:?}: {:?}",
+        GIVE_UP,
+        report.abandoned
+    );
+    assert_eq!(report.accepted.len(), JOBS);
+    assert!(
+        report.split_keys().is_empty(),
+        "idempotency keys that made two jobs: {:?}",
+        report.split_keys()
+    );
+    let (_, last_503) = window.expect("checked above");
+    assert!(
+        last_503 < healed_at + RECOVERY_SLACK,
+        "503s went on {:?} after the cluster had a replica for every master again",
+        last_503 - healed_at
+    );
+    assert_eq!(after.accepted.len(), 60);
+    assert!(
+        after
+            .answers
+            .iter()
+            .all(|a| matches!(a.outcome, Outcome::Accepted { .. })),
+        "after the failover the API still refused: {:?}",
+        after
+            .answers
+            .iter()
+            .filter(|a| !matches!(a.outcome, Outcome::Accepted { .. }))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} accepted jobs lost or not succeeded, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert_eq!(states.len(), expected.len());
+    assert_eq!(
+        records,
+        expected.len(),
+        "the cluster holds {records} job records for {} accepted jobs",
+        expected.len()
+    );
+    assert!(
+        pending.iter().all(|&n| n == 0),
+        "entries left pending after the drain: {pending:?}"
+    );
+}
+
+/// `t` relative to `zero`, in seconds, negative when before it.
+fn signed_secs(t: Instant, zero: Instant) -> f64 {
+    if t >= zero {
+        (t - zero).as_secs_f64()
+    } else {
+        -(zero - t).as_secs_f64()
+    }
+}
+
+/// Jobs whose finish was logged ("job finished") more than once, over all
+/// workers.
+fn finished_more_than_once(workers: &[Worker]) -> usize {
+    let mut finished: HashMap<String, usize> = HashMap::new();
+    for w in workers {
+        for v in w.log_events("job finished") {
+            let id = v["span"]["job_id"].as_str().unwrap_or("").to_owned();
+            *finished.entry(id).or_default() += 1;
+        }
+    }
+    finished.values().filter(|&&n| n > 1).count()
+}
