@@ -119,29 +119,26 @@ pub struct JobRecord {
     pub cancel_requested_at_ms: Option<i64>,
 }
 
+/// The first `N` of `all`, at compile time: [`JobRecord::FIELDS`] is a
+/// prefix of [`JobRecord::ALL_FIELDS`], written once.
+const fn first<const N: usize>(all: &[&'static str]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = all[i];
+        i += 1;
+    }
+    out
+}
+
 impl JobRecord {
     /// The hash fields a record is built from. Readers fetch only these
     /// (HMGET): the hash also holds worker-side fields, among them a binary
     /// payload parked while a retry waits, that are no reader's business.
-    pub const FIELDS: [&'static str; 14] = [
-        "kind",
-        "model",
-        "model_version",
-        "status",
-        "attempts",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "deadline",
-        "result",
-        "error",
-        "traceparent",
-        "progress",
-        "cancel_requested",
-    ];
+    pub const FIELDS: [&'static str; 14] = first(&Self::ALL_FIELDS);
 
-    /// Every hash field a job record may hold: [`JobRecord::FIELDS`] and the
-    /// fields only the scripts use (the payload size the usage release
+    /// Every hash field a job record may hold: [`JobRecord::FIELDS`] first,
+    /// then the fields only the scripts use (the payload size the usage release
     /// reads, the worker of the attempt, a retry's parked payload, due time
     /// and last error, a cancel's TTL). The one list of record fields: a test
     /// in `queue::scripts` keeps every Lua literal a script uses as a record
