@@ -6,7 +6,7 @@
 //!
 //! The probe reads what the scenarios assert on: pending entries of every
 //! partition's stream, dead letters of every partition, and job records
-//! counted on every node that holds data (a `SCAN` sees one node only).
+//! counted on every master (a `SCAN` sees one node only).
 
 use std::time::Duration;
 
@@ -76,28 +76,11 @@ impl Store {
         shared::Keys::with_partitions(ns, self.partitions())
     }
 
-    /// The cluster, when this is one.
-    pub fn as_cluster(&self) -> Option<&RedisCluster> {
-        match self {
-            Store::Single(_) => None,
-            Store::Cluster { cluster, .. } => Some(cluster),
-        }
-    }
-
     /// A probe of this store's keys.
     pub async fn probe(&self) -> Probe {
         match self {
             Store::Single(r) => Probe::server(r).await,
             Store::Cluster { cluster, .. } => Probe::cluster(cluster).await,
-        }
-    }
-
-    /// `redis://` URLs of the nodes that hold data: the server, or every
-    /// live master.
-    pub fn data_nodes(&self) -> Vec<String> {
-        match self {
-            Store::Single(r) => vec![r.url()],
-            Store::Cluster { cluster, .. } => master_urls(cluster),
         }
     }
 }
