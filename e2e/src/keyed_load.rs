@@ -439,3 +439,37 @@ async fn follow(client: &Client, id: &str, deadline: Instant) -> Result<Value, S
         "job {id} not terminal in time; last answer: {last}"
     ))
 }
+
+/// What became of the accepted jobs of a run, from [`final_states`]:
+/// those that did not succeed (lost), and how many ran more than once.
+#[derive(Debug, Default)]
+pub struct Settled {
+    pub lost: Vec<String>,
+    pub more_than_once: usize,
+}
+
+/// Checks every succeeded job with `check` (its outputs against what its
+/// input gives) and counts the rest as lost.
+pub fn settle(
+    states: &HashMap<String, Result<Value, String>>,
+    mut check: impl FnMut(&str, &Value),
+) -> Settled {
+    let mut out = Settled::default();
+    for (id, state) in states {
+        match state {
+            Ok(job) if job["status"] == "succeeded" => {
+                check(id, job);
+                let attempts = job["attempts"].as_u64().unwrap_or(0);
+                assert!(attempts >= 1, "a succeeded job with no attempt: {job}");
+                if attempts > 1 {
+                    out.more_than_once += 1;
+                }
+            }
+            Ok(job) => out
+                .lost
+                .push(format!("{id} ended {}: {job}", job["status"])),
+            Err(e) => out.lost.push(e.clone()),
+        }
+    }
+    out
+}

@@ -173,6 +173,24 @@ impl Probe {
         out
     }
 
+    /// [`Probe::pending_per_partition`] once it reads all zeros, or as it
+    /// reads at `timeout` (the workers did not drain).
+    pub async fn drained(
+        &mut self,
+        keys: &shared::Keys,
+        queue: &str,
+        timeout: std::time::Duration,
+    ) -> Vec<usize> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let pending = self.pending_per_partition(keys, queue).await;
+            if pending.iter().all(|&n| n == 0) || std::time::Instant::now() > deadline {
+                return pending;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Every dead letter of every partition, each with its partition.
     pub async fn dead_letters(&mut self, keys: &shared::Keys) -> Vec<(u16, StreamId)> {
         let mut out = Vec::new();

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::keyed_load::{LoadRun, LoadSpec, Outcome, final_states};
+use e2e::keyed_load::{self, LoadRun, LoadSpec, Outcome, Settled, final_states};
 use e2e::topology::{Probe, count_keys, master_urls};
 use e2e::{Api, Fixture, RedisCluster, Worker, assert_outputs_match, unique_namespace};
 use serde_json::json;
@@ -193,32 +193,19 @@ async fn jobs_flow_while_partition_slots_are_resharded_and_rebalanced() {
         Duration::from_secs(90),
     )
     .await;
-    let mut lost = Vec::new();
-    let mut more_than_once = 0;
-    for (id, state) in &states {
-        match state {
-            Ok(job) if job["status"] == "succeeded" => {
-                assert_outputs_match(
-                    &job["result"]["outputs"],
-                    &cases[expected[id] % cases.len()].outputs,
-                    TOL,
-                );
-                if job["attempts"].as_u64().unwrap_or(0) > 1 {
-                    more_than_once += 1;
-                }
-            }
-            Ok(job) => lost.push(format!("{id} ended {}: {job}", job["status"])),
-            Err(e) => lost.push(e.clone()),
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let pending = loop {
-        let pending = probe.pending_per_partition(&keys, "mlp128").await;
-        if pending.iter().all(|&n| n == 0) || Instant::now() > deadline {
-            break pending;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let Settled {
+        lost,
+        more_than_once,
+    } = keyed_load::settle(&states, |id, job| {
+        assert_outputs_match(
+            &job["result"]["outputs"],
+            &cases[expected[id] % cases.len()].outputs,
+            TOL,
+        )
+    });
+    let pending = probe
+        .drained(&keys, "mlp128", Duration::from_secs(20))
+        .await;
     let records = count_keys(&master_urls(&cluster), &format!("{ns}:*:job:*"));
     let bad = report.bad();
     let read_errors: usize = workers

@@ -34,10 +34,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2e::keyed_load::{LoadRun, LoadSpec, Outcome, final_states};
+use e2e::keyed_load::{LoadRun, LoadSpec, Outcome, Settled, final_states, settle};
 use e2e::topology::{Probe, count_keys, master_urls};
 use e2e::{Api, Fixture, RedisCluster, Worker, assert_outputs_match, unique_namespace};
-use serde_json::{Value, json};
+use serde_json::json;
 use shared::Keys;
 
 const JOBS: usize = 5000;
@@ -171,42 +171,22 @@ async fn kill_a_master_under_load(replicas: usize, heal: Heal) {
         Duration::from_secs(90),
     )
     .await;
-    let mut lost = Vec::new();
-    let mut more_than_once = 0;
-    for (id, state) in &states {
-        let job: &Value = match state {
-            Ok(job) if job["status"] == "succeeded" => job,
-            Ok(job) => {
-                lost.push(format!("{id} ended {}: {job}", job["status"]));
-                continue;
-            }
-            Err(e) => {
-                lost.push(e.clone());
-                continue;
-            }
-        };
+    let Settled {
+        lost,
+        more_than_once,
+    } = settle(&states, |id, job| {
         assert_outputs_match(
             &job["result"]["outputs"],
             &cases[expected[id] % cases.len()].outputs,
             TOL,
-        );
-        let attempts = job["attempts"].as_u64().unwrap_or(0);
-        assert!(attempts >= 1, "a succeeded job with no attempt: {job}");
-        if attempts > 1 {
-            more_than_once += 1;
-        }
-    }
+        )
+    });
 
     // After the drain nothing is left pending, in any partition.
     let mut probe = Probe::cluster(&cluster).await;
-    let drain_deadline = Instant::now() + Duration::from_secs(20);
-    let pending = loop {
-        let pending = probe.pending_per_partition(&keys, "mlp128").await;
-        if pending.iter().all(|&n| n == 0) || Instant::now() > drain_deadline {
-            break pending;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let pending = probe
+        .drained(&keys, "mlp128", Duration::from_secs(20))
+        .await;
     let records = count_keys(&master_urls(&cluster), &format!("{ns}:*:job:*"));
     let finished_twice = finished_more_than_once(&workers);
 
