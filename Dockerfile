@@ -4,7 +4,7 @@
 # deploy/k8s/ use it; e2e/tests/deploy.rs checks that the paths and the user
 # below agree with them.
 
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 # The whole workspace (every member must be present for cargo to resolve it);
 # .dockerignore keeps target/ and local files out.
