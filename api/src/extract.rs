@@ -5,12 +5,9 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::de::DeserializeOwned;
-use serde_json::error::Category;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::text::clip;
 
 /// A request body declared as JSON, not yet parsed: the content type is
 /// checked before anything is read, and the size is bounded by the router's
@@ -40,27 +37,7 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
-/// Parses JSON text, telling syntax errors (400 `malformed_json`) apart from
-/// well-formed JSON of the wrong shape (422 `invalid_input`).
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(json_error)
-}
-
-/// Maps a serde_json error to the API's error: text that is not JSON (or a
-/// number JSON cannot represent, like `1e400`) is `malformed_json`, valid JSON
-/// that does not fit is `invalid_input`.
-pub fn json_error(e: serde_json::Error) -> ApiError {
-    match e.classify() {
-        // serde quotes what it could not read: a client's text, clipped.
-        Category::Data => {
-            ApiError::InvalidInput(format!("invalid request: {}", clip(&e.to_string())))
-        }
-        Category::Syntax | Category::Eof | Category::Io => ApiError::MalformedJson(format!(
-            "request body is not valid JSON: {}",
-            clip(&e.to_string())
-        )),
-    }
-}
+pub use crate::json_error::parse;
 
 /// `application/json`, optionally with parameters such as `charset`.
 fn is_json(headers: &HeaderMap) -> bool {

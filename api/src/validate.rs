@@ -19,41 +19,94 @@ use serde_json::value::RawValue;
 use shared::model::{ModelInfo, public_name};
 use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 
+use utoipa::openapi::schema::{
+    KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
+
 use crate::error::ApiError;
+use crate::schema::{Choice, exactly_one_of};
 use crate::text::clip;
 
 /// `POST /v1/models/{model}/predict` body: the `features` shorthand or Open
 /// Inference Protocol `inputs`. KServe clients also send `id` and
-/// `parameters`; they are accepted and ignored.
-#[derive(Debug, Deserialize)]
+/// `parameters`; they are accepted and ignored. Its schema is
+/// [`PredictRequest::schema`]: these fields, and exactly one of the two.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PredictFields)]
 pub struct PredictRequest {
+    /// One row of the model's single FP32 input (a model with one 2-D FP32
+    /// input `[N, n]`: `n` numbers).
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub features: Option<Vec<f32>>,
+    /// Every input of the model, by name.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub inputs: Option<Vec<InputTensor>>,
-    /// Latest time the job may start; see [`resolve_deadline`].
+    /// Latest time the job may start; see [`resolve_deadline`]. A job not
+    /// started by then fails with `deadline_exceeded` instead of running
+    /// late.
     #[serde(default)]
     pub deadline: Option<Deadline>,
-    /// Run on this registry version instead of the current one; read
-    /// before decoding (see `routes::predict`), accepted here.
+    /// Run on this registry version (see `GET /v1/models/{model}/versions`)
+    /// instead of the current one; it must exist (404 `version_not_found`)
+    /// and be `ready` (409 `version_not_ready`). Read before decoding (see
+    /// `routes::predict`), accepted here.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub model_version: Option<u32>,
+    /// Accepted (KServe clients send it) and ignored.
     #[serde(default, rename = "id")]
+    #[schema(value_type = Option<String>)]
     _id: Option<IgnoredString>,
+    /// Accepted (KServe clients send it) and ignored.
     #[serde(default, rename = "parameters")]
+    #[schema(value_type = Option<Object>)]
     _parameters: Option<IgnoredObject>,
 }
 
+impl PredictRequest {
+    /// The body's schema: [`PredictFields`](PredictRequest), plus exactly
+    /// one of `features` and `inputs`.
+    pub fn schema() -> RefOr<Schema> {
+        exactly_one_of(
+            Ref::from_schema_name("PredictFields"),
+            [
+                Choice {
+                    field: "features",
+                    json_type: Type::Array,
+                    title: "The features shorthand",
+                },
+                Choice {
+                    field: "inputs",
+                    json_type: Type::Array,
+                    title: "Open Inference Protocol inputs",
+                },
+            ],
+            "Exactly one of `features` or `inputs`; `null` is the same as leaving a field out. Unknown fields are refused.",
+        )
+    }
+}
+
 /// One Open Inference Protocol input tensor, `data` still unparsed.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InputTensor {
     pub name: String,
+    /// Row-major shape; the first dimension is the batch.
+    #[schema(inline, value_type = Vec<u32>)]
     pub shape: Vec<i64>,
+    #[schema(value_type = DataType)]
     pub datatype: String,
+    /// The values, flat, in row-major order (numbers, or booleans for BOOL).
+    #[schema(value_type = Vec<Value>)]
     pub data: Box<RawValue>,
+    /// Accepted and ignored.
     #[serde(default, rename = "parameters")]
+    #[schema(value_type = Option<Object>)]
     _parameters: Option<IgnoredObject>,
 }
 
@@ -64,6 +117,33 @@ pub enum Deadline {
     In(f64),
     At(String),
 }
+
+/// Seconds from now (more than 0, at most 604800) or an RFC 3339 timestamp
+/// at most 7 days ahead.
+impl PartialSchema for Deadline {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .exclusive_minimum(Some(0))
+                    .maximum(Some(MAX_DEADLINE.as_secs()))
+                    .description(Some("Seconds from now")),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+                    .description(Some("An RFC 3339 timestamp")),
+            )
+            .description(Some(
+                "Seconds from now (more than 0, at most 604800), or an RFC 3339 timestamp at most 7 days ahead",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Deadline {}
 
 /// How far ahead a deadline may lie. Longer makes no sense for a queue
 /// whose records expire after a day or so, and bounds the arithmetic.
@@ -227,10 +307,11 @@ fn to_tensor(input: InputTensor, spec: &TensorSpec) -> Result<Tensor, ApiError> 
     };
     let data = parse_data(spec.datatype, input.data.get()).map_err(|e| match e.classify() {
         Category::Data => invalid(format!(
-            "input {name} data must be a flat array of {} values: {e}",
-            spec.datatype
+            "input {name} data must be a flat array of {} values: {}",
+            spec.datatype,
+            crate::json_error::describe(&e)
         )),
-        _ => ApiError::MalformedJson(format!("input {name} data is not valid JSON: {e}")),
+        _ => crate::json_error::json_error(&e),
     })?;
     if data.len() != expected {
         return Err(invalid(format!(

@@ -356,14 +356,15 @@ async fn error_messages_quote_little_and_name_the_tenants_own_model() {
     assert!(msg.contains("model m expects 4 features"), "{msg}");
     assert!(!msg.contains('~'), "an internal name leaked: {msg}");
 
-    // The reproduced 4 MB 422: serde quotes the string it could not read.
+    // The reproduced 4 MB 422: the string serde could not read is not
+    // quoted back at all.
     let huge = format!(r#"{{"features":"{}"}}"#, "A".repeat(3 << 20));
     let r = env
         .send(as_tenant(post_json("/v1/models/m/predict", huge), "key-a"))
         .await;
     let msg = r.assert_error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input");
     assert!(r.body.len() < 1500, "a {} byte error body", r.body.len());
-    assert!(msg.contains('…'), "{msg}");
+    assert!(!msg.contains("AAAA"), "{msg}");
 
     let name = "n".repeat(5000);
     let r = env

@@ -100,10 +100,17 @@ impl ModelInfo {
     }
 }
 
+/// Longest model or dataset name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// [`valid_model_name`] as a JSON Schema `pattern` (with [`MAX_NAME_LEN`] as
+/// `maxLength`), for the OpenAPI document.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9_.-]*$";
+
 /// Whether a model name is safe to use in keys and URLs.
 pub fn valid_model_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= 128
+        && name.len() <= MAX_NAME_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::queue::wire::{PromotePolicy, TrainerKind};
 
 /// What a running retrain job is doing.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
@@ -25,6 +26,7 @@ pub enum Phase {
 }
 
 /// The `progress` field of a running retrain job.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
     /// The attempt this progress belongs to (a job taken over after a
@@ -43,6 +45,7 @@ pub struct Progress {
 }
 
 /// What the job did with the new version.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
@@ -56,15 +59,18 @@ pub enum Decision {
 }
 
 /// A version's scores on the holdout rows.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
     pub version: u32,
     /// `{"task": "classification", "accuracy", "log_loss", "rows"}` or
     /// `{"task": "regression", "rmse", "r2", "rows"}`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metrics: serde_json::Value,
 }
 
 /// The data a retrain job trained on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetUsed {
     /// The dataset's name, or `None` for inline rows.
@@ -77,6 +83,7 @@ pub struct DatasetUsed {
 }
 
 /// The `result` of a succeeded retrain job.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RetrainResult {
     /// The version the job registered (status `ready`, source `retrain`).
@@ -97,6 +104,7 @@ pub struct RetrainResult {
     pub trainer: TrainerKind,
     pub dataset: DatasetUsed,
     /// The training parameters, defaults filled in.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: serde_json::Value,
     /// Fitting (built-in) or the external program's run time.
     pub training_ms: f64,

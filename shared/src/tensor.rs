@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize, Serializer, ser::SerializeStruct};
 
 /// Element types the system accepts and returns, named as in the Open Inference
 /// Protocol (KServe V2).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum DataType {
     #[serde(rename = "FP32")]
@@ -193,6 +194,7 @@ impl Serialize for OipTensor<'_> {
 }
 
 /// Declared input or output of a model. A dimension of `-1` is dynamic.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TensorSpec {
     pub name: String,

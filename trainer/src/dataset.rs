@@ -105,6 +105,7 @@ fn preview(names: &[String]) -> String {
 /// Inline training data as it arrives in a JSON request:
 /// `{"columns": ["x1", "x2", "target"], "rows": [[0.5, 1.0, 0], [1.5, -2.0, 1]]}`.
 /// Each row lists one number per column, in the order of `columns`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InlineRows {

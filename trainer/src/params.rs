@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// What the model predicts.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Task {
@@ -25,27 +26,34 @@ impl Task {
 
 /// Parameters of one training run. Every field has a default, so `{}` in
 /// JSON is a valid request (`deny_unknown_fields` catches typos).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainParams {
     /// Name of the target column. Default `"target"`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, pattern = r"\S"))]
     pub target_column: String,
     /// Default `classification`.
     pub task: Task,
     /// Passes over the training split, 1..=100000. Default 100.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100000))]
     pub epochs: u32,
     /// Step size of gradient descent, in (0, 10]. Default 0.1.
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 10))]
     pub learning_rate: f64,
     /// Strength of the L2 penalty `l2/2 · ‖W‖²` on the weights of the
     /// standardised features (the bias is not penalised), in [0, 1000].
     /// Default 0.001.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 1000))]
     pub l2: f64,
     /// Share of the rows held out for evaluation, in [0.05, 0.5]. Default 0.2.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.05, maximum = 0.5))]
     pub holdout_fraction: f64,
     /// Seeds the holdout split and the mini-batch order. Default 0.
     pub seed: u64,
     /// Rows per gradient step, >= 1 (capped at the training split's size).
     /// Default 32.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub batch_size: usize,
 }
 

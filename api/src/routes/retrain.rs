@@ -18,28 +18,104 @@ use shared::model::valid_model_name;
 use shared::queue::datasets;
 use shared::queue::wire::{PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
 use trainer::{InlineRows, TrainParams};
+use utoipa::PartialSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
 
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::{redis_failed, redis_op};
 use crate::routes::datasets::dataset_key;
+use crate::schema::{Choice, exactly_one_of, nullable_ref};
 use crate::state::AppState;
 use crate::submit::{Submission, Work, sha256_hex};
 use crate::text::clip;
 
-/// `POST /v1/models/{model}/retrain` body.
+/// `POST /v1/models/{model}/retrain` body. Every field may be `null`,
+/// meaning absent; exactly one of `dataset` and `data` must be given.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RetrainRequest {
+pub struct RetrainRequest {
     dataset: Option<String>,
     data: Option<InlineRows>,
-    #[serde(default)]
+    /// Parsed on its own, so its errors are named `params.<field>`.
     params: Option<serde_json::Value>,
-    #[serde(default)]
-    promote: PromotePolicy,
-    #[serde(default)]
-    trainer: TrainerKind,
+    promote: Option<PromotePolicy>,
+    trainer: Option<TrainerKind>,
+}
+
+/// Written out rather than derived: a derive cannot say "exactly one of
+/// `dataset` and `data`", and a schema that allowed `{}` would promise what
+/// the handler refuses.
+impl PartialSchema for RetrainRequest {
+    fn schema() -> RefOr<Schema> {
+        let fields = ObjectBuilder::new()
+            .property(
+                "dataset",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
+                    .min_length(Some(1))
+                    .max_length(Some(shared::model::MAX_NAME_LEN))
+                    .pattern(Some(shared::model::NAME_PATTERN))
+                    .description(Some(
+                        "A stored dataset's name (`PUT /v1/datasets/{name}`)",
+                    )),
+            )
+            .property(
+                "data",
+                nullable_ref(
+                    "InlineRows",
+                    "Inline rows: one number per column, in the order of `columns`",
+                ),
+            )
+            .property(
+                "params",
+                nullable_ref(
+                    "TrainParams",
+                    "Training parameters; every field has a default",
+                ),
+            )
+            .property(
+                "promote",
+                nullable_ref(
+                    "PromotePolicy",
+                    "When the new version becomes current; default `if_not_worse`",
+                ),
+            )
+            .property(
+                "trainer",
+                nullable_ref("TrainerKind", "Which program trains; default `builtin`"),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        exactly_one_of(
+            fields,
+            [
+                Choice {
+                    field: "dataset",
+                    json_type: Type::String,
+                    title: "From a stored dataset",
+                },
+                Choice {
+                    field: "data",
+                    json_type: Type::Object,
+                    title: "From inline rows",
+                },
+            ],
+            "Exactly one of `dataset` (a stored dataset) or `data` (inline rows). `null` is the same as leaving a field out; unknown fields are refused.",
+        )
+    }
+}
+
+impl utoipa::ToSchema for RetrainRequest {
+    fn schemas(
+        out: &mut Vec<(String, RefOr<Schema>)>) {
+        out.push(("InlineRows".into(), InlineRows::schema()));
+        out.push(("TrainParams".into(), TrainParams::schema()));
+        out.push(("PromotePolicy".into(), PromotePolicy::schema()));
+        out.push(("TrainerKind".into(), TrainerKind::schema()));
+        <TrainParams as utoipa::ToSchema>::schemas(out);
+    }
 }
 
 /// Columns listed in an error message, at most.
@@ -59,11 +135,13 @@ pub async fn retrain(
     let JsonBody(body) = body?;
     let req: RetrainRequest = extract::parse(&body)?;
     let params: TrainParams = match req.params {
-        Some(v) => serde_json::from_value(v).map_err(|e| {
-            ApiError::InvalidInput(format!("invalid params: {}", clip(&e.to_string())))
-        })?,
+        Some(v) => crate::json_error::from_value("params", v)?,
         None => TrainParams::default(),
     };
+    let (promote, trainer) = (
+        req.promote.unwrap_or_default(),
+        req.trainer.unwrap_or_default(),
+    );
     params
         .validate()
         .map_err(|e| ApiError::InvalidInput(e.to_string()))?;
@@ -130,8 +208,8 @@ pub async fn retrain(
     let spec = RetrainSpec {
         data,
         params_json,
-        promote: req.promote,
-        trainer: req.trainer,
+        promote,
+        trainer,
         quota: Some(state.policies().of(tenant.name()).registry_limits()),
     };
     let accepted = submission
@@ -142,8 +220,8 @@ pub async fn retrain(
             tracing::info!(
                 trace_id,
                 dataset = source,
-                trainer = req.trainer.as_str(),
-                promote = req.promote.as_str(),
+                trainer = trainer.as_str(),
+                promote = promote.as_str(),
                 "retrain job queued"
             )
         });

@@ -95,6 +95,7 @@ pub enum TrainingData {
 }
 
 /// When a retrained version becomes current.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PromotePolicy {
@@ -117,6 +118,7 @@ impl PromotePolicy {
 }
 
 /// Which program trains.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrainerKind {

@@ -71,6 +71,7 @@ use crate::tensor::TensorSpec;
 pub const HISTORY_LEN: usize = 100;
 
 /// Where a version came from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
@@ -83,6 +84,7 @@ pub enum Source {
 }
 
 /// Whether a version may be served.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VersionStatus {
@@ -113,6 +115,8 @@ fn is_zero(v: &u32) -> bool {
 }
 
 /// One version of a model, as stored in `{ns}:registry:{model}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = ModelVersion))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Version {
     /// The hash field is the source of truth; filled in on read.
@@ -136,6 +140,7 @@ pub struct Version {
     pub outputs: Vec<TensorSpec>,
     /// Training metrics of a retrained version (free-form JSON).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metrics: Option<serde_json::Value>,
     /// A human note: the file a seeded version came from, an upload's note.
     #[serde(default, skip_serializing_if = "Option::is_none")]
