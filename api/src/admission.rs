@@ -41,7 +41,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Tenant;
 use crate::error::{ApiError, RateLimitInfo};
 use crate::metrics::{UNKNOWN_MODEL, count_redis_error, count_rejection, redis_op};
-use crate::routes;
+use crate::paths;
 use crate::state::AppState;
 use crate::tenants::{Policies, Policy};
 
@@ -119,7 +119,7 @@ struct WaitQuery {
 /// A poll that will wait: it goes to the long-poll pool.
 fn is_long_poll(req: &Request, route: Option<&str>) -> bool {
     req.method() == Method::GET
-        && route == Some(routes::JOB)
+        && route == Some(paths::JOB)
         && axum::extract::Query::<WaitQuery>::try_from_uri(req.uri())
             .ok()
             .and_then(|q| q.0.wait)
@@ -209,11 +209,11 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
     let policies: Arc<Policies> = state.policies();
     let policy = policies.of(tenant.name());
     // Only a model bucket, or a predict's rejection label, needs the name.
-    let model = (policy.model_rate.is_some() || route == Some(routes::PREDICT))
+    let model = (policy.model_rate.is_some() || route == Some(paths::PREDICT))
         .then(|| named_model(&state, &tenant, route, req.uri().path()))
         .flatten();
     let refuse = |e: ApiError| {
-        if route == Some(routes::PREDICT) {
+        if route == Some(paths::PREDICT) {
             let label = model
                 .clone()
                 .map_or(SharedString::const_str(UNKNOWN_MODEL), SharedString::from);

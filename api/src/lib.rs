@@ -40,6 +40,7 @@ pub mod extract;
 pub mod metrics;
 pub mod models_cache;
 pub mod openapi;
+pub mod paths;
 pub mod routes;
 pub mod serve;
 pub mod state;

@@ -8,7 +8,7 @@
 //!
 //! | label | values | bounded by |
 //! |---|---|---|
-//! | `route` | a route template of [`routes::ALL`], or `unmatched` | the route table: never the raw path |
+//! | `route` | a route template of [`paths::ALL`], or `unmatched` | the route table: never the raw path |
 //! | `method` | the common methods, or `other` | [`method_label`] |
 //! | `status` | the status code | the codes the API answers with |
 //! | `model` | a model the API knows, or [`UNKNOWN_MODEL`] | the model cache (published signatures), enforced by the recorder ([`ModelLabels`]) |
@@ -45,7 +45,8 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::models_cache::ModelCache;
-use crate::routes::{self, Audience};
+use crate::paths;
+use crate::routes::Audience;
 use crate::state::AppState;
 use crate::stream_stats::StreamStats;
 
@@ -289,7 +290,7 @@ pub fn count_redis_error(op: &'static str, e: &QueueError) {
 
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {
     matched
-        .and_then(|m| routes::ALL.into_iter().find(|r| *r == m.as_str()))
+        .and_then(|m| paths::ALL.into_iter().find(|r| *r == m.as_str()))
         .unwrap_or("unmatched")
 }
 

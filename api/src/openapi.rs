@@ -894,7 +894,7 @@ mod tests {
 
     #[test]
     fn metrics_route_labels_cover_the_table() {
-        let labels: BTreeSet<&str> = routes::ALL.into_iter().collect();
+        let labels: BTreeSet<&str> = crate::paths::ALL.into_iter().collect();
         let paths: BTreeSet<&str> = routes::TABLE.iter().map(|r| r.path).collect();
         assert_eq!(labels, paths);
     }
