@@ -268,7 +268,8 @@ pub async fn track(req: Request, next: Next) -> Response {
 /// Counts a refused submission. `model` must be a published model's name or
 /// [`UNKNOWN_MODEL`].
 pub fn count_rejection(model: SharedString, error: &ApiError) {
-    metrics::counter!(JOBS_REJECTED, "model" => model, "reason" => error.code()).increment(1);
+    metrics::counter!(JOBS_REJECTED, "model" => model, "reason" => error.code().as_str())
+        .increment(1);
 }
 
 /// Counts a failed Redis call of kind `op` (one of [`redis_op`]) and turns

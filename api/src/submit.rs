@@ -396,7 +396,7 @@ mod tests {
             headers(&[b"a", b"b"]),
         ] {
             assert_eq!(
-                idempotency_key(&bad).unwrap_err().code(),
+                idempotency_key(&bad).unwrap_err().code().as_str(),
                 "invalid_idempotency_key"
             );
         }

@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(cols, ["a", "b", "target"]);
         assert_eq!(rows, 2);
         let err = inspect(b"a,b,target\n1,2,0\nx,4,1\n").unwrap_err();
-        assert_eq!(err.code(), "invalid_dataset");
+        assert_eq!(err.code().as_str(), "invalid_dataset");
         let msg = err.to_string();
         assert!(msg.contains("line 3") && msg.contains("\"a\""), "{msg}");
         assert!(

@@ -291,7 +291,7 @@ mod tests {
     #[test]
     fn wait_rejects_junk() {
         for q in ["wait=-1", "wait=abc", "wait=NaN", "wait=inf", "wait="] {
-            assert_eq!(wait(q).unwrap_err().code(), "invalid_query", "{q}");
+            assert_eq!(wait(q).unwrap_err().code().as_str(), "invalid_query", "{q}");
         }
     }
 }
