@@ -42,6 +42,7 @@ pub mod models_cache;
 pub mod openapi;
 pub mod paths;
 pub mod routes;
+pub mod schema;
 pub mod serve;
 pub mod state;
 pub mod stream_stats;

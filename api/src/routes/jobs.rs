@@ -47,13 +47,13 @@ pub struct JobQuery {
 #[schema(as = Job)]
 pub(crate) struct JobView<'a> {
     job_id: Uuid,
-    #[schema(value_type = crate::openapi::JobKindDoc)]
+    #[schema(value_type = crate::schema::JobKindDoc)]
     kind: &'static str,
     model: &'a str,
     /// The registry version number the job ran on (as text), once run.
     #[schema(required = true)]
     model_version: Option<&'a str>,
-    #[schema(value_type = crate::openapi::JobStatusDoc)]
+    #[schema(value_type = crate::schema::JobStatusDoc)]
     status: &'static str,
     /// Attempts started so far (retries and takeovers included).
     attempts: u32,
@@ -67,10 +67,10 @@ pub(crate) struct JobView<'a> {
     #[schema(required = true, format = DateTime)]
     deadline: Option<String>,
     /// Set when `succeeded`.
-    #[schema(required = true, value_type = Option<crate::openapi::AnyJobResultDoc>)]
+    #[schema(required = true, value_type = Option<crate::schema::AnyJobResultDoc>)]
     result: Option<&'a RawValue>,
     /// Set when `failed`.
-    #[schema(required = true, value_type = Option<crate::openapi::JobErrorDoc>)]
+    #[schema(required = true, value_type = Option<crate::schema::JobErrorDoc>)]
     error: Option<Cow<'a, JobError>>,
     /// When a cancel of the running job was asked for; the job ends
     /// `canceled` once its worker sees it (or as it was ending anyway).
@@ -85,7 +85,7 @@ pub(crate) struct JobView<'a> {
     traceparent: Option<&'a str>,
     /// A retrain job's progress, as its worker last wrote it (kept after
     /// the job ends); `null` for other kinds and before training starts.
-    #[schema(required = true, value_type = Option<crate::openapi::ProgressDoc>)]
+    #[schema(required = true, value_type = Option<crate::schema::ProgressDoc>)]
     progress: Option<&'a RawValue>,
 }
 

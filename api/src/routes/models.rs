@@ -18,7 +18,7 @@ use crate::text::clip;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ModelList {
-    #[schema(value_type = Vec<crate::openapi::ModelDoc>)]
+    #[schema(value_type = Vec<crate::schema::ModelDoc>)]
     models: Vec<ModelView>,
 }
 

@@ -59,7 +59,7 @@ pub(crate) struct VersionList {
     model: String,
     #[schema(required = true)]
     current_version: Option<u32>,
-    #[schema(value_type = Vec<crate::openapi::VersionDoc>)]
+    #[schema(value_type = Vec<crate::schema::VersionDoc>)]
     versions: Vec<Version>,
 }
 
