@@ -46,7 +46,7 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::models_cache::ModelCache;
 use crate::paths;
-use crate::routes::Audience;
+use crate::routes::health::Audience;
 use crate::state::AppState;
 use crate::stream_stats::StreamStats;
 

@@ -2,17 +2,17 @@
 //! by `utoipa` at start-up.
 //!
 //! What it owns: the operations (one `#[utoipa::path]` per route of
-//! [`routes::TABLE`], on the description-only functions below, so the handler
+//! [`crate::app::TABLE`], on the description-only functions below, so the handler
 //! modules keep only their code). The schemas of types the API does not
 //! define itself (the request body, shared model and job types) are the
 //! `…Doc` mirrors of [`crate::schema`]. Response bodies the handlers define
 //! (`Accepted`, `Job`, `ModelList`, `ErrorBody`, readiness) derive their
 //! schemas in place.
 //!
-//! Drift is caught by tests: the unit tests below check that the document has
-//! exactly the routes of [`routes::TABLE`] (which the router is built from),
-//! and `e2e/tests/openapi.rs` checks every documented route against the
-//! running server and real responses against their schemas.
+//! Drift is caught by tests: the unit tests of [`crate::app`] check that the
+//! document has exactly the routes of [`crate::app::TABLE`] (which the router
+//! is built from), and `e2e/tests/openapi.rs` checks every documented route
+//! against the running server and real responses against their schemas.
 
 use std::sync::OnceLock;
 
@@ -455,51 +455,3 @@ fn list_datasets() {}
 )]
 #[allow(dead_code)]
 fn delete_dataset() {}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-
-    use axum::http::Method;
-
-    use super::*;
-    use crate::routes;
-
-    fn documented() -> BTreeSet<(String, String)> {
-        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
-        let mut out = BTreeSet::new();
-        for (path, item) in doc["paths"].as_object().unwrap() {
-            for method in item.as_object().unwrap().keys() {
-                if Method::from_bytes(method.to_uppercase().as_bytes()).is_ok()
-                    && !matches!(method.as_str(), "parameters" | "summary" | "description")
-                {
-                    out.insert((method.to_uppercase(), path.clone()));
-                }
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn the_document_has_exactly_the_routes_the_router_serves() {
-        let served: BTreeSet<(String, String)> = routes::TABLE
-            .iter()
-            .map(|r| (r.method.as_str().to_owned(), r.path.to_owned()))
-            .collect();
-        assert_eq!(served.len(), routes::TABLE.len(), "a route is listed twice");
-        let documented = documented();
-        let undocumented: Vec<_> = served.difference(&documented).collect();
-        let unserved: Vec<_> = documented.difference(&served).collect();
-        assert!(
-            undocumented.is_empty() && unserved.is_empty(),
-            "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
-        );
-    }
-
-    #[test]
-    fn metrics_route_labels_cover_the_table() {
-        let labels: BTreeSet<&str> = crate::paths::ALL.into_iter().collect();
-        let paths: BTreeSet<&str> = routes::TABLE.iter().map(|r| r.path).collect();
-        assert_eq!(labels, paths);
-    }
-}

@@ -24,8 +24,16 @@ use shared::queue::heartbeat;
 
 use crate::error::ApiError;
 use crate::metrics::count_redis_error;
-use crate::routes::Audience;
 use crate::state::AppState;
+
+/// Who an open route answers, set by the router it is mounted in: the
+/// public listener leaves tenants out of `/readyz` and `/metrics`, the
+/// operator listener (`--ops-listen`) shows everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Public,
+    Operator,
+}
 
 pub async fn healthz() -> Response {
     (
