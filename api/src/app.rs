@@ -231,7 +231,7 @@ pub const TABLE: [Route; 19] = [
         method: Method::GET,
         path: METRICS,
         access: Access::Open,
-        handler: || get(crate::metrics::render),
+        handler: || get(routes::metrics::render),
     },
     Route {
         method: Method::GET,

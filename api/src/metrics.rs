@@ -1,6 +1,7 @@
 //! Prometheus metrics: the process-wide recorder, the per-request middleware
 //! (tracing span, request counter, latency histogram), Redis error counting
-//! and `GET /metrics`, which appends the queue gauges sampled at scrape time
+//! and the public view of a scrape. `GET /metrics` itself is the handler in
+//! `routes::metrics`, which appends the queue gauges sampled at scrape time
 //! ([`crate::stream_stats`]).
 //!
 //! Names come from the catalogue in [`shared::metric_names`]. Every label
@@ -22,11 +23,10 @@
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use axum::Extension;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
@@ -46,9 +46,6 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::models_cache::ModelCache;
 use crate::paths;
-use crate::routes::health::Audience;
-use crate::state::AppState;
-use crate::stream_stats::StreamStats;
 
 /// The `model` label of requests naming no published model: the raw name
 /// would let any client create series at will.
@@ -221,33 +218,6 @@ pub fn public_view(text: &str) -> String {
         }
     }
     out
-}
-
-/// `GET /metrics`: the recorder's metrics, then the queue gauges; on the
-/// public listener without tenants' models.
-pub async fn render(
-    State(state): State<AppState>,
-    Extension(streams): Extension<StreamStats>,
-    Extension(audience): Extension<Audience>,
-) -> Response {
-    // Sampled first, so a failure to sample is already counted in this
-    // scrape's onnxq_redis_errors_total.
-    let gauges = streams.render(&state).await;
-    let handle = state.metrics();
-    handle.run_upkeep();
-    let mut text = handle.render();
-    text.push_str(&gauges);
-    if audience == Audience::Public {
-        text = public_view(&text);
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
 }
 
 /// Wraps every request (matched or not) in a span and records its outcome.

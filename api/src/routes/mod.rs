@@ -5,6 +5,7 @@
 pub mod datasets;
 pub mod health;
 pub mod jobs;
+pub mod metrics;
 pub mod models;
 pub mod predict;
 pub mod retrain;
