@@ -2,14 +2,14 @@
 //! never reaches the client as one of axum's plain-text rejections.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
+use crate::config::RequestLimits;
 use crate::error::ApiError;
-use crate::state::AppState;
 use crate::text::clip;
 
 /// A request body declared as JSON, not yet parsed: the content type is
@@ -18,10 +18,14 @@ use crate::text::clip;
 /// body is large enough to parse off the async executor.
 pub struct JsonBody(pub Bytes);
 
-impl FromRequest<AppState> for JsonBody {
+impl<S> FromRequest<S> for JsonBody
+where
+    S: Send + Sync,
+    RequestLimits: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -32,7 +36,7 @@ impl FromRequest<AppState> for JsonBody {
                 if let Some(timeout) = crate::body_deadline::find_timeout(&rejection) {
                     ApiError::RequestTimeout(timeout.to_string())
                 } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(state.max_body_bytes())
+                    ApiError::PayloadTooLarge(RequestLimits::from_ref(state).max_body_bytes)
                 } else {
                     ApiError::MalformedJson("the request body could not be read".into())
                 }

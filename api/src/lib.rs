@@ -13,16 +13,18 @@
 //! The binary (`main.rs`) parses [`Config`], sizes the connection limits
 //! ([`conn_limits`]) and serves the routers with [`serve`].
 //!
-//! The modules import one another in one direction only, top to bottom:
+//! The modules import one another one way only, downwards:
 //!
 //! ```text
-//!  app                      the route table and the routers; imports anything
-//!  openapi                  the document; imports the handlers' response types
-//!  routes::*, submit        handlers, and what they share
-//!  admission, auth, ...     middleware, each on the sub-states it uses
-//!  state                    AppState: the parts, and how a handler gets each
-//!  paths, error, schema,    leaves and parts: import nothing above them
-//!  config, models_cache, ...
+//!  app                     the route table and the routers; nothing imports it
+//!  openapi, state          the document; AppState, the parts put together
+//!  routes::*               handlers, each on the parts it uses (`State<Queue>`, ...)
+//!  submit, extract,        what handlers share
+//!  validate, stream_stats
+//!  admission, auth         the tenant routes' middleware
+//!  metrics, events         the recorder and its counters; the event listener
+//!  queue, config, tenants, the parts of the state, and leaves (paths, error,
+//!  models_cache, waiters   schema, text, the connection modules)
 //! ```
 
 pub mod admission;
@@ -40,6 +42,7 @@ pub mod metrics;
 pub mod models_cache;
 pub mod openapi;
 pub mod paths;
+pub mod queue;
 pub mod routes;
 pub mod schema;
 pub mod serve;

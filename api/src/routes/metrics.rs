@@ -7,23 +7,24 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::metrics::public_view;
+use crate::queue::Queue;
 use crate::routes::health::Audience;
-use crate::state::AppState;
 use crate::stream_stats::StreamStats;
 
 /// `GET /metrics`: the recorder's metrics, then the queue gauges; on the
 /// public listener without tenants' models.
 pub async fn render(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
+    State(handle): State<PrometheusHandle>,
     Extension(streams): Extension<StreamStats>,
     Extension(audience): Extension<Audience>,
 ) -> Response {
     // Sampled first, so a failure to sample is already counted in this
     // scrape's onnxq_redis_errors_total.
-    let gauges = streams.render(&state).await;
-    let handle = state.metrics();
+    let gauges = streams.render(&queue).await;
     handle.run_upkeep();
     let mut text = handle.render();
     text.push_str(&gauges);
