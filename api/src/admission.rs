@@ -158,8 +158,13 @@ fn named_model(
     route: Option<&str>,
     path: &str,
 ) -> Option<String> {
-    route?.strip_prefix("/v1/models/{model}")?;
-    let public = path.strip_prefix("/v1/models/")?.split('/').next()?;
+    // Every route under `/v1/models/{model}` names one.
+    route?.strip_prefix(paths::MODEL)?;
+    let public = path
+        .strip_prefix(paths::MODELS)?
+        .strip_prefix('/')?
+        .split('/')
+        .next()?;
     if !valid_model_name(public) {
         return None;
     }
