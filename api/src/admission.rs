@@ -41,8 +41,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::auth::Tenant;
 use crate::error::{ApiError, RateLimitInfo};
 use crate::metrics::{UNKNOWN_MODEL, count_redis_error, count_rejection, redis_op};
-use crate::routes;
-use crate::state::AppState;
+use crate::models_cache::ModelCache;
+use crate::paths;
+use crate::queue::Queue;
 use crate::tenants::{Policies, Policy};
 
 /// The process's two pools and each tenant's share of them.
@@ -119,7 +120,7 @@ struct WaitQuery {
 /// A poll that will wait: it goes to the long-poll pool.
 fn is_long_poll(req: &Request, route: Option<&str>) -> bool {
     req.method() == Method::GET
-        && route == Some(routes::JOB)
+        && route == Some(paths::JOB)
         && axum::extract::Query::<WaitQuery>::try_from_uri(req.uri())
             .ok()
             .and_then(|q| q.0.wait)
@@ -152,23 +153,28 @@ fn take_slots(
 
 /// The model a route names, if the API knows it (its internal name).
 fn named_model(
-    state: &AppState,
+    models: &ModelCache,
     tenant: &Tenant,
     route: Option<&str>,
     path: &str,
 ) -> Option<String> {
-    route?.strip_prefix("/v1/models/{model}")?;
-    let public = path.strip_prefix("/v1/models/")?.split('/').next()?;
+    // Every route under `/v1/models/{model}` names one.
+    route?.strip_prefix(paths::MODEL)?;
+    let public = path
+        .strip_prefix(paths::MODELS)?
+        .strip_prefix('/')?
+        .split('/')
+        .next()?;
     if !valid_model_name(public) {
         return None;
     }
     let internal = tenant.model_key(public);
-    state.models().is_cached(&internal).then_some(internal)
+    models.is_cached(&internal).then_some(internal)
 }
 
 /// The buckets a request draws from, with their policy names.
 fn buckets(
-    state: &AppState,
+    queue: &Queue,
     tenant: &Tenant,
     policy: &Policy,
     model: Option<&str>,
@@ -178,7 +184,7 @@ fn buckets(
         out.push((
             "tenant",
             Bucket {
-                key: state.keys().rate(tenant.name()),
+                key: queue.keys().rate(tenant.name()),
                 rate,
             },
         ));
@@ -187,7 +193,7 @@ fn buckets(
         out.push((
             "model",
             Bucket {
-                key: state.keys().model_rate(model),
+                key: queue.keys().model_rate(model),
                 rate,
             },
         ));
@@ -195,7 +201,14 @@ fn buckets(
     out
 }
 
-pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+pub async fn admit(
+    State(queue): State<Queue>,
+    State(policies): State<Arc<Policies>>,
+    State(models): State<Arc<ModelCache>>,
+    State(pools): State<Arc<Pools>>,
+    req: Request,
+    next: Next,
+) -> Response {
     // An `Arc` inside: cloning it allocates nothing.
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map(MatchedPath::as_str);
@@ -206,14 +219,13 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
     let Some(tenant) = req.extensions().get::<Tenant>().cloned() else {
         return ApiError::Unauthorized.into_response();
     };
-    let policies: Arc<Policies> = state.policies();
     let policy = policies.of(tenant.name());
     // Only a model bucket, or a predict's rejection label, needs the name.
-    let model = (policy.model_rate.is_some() || route == Some(routes::PREDICT))
-        .then(|| named_model(&state, &tenant, route, req.uri().path()))
+    let model = (policy.model_rate.is_some() || route == Some(paths::PREDICT))
+        .then(|| named_model(&models, &tenant, route, req.uri().path()))
         .flatten();
     let refuse = |e: ApiError| {
-        if route == Some(routes::PREDICT) {
+        if route == Some(paths::PREDICT) {
             let label = model
                 .clone()
                 .map_or(SharedString::const_str(UNKNOWN_MODEL), SharedString::from);
@@ -221,15 +233,15 @@ pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> R
         }
         e.into_response()
     };
-    let _held = match take_slots(state.pools(), &tenant, policy, is_long_poll(&req, route)) {
+    let _held = match take_slots(&pools, &tenant, policy, is_long_poll(&req, route)) {
         Ok(h) => h,
         Err(e) => return refuse(e),
     };
-    let buckets = buckets(&state, &tenant, policy, model.as_deref());
+    let buckets = buckets(&queue, &tenant, policy, model.as_deref());
     let mut shown = None;
     if !buckets.is_empty() {
         let only: Vec<Bucket> = buckets.iter().map(|(_, b)| b.clone()).collect();
-        let mut conn = state.conn();
+        let mut conn = queue.conn();
         match ratelimit::take(&mut conn, &only).await {
             Ok(Verdict::Allowed(levels)) => shown = tightest(&buckets, &levels),
             Ok(Verdict::Limited { index, retry_in_ms }) => {

@@ -37,7 +37,6 @@ use sha2::{Digest, Sha256};
 use shared::model::{TENANT_SEPARATOR as SEPARATOR, valid_tenant_name};
 
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// The caller of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,8 +216,12 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// caller's [`Tenant`] or answers 401. Health, readiness, metrics and the
 /// OpenAPI document are in a router of their own, outside this layer:
 /// probes and scrapers carry no keys.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    match state.api_keys().tenant_of(req.headers()) {
+pub async fn authenticate(
+    State(keys): State<Arc<ApiKeys>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    match keys.tenant_of(req.headers()) {
         Ok(tenant) => {
             req.extensions_mut().insert(tenant);
             next.run(req).await
@@ -272,7 +275,7 @@ mod tests {
             headers("authorization", "Bearer "),
             headers("x-api-key", ""),
         ] {
-            assert_eq!(k.tenant_of(&h).unwrap_err().code(), "unauthorized");
+            assert_eq!(k.tenant_of(&h).unwrap_err().code().as_str(), "unauthorized");
         }
     }
 
@@ -288,7 +291,10 @@ mod tests {
         same_twice.append("x-api-key", HeaderValue::from_static("k-acme"));
         same_twice.append("x-api-key", HeaderValue::from_static("k-acme"));
         for h in [two, both, same_twice] {
-            assert_eq!(k.tenant_of(&h).unwrap_err().code(), "ambiguous_credentials");
+            assert_eq!(
+                k.tenant_of(&h).unwrap_err().code().as_str(),
+                "ambiguous_credentials"
+            );
         }
     }
 

@@ -24,7 +24,7 @@
 //!   size, and holding a slot for long costs the sender real bandwidth.
 //!
 //! A broken rule ends the body with a [`BodyTimeout`] error. The handler sees
-//! a failed read; the router's body-deadline layer (`crate::router`) then
+//! a failed read; the router's body-deadline layer ([`crate::app`]) then
 //! answers 408 `request_timeout` with `Connection: close` whatever the
 //! handler made of the failure ([`Outcome`] tells it), and the unread rest of
 //! the body makes hyper close the connection after that answer.

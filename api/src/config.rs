@@ -187,6 +187,23 @@ impl LogFormat {
     }
 }
 
+/// What one request may ask for: how long it may wait and how large its
+/// body and its training work may be. Handlers take it as their
+/// `State<RequestLimits>`.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// Longest long-poll (`?wait=`).
+    pub max_wait: Duration,
+    /// Largest accepted JSON request body.
+    pub max_body_bytes: usize,
+    /// Largest accepted model upload.
+    pub max_model_bytes: usize,
+    /// Largest accepted dataset upload.
+    pub max_dataset_bytes: usize,
+    /// Most epochs x rows x features a retrain job may ask for.
+    pub max_train_work: u64,
+}
+
 impl Config {
     /// Limits for pooled request traffic: an outage becomes a quick 503.
     pub fn redis_limits(&self) -> shared::redis_conn::Limits {
@@ -199,6 +216,16 @@ impl Config {
 
     pub fn max_wait(&self) -> Duration {
         Duration::from_secs(self.max_wait_secs)
+    }
+
+    pub fn request_limits(&self) -> RequestLimits {
+        RequestLimits {
+            max_wait: self.max_wait(),
+            max_body_bytes: self.max_body_bytes,
+            max_model_bytes: self.max_model_bytes,
+            max_dataset_bytes: self.max_dataset_bytes,
+            max_train_work: self.max_train_work,
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {

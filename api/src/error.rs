@@ -3,7 +3,10 @@
 //! Every failure a client can see, axum's own rejections included, becomes an
 //! [`ApiError`] and leaves through the single [`IntoResponse`] impl below, so
 //! every error body has the same shape:
-//! `{"error":{"code":"<snake_case>","message":"<sentence>"}}`.
+//! `{"error":{"code":"<snake_case>","message":"<sentence>"}}`. The codes are
+//! the variants of [`ErrorCode`], the one list of them: the document's
+//! schema derives from it, and one table maps each error to its status and
+//! code.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -105,83 +108,171 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
-impl ApiError {
-    pub fn status(&self) -> StatusCode {
+/// Every `error.code` the API answers with (see the README's error tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    MalformedJson,
+    NonFiniteInput,
+    InvalidInput,
+    InvalidQuery,
+    UnsupportedMediaType,
+    PayloadTooLarge,
+    ModelNotFound,
+    JobNotFound,
+    InvalidJobId,
+    JobNotCancelable,
+    InvalidIdempotencyKey,
+    IdempotencyKeyReused,
+    QueueFull,
+    Overloaded,
+    TenantConcurrencyLimit,
+    RateLimited,
+    TenantQueueFull,
+    QuotaExceeded,
+    AmbiguousCredentials,
+    RequestTimeout,
+    TooManyConnections,
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    VersionNotFound,
+    VersionNotReady,
+    NoPreviousVersion,
+    VersionIsCurrent,
+    DatasetNotFound,
+    InvalidDataset,
+    TrainingBudgetExceeded,
+    RedisUnavailable,
+    NotReplicated,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire code (the serde name) as a `&'static str`, for metric
+    /// labels.
+    pub const fn as_str(self) -> &'static str {
         match self {
-            ApiError::MalformedJson(_)
-            | ApiError::NonFiniteInput(_)
-            | ApiError::InvalidQuery(_)
-            | ApiError::InvalidJobId(_)
-            | ApiError::InvalidIdempotencyKey(_)
-            | ApiError::AmbiguousCredentials => StatusCode::BAD_REQUEST,
-            ApiError::InvalidInput(_)
-            | ApiError::InvalidDataset(_)
-            | ApiError::TrainingBudget(_)
-            | ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::JobNotCancelable { .. } => StatusCode::CONFLICT,
-            ApiError::QueueFull(_)
-            | ApiError::TenantConcurrency
-            | ApiError::RateLimited(_)
-            | ApiError::TenantQueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
-            ApiError::UnsupportedMediaType | ApiError::NotCsv => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::VersionNotReady { .. }
-            | ApiError::NoPreviousVersion(_)
-            | ApiError::VersionIsCurrent(_) => StatusCode::CONFLICT,
-            ApiError::ModelNotFound(_)
-            | ApiError::JobNotFound(_)
-            | ApiError::NotFound
-            | ApiError::VersionNotFound { .. }
-            | ApiError::DatasetNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::RedisUnavailable(_)
-            | ApiError::NotReplicated(_)
-            | ApiError::Overloaded
-            | ApiError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::NonFiniteInput => "non_finite_input",
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::JobNotFound => "job_not_found",
+            ErrorCode::InvalidJobId => "invalid_job_id",
+            ErrorCode::JobNotCancelable => "job_not_cancelable",
+            ErrorCode::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::QueueFull => "queue_full",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::TenantConcurrencyLimit => "tenant_concurrency_limit",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TenantQueueFull => "tenant_queue_full",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::AmbiguousCredentials => "ambiguous_credentials",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::VersionNotFound => "version_not_found",
+            ErrorCode::VersionNotReady => "version_not_ready",
+            ErrorCode::NoPreviousVersion => "no_previous_version",
+            ErrorCode::VersionIsCurrent => "version_is_current",
+            ErrorCode::DatasetNotFound => "dataset_not_found",
+            ErrorCode::InvalidDataset => "invalid_dataset",
+            ErrorCode::TrainingBudgetExceeded => "training_budget_exceeded",
+            ErrorCode::RedisUnavailable => "redis_unavailable",
+            ErrorCode::NotReplicated => "not_replicated",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl ApiError {
+    /// The one table from error to wire form: its status and its code.
+    fn wire(&self) -> (StatusCode, ErrorCode) {
+        match self {
+            ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, ErrorCode::MalformedJson),
+            ApiError::NonFiniteInput(_) => (StatusCode::BAD_REQUEST, ErrorCode::NonFiniteInput),
+            ApiError::InvalidInput(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
+            }
+            ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery),
+            ApiError::UnsupportedMediaType | ApiError::NotCsv => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                ErrorCode::UnsupportedMediaType,
+            ),
+            ApiError::PayloadTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge)
+            }
+            ApiError::ModelNotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::ModelNotFound),
+            ApiError::JobNotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::JobNotFound),
+            ApiError::InvalidJobId(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidJobId),
+            ApiError::JobNotCancelable { .. } => {
+                (StatusCode::CONFLICT, ErrorCode::JobNotCancelable)
+            }
+            ApiError::InvalidIdempotencyKey(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::InvalidIdempotencyKey)
+            }
+            ApiError::IdempotencyKeyReused => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::IdempotencyKeyReused,
+            ),
+            ApiError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
+            ApiError::TenantConcurrency => (
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TenantConcurrencyLimit,
+            ),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+            ApiError::TenantQueueFull { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::TenantQueueFull)
+            }
+            ApiError::QuotaExceeded { .. } => (StatusCode::FORBIDDEN, ErrorCode::QuotaExceeded),
+            ApiError::AmbiguousCredentials => {
+                (StatusCode::BAD_REQUEST, ErrorCode::AmbiguousCredentials)
+            }
+            ApiError::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout),
+            ApiError::TooManyConnections => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::TooManyConnections,
+            ),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
+            }
+            ApiError::VersionNotFound { .. } => (StatusCode::NOT_FOUND, ErrorCode::VersionNotFound),
+            ApiError::VersionNotReady { .. } => (StatusCode::CONFLICT, ErrorCode::VersionNotReady),
+            ApiError::NoPreviousVersion(_) => (StatusCode::CONFLICT, ErrorCode::NoPreviousVersion),
+            ApiError::VersionIsCurrent(_) => (StatusCode::CONFLICT, ErrorCode::VersionIsCurrent),
+            ApiError::DatasetNotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::DatasetNotFound),
+            ApiError::InvalidDataset(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidDataset)
+            }
+            ApiError::TrainingBudget(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::TrainingBudgetExceeded,
+            ),
+            ApiError::RedisUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::RedisUnavailable)
+            }
+            ApiError::NotReplicated(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReplicated)
+            }
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
         }
     }
 
-    pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::MalformedJson(_) => "malformed_json",
-            ApiError::NonFiniteInput(_) => "non_finite_input",
-            ApiError::InvalidInput(_) => "invalid_input",
-            ApiError::InvalidQuery(_) => "invalid_query",
-            ApiError::UnsupportedMediaType | ApiError::NotCsv => "unsupported_media_type",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::ModelNotFound(_) => "model_not_found",
-            ApiError::JobNotFound(_) => "job_not_found",
-            ApiError::InvalidJobId(_) => "invalid_job_id",
-            ApiError::JobNotCancelable { .. } => "job_not_cancelable",
-            ApiError::InvalidIdempotencyKey(_) => "invalid_idempotency_key",
-            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
-            ApiError::QueueFull(_) => "queue_full",
-            ApiError::Overloaded => "overloaded",
-            ApiError::TenantConcurrency => "tenant_concurrency_limit",
-            ApiError::RateLimited(_) => "rate_limited",
-            ApiError::TenantQueueFull { .. } => "tenant_queue_full",
-            ApiError::QuotaExceeded { .. } => "quota_exceeded",
-            ApiError::AmbiguousCredentials => "ambiguous_credentials",
-            ApiError::RequestTimeout(_) => "request_timeout",
-            ApiError::TooManyConnections => "too_many_connections",
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::NotFound => "not_found",
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::VersionNotFound { .. } => "version_not_found",
-            ApiError::VersionNotReady { .. } => "version_not_ready",
-            ApiError::NoPreviousVersion(_) => "no_previous_version",
-            ApiError::VersionIsCurrent(_) => "version_is_current",
-            ApiError::DatasetNotFound(_) => "dataset_not_found",
-            ApiError::InvalidDataset(_) => "invalid_dataset",
-            ApiError::TrainingBudget(_) => "training_budget_exceeded",
-            ApiError::RedisUnavailable(_) => "redis_unavailable",
-            ApiError::NotReplicated(_) => "not_replicated",
-            ApiError::Internal(_) => "internal",
-        }
+    pub fn status(&self) -> StatusCode {
+        self.wire().0
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.wire().1
     }
 }
 
@@ -260,8 +351,7 @@ pub(crate) struct Body<'a> {
 #[schema(as = ErrorDetail)]
 pub(crate) struct Detail<'a> {
     /// Stable, for programs.
-    #[schema(value_type = crate::openapi::ErrorCode)]
-    code: &'a str,
+    code: ErrorCode,
     /// One sentence, for people.
     message: &'a str,
 }
@@ -397,11 +487,66 @@ mod tests {
             redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert_eq!(
             ApiError::from(QueueError::Redis(io)).code(),
-            "redis_unavailable"
+            ErrorCode::RedisUnavailable
         );
         assert_eq!(
             ApiError::from(QueueError::Corrupt("x".into())).code(),
-            "internal"
+            ErrorCode::Internal
         );
+    }
+
+    #[test]
+    fn metric_labels_spell_the_wire_codes() {
+        use ErrorCode::*;
+        let all = [
+            MalformedJson,
+            NonFiniteInput,
+            InvalidInput,
+            InvalidQuery,
+            UnsupportedMediaType,
+            PayloadTooLarge,
+            ModelNotFound,
+            JobNotFound,
+            InvalidJobId,
+            JobNotCancelable,
+            InvalidIdempotencyKey,
+            IdempotencyKeyReused,
+            QueueFull,
+            Overloaded,
+            TenantConcurrencyLimit,
+            RateLimited,
+            TenantQueueFull,
+            QuotaExceeded,
+            AmbiguousCredentials,
+            RequestTimeout,
+            TooManyConnections,
+            Unauthorized,
+            NotFound,
+            MethodNotAllowed,
+            VersionNotFound,
+            VersionNotReady,
+            NoPreviousVersion,
+            VersionIsCurrent,
+            DatasetNotFound,
+            InvalidDataset,
+            TrainingBudgetExceeded,
+            RedisUnavailable,
+            NotReplicated,
+            Internal,
+        ];
+        for code in all {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        // The schema lists every variant (it is derived), so a variant left
+        // out of `all` above shows here.
+        let schema = serde_json::to_value(<ErrorCode as utoipa::PartialSchema>::schema()).unwrap();
+        let listed: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let checked: Vec<&str> = all.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, checked);
     }
 }

@@ -2,12 +2,12 @@
 //! never reaches the client as one of axum's plain-text rejections.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 
+use crate::config::RequestLimits;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// A request body declared as JSON, not yet parsed: the content type is
 /// checked before anything is read, and the size is bounded by the router's
@@ -15,10 +15,14 @@ use crate::state::AppState;
 /// body is large enough to parse off the async executor.
 pub struct JsonBody(pub Bytes);
 
-impl FromRequest<AppState> for JsonBody {
+impl<S> FromRequest<S> for JsonBody
+where
+    S: Send + Sync,
+    RequestLimits: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         if !is_json(req.headers()) {
             return Err(ApiError::UnsupportedMediaType);
         }
@@ -29,7 +33,7 @@ impl FromRequest<AppState> for JsonBody {
                 if let Some(timeout) = crate::body_deadline::find_timeout(&rejection) {
                     ApiError::RequestTimeout(timeout.to_string())
                 } else if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(state.max_body_bytes())
+                    ApiError::PayloadTooLarge(RequestLimits::from_ref(state).max_body_bytes)
                 } else {
                     ApiError::MalformedJson("the request body could not be read".into())
                 }
@@ -94,18 +98,27 @@ mod tests {
         struct T {
             a: Vec<f32>,
         }
-        assert_eq!(parse::<T>(b"{").unwrap_err().code(), "malformed_json");
-        assert_eq!(parse::<T>(b"").unwrap_err().code(), "malformed_json");
         assert_eq!(
-            parse::<T>(br#"{"a":[1e400]}"#).unwrap_err().code(),
+            parse::<T>(b"{").unwrap_err().code().as_str(),
             "malformed_json"
         );
         assert_eq!(
-            parse::<T>(br#"{"a":["x"]}"#).unwrap_err().code(),
+            parse::<T>(b"").unwrap_err().code().as_str(),
+            "malformed_json"
+        );
+        assert_eq!(
+            parse::<T>(br#"{"a":[1e400]}"#).unwrap_err().code().as_str(),
+            "malformed_json"
+        );
+        assert_eq!(
+            parse::<T>(br#"{"a":["x"]}"#).unwrap_err().code().as_str(),
             "invalid_input"
         );
         assert_eq!(
-            parse::<T>(br#"{"a":[],"b":1}"#).unwrap_err().code(),
+            parse::<T>(br#"{"a":[],"b":1}"#)
+                .unwrap_err()
+                .code()
+                .as_str(),
             "invalid_input"
         );
         assert!(parse::<T>(br#"{"a":[1,2.5]}"#).is_ok());

@@ -106,11 +106,12 @@ pub fn describe(e: &serde_json::Error) -> String {
     } else if let Some(rest) = s.strip_prefix("invalid value: ") {
         found_expected(rest)
     } else if let Some(rest) = s.strip_prefix("invalid length ") {
-        rest.split_once(", expected ").map(|(n, exp)| match expected(exp).as_str() {
-            // serde reads a struct from an array too, and then counts.
-            "an object" => "got an array, expected an object".to_owned(),
-            exp => format!("got {n} elements, expected {exp}"),
-        })
+        rest.split_once(", expected ")
+            .map(|(n, exp)| match expected(exp).as_str() {
+                // serde reads a struct from an array too, and then counts.
+                "an object" => "got an array, expected an object".to_owned(),
+                exp => format!("got {n} elements, expected {exp}"),
+            })
     } else if let Some(rest) = s.strip_prefix("missing field ") {
         Some(format!("missing field {rest}"))
     } else {
@@ -207,7 +208,7 @@ mod tests {
 
     fn message(body: &str) -> (String, String) {
         let e = parse::<T>(body.as_bytes()).unwrap_err();
-        (e.code().to_owned(), e.to_string())
+        (e.code().as_str().to_owned(), e.to_string())
     }
 
     /// No message names a Rust type, a serde term or a position.
@@ -242,8 +243,14 @@ mod tests {
             (r#"{"rows": {}}"#, "rows: got an object, expected an array"),
             (r#"{"name": 5}"#, "name: got the number 5, expected"),
             (r#"{"flag": 1}"#, "flag: got the number 1, expected"),
-            (r#"{"kind": "sometimes"}"#, "kind: unknown variant `sometimes`"),
-            (r#"{"inner": []}"#, "inner: got an array, expected an object"),
+            (
+                r#"{"kind": "sometimes"}"#,
+                "kind: unknown variant `sometimes`",
+            ),
+            (
+                r#"{"inner": []}"#,
+                "inner: got an array, expected an object",
+            ),
             (r#"{"inner": {}}"#, "inner: missing field `columns`"),
             (r#"{"other": 1}"#, "unknown field `other`"),
             (r#"[]"#, "got an array, expected an object"),
@@ -251,7 +258,10 @@ mod tests {
         for (body, want) in cases {
             let (code, msg) = message(body);
             assert_eq!(code, "invalid_input", "{body}");
-            assert!(msg.starts_with(want), "{body}: {msg:?} should start {want:?}");
+            assert!(
+                msg.starts_with(want),
+                "{body}: {msg:?} should start {want:?}"
+            );
             clean(&msg);
         }
     }

@@ -1,6 +1,7 @@
 //! Prometheus metrics: the process-wide recorder, the per-request middleware
 //! (tracing span, request counter, latency histogram), Redis error counting
-//! and `GET /metrics`, which appends the queue gauges sampled at scrape time
+//! and the public view of a scrape. `GET /metrics` itself is the handler in
+//! `routes::metrics`, which appends the queue gauges sampled at scrape time
 //! ([`crate::stream_stats`]).
 //!
 //! Names come from the catalogue in [`shared::metric_names`]. Every label
@@ -8,7 +9,7 @@
 //!
 //! | label | values | bounded by |
 //! |---|---|---|
-//! | `route` | a route template of [`routes::ALL`], or `unmatched` | the route table: never the raw path |
+//! | `route` | a route template of [`paths::ALL`], or `unmatched` | the route table: never the raw path |
 //! | `method` | the common methods, or `other` | [`method_label`] |
 //! | `status` | the status code | the codes the API answers with |
 //! | `model` | a model the API knows, or [`UNKNOWN_MODEL`] | the model cache (published signatures), enforced by the recorder ([`ModelLabels`]) |
@@ -22,11 +23,10 @@
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use axum::Extension;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{MatchedPath, Request};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
@@ -45,9 +45,7 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::models_cache::ModelCache;
-use crate::routes::{self, Audience};
-use crate::state::AppState;
-use crate::stream_stats::StreamStats;
+use crate::paths;
 
 /// The `model` label of requests naming no published model: the raw name
 /// would let any client create series at will.
@@ -222,33 +220,6 @@ pub fn public_view(text: &str) -> String {
     out
 }
 
-/// `GET /metrics`: the recorder's metrics, then the queue gauges; on the
-/// public listener without tenants' models.
-pub async fn render(
-    State(state): State<AppState>,
-    Extension(streams): Extension<StreamStats>,
-    Extension(audience): Extension<Audience>,
-) -> Response {
-    // Sampled first, so a failure to sample is already counted in this
-    // scrape's onnxq_redis_errors_total.
-    let gauges = streams.render(&state).await;
-    let handle = state.metrics();
-    handle.run_upkeep();
-    let mut text = handle.render();
-    text.push_str(&gauges);
-    if audience == Audience::Public {
-        text = public_view(&text);
-    }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
-}
-
 /// Wraps every request (matched or not) in a span and records its outcome.
 pub async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
@@ -267,7 +238,8 @@ pub async fn track(req: Request, next: Next) -> Response {
 /// Counts a refused submission. `model` must be a published model's name or
 /// [`UNKNOWN_MODEL`].
 pub fn count_rejection(model: SharedString, error: &ApiError) {
-    metrics::counter!(JOBS_REJECTED, "model" => model, "reason" => error.code()).increment(1);
+    metrics::counter!(JOBS_REJECTED, "model" => model, "reason" => error.code().as_str())
+        .increment(1);
 }
 
 /// Counts a failed Redis call of kind `op` (one of [`redis_op`]) and turns
@@ -289,7 +261,7 @@ pub fn count_redis_error(op: &'static str, e: &QueueError) {
 
 fn route_label(matched: Option<&MatchedPath>) -> &'static str {
     matched
-        .and_then(|m| routes::ALL.into_iter().find(|r| *r == m.as_str()))
+        .and_then(|m| paths::ALL.into_iter().find(|r| *r == m.as_str()))
         .unwrap_or("unmatched")
 }
 

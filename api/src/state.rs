@@ -1,25 +1,33 @@
-//! Everything a request handler needs, built once per process and shared by
-//! cheap clones: the shared Redis connection, the key layout, the model cache, the
-//! long-poll registry, the event listener task, the metrics handle, the
-//! admission pools, the request-body rules, the queue policy, and the two
-//! files an operator may change while the process runs (API keys and tenant
-//! policies, reloaded on SIGHUP by [`AppState::reload`]).
+//! The application state: every part a request handler or middleware uses,
+//! built once per process and shared by cheap clones (the job store
+//! [`Queue`], the model cache, the long-poll registry, the event listener
+//! task, the metrics handle, the admission pools, the request limits and
+//! body rules, and the two files an operator may change while the process
+//! runs: API keys and tenant policies, reloaded on SIGHUP by
+//! [`AppState::reload`]).
+//!
+//! Handlers and middleware never take the whole [`AppState`]: each takes
+//! the parts it touches as `State<Part>`, and the [`FromRef`] impls below
+//! say how each part is got from the whole (as in axum's examples). So this
+//! module imports the parts, and no part imports it: it is used by the
+//! router ([`crate::app`]) and the binary only.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::extract::FromRef;
 use metrics_exporter_prometheus::PrometheusHandle;
-use shared::Keys;
-use shared::redis_conn::{self, Conn, Limits, Topology};
+use shared::redis_conn::{self, Topology};
 
 use crate::admission::Pools;
 use crate::auth::ApiKeys;
 use crate::body_deadline::BodyRules;
-use crate::config::Config;
+use crate::config::{Config, RequestLimits};
 use crate::events::Listener;
 use crate::models_cache::ModelCache;
+use crate::queue::{Queue, QueuePolicy};
 use crate::tenants::{Policies, TenantsError};
 use crate::waiters::Waiters;
 
@@ -41,38 +49,18 @@ pub struct AppState {
 }
 
 struct Inner {
-    redis: Conn,
+    queue: Queue,
     api_keys: ArcSwap<ApiKeys>,
     api_keys_file: Option<PathBuf>,
     policies: ArcSwap<Policies>,
     tenants_file: Option<PathBuf>,
-    keys: Keys,
-    limits: Limits,
     models: Arc<ModelCache>,
     waiters: Arc<Waiters>,
     listener: Listener,
     metrics: PrometheusHandle,
-    max_wait: Duration,
-    max_body_bytes: usize,
-    max_model_bytes: usize,
-    max_dataset_bytes: usize,
-    max_train_work: u64,
-    pools: Pools,
+    limits: RequestLimits,
+    pools: Arc<Pools>,
     body_rules: BodyRules,
-    queue: QueuePolicy,
-}
-
-/// How submissions and cancels treat the queue.
-#[derive(Debug, Clone, Copy)]
-pub struct QueuePolicy {
-    /// 0 = unbounded.
-    pub max_queue_depth: u64,
-    /// TTL of an idempotency key (the workers' result TTL).
-    pub idempotency_ttl_secs: u64,
-    /// TTL of a canceled job's record.
-    pub canceled_ttl_secs: u64,
-    /// Whether a 202 waits for a replica's copy of the job.
-    pub durability: shared::queue::Durability,
 }
 
 impl AppState {
@@ -101,46 +89,31 @@ impl AppState {
             Arc::clone(&waiters),
         );
         let metrics = crate::metrics::handle(&models);
+        let policy = QueuePolicy {
+            max_queue_depth: config.max_queue_depth,
+            idempotency_ttl_secs: config.result_ttl_secs,
+            canceled_ttl_secs: config.canceled_ttl_secs,
+            durability: config.queue.durability(),
+        };
         Ok(AppState {
             inner: Arc::new(Inner {
-                redis,
+                queue: Queue::new(redis, keys, limits, policy),
                 api_keys: ArcSwap::from_pointee(api_keys),
                 api_keys_file: config.api_keys_file.clone(),
                 policies: ArcSwap::from_pointee(policies),
                 tenants_file: config.tenants_file.clone(),
-                keys,
-                limits,
                 models,
                 waiters,
                 listener,
                 metrics,
-                max_wait: config.max_wait(),
-                max_body_bytes: config.max_body_bytes,
-                max_model_bytes: config.max_model_bytes,
-                max_dataset_bytes: config.max_dataset_bytes,
-                max_train_work: config.max_train_work,
-                pools: Pools::new(config.max_concurrent_requests, config.max_long_polls),
+                limits: config.request_limits(),
+                pools: Arc::new(Pools::new(
+                    config.max_concurrent_requests,
+                    config.max_long_polls,
+                )),
                 body_rules: config.body_rules(),
-                queue: QueuePolicy {
-                    max_queue_depth: config.max_queue_depth,
-                    idempotency_ttl_secs: config.result_ttl_secs,
-                    canceled_ttl_secs: config.canceled_ttl_secs,
-                    durability: config.queue.durability(),
-                },
             }),
         })
-    }
-
-    /// A handle to the process's shared Redis connection (see
-    /// [`redis_conn::shared`]); every command on it is bounded by the
-    /// configured Redis limits.
-    pub fn conn(&self) -> Conn {
-        self.inner.redis.clone()
-    }
-
-    /// Who may call, as which tenant (see [`crate::auth`]).
-    pub fn api_keys(&self) -> Arc<ApiKeys> {
-        self.inner.api_keys.load_full()
     }
 
     /// What each tenant may use (see [`crate::tenants`]).
@@ -160,61 +133,18 @@ impl AppState {
         Ok(())
     }
 
-    pub fn keys(&self) -> &Keys {
-        &self.inner.keys
-    }
-
-    pub fn redis_limits(&self) -> Limits {
-        self.inner.limits
-    }
-
-    pub fn models(&self) -> &ModelCache {
-        &self.inner.models
-    }
-
     pub fn waiters(&self) -> &Waiters {
         &self.inner.waiters
     }
 
-    pub fn metrics(&self) -> &PrometheusHandle {
-        &self.inner.metrics
-    }
-
-    pub fn max_wait(&self) -> Duration {
-        self.inner.max_wait
-    }
-
+    /// The body limit of every router.
     pub fn max_body_bytes(&self) -> usize {
-        self.inner.max_body_bytes
-    }
-
-    /// Largest accepted model upload.
-    pub fn max_model_bytes(&self) -> usize {
-        self.inner.max_model_bytes
-    }
-
-    /// Largest accepted dataset upload.
-    pub fn max_dataset_bytes(&self) -> usize {
-        self.inner.max_dataset_bytes
-    }
-
-    /// Most epochs x rows x features a retrain job may ask for.
-    pub fn max_train_work(&self) -> u64 {
-        self.inner.max_train_work
-    }
-
-    /// The request and long-poll pools (see [`crate::admission`]).
-    pub fn pools(&self) -> &Pools {
-        &self.inner.pools
+        self.inner.limits.max_body_bytes
     }
 
     /// What a request body must keep up (see [`crate::body_deadline`]).
     pub fn body_rules(&self) -> BodyRules {
         self.inner.body_rules
-    }
-
-    pub fn queue_policy(&self) -> &QueuePolicy {
-        &self.inner.queue
     }
 
     /// Whether the job/model event subscription is currently up.
@@ -231,6 +161,57 @@ impl AppState {
     /// their job's current state instead of keeping the server up.
     pub fn begin_shutdown(&self) {
         self.inner.waiters.close();
+    }
+}
+
+impl FromRef<AppState> for Queue {
+    fn from_ref(state: &AppState) -> Queue {
+        state.inner.queue.clone()
+    }
+}
+
+impl FromRef<AppState> for RequestLimits {
+    fn from_ref(state: &AppState) -> RequestLimits {
+        state.inner.limits
+    }
+}
+
+/// The keys in force when the request came: a reload swaps them for the
+/// requests after it.
+impl FromRef<AppState> for Arc<ApiKeys> {
+    fn from_ref(state: &AppState) -> Arc<ApiKeys> {
+        state.inner.api_keys.load_full()
+    }
+}
+
+/// The policies in force when the request came, as for the keys.
+impl FromRef<AppState> for Arc<Policies> {
+    fn from_ref(state: &AppState) -> Arc<Policies> {
+        state.policies()
+    }
+}
+
+impl FromRef<AppState> for Arc<ModelCache> {
+    fn from_ref(state: &AppState) -> Arc<ModelCache> {
+        Arc::clone(&state.inner.models)
+    }
+}
+
+impl FromRef<AppState> for Arc<Waiters> {
+    fn from_ref(state: &AppState) -> Arc<Waiters> {
+        Arc::clone(&state.inner.waiters)
+    }
+}
+
+impl FromRef<AppState> for Arc<Pools> {
+    fn from_ref(state: &AppState) -> Arc<Pools> {
+        Arc::clone(&state.inner.pools)
+    }
+}
+
+impl FromRef<AppState> for PrometheusHandle {
+    fn from_ref(state: &AppState) -> PrometheusHandle {
+        state.inner.metrics.clone()
     }
 }
 

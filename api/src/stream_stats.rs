@@ -23,7 +23,7 @@ use shared::queue::stats::{self, Sample, StreamSample};
 use tokio::sync::Mutex;
 
 use crate::metrics::count_redis_error;
-use crate::state::AppState;
+use crate::queue::Queue;
 
 /// Longest reuse of one sample.
 pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -47,19 +47,19 @@ impl StreamStats {
 
     /// The gauges in Prometheus text format, sampled now or at most
     /// [`REFRESH_EVERY`] ago; empty when Redis could not be sampled.
-    pub async fn render(&self, state: &AppState) -> String {
+    pub async fn render(&self, queue: &Queue) -> String {
         // Held across the sample: concurrent scrapes wait for it and reuse it
         // instead of sampling in parallel.
         let mut cached = self.cache.lock().await;
         if cached.taken.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
             return cached.text.clone();
         }
-        let limits = state.redis_limits();
+        let limits = queue.redis_limits();
         // Two round trips, each bounded by the connection's own limits; this
         // bounds the rare extra ones (see `stats::lag`) as well.
         let budget = 2 * (limits.connect + limits.response);
-        let mut conn = state.conn();
-        let sampled = tokio::time::timeout(budget, stats::sample(&mut conn, state.keys())).await;
+        let mut conn = queue.conn();
+        let sampled = tokio::time::timeout(budget, stats::sample(&mut conn, queue.keys())).await;
         cached.text = match sampled {
             Ok(Ok(sample)) => render(&sample),
             Ok(Err(error)) => {

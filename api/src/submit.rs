@@ -34,7 +34,8 @@ use uuid::Uuid;
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::metrics::{JOBS_DEDUPLICATED, JOBS_SUBMITTED, redis_failed, redis_op};
-use crate::state::AppState;
+use crate::queue::Queue;
+use crate::tenants::Policies;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on an answer that returns an earlier job for a repeated key.
@@ -95,7 +96,7 @@ pub struct Accepted {
 pub(crate) struct AcceptedBody<'a> {
     job_id: Uuid,
     /// `queued`, or for a replayed `Idempotency-Key` the job's current status.
-    #[schema(value_type = crate::openapi::JobStatusDoc)]
+    #[schema(value_type = crate::schema::JobStatusDoc)]
     status: &'static str,
     /// Where to poll the job: `/v1/jobs/{job_id}`.
     status_url: &'a str,
@@ -204,7 +205,8 @@ impl Submission {
     /// body's [`sha256_hex`] when [`Submission::wants_body_hash`].
     pub async fn enqueue(
         self,
-        state: &AppState,
+        queue: &Queue,
+        policies: &Policies,
         tenant: &Tenant,
         work: Work,
         body_hash: Option<String>,
@@ -230,21 +232,20 @@ impl Submission {
             model_version,
             retrain,
         };
-        let queue = state.queue_policy();
-        let policies = state.policies();
+        let policy = queue.policy();
         let opts = SubmitOptions {
             // A control job is the registry's own work, never refused for
             // a full model queue.
             max_queue_depth: if kind == JobKind::Validate {
                 0
             } else {
-                queue.max_queue_depth
+                policy.max_queue_depth
             },
             idempotency: self.key_hash.as_deref().zip(body_hash.as_deref()).map(
                 |(key_hash, body_hash)| Idempotency {
                     key_hash,
                     body_hash,
-                    ttl_secs: queue.idempotency_ttl_secs,
+                    ttl_secs: policy.idempotency_ttl_secs,
                 },
             ),
             // Nor for the tenant's queue quota: the version is registered
@@ -255,11 +256,11 @@ impl Submission {
             } else {
                 policies.of(tenant.name()).job_quota()
             },
-            durability: queue.durability,
+            durability: policy.durability,
         };
         let outcome = async {
-            let mut conn = state.conn();
-            let outcome = ops::submit(&mut conn, state.keys(), &job, &opts)
+            let mut conn = queue.conn();
+            let outcome = ops::submit(&mut conn, queue.keys(), &job, &opts)
                 .await
                 .map_err(redis_failed(redis_op::SUBMIT))?;
             match outcome {
@@ -396,7 +397,7 @@ mod tests {
             headers(&[b"a", b"b"]),
         ] {
             assert_eq!(
-                idempotency_key(&bad).unwrap_err().code(),
+                idempotency_key(&bad).unwrap_err().code().as_str(),
                 "invalid_idempotency_key"
             );
         }

@@ -447,7 +447,7 @@ mod tests {
         match run(body, m) {
             Ok(t) => panic!("expected {code}, got tensors {t:?}"),
             Err(e) => {
-                assert_eq!(e.code(), code, "{e}");
+                assert_eq!(e.code().as_str(), code, "{e}");
                 let msg = e.to_string();
                 for n in needles {
                     assert!(msg.contains(n), "{msg:?} should mention {n:?}");
@@ -606,7 +606,7 @@ mod tests {
         ];
         for d in bad {
             let e = resolve_deadline(&d, now).unwrap_err();
-            assert_eq!(e.code(), "invalid_input", "{d:?}");
+            assert_eq!(e.code().as_str(), "invalid_input", "{d:?}");
             assert!(e.to_string().contains("deadline"), "{e}");
         }
         for body in [
@@ -615,7 +615,7 @@ mod tests {
             br#"{"features":[1],"deadline":{}}"#,
         ] {
             let e = crate::extract::parse::<PredictRequest>(body).unwrap_err();
-            assert_eq!(e.code(), "invalid_input");
+            assert_eq!(e.code().as_str(), "invalid_input");
         }
         let req: PredictRequest =
             crate::extract::parse(br#"{"features":[1],"deadline":null}"#).unwrap();

@@ -9,6 +9,8 @@
 //! failing a retrain job later. Every column must be numeric: any of them
 //! may become the target.
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
@@ -23,10 +25,12 @@ use shared::queue::datasets::{self, DatasetMeta};
 use shared::time::rfc3339_ms;
 
 use crate::auth::Tenant;
+use crate::config::RequestLimits;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::redis_failed;
-use crate::state::AppState;
+use crate::queue::Queue;
+use crate::tenants::Policies;
 use crate::text::clip;
 
 /// A stored dataset as clients see it.
@@ -111,7 +115,9 @@ fn inspect(bytes: &[u8]) -> Result<(Vec<String>, u64), ApiError> {
 }
 
 pub async fn put(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
+    State(policies): State<Arc<Policies>>,
+    State(limits): State<RequestLimits>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
     headers: HeaderMap,
@@ -121,7 +127,7 @@ pub async fn put(
     if !is_csv(&headers) {
         return Err(ApiError::NotCsv);
     }
-    let limit = state.max_dataset_bytes();
+    let limit = limits.max_dataset_bytes;
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(limit))?;
@@ -139,9 +145,9 @@ pub async fn put(
         columns,
         created_at_ms: shared::time::now_ms(),
     };
-    let quota = state.policies().of(tenant.name()).dataset_quota();
-    let mut conn = state.conn();
-    let stored = datasets::put(&mut conn, state.keys(), &name, &bytes, &meta, quota)
+    let quota = policies.of(tenant.name()).dataset_quota();
+    let mut conn = queue.conn();
+    let stored = datasets::put(&mut conn, queue.keys(), &name, &bytes, &meta, quota)
         .await
         .map_err(redis_failed(redis_op::DATASETS))?;
     let replaced = match stored {
@@ -171,13 +177,13 @@ pub async fn put(
 }
 
 pub async fn get_one(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
 ) -> Result<Response, ApiError> {
     let name = dataset_key(&tenant, &public)?;
-    let mut conn = state.conn();
-    match datasets::meta(&mut conn, state.keys(), &name)
+    let mut conn = queue.conn();
+    match datasets::meta(&mut conn, queue.keys(), &name)
         .await
         .map_err(redis_failed(redis_op::DATASETS))?
     {
@@ -187,11 +193,11 @@ pub async fn get_one(
 }
 
 pub async fn list(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Response, ApiError> {
-    let mut conn = state.conn();
-    let all = datasets::list(&mut conn, state.keys(), |n| tenant.public_name(n).is_some())
+    let mut conn = queue.conn();
+    let all = datasets::list(&mut conn, queue.keys(), |n| tenant.public_name(n).is_some())
         .await
         .map_err(redis_failed(redis_op::DATASETS))?;
     let datasets = all
@@ -202,13 +208,13 @@ pub async fn list(
 }
 
 pub async fn delete(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
 ) -> Result<Response, ApiError> {
     let name = dataset_key(&tenant, &public)?;
-    let mut conn = state.conn();
-    if datasets::delete(&mut conn, state.keys(), &name)
+    let mut conn = queue.conn();
+    if datasets::delete(&mut conn, queue.keys(), &name)
         .await
         .map_err(redis_failed(redis_op::DATASETS))?
     {
@@ -229,7 +235,7 @@ mod tests {
         assert_eq!(cols, ["a", "b", "target"]);
         assert_eq!(rows, 2);
         let err = inspect(b"a,b,target\n1,2,0\nx,4,1\n").unwrap_err();
-        assert_eq!(err.code(), "invalid_dataset");
+        assert_eq!(err.code().as_str(), "invalid_dataset");
         let msg = err.to_string();
         assert!(msg.contains("line 3") && msg.contains("\"a\""), "{msg}");
         assert!(

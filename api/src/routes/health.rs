@@ -24,8 +24,16 @@ use shared::queue::heartbeat;
 
 use crate::error::ApiError;
 use crate::metrics::count_redis_error;
-use crate::routes::Audience;
-use crate::state::AppState;
+use crate::queue::Queue;
+
+/// Who an open route answers, set by the router it is mounted in: the
+/// public listener leaves tenants out of `/readyz` and `/metrics`, the
+/// operator listener (`--ops-listen`) shows everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Public,
+    Operator,
+}
 
 pub async fn healthz() -> Response {
     (
@@ -60,11 +68,11 @@ pub(crate) struct ModelReadiness {
 /// or 503 `redis_unavailable`. Bounded by the Redis response limits (two
 /// round trips).
 pub async fn readyz(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(audience): Extension<Audience>,
 ) -> Result<Response, ApiError> {
-    let mut conn = state.conn();
-    let beats = match heartbeat::read_all(&mut conn, state.keys()).await {
+    let mut conn = queue.conn();
+    let beats = match heartbeat::read_all(&mut conn, queue.keys()).await {
         Ok(beats) => beats,
         Err(e) => {
             count_redis_error(redis_op::READYZ, &e);

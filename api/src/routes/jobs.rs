@@ -11,6 +11,7 @@
 
 use std::borrow::Cow;
 use std::pin::pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Extension;
@@ -28,11 +29,13 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::auth::Tenant;
+use crate::config::RequestLimits;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::{JOBS_CANCELED, redis_failed, redis_op};
-use crate::state::AppState;
+use crate::queue::Queue;
 use crate::text::clip;
+use crate::waiters::Waiters;
 
 #[derive(Deserialize)]
 pub struct JobQuery {
@@ -47,13 +50,13 @@ pub struct JobQuery {
 #[schema(as = Job)]
 pub(crate) struct JobView<'a> {
     job_id: Uuid,
-    #[schema(value_type = crate::openapi::JobKindDoc)]
+    #[schema(value_type = crate::schema::JobKindDoc)]
     kind: &'static str,
     model: &'a str,
     /// The registry version number the job ran on (as text), once run.
     #[schema(required = true)]
     model_version: Option<&'a str>,
-    #[schema(value_type = crate::openapi::JobStatusDoc)]
+    #[schema(value_type = crate::schema::JobStatusDoc)]
     status: &'static str,
     /// Attempts started so far (retries and takeovers included).
     attempts: u32,
@@ -67,10 +70,10 @@ pub(crate) struct JobView<'a> {
     #[schema(required = true, format = DateTime)]
     deadline: Option<String>,
     /// Set when `succeeded`.
-    #[schema(required = true, value_type = Option<crate::openapi::AnyJobResultDoc>)]
+    #[schema(required = true, value_type = Option<crate::schema::AnyJobResultDoc>)]
     result: Option<&'a RawValue>,
     /// Set when `failed`.
-    #[schema(required = true, value_type = Option<crate::openapi::JobErrorDoc>)]
+    #[schema(required = true, value_type = Option<crate::schema::JobErrorDoc>)]
     error: Option<Cow<'a, JobError>>,
     /// When a cancel of the running job was asked for; the job ends
     /// `canceled` once its worker sees it (or as it was ending anyway).
@@ -85,28 +88,31 @@ pub(crate) struct JobView<'a> {
     traceparent: Option<&'a str>,
     /// A retrain job's progress, as its worker last wrote it (kept after
     /// the job ends); `null` for other kinds and before training starts.
-    #[schema(required = true, value_type = Option<crate::openapi::ProgressDoc>)]
+    #[schema(required = true, value_type = Option<crate::schema::ProgressDoc>)]
     progress: Option<&'a RawValue>,
 }
 
 pub async fn get_job(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
+    State(waiters): State<Arc<Waiters>>,
+    State(limits): State<RequestLimits>,
     Extension(tenant): Extension<Tenant>,
     PathParam(raw_id): PathParam,
     query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = job_id(&raw_id)?;
-    let wait = wait_duration(query, state.max_wait())?;
+    let wait = wait_duration(query, limits.max_wait)?;
     let job = if wait.is_zero() {
-        read(&state, &tenant, &id).await?
+        read(&queue, &tenant, &id).await?
     } else {
-        wait_terminal(&state, &tenant, id, wait).await?
+        wait_terminal(&queue, &waiters, &tenant, id, wait).await?
     };
     render(&tenant, &job)
 }
 
 pub async fn cancel(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
+    State(waiters): State<Arc<Waiters>>,
     Extension(tenant): Extension<Tenant>,
     PathParam(raw_id): PathParam,
 ) -> Result<Response, ApiError> {
@@ -114,12 +120,12 @@ pub async fn cancel(
     // Ownership first: another tenant's job must look like no job at all,
     // and must not be canceled. A job's model never changes, so the check
     // cannot go stale before the cancel.
-    let owned = read(&state, &tenant, &id).await?;
-    let policy = state.queue_policy();
-    let mut conn = state.conn();
+    let owned = read(&queue, &tenant, &id).await?;
+    let policy = queue.policy();
+    let mut conn = queue.conn();
     let outcome = ops::cancel(
         &mut conn,
-        state.keys(),
+        queue.keys(),
         &id,
         owned.kind,
         &owned.model,
@@ -139,7 +145,7 @@ pub async fn cancel(
             // The published id wakes long-polls in every API process; waking
             // ours directly as well keeps them independent of the
             // subscription being up at this moment.
-            state.waiters().wake(&id);
+            waiters.wake(&id);
             // A model name in a stored job came through validation against a
             // published signature, so it is a bounded label.
             metrics::counter!(JOBS_CANCELED, "model" => job.model.clone()).increment(1);
@@ -185,18 +191,18 @@ fn wait_duration(
 /// registered and armed before each read, so a finish published between the
 /// read and the sleep still wakes it.
 async fn wait_terminal(
-    state: &AppState,
+    queue: &Queue,
+    waiters: &Waiters,
     tenant: &Tenant,
     id: Uuid,
     wait: Duration,
 ) -> Result<JobRecord, ApiError> {
     let deadline = Instant::now() + wait;
-    let waiters = state.waiters();
     let registration = waiters.register(id);
     loop {
         let mut woken = pin!(registration.notified());
         woken.as_mut().enable();
-        let job = read(state, tenant, &id).await?;
+        let job = read(queue, tenant, &id).await?;
         if job.status.is_terminal() || waiters.is_closing() || Instant::now() >= deadline {
             return Ok(job);
         }
@@ -207,9 +213,9 @@ async fn wait_terminal(
 
 /// The job, if it exists and is the tenant's: a job belongs to the tenant
 /// of its model (see [`crate::auth`]).
-async fn read(state: &AppState, tenant: &Tenant, id: &Uuid) -> Result<JobRecord, ApiError> {
-    let mut conn = state.conn();
-    ops::get_job(&mut conn, state.keys(), id)
+async fn read(queue: &Queue, tenant: &Tenant, id: &Uuid) -> Result<JobRecord, ApiError> {
+    let mut conn = queue.conn();
+    ops::get_job(&mut conn, queue.keys(), id)
         .await
         .map_err(redis_failed(redis_op::GET_JOB))?
         .filter(|job| tenant.public_name(&job.model).is_some())
@@ -291,7 +297,7 @@ mod tests {
     #[test]
     fn wait_rejects_junk() {
         for q in ["wait=-1", "wait=abc", "wait=NaN", "wait=inf", "wait="] {
-            assert_eq!(wait(q).unwrap_err().code(), "invalid_query", "{q}");
+            assert_eq!(wait(q).unwrap_err().code().as_str(), "invalid_query", "{q}");
         }
     }
 }

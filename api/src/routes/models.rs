@@ -2,6 +2,8 @@
 //! published, i.e. what predict requests are validated against. A tenant sees
 //! its own models only, under their public names (see [`crate::auth`]).
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -13,12 +15,13 @@ use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::{redis_failed, redis_op};
-use crate::state::AppState;
+use crate::models_cache::ModelCache;
+use crate::queue::Queue;
 use crate::text::clip;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ModelList {
-    #[schema(value_type = Vec<crate::openapi::ModelDoc>)]
+    #[schema(value_type = Vec<crate::schema::ModelDoc>)]
     models: Vec<ModelView>,
 }
 
@@ -35,9 +38,9 @@ pub(crate) struct ModelView {
     versions: Vec<shared::queue::registry::Version>,
 }
 
-async fn view(state: &AppState, internal: &str, info: ModelInfo) -> Result<ModelView, ApiError> {
+async fn view(queue: &Queue, internal: &str, info: ModelInfo) -> Result<ModelView, ApiError> {
     let (current_version, versions) =
-        crate::routes::versions::read_versions(state, internal, VERSIONS_SHOWN).await?;
+        crate::routes::versions::read_versions(queue, internal, VERSIONS_SHOWN).await?;
     Ok(ModelView {
         info,
         current_version,
@@ -46,40 +49,40 @@ async fn view(state: &AppState, internal: &str, info: ModelInfo) -> Result<Model
 }
 
 pub async fn list(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Response, ApiError> {
-    let mut conn = state.conn();
-    let found = ops::list_models(&mut conn, state.keys())
+    let mut conn = queue.conn();
+    let found = ops::list_models(&mut conn, queue.keys())
         .await
         .map_err(redis_failed(redis_op::LIST_MODELS))?;
     let mut models = Vec::with_capacity(found.len());
     for m in found {
         let internal = m.name.clone();
         if let Some(info) = public(&tenant, m) {
-            models.push(view(&state, &internal, info).await?);
+            models.push(view(&queue, &internal, info).await?);
         }
     }
     Ok(Json(ModelList { models }).into_response())
 }
 
 pub async fn get_one(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
+    State(models): State<Arc<ModelCache>>,
     Extension(tenant): Extension<Tenant>,
     PathParam(model): PathParam,
 ) -> Result<Response, ApiError> {
     if !valid_model_name(&model) {
         return Err(ApiError::ModelNotFound(clip(&model)));
     }
-    match state
-        .models()
+    match models
         .get(&tenant.model_key(&model))
         .await
         .map_err(redis_failed(redis_op::GET_MODEL))?
         .and_then(|info| public(&tenant, (*info).clone()))
     {
         Some(info) => {
-            Ok(Json(view(&state, &tenant.model_key(&model), info).await?).into_response())
+            Ok(Json(view(&queue, &tenant.model_key(&model), info).await?).into_response())
         }
         None => Err(ApiError::ModelNotFound(model)),
     }

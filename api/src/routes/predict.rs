@@ -21,8 +21,10 @@ use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::{UNKNOWN_MODEL, count_rejection, redis_failed};
-use crate::state::AppState;
+use crate::models_cache::ModelCache;
+use crate::queue::Queue;
 use crate::submit::{Submission, Work, sha256_hex};
+use crate::tenants::Policies;
 use crate::text::clip;
 use crate::validate::{self, PredictRequest};
 
@@ -34,22 +36,41 @@ const INLINE_PARSE_BYTES: usize = 64 * 1024;
 /// Extraction failures (content type, body size) come in as values rather
 /// than early rejections, so every refused submission is counted here.
 pub async fn predict(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
+    State(models): State<Arc<ModelCache>>,
+    State(policies): State<Arc<Policies>>,
     Extension(tenant): Extension<Tenant>,
     path: Result<PathParam, ApiError>,
     headers: HeaderMap,
     body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut model_label = SharedString::const_str(UNKNOWN_MODEL);
-    let res = submit(&state, &tenant, path, &headers, body, &mut model_label).await;
+    let parts = Parts {
+        queue: &queue,
+        models: &models,
+        policies: &policies,
+    };
+    let res = submit(parts, &tenant, path, &headers, body, &mut model_label).await;
     if let Err(e) = &res {
         count_rejection(model_label, e);
     }
     res
 }
 
+/// The parts of the state a predict uses.
+#[derive(Clone, Copy)]
+struct Parts<'a> {
+    queue: &'a Queue,
+    models: &'a ModelCache,
+    policies: &'a Policies,
+}
+
 async fn submit(
-    state: &AppState,
+    Parts {
+        queue,
+        models,
+        policies,
+    }: Parts<'_>,
     tenant: &Tenant,
     path: Result<PathParam, ApiError>,
     headers: &HeaderMap,
@@ -62,8 +83,7 @@ async fn submit(
     }
     // From here on the model is named as Redis and the workers know it.
     let model = tenant.model_key(&public);
-    let Some(info) = state
-        .models()
+    let Some(info) = models
         .get(&model)
         .await
         .map_err(redis_failed(shared::metric_names::redis_op::GET_MODEL))?
@@ -72,7 +92,7 @@ async fn submit(
     };
     *model_label = SharedString::from(model.clone());
     // The job's span starts here, so an exported trace covers validation too.
-    let submission = Submission::begin(state.keys(), tenant, &public, headers)?;
+    let submission = Submission::begin(queue.keys(), tenant, &public, headers)?;
     let JsonBody(body) = body?;
     let hash_body = submission.wants_body_hash();
     // One typed parse: the pin is the field serde decoded, escapes and all.
@@ -86,7 +106,7 @@ async fn submit(
     let pinned = req.model_version;
     let info = match pinned {
         None => info,
-        Some(v) => pinned_signature(state, &model, &public, v).await?,
+        Some(v) => pinned_signature(queue, &model, &public, v).await?,
     };
     let deadline = req.deadline.clone();
     let inputs = off_executor_if_large(&body, move |_| validate::to_tensors(req, &info)).await?;
@@ -100,7 +120,7 @@ async fn submit(
         deadline_ms,
     };
     Ok(submission
-        .enqueue(state, tenant, work, body_hash)
+        .enqueue(queue, policies, tenant, work, body_hash)
         .await?
         .into_response())
 }
@@ -121,13 +141,13 @@ async fn off_executor_if_large<T: Send + 'static>(
 
 /// The signature of a pinned version, which must exist and be `ready`.
 async fn pinned_signature(
-    state: &AppState,
+    queue: &Queue,
     model: &str,
     public: &str,
     version: u32,
 ) -> Result<Arc<ModelInfo>, ApiError> {
-    let mut conn = state.conn();
-    let found = registry::version(&mut conn, state.keys(), model, version)
+    let mut conn = queue.conn();
+    let found = registry::version(&mut conn, queue.keys(), model, version)
         .await
         .map_err(redis_failed(shared::metric_names::redis_op::REGISTRY))?;
     match found {

@@ -9,6 +9,8 @@
 //! The model need not exist: retraining an unknown name creates its first
 //! version (promoted, since there is nothing to compare it with).
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -23,13 +25,15 @@ use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, SchemaType, Type};
 
 use crate::auth::Tenant;
+use crate::config::RequestLimits;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::{redis_failed, redis_op};
+use crate::queue::Queue;
 use crate::routes::datasets::dataset_key;
 use crate::schema::{Choice, exactly_one_of, nullable_ref};
-use crate::state::AppState;
 use crate::submit::{Submission, Work, sha256_hex};
+use crate::tenants::Policies;
 use crate::text::clip;
 
 /// `POST /v1/models/{model}/retrain` body. Every field may be `null`,
@@ -58,9 +62,7 @@ impl PartialSchema for RetrainRequest {
                     .min_length(Some(1))
                     .max_length(Some(shared::model::MAX_NAME_LEN))
                     .pattern(Some(shared::model::NAME_PATTERN))
-                    .description(Some(
-                        "A stored dataset's name (`PUT /v1/datasets/{name}`)",
-                    )),
+                    .description(Some("A stored dataset's name (`PUT /v1/datasets/{name}`)")),
             )
             .property(
                 "data",
@@ -108,8 +110,7 @@ impl PartialSchema for RetrainRequest {
 }
 
 impl utoipa::ToSchema for RetrainRequest {
-    fn schemas(
-        out: &mut Vec<(String, RefOr<Schema>)>) {
+    fn schemas(out: &mut Vec<(String, RefOr<Schema>)>) {
         out.push(("InlineRows".into(), InlineRows::schema()));
         out.push(("TrainParams".into(), TrainParams::schema()));
         out.push(("PromotePolicy".into(), PromotePolicy::schema()));
@@ -122,7 +123,9 @@ impl utoipa::ToSchema for RetrainRequest {
 const COLUMNS_SHOWN: usize = 12;
 
 pub async fn retrain(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
+    State(policies): State<Arc<Policies>>,
+    State(limits): State<RequestLimits>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
     headers: HeaderMap,
@@ -131,7 +134,7 @@ pub async fn retrain(
     if !valid_model_name(&public) {
         return Err(ApiError::ModelNotFound(clip(&public)));
     }
-    let submission = Submission::begin(state.keys(), &tenant, &public, &headers)?;
+    let submission = Submission::begin(queue.keys(), &tenant, &public, &headers)?;
     let JsonBody(body) = body?;
     let req: RetrainRequest = extract::parse(&body)?;
     let params: TrainParams = match req.params {
@@ -149,8 +152,8 @@ pub async fn retrain(
     let (data, source) = match (req.dataset, req.data) {
         (Some(public_ds), None) => {
             let name = dataset_key(&tenant, &public_ds)?;
-            let mut conn = state.conn();
-            let meta = datasets::meta(&mut conn, state.keys(), &name)
+            let mut conn = queue.conn();
+            let meta = datasets::meta(&mut conn, queue.keys(), &name)
                 .await
                 .map_err(redis_failed(redis_op::DATASETS))?
                 .ok_or_else(|| ApiError::DatasetNotFound(public_ds.clone()))?;
@@ -172,12 +175,12 @@ pub async fn retrain(
             }
             let features = meta.columns.len().saturating_sub(1);
             params
-                .check_work(meta.rows as usize, features, state.max_train_work())
+                .check_work(meta.rows as usize, features, limits.max_train_work)
                 .map_err(|e| ApiError::TrainingBudget(e.to_string()))?;
             (TrainingData::Dataset(name), public_ds)
         }
         (None, Some(rows)) => {
-            let (check, max_work) = (params.clone(), state.max_train_work());
+            let (check, max_work) = (params.clone(), limits.max_train_work);
             let csv = tokio::task::spawn_blocking(move || {
                 let ds = rows
                     .into_dataset(&check.target_column)
@@ -210,10 +213,10 @@ pub async fn retrain(
         params_json,
         promote,
         trainer,
-        quota: Some(state.policies().of(tenant.name()).registry_limits()),
+        quota: Some(policies.of(tenant.name()).registry_limits()),
     };
     let accepted = submission
-        .enqueue(&state, &tenant, Work::Retrain(spec), body_hash)
+        .enqueue(&queue, &policies, &tenant, Work::Retrain(spec), body_hash)
         .await?;
     if !accepted.replayed {
         span.in_scope(|| {

@@ -16,6 +16,8 @@
 //!   is not current (its bytes go too when no other version holds them),
 //!   409 `version_is_current`, 404 `version_not_found`.
 
+use std::sync::Arc;
+
 use axum::Extension;
 use axum::Json;
 use axum::body::Body;
@@ -32,11 +34,13 @@ use shared::queue::registry::{
 use uuid::Uuid;
 
 use crate::auth::Tenant;
+use crate::config::RequestLimits;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::redis_failed;
-use crate::state::AppState;
+use crate::queue::Queue;
 use crate::submit::{Submission, Work};
+use crate::tenants::Policies;
 use crate::text::clip;
 
 /// Versions shown by the listing routes, newest first.
@@ -59,7 +63,7 @@ pub(crate) struct VersionList {
     model: String,
     #[schema(required = true)]
     current_version: Option<u32>,
-    #[schema(value_type = Vec<crate::openapi::VersionDoc>)]
+    #[schema(value_type = Vec<crate::schema::VersionDoc>)]
     versions: Vec<Version>,
 }
 
@@ -88,7 +92,9 @@ fn model_name(tenant: &Tenant, public: &str) -> Result<String, ApiError> {
 }
 
 pub async fn upload(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
+    State(policies): State<Arc<Policies>>,
+    State(limits): State<RequestLimits>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
     headers: HeaderMap,
@@ -102,8 +108,8 @@ pub async fn upload(
     if !octets {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let submission = Submission::begin(state.keys(), &tenant, &public, &headers)?;
-    let limit = state.max_model_bytes();
+    let submission = Submission::begin(queue.keys(), &tenant, &public, &headers)?;
+    let limit = limits.max_model_bytes;
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(limit))?;
@@ -113,15 +119,14 @@ pub async fn upload(
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let mut v = Version::new(&bytes, &sha256, Source::Upload, VersionStatus::Validating);
     v.job_id = Some(submission.id());
-    let quota = state
-        .policies()
+    let quota = policies
         .of(tenant.name())
-        .registry_quota(state.keys(), tenant.name());
+        .registry_quota(queue.keys(), tenant.name());
     let registered = {
-        let mut conn = state.conn();
+        let mut conn = queue.conn();
         let registration = registry::register(
             &mut conn,
-            state.keys(),
+            queue.keys(),
             &model,
             &bytes,
             &v,
@@ -140,7 +145,8 @@ pub async fn upload(
     // is queued, so a replay would leave a second version behind.
     let accepted = submission
         .enqueue(
-            &state,
+            &queue,
+            &policies,
             &tenant,
             Work::Validate {
                 version: registered.version,
@@ -165,12 +171,12 @@ pub async fn upload(
 }
 
 pub async fn list(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
 ) -> Result<Response, ApiError> {
     let model = model_name(&tenant, &public)?;
-    let (current_version, versions) = read_versions(&state, &model, MAX_LISTED).await?;
+    let (current_version, versions) = read_versions(&queue, &model, MAX_LISTED).await?;
     if versions.is_empty() {
         return Err(ApiError::ModelNotFound(public));
     }
@@ -184,12 +190,12 @@ pub async fn list(
 
 /// A model's current version and its versions, newest first.
 pub(crate) async fn read_versions(
-    state: &AppState,
+    queue: &Queue,
     model: &str,
     limit: usize,
 ) -> Result<(Option<u32>, Vec<Version>), ApiError> {
-    let mut conn = state.conn();
-    let keys = state.keys();
+    let mut conn = queue.conn();
+    let keys = queue.keys();
     let current = registry::current(&mut conn, keys, model)
         .await
         .map_err(redis_failed(redis_op::REGISTRY))?;
@@ -200,7 +206,7 @@ pub(crate) async fn read_versions(
 }
 
 pub async fn promote(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
     body: Result<JsonBody, ApiError>,
@@ -208,28 +214,28 @@ pub async fn promote(
     let model = model_name(&tenant, &public)?;
     let JsonBody(body) = body?;
     let req: PromoteRequest = extract::parse(&body)?;
-    let mut conn = state.conn();
-    let done = registry::promote(&mut conn, state.keys(), &model, req.version)
+    let mut conn = queue.conn();
+    let done = registry::promote(&mut conn, queue.keys(), &model, req.version)
         .await
         .map_err(redis_failed(redis_op::REGISTRY))?;
     answer(public, req.version, done)
 }
 
 pub async fn rollback(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
 ) -> Result<Response, ApiError> {
     let model = model_name(&tenant, &public)?;
-    let mut conn = state.conn();
-    let done = registry::rollback(&mut conn, state.keys(), &model)
+    let mut conn = queue.conn();
+    let done = registry::rollback(&mut conn, queue.keys(), &model)
         .await
         .map_err(redis_failed(redis_op::REGISTRY))?;
     answer(public, 0, done)
 }
 
 pub async fn delete(
-    State(state): State<AppState>,
+    State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     axum::extract::Path((public, version)): axum::extract::Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -241,11 +247,11 @@ pub async fn delete(
             version: 0,
         });
     };
-    let tenant_models = state.keys().tenant_models(tenant.name());
-    let mut conn = state.conn();
+    let tenant_models = queue.keys().tenant_models(tenant.name());
+    let mut conn = queue.conn();
     let done = registry::delete_version(
         &mut conn,
-        state.keys(),
+        queue.keys(),
         &model,
         number,
         Some(&tenant_models),

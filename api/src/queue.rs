@@ -1,0 +1,59 @@
+//! The job store as handlers see it: the process's shared Redis connection
+//! and its limits, the key layout, and how submissions and cancels treat the
+//! queue. Handlers that touch Redis take it as their `State<Queue>`; it is
+//! one part of the application state, a cheap clone (handles and counted
+//! references).
+
+use shared::Keys;
+use shared::redis_conn::{Conn, Limits};
+
+#[derive(Clone)]
+pub struct Queue {
+    conn: Conn,
+    keys: Keys,
+    limits: Limits,
+    policy: QueuePolicy,
+}
+
+/// How submissions and cancels treat the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuePolicy {
+    /// 0 = unbounded.
+    pub max_queue_depth: u64,
+    /// TTL of an idempotency key (the workers' result TTL).
+    pub idempotency_ttl_secs: u64,
+    /// TTL of a canceled job's record.
+    pub canceled_ttl_secs: u64,
+    /// Whether a 202 waits for a replica's copy of the job.
+    pub durability: shared::queue::Durability,
+}
+
+impl Queue {
+    pub fn new(conn: Conn, keys: Keys, limits: Limits, policy: QueuePolicy) -> Queue {
+        Queue {
+            conn,
+            keys,
+            limits,
+            policy,
+        }
+    }
+
+    /// A handle to the process's shared Redis connection (see
+    /// [`shared::redis_conn::shared`]); every command on it is bounded by
+    /// the configured Redis limits.
+    pub fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    pub fn redis_limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn policy(&self) -> &QueuePolicy {
+        &self.policy
+    }
+}
