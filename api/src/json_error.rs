@@ -112,11 +112,9 @@ pub fn describe(e: &serde_json::Error) -> String {
                 "an object" => "got an array, expected an object".to_owned(),
                 exp => format!("got {n} elements, expected {exp}"),
             })
-    } else if let Some(rest) = s.strip_prefix("missing field ") {
-        Some(format!("missing field {rest}"))
     } else {
-        // unknown field/variant (names the allowed ones), duplicate field,
-        // or a message of our own.
+        // missing, unknown or duplicate field, unknown variant (naming the
+        // allowed ones), or a message of our own: no serde terms in them.
         None
     };
     clip(&translated.unwrap_or(s))

@@ -10,6 +10,7 @@ pub const PREDICT: &str = "/v1/models/{model}/predict";
 pub const MODELS: &str = "/v1/models";
 pub const MODEL: &str = "/v1/models/{model}";
 pub const JOB: &str = "/v1/jobs/{id}";
+pub const CANCEL: &str = "/v1/jobs/{id}/cancel";
 pub const HEALTHZ: &str = "/healthz";
 pub const READYZ: &str = "/readyz";
 pub const METRICS: &str = "/metrics";
@@ -22,7 +23,7 @@ pub const RETRAIN: &str = "/v1/models/{model}/retrain";
 pub const DATASETS: &str = "/v1/datasets";
 pub const DATASET: &str = "/v1/datasets/{name}";
 
-pub const ALL: [&str; 15] = [
-    PREDICT, MODELS, MODEL, JOB, HEALTHZ, READYZ, METRICS, OPENAPI, VERSIONS, VERSION, PROMOTE,
-    ROLLBACK, RETRAIN, DATASETS, DATASET,
+pub const ALL: [&str; 16] = [
+    PREDICT, MODELS, MODEL, JOB, CANCEL, HEALTHZ, READYZ, METRICS, OPENAPI, VERSIONS, VERSION,
+    PROMOTE, ROLLBACK, RETRAIN, DATASETS, DATASET,
 ];

@@ -96,7 +96,7 @@ pub struct Accepted {
 pub(crate) struct AcceptedBody<'a> {
     job_id: Uuid,
     /// `queued`, or for a replayed `Idempotency-Key` the job's current status.
-    #[schema(value_type = crate::schema::JobStatusDoc)]
+    #[schema(value_type = shared::job::JobStatus)]
     status: &'static str,
     /// Where to poll the job: `/v1/jobs/{job_id}`.
     status_url: &'a str,

@@ -68,10 +68,12 @@ pub struct PredictRequest {
     _parameters: Option<IgnoredObject>,
 }
 
-impl PredictRequest {
-    /// The body's schema: [`PredictFields`](PredictRequest), plus exactly
-    /// one of `features` and `inputs`.
-    pub fn schema() -> RefOr<Schema> {
+/// The predict body's schema: [`PredictRequest`]'s fields
+/// (`PredictFields`), plus exactly one of `features` and `inputs`.
+pub struct PredictBody;
+
+impl PartialSchema for PredictBody {
+    fn schema() -> RefOr<Schema> {
         exactly_one_of(
             Ref::from_schema_name("PredictFields"),
             [
@@ -88,6 +90,17 @@ impl PredictRequest {
             ],
             "Exactly one of `features` or `inputs`; `null` is the same as leaving a field out. Unknown fields are refused.",
         )
+    }
+}
+
+impl ToSchema for PredictBody {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "PredictRequest".into()
+    }
+
+    fn schemas(out: &mut Vec<(String, RefOr<Schema>)>) {
+        out.push(("PredictFields".into(), PredictRequest::schema()));
+        <PredictRequest as ToSchema>::schemas(out);
     }
 }
 

@@ -33,22 +33,89 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
 }
 
 /// Validates `value` against the subset of JSON Schema utoipa emits: `$ref`,
-/// `type` (one or several), `enum`, `oneOf`, `properties` with `required`,
-/// `additionalProperties`, `items`. A property not in the schema is an
-/// error too (unless `additionalProperties` allows it): the document must
-/// describe everything the server sends. Returns every violation.
+/// `type` (one or several), `enum`, `oneOf`, `allOf`, `properties` with
+/// `required`, `additionalProperties`, `items`, `minimum`, `minLength`.
+/// Stricter than JSON Schema in one way: a property of an object that no
+/// part of its schema names is an error (unless `additionalProperties`
+/// allows it), so the document must describe everything the server sends.
+/// Returns every violation.
 fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
+    let mut errors = check(doc, schema, value, at);
+    if let Some(obj) = value.as_object() {
+        let mut named = Vec::new();
+        if !names(doc, schema, &mut named) {
+            for k in obj.keys().filter(|k| !named.contains(k)) {
+                errors.push(format!("{at}: field {k} is not in the schema"));
+            }
+        }
+    }
+    errors
+}
+
+/// Collects the properties `schema` names, through `$ref`, `allOf` and
+/// `oneOf`; false when it lets any property in (a free-form object, an
+/// `additionalProperties` schema or `true`).
+fn names(doc: &Value, schema: &Value, out: &mut Vec<String>) -> bool {
+    let schema = resolve(doc, schema);
+    let mut open = match schema.get("additionalProperties") {
+        Some(Value::Bool(false)) => false,
+        Some(_) => true,
+        None => {
+            schema.get("type") == Some(&json!("object"))
+                && schema.get("properties").is_none()
+                && schema.get("allOf").is_none()
+                && schema.get("oneOf").is_none()
+        }
+    };
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        out.extend(props.keys().cloned());
+    }
+    for key in ["allOf", "oneOf"] {
+        for part in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            open |= names(doc, part, out);
+        }
+    }
+    open
+}
+
+/// Standard JSON Schema checks of the subset (see [`validate`]); nested
+/// values are validated strictly again.
+fn check(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String> {
     let schema = resolve(doc, schema);
     let mut errors = Vec::new();
     if let Some(options) = schema.get("oneOf").and_then(Value::as_array) {
         let matching = options
             .iter()
-            .filter(|o| validate(doc, o, value, at).is_empty())
+            .filter(|o| check(doc, o, value, at).is_empty())
             .count();
         if matching != 1 {
             errors.push(format!("{at}: {matching} of oneOf match {value}"));
         }
-        return errors;
+    }
+    for part in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        errors.extend(check(doc, part, value, at));
+    }
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+        && value.as_f64().is_some_and(|v| v < min)
+    {
+        errors.push(format!("{at}: {value} is below the minimum {min}"));
+    }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && value
+            .as_str()
+            .is_some_and(|v| (v.chars().count() as u64) < min)
+    {
+        errors.push(format!("{at}: {value} is shorter than {min}"));
     }
     if let Some(types) = schema.get("type") {
         let types: Vec<&str> = match types {
@@ -89,18 +156,18 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Vec<String>
                 errors.push(format!("{at}: required field {req} missing"));
             }
         }
-        let extra = schema.get("additionalProperties");
         for (k, v) in obj {
-            match props.and_then(|p| p.get(k)) {
-                Some(s) => errors.extend(validate(doc, s, v, &format!("{at}.{k}"))),
-                None => match extra {
-                    Some(s) if s.is_object() => {
-                        errors.extend(validate(doc, s, v, &format!("{at}.{k}")));
-                    }
-                    Some(Value::Bool(true)) => {}
-                    _ if props.is_none() && schema.get("type") == Some(&json!("object")) => {}
-                    _ => errors.push(format!("{at}: field {k} is not in the schema")),
-                },
+            let at = format!("{at}.{k}");
+            match (
+                props.and_then(|p| p.get(k)),
+                schema.get("additionalProperties"),
+            ) {
+                (Some(s), _) => errors.extend(validate(doc, s, v, &at)),
+                (None, Some(Value::Bool(false))) => {
+                    errors.push(format!("{at}: not allowed by the schema"))
+                }
+                (None, Some(s)) if s.is_object() => errors.extend(validate(doc, s, v, &at)),
+                _ => {}
             }
         }
     }
@@ -124,18 +191,29 @@ fn operation<'a>(doc: &'a Value, method: &str, path: &str) -> &'a Value {
 fn check_reply(doc: &Value, method: &str, path: &str, reply: &Reply) {
     let op = operation(doc, method, path);
     let status = reply.status.as_u16().to_string();
-    let response = op["responses"].get(&status).unwrap_or_else(|| {
-        panic!(
-            "{method} {path} answered {status}, not documented: {}",
-            reply.text
-        )
-    });
+    let response = resolve(
+        doc,
+        op["responses"].get(&status).unwrap_or_else(|| {
+            panic!(
+                "{method} {path} answered {status}, not documented: {}",
+                reply.text
+            )
+        }),
+    );
     let ct = reply
         .headers
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let content = &response["content"];
+    if content.is_null() {
+        assert!(
+            reply.text.is_empty(),
+            "{method} {path} {status}: documented without a body, answered {}",
+            reply.text
+        );
+        return;
+    }
     let documented_ct = content
         .as_object()
         .and_then(|c| c.keys().next())
@@ -395,4 +473,129 @@ async fn the_document_matches_the_router_and_real_responses() {
             }
         }
     }
+}
+
+/// One request the document's examples make: the path with its parameters'
+/// examples filled in, and a request body example with its content type.
+struct Example {
+    method: String,
+    template: String,
+    url: String,
+    body: Option<(String, Vec<u8>)>,
+}
+
+/// Every request the document's examples describe: each operation with each
+/// of its request body examples (or none, for an operation without a body),
+/// path parameters filled with their examples. An operation whose body has
+/// no example is a failure: the document must show how to call it.
+fn examples(doc: &Value) -> Vec<Example> {
+    let mut out = Vec::new();
+    for (template, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let mut url = template.clone();
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["in"] == "path" {
+                    let name = p["name"].as_str().expect("name");
+                    let example = p["example"]
+                        .as_str()
+                        .map(str::to_owned)
+                        .or_else(|| p["example"].as_u64().map(|n| n.to_string()))
+                        .unwrap_or_else(|| panic!("{method} {template}: {name} has no example"));
+                    url = url.replace(&format!("{{{name}}}"), &example);
+                }
+            }
+            let mut bodies = Vec::new();
+            for (ct, media) in op["requestBody"]["content"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                let mut values: Vec<&Value> = media["examples"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(_, e)| &e["value"])
+                    .collect();
+                values.extend(media.get("example"));
+                assert!(
+                    !values.is_empty() || ct == "application/octet-stream",
+                    "{method} {template}: the {ct} body has no example"
+                );
+                for v in values {
+                    let bytes = match v {
+                        Value::String(text) if !ct.contains("json") => text.clone().into_bytes(),
+                        other => other.to_string().into_bytes(),
+                    };
+                    bodies.push(Some((ct.clone(), bytes)));
+                }
+            }
+            if bodies.is_empty() {
+                bodies.push(None);
+            }
+            for body in bodies {
+                out.push(Example {
+                    method: method.to_ascii_uppercase(),
+                    template: template.clone(),
+                    url: url.clone(),
+                    body,
+                });
+            }
+        }
+    }
+    // Creations first (a dataset the retrain example names), removals last.
+    let rank = |m: &str| match m {
+        "PUT" => 0,
+        "DELETE" => 2,
+        _ => 1,
+    };
+    out.sort_by_key(|e| rank(&e.method));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_in_the_document_gets_a_documented_answer() {
+    let redis = RedisServer::start();
+    let ns = unique_namespace("openapi-examples");
+    let _worker = Worker::spawn(&redis.url(), &ns, &[]);
+    let api = Api::spawn(&redis.url(), &ns, &[]);
+    let client = api.client();
+    client
+        .wait_for_models(&["mlp128"], Duration::from_secs(30))
+        .await;
+    let doc = client.get("/openapi.json").await.json;
+
+    let examples = examples(&doc);
+    let operations: usize = doc["paths"]
+        .as_object()
+        .expect("paths")
+        .values()
+        .map(|item| item.as_object().map_or(0, |m| m.len()))
+        .sum();
+    assert!(examples.len() >= operations, "{} examples", examples.len());
+    let mut refused = Vec::new();
+    for ex in &examples {
+        let mut req = client.http.request(
+            ex.method.parse().expect("method"),
+            format!("{}{}", client.base, ex.url),
+        );
+        if let Some((ct, bytes)) = &ex.body {
+            req = req.header("content-type", ct).body(bytes.clone());
+        }
+        let reply = client.send(req).await;
+        assert!(
+            !reply.status.is_server_error(),
+            "{} {}: {} {}",
+            ex.method,
+            ex.url,
+            reply.status,
+            reply.text
+        );
+        check_reply(&doc, &ex.method, &ex.template, &reply);
+        // A body example shows how to call the operation: it must work. One
+        // without a body may name what does not exist (a job id, say).
+        if ex.body.is_some() && !reply.status.is_success() {
+            refused.push(format!("{} {}: {}", ex.method, ex.url, reply.text));
+        }
+    }
+    assert!(refused.is_empty(), "{refused:#?}");
 }

@@ -7,6 +7,7 @@ use crate::tensor::{DataType, Tensor, TensorSpec};
 
 /// A served model's public description. Workers write it to Redis when they
 /// load the model; the API never loads ONNX Runtime and relies on this alone.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub name: String,

@@ -15,8 +15,10 @@
 //! | operations with a body | 408 | `request_timeout` | body deadlines |
 //! | operations with a body | 413 | `payload_too_large` | body limit |
 //!
-//! An operation that documents a status itself keeps its own text (a
-//! predict's 429 also names `queue_full`).
+//! Where an operation documents a status itself (a predict's 429 also names
+//! `queue_full`), the shared answer is added to its text.
+
+use std::collections::btree_map::Entry;
 
 use utoipa::Modify;
 use utoipa::openapi::header::HeaderBuilder;
@@ -35,8 +37,7 @@ struct Shared {
     header: Option<(&'static str, &'static str)>,
 }
 
-const RETRY_AFTER: Option<(&str, &str)> =
-    Some(("Retry-After", "Seconds to wait before retrying"));
+const RETRY_AFTER: Option<(&str, &str)> = Some(("Retry-After", "Seconds to wait before retrying"));
 
 /// Every `/v1` operation.
 const TENANT: [Shared; 4] = [
@@ -55,7 +56,7 @@ const TENANT: [Shared; 4] = [
     Shared {
         name: "Unavailable",
         status: "503",
-        description: "`overloaded` (the request pool is full), `redis_unavailable` or `not_replicated` (`--durability replicated` and too few replicas acknowledged the write)",
+        description: "`overloaded` (the request pool is full), `redis_unavailable`, `not_replicated` (`--durability replicated` and too few replicas acknowledged the write) or `too_many_connections` (the connection table is full: only probes are served)",
         header: RETRY_AFTER,
     },
     Shared {
@@ -114,12 +115,23 @@ impl Shared {
         r.build()
     }
 
-    /// References the shared response unless the operation has its own.
+    /// References the shared response, or, where the operation documents
+    /// the status itself, adds the shared answer to its text unless the
+    /// text names the shared code already.
     fn add_to(&self, op: &mut Operation) {
-        op.responses
-            .responses
-            .entry(self.status.to_owned())
-            .or_insert_with(|| RefOr::Ref(Ref::from_response_name(self.name)));
+        match op.responses.responses.entry(self.status.to_owned()) {
+            Entry::Vacant(e) => {
+                e.insert(RefOr::Ref(Ref::from_response_name(self.name)));
+            }
+            Entry::Occupied(mut e) => {
+                if let RefOr::T(own) = e.get_mut() {
+                    let code = self.description.split('`').nth(1).unwrap_or_default();
+                    if !own.description.contains(code) {
+                        own.description = format!("{}; also {}", own.description, self.description);
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -29,6 +29,7 @@ use crate::config::RequestLimits;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::redis_failed;
+use crate::paths;
 use crate::queue::Queue;
 use crate::tenants::Policies;
 use crate::text::clip;
@@ -62,6 +63,21 @@ impl DatasetView {
         }
     }
 }
+
+/// A `PUT /v1/datasets/{name}` body: CSV text, a header row and at least
+/// one data row.
+pub struct CsvBody;
+
+impl utoipa::PartialSchema for CsvBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(3))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CsvBody {}
 
 /// `GET /v1/datasets` body.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -114,6 +130,26 @@ fn inspect(bytes: &[u8]) -> Result<(Vec<String>, u64), ApiError> {
     Ok((columns, ds.n_rows() as u64))
 }
 
+#[utoipa::path(
+    put,
+    path = paths::DATASET,
+    tag = "training",
+    summary = "Upload (or replace) a dataset",
+    description = "CSV with a header row; every column must hold a finite number in every row (any column may become the target). Parsed before it is stored, in Redis, per tenant. A retrain job reads the dataset when it starts.",
+    params(("name" = String, Path, description = "Dataset name (`[A-Za-z0-9_.-]`, at most 128 bytes, not starting with a dot)", example = "iris")),
+    request_body(content = CsvBody, content_type = "text/csv", description = "The CSV file, at most `--max-dataset-bytes`",
+        example = "sepal_length,sepal_width,petal_length,petal_width,species\n5.1,3.5,1.4,0.2,0\n4.9,3.0,1.4,0.2,0\n4.7,3.2,1.3,0.2,0\n7.0,3.2,4.7,1.4,1\n6.4,3.2,4.5,1.5,1\n6.9,3.1,4.9,1.5,1\n6.3,3.3,6.0,2.5,2\n5.8,2.7,5.1,1.9,2\n7.1,3.0,5.9,2.1,2\n5.0,3.6,1.4,0.2,0\n"),
+    responses(
+        (status = 201, description = "Stored", body = DatasetView,
+            headers(("Location" = String, description = "`/v1/datasets/{name}`"))),
+        (status = 200, description = "Replaced an existing dataset", body = DatasetView),
+        (status = 404, description = "`dataset_not_found`: the name is not a valid dataset name", body = crate::error::Body<'static>),
+        (status = 413, description = "`payload_too_large`: over `--max-dataset-bytes`", body = crate::error::Body<'static>),
+        (status = 415, description = "`unsupported_media_type`: the body must be `text/csv`", body = crate::error::Body<'static>),
+        (status = 403, description = "`quota_exceeded`: the tenant's datasets, or their bytes, would go past its quota (`--tenants-file`)", body = crate::error::Body<'static>),
+        (status = 422, description = "`invalid_dataset`: the message names the line and column at fault, or the limit (10,000 columns, lines of 1 MiB) the file is over", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn put(
     State(queue): State<Queue>,
     State(policies): State<Arc<Policies>>,
@@ -176,6 +212,17 @@ pub async fn put(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = paths::DATASET,
+    tag = "training",
+    summary = "A dataset's metadata",
+    params(("name" = String, Path, description = "Dataset name", example = "iris")),
+    responses(
+        (status = 200, description = "The dataset", body = DatasetView),
+        (status = 404, description = "`dataset_not_found`", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn get_one(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
@@ -192,6 +239,15 @@ pub async fn get_one(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = paths::DATASETS,
+    tag = "training",
+    summary = "The caller's datasets",
+    responses(
+        (status = 200, description = "Sorted by name", body = DatasetList),
+    )
+)]
 pub async fn list(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
@@ -207,6 +263,18 @@ pub async fn list(
     Ok(Json(DatasetList { datasets }).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = paths::DATASET,
+    tag = "training",
+    summary = "Delete a dataset",
+    description = "Retrain jobs that already read it are not affected; queued ones naming it fail `dataset_not_found`.",
+    params(("name" = String, Path, description = "Dataset name", example = "iris")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`dataset_not_found`", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn delete(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,

@@ -15,7 +15,6 @@
 use std::collections::BTreeMap;
 
 use axum::extract::State;
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
@@ -24,6 +23,7 @@ use shared::queue::heartbeat;
 
 use crate::error::ApiError;
 use crate::metrics::count_redis_error;
+use crate::paths;
 use crate::queue::Queue;
 
 /// Who an open route answers, set by the router it is mounted in: the
@@ -35,12 +35,22 @@ pub enum Audience {
     Operator,
 }
 
+#[utoipa::path(
+    get,
+    path = paths::HEALTHZ,
+    tag = "operations",
+    summary = "Liveness: the process is up",
+    responses((status = 200, description = "Always, while the process runs", body = Health))
+)]
 pub async fn healthz() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"ok"}"#,
-    )
-        .into_response()
+    Json(Health { status: "ok" }).into_response()
+}
+
+/// `GET /healthz` body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Health {
+    /// Always `ok`.
+    status: &'static str,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -67,6 +77,17 @@ pub(crate) struct ModelReadiness {
 /// 200 with the worker count (and, for operators, the per-model detail),
 /// or 503 `redis_unavailable`. Bounded by the Redis response limits (two
 /// round trips).
+#[utoipa::path(
+    get,
+    path = paths::READYZ,
+    tag = "operations",
+    summary = "Readiness: Redis answers; how many workers heartbeat",
+    responses(
+        (status = 200, description = "Ready, with the number of workers that heartbeat (missing workers do not make the API unready). The per-model detail (`models`) is served on the operator listener (`--ops-listen`) only: model names are tenants' data", body = Ready),
+        (status = 503, description = "`redis_unavailable`", body = crate::error::Body<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 pub async fn readyz(
     State(queue): State<Queue>,
     Extension(audience): Extension<Audience>,

@@ -2,7 +2,9 @@
 //! until it is terminal. Waiting costs no Redis traffic: the request sleeps
 //! on its [`crate::waiters`] registration and re-reads only when woken.
 //!
-//! `DELETE /v1/jobs/{id}`: cancels a job. One atomic step in Redis decides,
+//! `POST /v1/jobs/{id}/cancel` (as Replicate spells it; `DELETE
+//! /v1/jobs/{id}` is its deprecated old name, kept for one release): cancels
+//! a job, which stays readable. One atomic step in Redis decides,
 //! so a cancel and a worker's start cannot both win: a queued job is
 //! canceled and never runs (200); a running one is marked, and its worker
 //! stops it at its next check, between epochs of a training or by
@@ -17,6 +19,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -33,6 +36,7 @@ use crate::config::RequestLimits;
 use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::{JOBS_CANCELED, redis_failed, redis_op};
+use crate::paths;
 use crate::queue::Queue;
 use crate::text::clip;
 use crate::waiters::Waiters;
@@ -50,13 +54,13 @@ pub struct JobQuery {
 #[schema(as = Job)]
 pub(crate) struct JobView<'a> {
     job_id: Uuid,
-    #[schema(value_type = crate::schema::JobKindDoc)]
+    #[schema(value_type = shared::job::JobKind)]
     kind: &'static str,
     model: &'a str,
     /// The registry version number the job ran on (as text), once run.
     #[schema(required = true)]
     model_version: Option<&'a str>,
-    #[schema(value_type = crate::schema::JobStatusDoc)]
+    #[schema(value_type = shared::job::JobStatus)]
     status: &'static str,
     /// Attempts started so far (retries and takeovers included).
     attempts: u32,
@@ -70,10 +74,10 @@ pub(crate) struct JobView<'a> {
     #[schema(required = true, format = DateTime)]
     deadline: Option<String>,
     /// Set when `succeeded`.
-    #[schema(required = true, value_type = Option<crate::schema::AnyJobResultDoc>)]
+    #[schema(required = true, value_type = Option<crate::schema::AnyJobResult>)]
     result: Option<&'a RawValue>,
     /// Set when `failed`.
-    #[schema(required = true, value_type = Option<crate::schema::JobErrorDoc>)]
+    #[schema(required = true, value_type = Option<JobError>)]
     error: Option<Cow<'a, JobError>>,
     /// When a cancel of the running job was asked for; the job ends
     /// `canceled` once its worker sees it (or as it was ending anyway).
@@ -88,10 +92,25 @@ pub(crate) struct JobView<'a> {
     traceparent: Option<&'a str>,
     /// A retrain job's progress, as its worker last wrote it (kept after
     /// the job ends); `null` for other kinds and before training starts.
-    #[schema(required = true, value_type = Option<crate::schema::ProgressDoc>)]
+    #[schema(required = true, value_type = Option<shared::retrain::Progress>)]
     progress: Option<&'a RawValue>,
 }
 
+#[utoipa::path(
+    get,
+    path = paths::JOB,
+    tag = "jobs",
+    summary = "Read a job, optionally long-polling until it is terminal",
+    params(
+        ("id" = uuid::Uuid, Path, description = "The job id from the 202", example = "019ab0c4-5d1e-7c53-9a43-8f0e6f1c2d3b"),
+        ("wait" = Option<f64>, Query, minimum = 0, description = "Seconds to wait for the job to become terminal (capped at `--max-wait-secs`); answers as soon as it is"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = JobView<'static>),
+        (status = 400, description = "`invalid_job_id` or `invalid_query`", body = crate::error::Body<'static>),
+        (status = 404, description = "`job_not_found`: unknown or expired", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn get_job(
     State(queue): State<Queue>,
     State(waiters): State<Arc<Waiters>>,
@@ -110,6 +129,21 @@ pub async fn get_job(
     render(&tenant, &job)
 }
 
+#[utoipa::path(
+    post,
+    path = paths::CANCEL,
+    tag = "jobs",
+    summary = "Cancel a job",
+    description = "A queued job is canceled at once (200) and never runs. A running one is marked (202): its worker sees the mark when it renews the job's lease (every third of `--lease-ms`) and stops it, a training between two epochs, an inference by terminating the run, and the job ends `canceled`; poll it. A job that finishes before its worker looks ends as it ended.",
+    params(("id" = uuid::Uuid, Path, description = "The job id from the 202", example = "019ab0c4-5d1e-7c53-9a43-8f0e6f1c2d3b")),
+    responses(
+        (status = 200, description = "Canceled: the job, with `status` `canceled`", body = JobView<'static>),
+        (status = 202, description = "Running: the cancel is recorded (`cancel_requested_at`); the job, still `running`", body = JobView<'static>),
+        (status = 400, description = "`invalid_job_id`", body = crate::error::Body<'static>),
+        (status = 404, description = "`job_not_found`: unknown or expired", body = crate::error::Body<'static>),
+        (status = 409, description = "`job_not_cancelable`: already terminal", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn cancel(
     State(queue): State<Queue>,
     State(waiters): State<Arc<Waiters>>,
@@ -165,6 +199,54 @@ pub async fn cancel(
     }
 }
 
+/// When `DELETE /v1/jobs/{id}` was deprecated (RFC 9745 `Deprecation`:
+/// 2026-12-02T00:00:00Z).
+const DELETE_DEPRECATED: &str = "@1796169600";
+
+/// `DELETE /v1/jobs/{id}`, the old spelling of cancel: kept for one release,
+/// answered exactly as the cancel is, plus the `Deprecation` and successor
+/// `Link` headers (RFC 9745, RFC 8594), errors included.
+#[deprecated = "use POST /v1/jobs/{id}/cancel"]
+#[utoipa::path(
+    delete,
+    path = paths::JOB,
+    tag = "jobs",
+    summary = "Cancel a job (deprecated: use POST /v1/jobs/{id}/cancel)",
+    description = "The same as `POST /v1/jobs/{id}/cancel`, kept for one release. The job stays readable: a cancel never deletes it.",
+    params(("id" = uuid::Uuid, Path, description = "The job id from the 202", example = "019ab0c4-5d1e-7c53-9a43-8f0e6f1c2d3b")),
+    responses(
+        (status = 200, description = "Canceled: the job, with `status` `canceled`", body = JobView<'static>),
+        (status = 202, description = "Running: the cancel is recorded (`cancel_requested_at`); the job, still `running`", body = JobView<'static>),
+        (status = 400, description = "`invalid_job_id`", body = crate::error::Body<'static>),
+        (status = 404, description = "`job_not_found`: unknown or expired", body = crate::error::Body<'static>),
+        (status = 409, description = "`job_not_cancelable`: already terminal", body = crate::error::Body<'static>),
+    )
+)]
+pub async fn cancel_by_delete(
+    queue: State<Queue>,
+    waiters: State<Arc<Waiters>>,
+    tenant: Extension<Tenant>,
+    PathParam(raw_id): PathParam,
+) -> Response {
+    let successor = HeaderValue::from_str(&format!(
+        "</v1/jobs/{}/cancel>; rel=\"successor-version\"",
+        clip(&raw_id)
+    ));
+    let mut res = cancel(queue, waiters, tenant, PathParam(raw_id))
+        .await
+        .into_response();
+    let headers = res.headers_mut();
+    headers.insert(DEPRECATION, HeaderValue::from_static(DELETE_DEPRECATED));
+    // An id that is not a valid header value is refused by the cancel anyway.
+    if let Ok(link) = successor {
+        headers.insert(header::LINK, link);
+    }
+    res
+}
+
+/// RFC 9745.
+const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
+
 fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     let id = Uuid::parse_str(raw).map_err(|_| ApiError::InvalidJobId(clip(raw)))?;
     tracing::Span::current().record("job_id", tracing::field::display(id));
@@ -175,15 +257,16 @@ fn wait_duration(
     query: Result<Query<JobQuery>, QueryRejection>,
     max: Duration,
 ) -> Result<Duration, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::InvalidQuery(format!("invalid query: {e}")))?;
+    // One message for every way `wait` can be wrong: the rejection's own
+    // text is serde's.
+    let invalid = || ApiError::InvalidQuery("wait must be a non-negative number of seconds".into());
+    let Query(q) = query.map_err(|_| invalid())?;
     match q.wait {
         None => Ok(Duration::ZERO),
         Some(s) if s.is_finite() && s >= 0.0 => {
             Ok(Duration::from_secs_f64(s.min(max.as_secs_f64())))
         }
-        Some(_) => Err(ApiError::InvalidQuery(
-            "wait must be a non-negative number of seconds".into(),
-        )),
+        Some(_) => Err(invalid()),
     }
 }
 

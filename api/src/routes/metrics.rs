@@ -10,12 +10,20 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::metrics::public_view;
+use crate::paths;
 use crate::queue::Queue;
 use crate::routes::health::Audience;
 use crate::stream_stats::StreamStats;
 
 /// `GET /metrics`: the recorder's metrics, then the queue gauges; on the
 /// public listener without tenants' models.
+#[utoipa::path(
+    get,
+    path = paths::METRICS,
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text exposition format. On the public listener every series of a tenant's model is left out; the operator listener (`--ops-listen`) serves them all", body = String, content_type = "text/plain; version=0.0.4"))
+)]
 pub async fn render(
     State(queue): State<Queue>,
     State(handle): State<PrometheusHandle>,

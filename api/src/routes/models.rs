@@ -16,12 +16,12 @@ use crate::error::ApiError;
 use crate::extract::PathParam;
 use crate::metrics::{redis_failed, redis_op};
 use crate::models_cache::ModelCache;
+use crate::paths;
 use crate::queue::Queue;
 use crate::text::clip;
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ModelList {
-    #[schema(value_type = Vec<crate::schema::ModelDoc>)]
     models: Vec<ModelView>,
 }
 
@@ -29,12 +29,17 @@ pub(crate) struct ModelList {
 /// `GET /v1/models/{model}/versions`).
 const VERSIONS_SHOWN: usize = 10;
 
-/// A model's signature with its registry versions.
-#[derive(Serialize)]
+/// A served model's signature, as a worker published it, with its registry
+/// versions.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Model)]
 pub(crate) struct ModelView {
     #[serde(flatten)]
     info: ModelInfo,
+    /// The registry's current version.
+    #[schema(required = true)]
     current_version: Option<u32>,
+    /// Newest first, at most 10 (all: `GET /v1/models/{model}/versions`).
     versions: Vec<shared::queue::registry::Version>,
 }
 
@@ -48,6 +53,15 @@ async fn view(queue: &Queue, internal: &str, info: ModelInfo) -> Result<ModelVie
     })
 }
 
+#[utoipa::path(
+    get,
+    path = paths::MODELS,
+    tag = "models",
+    summary = "Every model some worker has published",
+    responses(
+        (status = 200, description = "The published model signatures", body = ModelList),
+    )
+)]
 pub async fn list(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
@@ -66,6 +80,17 @@ pub async fn list(
     Ok(Json(ModelList { models }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = paths::MODEL,
+    tag = "models",
+    summary = "One model's published signature",
+    params(("model" = String, Path, description = "Model name", example = "mlp128")),
+    responses(
+        (status = 200, description = "The model's signature", body = ModelView),
+        (status = 404, description = "`model_not_found`", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn get_one(
     State(queue): State<Queue>,
     State(models): State<Arc<ModelCache>>,

@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::{UNKNOWN_MODEL, count_rejection, redis_failed};
 use crate::models_cache::ModelCache;
+use crate::paths;
 use crate::queue::Queue;
 use crate::submit::{Submission, Work, sha256_hex};
 use crate::tenants::Policies;
@@ -35,6 +36,40 @@ const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 /// Extraction failures (content type, body size) come in as values rather
 /// than early rejections, so every refused submission is counted here.
+#[utoipa::path(
+    post,
+    path = paths::PREDICT,
+    tag = "jobs",
+    summary = "Submit a job",
+    description = "Validates the request against the model's published signature and queues it. One Redis round trip; the 202 is given only once the job's record and stream entry are written.",
+    params(
+        ("model" = String, Path, description = "A model some worker serves (see `GET /v1/models`)", example = "breast_cancer"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 256 bytes. A repeat with the same key and the same body bytes, for the same model, within the API's `--result-ttl-secs`, answers 202 with the original job (`Idempotent-Replayed: true`) and creates nothing; the same key with a different body is 422 `idempotency_key_reused`."),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`). A valid one makes the job part of the caller's trace; an invalid or repeated one is ignored and a new trace is started. The job's `trace_id` is returned by `GET /v1/jobs/{id}`."),
+    ),
+    request_body(content = crate::validate::PredictBody, content_type = "application/json",
+        examples(
+            ("features" = (summary = "One row of a model's single FP32 input", value = json!({"features": [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}))),
+            ("inputs" = (summary = "Open Inference Protocol inputs, with a deadline", value = json!({
+                "inputs": [{"name": "features", "shape": [1, 30], "datatype": "FP32", "data": [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]}],
+                "deadline": 30
+            }))),
+        )),
+    responses(
+        (status = 202, description = "Queued (or, for a repeated `Idempotency-Key`, the earlier job in its current status)", body = crate::submit::AcceptedBody<'static>,
+            headers(
+                ("Location" = String, description = "The job's status URL, `/v1/jobs/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when the answer is an earlier job of the same `Idempotency-Key`"),
+            )),
+        (status = 400, description = "`malformed_json`, `non_finite_input`, `invalid_idempotency_key` or `ambiguous_credentials`", body = crate::error::Body<'static>),
+        (status = 404, description = "`model_not_found`: no worker serves that model", body = crate::error::Body<'static>),
+        (status = 413, description = "`payload_too_large`: the body is over `--max-body-bytes`", body = crate::error::Body<'static>),
+        (status = 415, description = "`unsupported_media_type`: the content type is not JSON", body = crate::error::Body<'static>),
+        (status = 422, description = "`invalid_input` (the message names what was expected) or `idempotency_key_reused`", body = crate::error::Body<'static>),
+        (status = 429, description = "`queue_full`: the model's queue holds `--max-queue-depth` unfinished jobs; `tenant_queue_full`: the tenant's unfinished jobs (or their payload bytes) are at its quota; `rate_limited` or `tenant_concurrency_limit` (see the admission rules above)", body = crate::error::Body<'static>,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
+)]
 pub async fn predict(
     State(queue): State<Queue>,
     State(models): State<Arc<ModelCache>>,

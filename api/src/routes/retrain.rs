@@ -29,6 +29,7 @@ use crate::config::RequestLimits;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::{redis_failed, redis_op};
+use crate::paths;
 use crate::queue::Queue;
 use crate::routes::datasets::dataset_key;
 use crate::schema::{Choice, exactly_one_of, nullable_ref};
@@ -122,6 +123,44 @@ impl utoipa::ToSchema for RetrainRequest {
 /// Columns listed in an error message, at most.
 const COLUMNS_SHOWN: usize = 12;
 
+#[utoipa::path(
+    post,
+    path = paths::RETRAIN,
+    tag = "training",
+    summary = "Retrain a model (a background job)",
+    description = "Queues a `retrain` job on the training stream. A worker trains (built-in logistic/ridge regression, or the worker's `--external-trainer`), loads the new ONNX model in ONNX Runtime, scores it and the current version (if it has the same signature) on the same holdout rows, registers it as a `ready` version (source `retrain`) and promotes it by the `promote` policy. Poll the job: `progress` while it runs, `result` (`RetrainResult`) when it ends. An unknown model name creates the model.",
+    params(
+        ("model" = String, Path, description = "Model name (need not exist yet)", example = "iris_classifier"),
+        ("Idempotency-Key" = Option<String>, Header, description = "As for predict: a repeat with the same key and body answers with the earlier job"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context, as for predict"),
+    ),
+    request_body(content = RetrainRequest, content_type = "application/json",
+        examples(
+            ("dataset" = (summary = "Train on a stored dataset", value = json!({
+                "dataset": "iris",
+                "params": {"target_column": "species", "epochs": 50},
+                "promote": "if_not_worse"
+            }))),
+            ("inline" = (summary = "Train on rows sent inline", value = json!({
+                "data": {
+                    "columns": ["x1", "x2", "target"],
+                    "rows": [[0.5, 1.0, 0], [1.5, -2.0, 1], [0.2, 0.8, 0], [1.9, -1.5, 1], [0.4, 1.2, 0], [1.7, -2.2, 1], [0.1, 0.9, 0], [1.6, -1.8, 1], [0.3, 1.1, 0], [1.8, -2.1, 1]]
+                },
+                "params": {"epochs": 20},
+                "promote": "never"
+            }))),
+        )),
+    responses(
+        (status = 202, description = "Queued", body = crate::submit::AcceptedBody<'static>,
+            headers(("Location" = String, description = "The job's status URL"))),
+        (status = 400, description = "`malformed_json` or `invalid_idempotency_key`", body = crate::error::Body<'static>),
+        (status = 404, description = "`dataset_not_found` or `model_not_found` (an invalid model name)", body = crate::error::Body<'static>),
+        (status = 413, description = "`payload_too_large`: over `--max-body-bytes`", body = crate::error::Body<'static>),
+        (status = 415, description = "`unsupported_media_type`", body = crate::error::Body<'static>),
+        (status = 422, description = "`invalid_input` (both or neither of `dataset`/`data`, an unknown or out-of-range parameter, a target column the dataset lacks), `invalid_dataset` (inline rows that do not parse), `training_budget_exceeded` (epochs × rows × features over `--max-train-work`) or `idempotency_key_reused`", body = crate::error::Body<'static>),
+        (status = 429, description = "`queue_full`: the training queue holds `--max-queue-depth` unfinished jobs; `tenant_queue_full`, `rate_limited` or `tenant_concurrency_limit`", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn retrain(
     State(queue): State<Queue>,
     State(policies): State<Arc<Policies>>,

@@ -38,6 +38,7 @@ use crate::config::RequestLimits;
 use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::redis_failed;
+use crate::paths;
 use crate::queue::Queue;
 use crate::submit::{Submission, Work};
 use crate::tenants::Policies;
@@ -63,7 +64,6 @@ pub(crate) struct VersionList {
     model: String,
     #[schema(required = true)]
     current_version: Option<u32>,
-    #[schema(value_type = Vec<crate::schema::VersionDoc>)]
     versions: Vec<Version>,
 }
 
@@ -71,6 +71,8 @@ pub(crate) struct VersionList {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PromoteRequest {
+    /// A `ready` version of the model.
+    #[schema(minimum = 1)]
     version: u32,
 }
 
@@ -91,6 +93,24 @@ fn model_name(tenant: &Tenant, public: &str) -> Result<String, ApiError> {
     Ok(tenant.model_key(public))
 }
 
+#[utoipa::path(
+    post,
+    path = paths::VERSIONS,
+    tag = "registry",
+    summary = "Upload a model version",
+    description = "Stores the ONNX file as a new version with status `validating` and queues a `validate` job: a worker loads it in ONNX Runtime and marks it `ready` (with its signature) or `invalid`. Poll the job on `status_url`; a failed validation has error code `invalid_model`. An unknown model name creates the model; it serves once a version is promoted.",
+    params(("model" = String, Path, description = "Model name", example = "mlp128")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The ONNX file, at most `--max-model-bytes`"),
+    responses(
+        (status = 202, description = "Stored; validation queued", body = UploadAccepted,
+            headers(("Location" = String, description = "The validate job's status URL"))),
+        (status = 404, description = "`model_not_found`: the name is not a valid model name", body = crate::error::Body<'static>),
+        (status = 413, description = "`payload_too_large`: over `--max-model-bytes`", body = crate::error::Body<'static>),
+        (status = 415, description = "`unsupported_media_type`: the body must be `application/octet-stream`", body = crate::error::Body<'static>),
+        (status = 403, description = "`quota_exceeded`: the model has as many versions, or the tenant as many models, as its quota allows (`--tenants-file`); delete a version first", body = crate::error::Body<'static>),
+        (status = 422, description = "`invalid_input`: an empty file", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn upload(
     State(queue): State<Queue>,
     State(policies): State<Arc<Policies>>,
@@ -170,6 +190,18 @@ pub async fn upload(
     Ok(accepted.respond(Json(body)))
 }
 
+#[utoipa::path(
+    get,
+    path = paths::VERSIONS,
+    tag = "registry",
+    summary = "List a model's versions",
+    description = "Newest first (at most 50), and which one is current; also for an uploaded model not promoted yet.",
+    params(("model" = String, Path, description = "Model name", example = "mlp128")),
+    responses(
+        (status = 200, description = "The versions", body = VersionList),
+        (status = 404, description = "`model_not_found`: no version of that model", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn list(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
@@ -205,6 +237,23 @@ pub(crate) async fn read_versions(
     Ok((current, versions))
 }
 
+#[utoipa::path(
+    post,
+    path = paths::PROMOTE,
+    tag = "registry",
+    summary = "Make a version current",
+    description = "Only a `ready` version can become current. Every worker loads it off the hot path and swaps it in atomically within about a second; jobs already running finish on the version they started with. The replaced version is remembered for rollback.",
+    params(("model" = String, Path, description = "Model name", example = "mlp128")),
+    request_body(content = PromoteRequest, content_type = "application/json", example = json!({"version": 1})),
+    responses(
+        (status = 200, description = "The new current version", body = Promoted),
+        (status = 400, description = "`malformed_json`", body = crate::error::Body<'static>),
+        (status = 404, description = "`version_not_found` or `model_not_found`", body = crate::error::Body<'static>),
+        (status = 409, description = "`version_not_ready`: the version is `validating` or `invalid`", body = crate::error::Body<'static>),
+        (status = 415, description = "`unsupported_media_type`", body = crate::error::Body<'static>),
+        (status = 422, description = "`invalid_input`: the body is not `{\"version\": n}`", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn promote(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
@@ -221,6 +270,19 @@ pub async fn promote(
     answer(public, req.version, done)
 }
 
+#[utoipa::path(
+    post,
+    path = paths::ROLLBACK,
+    tag = "registry",
+    summary = "Go back to the previous current version",
+    description = "Pops the most recent earlier current version that is still `ready`; a body, if any, is ignored.",
+    params(("model" = String, Path, description = "Model name", example = "mlp128")),
+    responses(
+        (status = 200, description = "The restored current version", body = Promoted),
+        (status = 404, description = "`model_not_found`", body = crate::error::Body<'static>),
+        (status = 409, description = "`no_previous_version`", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn rollback(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
@@ -234,6 +296,22 @@ pub async fn rollback(
     answer(public, 0, done)
 }
 
+#[utoipa::path(
+    delete,
+    path = paths::VERSION,
+    tag = "registry",
+    summary = "Delete a version that is not current",
+    description = "Removes the version, its signature and its entries in the rollback history. Its ONNX bytes are deleted too unless another version (of any model) holds the same bytes. The current version cannot be deleted: promote another one first.",
+    params(
+        ("model" = String, Path, description = "Model name", example = "mlp128"),
+        ("version" = u32, Path, description = "Version number", minimum = 1, example = 1),
+    ),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "`version_not_found` (or `model_not_found` for an invalid model name)", body = crate::error::Body<'static>),
+        (status = 409, description = "`version_is_current`", body = crate::error::Body<'static>),
+    )
+)]
 pub async fn delete(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
