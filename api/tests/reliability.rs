@@ -291,14 +291,14 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
     }
     let job = JobEnvelope {
         id: env.keys.new_job_id(0),
-        kind: shared::job::JobKind::Predict,
         model: "mlp128".into(),
-        inputs: vec![],
         submitted_at_ms: shared::time::now_ms(),
         deadline_ms: None,
         traceparent: None,
-        model_version: None,
-        retrain: None,
+        spec: shared::queue::wire::JobSpec::Predict {
+            inputs: vec![],
+            pinned_version: None,
+        },
     };
     let opts = ops::SubmitOptions {
         max_queue_depth: 4,

@@ -1,5 +1,5 @@
-//! Executing jobs: decoded envelopes → model → result JSON or a
-//! [`JobFailure`] per job. Synchronous and CPU-bound; the consumer calls it
+//! Executing predictions: each job's input tensors → model → result JSON
+//! or a [`JobFailure`] per job. Synchronous and CPU-bound; the consumer calls it
 //! on a blocking thread.
 //!
 //! # Dynamic batching
@@ -14,7 +14,6 @@
 //! fails its neighbours.
 
 use serde::Serialize;
-use shared::queue::wire::JobEnvelope;
 use shared::tensor::{OipTensor, Tensor, TensorData};
 
 use std::sync::Arc;
@@ -34,7 +33,7 @@ pub struct Success {
 /// Runs an already checked job alone (not at all if it was canceled).
 fn run_checked(
     model: &dyn Backend,
-    job: &JobEnvelope,
+    inputs: &[Tensor],
     cancel: &CancelFlag,
 ) -> Result<Success, JobFailure> {
     if cancel.load(std::sync::atomic::Ordering::Acquire) {
@@ -44,7 +43,7 @@ fn run_checked(
         cancels: std::slice::from_ref(cancel),
         jobs: 1,
     };
-    success(model, model.run(&job.inputs, &ctl)?)
+    success(model, model.run(inputs, &ctl)?)
 }
 
 /// Outputs to a success, unless they hold a NaN or infinity.
@@ -79,7 +78,8 @@ pub type Resolved = Result<Arc<dyn Backend>, JobFailure>;
 
 /// Runs the jobs of one read, stacking those of the same model version into
 /// one ONNX Runtime run where possible (see the module docs); results come
-/// back in the order of `jobs`. `models[i]` is the version job `i` runs on:
+/// back in the order of `jobs`, which holds each job's input tensors.
+/// `models[i]` is the version job `i` runs on:
 /// jobs are grouped by that `Arc`, i.e. by (model, version), so a batch that
 /// straddles a swap or mixes pinned versions never stacks two versions.
 /// `max_rows` caps the rows of one stacked run; `cancels[i]` is job `i`'s
@@ -88,7 +88,7 @@ pub type Resolved = Result<Arc<dyn Backend>, JobFailure>;
 /// the version may differ.
 pub fn run_many(
     models: &[Resolved],
-    jobs: &[&JobEnvelope],
+    jobs: &[&[Tensor]],
     cancels: &[CancelFlag],
     max_rows: usize,
 ) -> Vec<Ran> {
@@ -111,7 +111,7 @@ pub fn run_many(
     for (model, idx) in groups {
         let mut valid = Vec::with_capacity(idx.len());
         for i in idx {
-            match model.info().check_inputs(&jobs[i].inputs) {
+            match model.info().check_inputs(jobs[i]) {
                 Ok(()) => valid.push(i),
                 Err(e) => {
                     out[i] = Some(Ran {
@@ -122,7 +122,7 @@ pub fn run_many(
             }
         }
         for chunk in chunk_by_rows(jobs, &valid, max_rows.max(1)) {
-            let group: Vec<&JobEnvelope> = chunk.iter().map(|&i| jobs[i]).collect();
+            let group: Vec<&[Tensor]> = chunk.iter().map(|&i| jobs[i]).collect();
             let flags: Vec<CancelFlag> = chunk.iter().map(|&i| Arc::clone(&cancels[i])).collect();
             let stacked = (group.len() > 1)
                 .then(|| run_stacked(model.as_ref(), &group, &flags))
@@ -158,8 +158,8 @@ pub fn run_many(
 }
 
 /// A job's rows: the first dimension, the same for every input.
-fn rows_of(job: &JobEnvelope) -> Option<usize> {
-    let mut dims = job.inputs.iter().map(|t| t.shape.first().copied());
+fn rows_of(inputs: &[Tensor]) -> Option<usize> {
+    let mut dims = inputs.iter().map(|t| t.shape.first().copied());
     let first = dims.next()??;
     dims.all(|d| d == Some(first))
         .then(|| usize::try_from(first).ok())
@@ -168,7 +168,7 @@ fn rows_of(job: &JobEnvelope) -> Option<usize> {
 
 /// Splits job indices into runs of at most `max_rows` rows (a single job
 /// larger than that runs alone).
-fn chunk_by_rows(jobs: &[&JobEnvelope], idx: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
+fn chunk_by_rows(jobs: &[&[Tensor]], idx: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
     let mut chunks: Vec<Vec<usize>> = Vec::new();
     let mut rows = 0;
     for &i in idx {
@@ -192,7 +192,7 @@ fn chunk_by_rows(jobs: &[&JobEnvelope], idx: &[usize], max_rows: usize) -> Vec<V
 /// Returns each job's result and the rows of the run.
 fn run_stacked(
     model: &dyn Backend,
-    jobs: &[&JobEnvelope],
+    jobs: &[&[Tensor]],
     cancels: &[CancelFlag],
 ) -> Option<(Vec<JobResult>, usize)> {
     let info = model.info();
@@ -205,7 +205,7 @@ fn run_stacked(
     for spec in &info.inputs {
         let parts: Vec<&Tensor> = jobs
             .iter()
-            .map(|j| j.inputs.iter().find(|t| t.name == spec.name))
+            .map(|j| j.iter().find(|t| t.name == spec.name))
             .collect::<Option<_>>()?;
         let tail = &parts[0].shape[1..];
         if parts.iter().any(|t| &t.shape[1..] != tail) {

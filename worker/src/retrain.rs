@@ -172,11 +172,14 @@ enum Truth {
     Targets(Vec<f64>),
 }
 
-/// Runs a retrain job; the result is the job's `result`.
-pub async fn run(env: &Env<'_>, job: &JobEnvelope, attempt: u32) -> Result<RetrainResult, Stopped> {
-    let spec = job.retrain.as_ref().ok_or_else(|| {
-        JobFailure::InvalidPayload("a retrain job must carry its retrain request".to_owned())
-    })?;
+/// Runs retrain job `job`, which asks for `spec`; the result is the job's
+/// `result`.
+pub async fn run(
+    env: &Env<'_>,
+    job: &JobEnvelope,
+    spec: &RetrainSpec,
+    attempt: u32,
+) -> Result<RetrainResult, Stopped> {
     env.reporter.phase(Phase::LoadingData);
     let params: TrainParams = serde_json::from_str(&spec.params_json)
         .map_err(|e| JobFailure::InvalidPayload(format!("retrain parameters: {e}")))?;
@@ -1008,14 +1011,11 @@ mod tests {
         let parent = tempfile::tempdir().expect("parent");
         let job = JobEnvelope {
             id: shared::Keys::new("x").new_job_id(0),
-            kind: shared::job::JobKind::Retrain,
             model: "m".into(),
-            inputs: Vec::new(),
             submitted_at_ms: 0,
             deadline_ms: None,
             traceparent: None,
-            model_version: None,
-            retrain: None,
+            spec: shared::queue::wire::JobSpec::Validate { version: 1 },
         };
         // The old predictable name, planted as a symlink to elsewhere.
         let elsewhere = tempfile::tempdir().expect("elsewhere");
