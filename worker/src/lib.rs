@@ -343,8 +343,8 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
                 tracing::debug!(%error, "cannot check for abandoned model loads");
             }
         }
-        if let Err(error) = promote(&ctx).await {
-            consumer::count_redis_error(redis_op::PROMOTE, &error);
+        if let Err(error) = release_due(&ctx).await {
+            consumer::count_redis_error(redis_op::RELEASE_DUE, &error);
             tracing::debug!(%error, "cannot re-queue due retries");
         }
         if now >= next_trim {
@@ -377,11 +377,11 @@ async fn beat(ctx: &consumer::Context, served: &[String]) -> Result<(), shared::
     heartbeat::beat(&mut conn, &ctx.keys, &ctx.consumer, served).await
 }
 
-async fn promote(ctx: &consumer::Context) -> Result<(), shared::QueueError> {
+async fn release_due(ctx: &consumer::Context) -> Result<(), shared::QueueError> {
     let mut conn = ctx.pool.get().await?;
     let mut streams = ctx.served_streams();
     streams.extend(ctx.train_streams());
-    let moved = shared::queue::consume::promote_due(
+    let moved = shared::queue::consume::release_due(
         &mut conn,
         &ctx.keys,
         &streams,
