@@ -314,7 +314,191 @@ impl std::io::Write for Bounded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::tensor::TensorData;
+    use std::sync::Mutex;
+
+    use shared::model::ModelInfo;
+    use shared::tensor::{DataType, TensorData, TensorSpec};
+
+    /// A model of one FP32 input `x` with two outputs, `sum` (`[rows, 1]`,
+    /// each row's sum) and `double` (`x` times 2), remembering the rows of
+    /// each run. Rows compute independently, as stacking assumes.
+    struct Fake {
+        info: ModelInfo,
+        runs: Mutex<Vec<i64>>,
+        /// A run with a -1 anywhere fails (one bad job in a stack).
+        poison: bool,
+        /// Every run answers one row whatever it was given (a model that
+        /// reduces across the batch: its outputs cannot be split).
+        collapse: bool,
+    }
+
+    fn fake(x_shape: &[i64]) -> Fake {
+        let spec = |name: &str, shape: &[i64]| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: shape.to_vec(),
+        };
+        Fake {
+            info: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                inputs: vec![spec("x", x_shape)],
+                outputs: vec![spec("sum", &[-1, 1]), spec("double", x_shape)],
+                updated_at_ms: 0,
+            },
+            runs: Mutex::new(Vec::new()),
+            poison: true,
+            collapse: false,
+        }
+    }
+
+    impl Backend for Fake {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+
+        fn run(&self, inputs: &[Tensor], _: &RunControl<'_>) -> Result<Vec<Tensor>, JobFailure> {
+            let x = &inputs[0];
+            self.runs.lock().unwrap().push(x.shape[0]);
+            let TensorData::Fp32(v) = &x.data else {
+                return Err(JobFailure::Inference("not FP32".into()));
+            };
+            if self.poison && v.contains(&-1.0) {
+                return Err(JobFailure::Inference("poisoned".into()));
+            }
+            let cols = usize::try_from(x.shape[1]).unwrap();
+            let mut sums: Vec<f32> = v.chunks(cols).map(|r| r.iter().sum()).collect();
+            let mut doubled: Vec<f32> = v.iter().map(|a| a * 2.0).collect();
+            let mut rows = x.shape[0];
+            if self.collapse {
+                sums.truncate(1);
+                doubled.truncate(cols);
+                rows = 1;
+            }
+            Ok(vec![
+                Tensor {
+                    name: "sum".into(),
+                    shape: vec![rows, 1],
+                    data: TensorData::Fp32(sums),
+                },
+                Tensor {
+                    name: "double".into(),
+                    shape: vec![rows, x.shape[1]],
+                    data: TensorData::Fp32(doubled),
+                },
+            ])
+        }
+    }
+
+    fn x(rows: &[&[f32]]) -> Vec<Tensor> {
+        vec![Tensor {
+            name: "x".into(),
+            shape: vec![rows.len() as i64, rows[0].len() as i64],
+            data: TensorData::Fp32(rows.iter().flat_map(|r| r.iter().copied()).collect()),
+        }]
+    }
+
+    /// Runs `jobs` on `model` with a row cap of 64.
+    fn run(model: Fake, jobs: &[Vec<Tensor>]) -> (Vec<Ran>, Vec<i64>) {
+        let model: Arc<Fake> = Arc::new(model);
+        let resolved: Vec<Resolved> = jobs
+            .iter()
+            .map(|_| Ok(Arc::clone(&model) as Arc<dyn Backend>))
+            .collect();
+        let inputs: Vec<&[Tensor]> = jobs.iter().map(Vec::as_slice).collect();
+        let cancels: Vec<CancelFlag> = jobs.iter().map(|_| CancelFlag::default()).collect();
+        let ran = run_many(&resolved, &inputs, &cancels, 64);
+        let runs = model.runs.lock().unwrap().clone();
+        (ran, runs)
+    }
+
+    /// What a job alone gets: its outputs as result JSON.
+    fn alone(rows: &[&[f32]]) -> String {
+        let mut m = fake(&[-1, -1]);
+        m.poison = false;
+        let outputs = m.run(&x(rows), &RunControl::SOLO).unwrap();
+        result_json(&outputs, usize::MAX).unwrap()
+    }
+
+    fn json(r: &Ran) -> &str {
+        &r.result.as_ref().expect("a success").result_json
+    }
+
+    #[test]
+    fn jobs_are_stacked_into_one_run_and_outputs_split_back_per_job() {
+        let a: [&[f32]; 1] = [&[1.0, 2.0, 3.0]];
+        let b: [&[f32]; 2] = [&[4.0, 5.0, 6.0], &[7.0, 8.0, 9.0]];
+        let c: [&[f32]; 1] = [&[0.5, 0.25, 0.0]];
+        let (ran, runs) = run(fake(&[-1, 3]), &[x(&a), x(&b), x(&c)]);
+        assert_eq!(runs, [4]);
+        assert_eq!(json(&ran[0]), alone(&a));
+        assert_eq!(json(&ran[1]), alone(&b));
+        assert_eq!(json(&ran[2]), alone(&c));
+        assert!(ran.iter().all(|r| r.batch_rows == 4));
+        assert!(
+            ran.iter()
+                .all(|r| r.result.as_ref().unwrap().model_version == "1")
+        );
+    }
+
+    #[test]
+    fn a_failed_stacked_run_is_run_again_job_by_job() {
+        let good: [&[f32]; 1] = [&[1.0, 2.0]];
+        let bad: [&[f32]; 1] = [&[-1.0, 2.0]];
+        let (ran, runs) = run(fake(&[-1, 2]), &[x(&good), x(&bad), x(&good)]);
+        // The stack, then each job on its own: only the bad one fails.
+        assert_eq!(runs, [3, 1, 1, 1]);
+        assert_eq!(json(&ran[0]), alone(&good));
+        assert_eq!(ran[1].result, Err(JobFailure::Inference("poisoned".into())));
+        assert_eq!(json(&ran[2]), alone(&good));
+        assert!(ran.iter().all(|r| r.batch_rows == 1));
+    }
+
+    #[test]
+    fn jobs_whose_shapes_differ_past_the_batch_dimension_are_not_stacked() {
+        let two: [&[f32]; 1] = [&[1.0, 2.0]];
+        let three: [&[f32]; 1] = [&[1.0, 2.0, 3.0]];
+        let (ran, runs) = run(fake(&[-1, -1]), &[x(&two), x(&three), x(&two)]);
+        assert_eq!(runs, [1, 1, 1]);
+        assert_eq!(json(&ran[0]), alone(&two));
+        assert_eq!(json(&ran[1]), alone(&three));
+        assert_eq!(json(&ran[2]), alone(&two));
+    }
+
+    #[test]
+    fn a_model_without_a_dynamic_batch_dimension_runs_each_job_alone() {
+        let row: [&[f32]; 1] = [&[1.0, 2.0]];
+        let (ran, runs) = run(fake(&[1, 2]), &[x(&row), x(&row)]);
+        assert_eq!(runs, [1, 1]);
+        assert!(ran.iter().all(|r| json(r) == alone(&row)));
+    }
+
+    #[test]
+    fn outputs_that_do_not_keep_the_rows_are_not_split_but_run_again_alone() {
+        let mut m = fake(&[-1, 2]);
+        m.collapse = true;
+        let a: [&[f32]; 1] = [&[1.0, 2.0]];
+        let b: [&[f32]; 1] = [&[3.0, 4.0]];
+        let (ran, runs) = run(m, &[x(&a), x(&b)]);
+        assert_eq!(runs, [2, 1, 1]);
+        assert_eq!(json(&ran[0]), alone(&a));
+        assert_eq!(json(&ran[1]), alone(&b));
+    }
+
+    #[test]
+    fn a_job_with_inputs_the_version_refuses_fails_alone_and_the_rest_stack() {
+        let row: [&[f32]; 1] = [&[1.0, 2.0]];
+        let wrong = vec![Tensor {
+            name: "x".into(),
+            shape: vec![1, 2],
+            data: TensorData::Int64(vec![1, 2]),
+        }];
+        let (ran, runs) = run(fake(&[-1, 2]), &[x(&row), wrong, x(&row)]);
+        assert_eq!(runs, [2]);
+        assert_eq!(ran[1].result.as_ref().unwrap_err().code(), "invalid_input");
+        assert_eq!(json(&ran[0]), alone(&row));
+        assert_eq!(json(&ran[2]), alone(&row));
+    }
 
     #[test]
     fn result_has_prediction_only_for_a_single_value_first_output() {

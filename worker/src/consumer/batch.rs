@@ -388,4 +388,32 @@ mod tests {
         );
         assert_eq!(data(&out[4].1.1), [4.0, 4.0]);
     }
+
+    #[test]
+    fn a_job_of_another_kind_fails_in_place_and_the_predictions_still_stack() {
+        use shared::queue::wire::{PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
+        let model = echo("7");
+        let mut retrain = job(&[[0.0, 0.0]]);
+        if let Ok(env) = &mut retrain.delivery.job {
+            env.spec = JobSpec::Retrain(RetrainSpec {
+                data: TrainingData::InlineCsv("x,y\n1,2\n".into()),
+                params_json: "{}".into(),
+                promote: PromotePolicy::Never,
+                trainer: TrainerKind::Builtin,
+                quota: None,
+            });
+        }
+        let jobs = vec![job(&[[1.0, 2.0]]), retrain, job(&[[3.0, 4.0]])];
+        // One entry per prediction: the retrain job has none.
+        let resolved: Vec<Resolved> = (0..2)
+            .map(|_| Ok(model.clone() as Arc<dyn Backend>))
+            .collect();
+        let out = execute_all(resolved, jobs, 64);
+        assert_eq!(*model.runs.lock().unwrap(), vec![2]);
+        assert_eq!(data(&out[0].1.1), [1.0, 2.0]);
+        let failure = out[1].1.1.as_ref().unwrap_err();
+        assert_eq!(failure.code(), "invalid_payload");
+        assert!(failure.to_string().contains("a retrain job"), "{failure}");
+        assert_eq!(data(&out[2].1.1), [3.0, 4.0]);
+    }
 }
