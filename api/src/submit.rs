@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use shared::Keys;
 use shared::job::{JobKind, JobStatus};
 use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
-use shared::queue::wire::{JobEnvelope, RetrainSpec};
+use shared::queue::wire::{JobEnvelope, JobSpec, RetrainSpec};
 use shared::telemetry::{self, spans};
 use shared::tensor::Tensor;
 use shared::trace::{TRACEPARENT, TraceContext};
@@ -43,7 +43,8 @@ pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-
 /// Longest accepted `Idempotency-Key`, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
-/// What the job does, as its envelope will carry it.
+/// What the job does, as the handlers hand it over: its envelope's
+/// [`JobSpec`], and for a prediction its deadline.
 pub enum Work {
     Predict {
         inputs: Vec<Tensor>,
@@ -60,11 +61,22 @@ pub enum Work {
 }
 
 impl Work {
-    fn kind(&self) -> JobKind {
+    /// The envelope's spec and deadline.
+    fn into_spec(self) -> (JobSpec, Option<i64>) {
         match self {
-            Work::Predict { .. } => JobKind::Predict,
-            Work::Validate { .. } => JobKind::Validate,
-            Work::Retrain(_) => JobKind::Retrain,
+            Work::Predict {
+                inputs,
+                pinned,
+                deadline_ms,
+            } => (
+                JobSpec::Predict {
+                    inputs,
+                    pinned_version: pinned,
+                },
+                deadline_ms,
+            ),
+            Work::Validate { version } => (JobSpec::Validate { version }, None),
+            Work::Retrain(spec) => (JobSpec::Retrain(spec), None),
         }
     }
 }
@@ -211,26 +223,15 @@ impl Submission {
         work: Work,
         body_hash: Option<String>,
     ) -> Result<Accepted, ApiError> {
-        let kind = work.kind();
-        let (inputs, model_version, deadline_ms, retrain) = match work {
-            Work::Predict {
-                inputs,
-                pinned,
-                deadline_ms,
-            } => (inputs, pinned, deadline_ms, None),
-            Work::Validate { version } => (Vec::new(), Some(version), None, None),
-            Work::Retrain(spec) => (Vec::new(), None, None, Some(spec)),
-        };
+        let (spec, deadline_ms) = work.into_spec();
+        let kind = spec.kind();
         let job = JobEnvelope {
             id: self.id,
-            kind,
             model: self.model.clone(),
-            inputs,
             submitted_at_ms: shared::time::now_ms(),
             deadline_ms,
             traceparent: Some(self.trace.to_string()),
-            model_version,
-            retrain,
+            spec,
         };
         let policy = queue.policy();
         let opts = SubmitOptions {

@@ -118,8 +118,15 @@ async fn submit_answers_202_with_location_and_the_job_reads_back_queued() {
         .unwrap();
     let job = got[0].job.as_ref().unwrap();
     assert_eq!(job.id, id);
-    assert_eq!(job.inputs[0].name, "features");
-    assert_eq!(job.inputs[0].shape, vec![1, 128]);
+    let shared::queue::wire::JobSpec::Predict {
+        inputs,
+        pinned_version: None,
+    } = &job.spec
+    else {
+        panic!("an unpinned prediction: {:?}", job.spec);
+    };
+    assert_eq!(inputs[0].name, "features");
+    assert_eq!(inputs[0].shape, vec![1, 128]);
 }
 
 #[tokio::test]

@@ -199,7 +199,7 @@ async fn canceling_a_job_parked_for_retry_keeps_it_off_the_stream() {
     let r = env.send(delete(&format!("/v1/jobs/{id}"))).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["status"], "canceled");
-    let moved = consume::promote_due(
+    let moved = consume::release_due(
         &mut env.conn().await,
         &env.keys,
         &[env.keys.stream("mlp128", 0)],
@@ -291,14 +291,14 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
     }
     let job = JobEnvelope {
         id: env.keys.new_job_id(0),
-        kind: shared::job::JobKind::Predict,
         model: "mlp128".into(),
-        inputs: vec![],
         submitted_at_ms: shared::time::now_ms(),
         deadline_ms: None,
         traceparent: None,
-        model_version: None,
-        retrain: None,
+        spec: shared::queue::wire::JobSpec::Predict {
+            inputs: vec![],
+            pinned_version: None,
+        },
     };
     let opts = ops::SubmitOptions {
         max_queue_depth: 4,
@@ -492,7 +492,7 @@ async fn a_canceled_running_job_that_fails_transiently_is_not_retried() {
         .unwrap();
     let r = env.send(get(&format!("/v1/jobs/{id}"))).await;
     assert_eq!(r.json()["status"], "canceled", "{}", r.text());
-    let moved = consume::promote_due(
+    let moved = consume::release_due(
         &mut env.conn().await,
         &env.keys,
         &[env.keys.stream("mlp128", 0)],

@@ -14,7 +14,9 @@ use shared::job::JobKind;
 use shared::queue::consume::{self, Delivery, Policy, Start};
 use shared::queue::datasets;
 use shared::queue::keys::TRAIN;
-use shared::queue::wire::{JobEnvelope, PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
+use shared::queue::wire::{
+    JobEnvelope, JobSpec, PromotePolicy, RetrainSpec, TrainerKind, TrainingData,
+};
 use shared::retrain::{Phase, Progress};
 use shared::trace::TraceContext;
 use trainer::{Dataset, InlineRows, TrainParams};
@@ -82,9 +84,10 @@ async fn read_train(env: &Env) -> Vec<Delivery> {
 }
 
 fn spec(job: &JobEnvelope) -> &RetrainSpec {
-    job.retrain
-        .as_ref()
-        .expect("a retrain job carries its spec")
+    match &job.spec {
+        JobSpec::Retrain(spec) => spec,
+        other => panic!("a retrain job carries its spec, not {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -412,10 +415,8 @@ async fn a_retrain_job_carries_the_tenants_dataset_and_filled_in_params_on_the_t
     let job = got[0].job.as_ref().expect("decodes");
     assert_eq!(got[0].job_id, Some(id));
     assert_eq!(job.id, id);
-    assert_eq!(job.kind, JobKind::Retrain);
+    assert_eq!(job.kind(), JobKind::Retrain);
     assert_eq!(job.model, "acme~m");
-    assert!(job.inputs.is_empty());
-    assert_eq!(job.model_version, None);
     assert_eq!(job.deadline_ms, None);
     let trace = TraceContext::parse(job.traceparent.as_deref().expect("traceparent"))
         .expect("valid traceparent");

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use e2e::{Fixture, RedisServer, Worker, assert_outputs_match, free_port, unique_namespace};
 use redis::streams::StreamRangeReply;
 use serde_json::Value;
-use shared::job::{JobError, JobKind};
+use shared::job::JobError;
 use shared::queue::admin::{self, DeadLetterFilter, ReplayOutcome};
-use shared::queue::wire::{FIELD_ID, FIELD_JOB, JobEnvelope, dead};
+use shared::queue::wire::{FIELD_ID, FIELD_JOB, JobEnvelope, JobSpec, dead};
 use shared::queue::{Keys, keys::GROUP};
 use shared::tensor::{Tensor, TensorData};
 use shared::time::{now_ms, rfc3339_ms};
@@ -112,14 +112,14 @@ fn env(prefix: &str) -> Env {
 fn envelope(model: &str, inputs: Vec<Tensor>, submitted_at_ms: i64) -> JobEnvelope {
     JobEnvelope {
         id: shared::Keys::new("x").new_job_id(0),
-        kind: JobKind::Predict,
         model: model.to_owned(),
-        inputs,
         submitted_at_ms,
         deadline_ms: None,
         traceparent: None,
-        model_version: None,
-        retrain: None,
+        spec: JobSpec::Predict {
+            inputs,
+            pinned_version: None,
+        },
     }
 }
 

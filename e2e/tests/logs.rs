@@ -493,6 +493,33 @@ fn spans_of(body: &[u8]) -> Vec<ExportedSpan> {
     out
 }
 
+/// The spans of the client's trace exported so far, once every one of
+/// `wanted` (by name) is among them.
+async fn exported(received: &Received, wanted: &[&str]) -> Vec<ExportedSpan> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans: Vec<ExportedSpan> = received
+            .lock()
+            .expect("sink")
+            .iter()
+            .inspect(|(path, ct, _)| {
+                assert_eq!(path, "/v1/traces");
+                assert_eq!(ct, "application/x-protobuf");
+            })
+            .flat_map(|(_, _, body)| spans_of(body))
+            .filter(|s| s.trace_id == TRACE_ID)
+            .collect();
+        if wanted.iter().all(|w| spans.iter().any(|s| s.name == *w)) {
+            return spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans of trace {TRACE_ID} exported so far: {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_export_shows_submit_queue_wait_inference_and_result_write_in_one_trace() {
     let (endpoint, received) = collector();
@@ -506,29 +533,11 @@ async fn otlp_export_shows_submit_queue_wait_inference_and_result_write_in_one_t
         .expect("stored traceparent")
         .to_owned();
 
-    let wanted = ["submit", "queue wait", "job", "inference", "write result"];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let spans = loop {
-        let spans: Vec<ExportedSpan> = received
-            .lock()
-            .expect("sink")
-            .iter()
-            .inspect(|(path, ct, _)| {
-                assert_eq!(path, "/v1/traces");
-                assert_eq!(ct, "application/x-protobuf");
-            })
-            .flat_map(|(_, _, body)| spans_of(body))
-            .filter(|s| s.trace_id == TRACE_ID)
-            .collect();
-        if wanted.iter().all(|w| spans.iter().any(|s| s.name == *w)) {
-            break spans;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "spans of trace {TRACE_ID} exported so far: {spans:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let spans = exported(
+        &received,
+        &["submit", "queue wait", "job", "inference", "write result"],
+    )
+    .await;
     let one = |name: &str| {
         let found: Vec<&ExportedSpan> = spans.iter().filter(|s| s.name == name).collect();
         assert_eq!(found.len(), 1, "{name}: {spans:#?}");
@@ -556,4 +565,58 @@ async fn otlp_export_shows_submit_queue_wait_inference_and_result_write_in_one_t
         assert_eq!(l["span"]["trace_id"], TRACE_ID, "{l}");
         assert_eq!(l["span"]["parent_span_id"], api_span.as_str(), "{l}");
     }
+}
+
+/// A retrain job goes through the same submission as a prediction: the
+/// `traceparent` it stores names the API's submit span, which is exported,
+/// and the training slot's job span continues it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_has_the_submit_span_a_retrain_jobs_traceparent_names() {
+    let (endpoint, received) = collector();
+    let sys = system(Some(&endpoint)).await;
+    // y = 2x + 1: a new model, trained in a blink.
+    let rows: Vec<Value> = (0..40)
+        .map(|i| {
+            let x = f64::from(i) * 0.1;
+            json!([x, 2.0 * x + 1.0])
+        })
+        .collect();
+    let body = json!({
+        "data": {"columns": ["x", "y"], "rows": rows},
+        "params": {"target_column": "y", "task": "regression", "epochs": 20},
+    });
+    let r = sys
+        .client
+        .send(
+            sys.client
+                .http
+                .post(format!("{}/v1/models/traced/retrain", sys.client.base))
+                .header("traceparent", traceparent())
+                .json(&body),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let id = r.json["job_id"].as_str().expect("job_id").to_owned();
+    let job = sys.client.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["kind"], "retrain", "{job}");
+    let api_span = job["traceparent"]
+        .as_str()
+        .and_then(|t| t.split('-').nth(2))
+        .expect("stored traceparent")
+        .to_owned();
+
+    let spans = exported(&received, &["submit", "job"]).await;
+    let submit = spans
+        .iter()
+        .find(|s| s.name == "submit" && s.span_id == api_span)
+        .unwrap_or_else(|| panic!("no exported submit span {api_span}: {spans:#?}"));
+    assert_eq!(submit.service, "onnx-queue-api");
+    assert_eq!(submit.parent_span_id, CLIENT_SPAN);
+    let job_span = spans
+        .iter()
+        .find(|s| s.name == "job")
+        .expect("the worker's job span");
+    assert_eq!(job_span.service, "onnx-queue-worker", "{job_span:?}");
+    assert_eq!(job_span.parent_span_id, api_span, "{job_span:?}");
 }

@@ -4,6 +4,8 @@
 use serde::Serialize;
 use shared::job::JobError;
 use shared::queue::admin::{DeadLetter, JobSnapshot, QueueOverview, QueueStats};
+use shared::queue::wire::JobSpec;
+use shared::tensor::Tensor;
 use shared::time::rfc3339_ms;
 
 /// Longest error message shown in a table cell; `dead show` has the rest.
@@ -154,12 +156,16 @@ pub struct EnvelopeSummary {
 impl EnvelopeSummary {
     fn new(dl: &DeadLetter) -> Option<EnvelopeSummary> {
         let env = dl.envelope.as_ref().ok()?;
+        // Only predictions carry tensors.
+        let inputs: &[Tensor] = match &env.spec {
+            JobSpec::Predict { inputs, .. } => inputs,
+            JobSpec::Validate { .. } | JobSpec::Retrain(_) => &[],
+        };
         Some(EnvelopeSummary {
-            kind: env.kind.as_str().to_owned(),
+            kind: env.kind().as_str().to_owned(),
             submitted_at: rfc3339_ms(env.submitted_at_ms),
             deadline: env.deadline_ms.map(rfc3339_ms),
-            inputs: env
-                .inputs
+            inputs: inputs
                 .iter()
                 .map(|t| InputSummary {
                     name: t.name.clone(),

@@ -86,7 +86,8 @@ pub mod redis_op {
     pub const RENEW: &str = "renew";
     pub const RECLAIM: &str = "reclaim";
     pub const ACK: &str = "ack";
-    pub const PROMOTE: &str = "promote";
+    /// Releasing due retries back onto their streams.
+    pub const RELEASE_DUE: &str = "release_due";
     pub const TRIM: &str = "trim";
     pub const PUBLISH: &str = "publish";
     pub const ENSURE_GROUP: &str = "ensure_group";

@@ -1,5 +1,5 @@
 //! What a worker publishes about a model it serves, and what the API validates
-//! requests against: name, content version and input/output signature.
+//! requests against: name, version and input/output signature.
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +11,10 @@ use crate::tensor::{DataType, Tensor, TensorSpec};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelInfo {
     pub name: String,
-    /// Content hash of the model file (first 16 hex digits of its SHA-256).
+    /// The version served, as text: its registry version number (`"3"`),
+    /// what jobs record as `model_version`. Only a models-dir file served
+    /// before the worker could read the registry is labelled by content
+    /// (the first 16 hex digits of its SHA-256) until then.
     pub version: String,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,

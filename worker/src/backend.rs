@@ -82,8 +82,9 @@ pub struct OnnxModel {
 }
 
 impl OnnxModel {
-    /// Loads `bytes` as model `name`. The version is the content hash, so
-    /// every worker loading the same file reports the same version.
+    /// Loads `bytes` as model `name`, labelled by content hash (so every
+    /// worker loading the same file reports the same label) until
+    /// [`OnnxModel::with_version`] gives it its registry number.
     /// Callers run the static checks ([`crate::modelcheck`]) first; the
     /// error is ONNX Runtime's, [`sanitize`]d.
     pub fn load(

@@ -26,6 +26,8 @@ pub enum WorkerError {
     Metrics(String),
     #[error("invalid redis url: {0}")]
     RedisUrl(#[from] redis::RedisError),
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Why one job failed. Each variant is a stable error code in the job record,

@@ -1,5 +1,5 @@
-//! Executing jobs: decoded envelopes → model → result JSON or a
-//! [`JobFailure`] per job. Synchronous and CPU-bound; the consumer calls it
+//! Executing predictions: each job's input tensors → model → result JSON
+//! or a [`JobFailure`] per job. Synchronous and CPU-bound; the consumer calls it
 //! on a blocking thread.
 //!
 //! # Dynamic batching
@@ -14,7 +14,6 @@
 //! fails its neighbours.
 
 use serde::Serialize;
-use shared::queue::wire::JobEnvelope;
 use shared::tensor::{OipTensor, Tensor, TensorData};
 
 use std::sync::Arc;
@@ -34,7 +33,7 @@ pub struct Success {
 /// Runs an already checked job alone (not at all if it was canceled).
 fn run_checked(
     model: &dyn Backend,
-    job: &JobEnvelope,
+    inputs: &[Tensor],
     cancel: &CancelFlag,
 ) -> Result<Success, JobFailure> {
     if cancel.load(std::sync::atomic::Ordering::Acquire) {
@@ -44,7 +43,7 @@ fn run_checked(
         cancels: std::slice::from_ref(cancel),
         jobs: 1,
     };
-    success(model, model.run(&job.inputs, &ctl)?)
+    success(model, model.run(inputs, &ctl)?)
 }
 
 /// Outputs to a success, unless they hold a NaN or infinity.
@@ -79,7 +78,8 @@ pub type Resolved = Result<Arc<dyn Backend>, JobFailure>;
 
 /// Runs the jobs of one read, stacking those of the same model version into
 /// one ONNX Runtime run where possible (see the module docs); results come
-/// back in the order of `jobs`. `models[i]` is the version job `i` runs on:
+/// back in the order of `jobs`, which holds each job's input tensors.
+/// `models[i]` is the version job `i` runs on:
 /// jobs are grouped by that `Arc`, i.e. by (model, version), so a batch that
 /// straddles a swap or mixes pinned versions never stacks two versions.
 /// `max_rows` caps the rows of one stacked run; `cancels[i]` is job `i`'s
@@ -88,7 +88,7 @@ pub type Resolved = Result<Arc<dyn Backend>, JobFailure>;
 /// the version may differ.
 pub fn run_many(
     models: &[Resolved],
-    jobs: &[&JobEnvelope],
+    jobs: &[&[Tensor]],
     cancels: &[CancelFlag],
     max_rows: usize,
 ) -> Vec<Ran> {
@@ -111,7 +111,7 @@ pub fn run_many(
     for (model, idx) in groups {
         let mut valid = Vec::with_capacity(idx.len());
         for i in idx {
-            match model.info().check_inputs(&jobs[i].inputs) {
+            match model.info().check_inputs(jobs[i]) {
                 Ok(()) => valid.push(i),
                 Err(e) => {
                     out[i] = Some(Ran {
@@ -122,7 +122,7 @@ pub fn run_many(
             }
         }
         for chunk in chunk_by_rows(jobs, &valid, max_rows.max(1)) {
-            let group: Vec<&JobEnvelope> = chunk.iter().map(|&i| jobs[i]).collect();
+            let group: Vec<&[Tensor]> = chunk.iter().map(|&i| jobs[i]).collect();
             let flags: Vec<CancelFlag> = chunk.iter().map(|&i| Arc::clone(&cancels[i])).collect();
             let stacked = (group.len() > 1)
                 .then(|| run_stacked(model.as_ref(), &group, &flags))
@@ -158,8 +158,8 @@ pub fn run_many(
 }
 
 /// A job's rows: the first dimension, the same for every input.
-fn rows_of(job: &JobEnvelope) -> Option<usize> {
-    let mut dims = job.inputs.iter().map(|t| t.shape.first().copied());
+fn rows_of(inputs: &[Tensor]) -> Option<usize> {
+    let mut dims = inputs.iter().map(|t| t.shape.first().copied());
     let first = dims.next()??;
     dims.all(|d| d == Some(first))
         .then(|| usize::try_from(first).ok())
@@ -168,7 +168,7 @@ fn rows_of(job: &JobEnvelope) -> Option<usize> {
 
 /// Splits job indices into runs of at most `max_rows` rows (a single job
 /// larger than that runs alone).
-fn chunk_by_rows(jobs: &[&JobEnvelope], idx: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
+fn chunk_by_rows(jobs: &[&[Tensor]], idx: &[usize], max_rows: usize) -> Vec<Vec<usize>> {
     let mut chunks: Vec<Vec<usize>> = Vec::new();
     let mut rows = 0;
     for &i in idx {
@@ -192,7 +192,7 @@ fn chunk_by_rows(jobs: &[&JobEnvelope], idx: &[usize], max_rows: usize) -> Vec<V
 /// Returns each job's result and the rows of the run.
 fn run_stacked(
     model: &dyn Backend,
-    jobs: &[&JobEnvelope],
+    jobs: &[&[Tensor]],
     cancels: &[CancelFlag],
 ) -> Option<(Vec<JobResult>, usize)> {
     let info = model.info();
@@ -205,7 +205,7 @@ fn run_stacked(
     for spec in &info.inputs {
         let parts: Vec<&Tensor> = jobs
             .iter()
-            .map(|j| j.inputs.iter().find(|t| t.name == spec.name))
+            .map(|j| j.iter().find(|t| t.name == spec.name))
             .collect::<Option<_>>()?;
         let tail = &parts[0].shape[1..];
         if parts.iter().any(|t| &t.shape[1..] != tail) {
@@ -314,7 +314,191 @@ impl std::io::Write for Bounded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::tensor::TensorData;
+    use std::sync::Mutex;
+
+    use shared::model::ModelInfo;
+    use shared::tensor::{DataType, TensorData, TensorSpec};
+
+    /// A model of one FP32 input `x` with two outputs, `sum` (`[rows, 1]`,
+    /// each row's sum) and `double` (`x` times 2), remembering the rows of
+    /// each run. Rows compute independently, as stacking assumes.
+    struct Fake {
+        info: ModelInfo,
+        runs: Mutex<Vec<i64>>,
+        /// A run with a -1 anywhere fails (one bad job in a stack).
+        poison: bool,
+        /// Every run answers one row whatever it was given (a model that
+        /// reduces across the batch: its outputs cannot be split).
+        collapse: bool,
+    }
+
+    fn fake(x_shape: &[i64]) -> Fake {
+        let spec = |name: &str, shape: &[i64]| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: shape.to_vec(),
+        };
+        Fake {
+            info: ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                inputs: vec![spec("x", x_shape)],
+                outputs: vec![spec("sum", &[-1, 1]), spec("double", x_shape)],
+                updated_at_ms: 0,
+            },
+            runs: Mutex::new(Vec::new()),
+            poison: true,
+            collapse: false,
+        }
+    }
+
+    impl Backend for Fake {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+
+        fn run(&self, inputs: &[Tensor], _: &RunControl<'_>) -> Result<Vec<Tensor>, JobFailure> {
+            let x = &inputs[0];
+            self.runs.lock().unwrap().push(x.shape[0]);
+            let TensorData::Fp32(v) = &x.data else {
+                return Err(JobFailure::Inference("not FP32".into()));
+            };
+            if self.poison && v.contains(&-1.0) {
+                return Err(JobFailure::Inference("poisoned".into()));
+            }
+            let cols = usize::try_from(x.shape[1]).unwrap();
+            let mut sums: Vec<f32> = v.chunks(cols).map(|r| r.iter().sum()).collect();
+            let mut doubled: Vec<f32> = v.iter().map(|a| a * 2.0).collect();
+            let mut rows = x.shape[0];
+            if self.collapse {
+                sums.truncate(1);
+                doubled.truncate(cols);
+                rows = 1;
+            }
+            Ok(vec![
+                Tensor {
+                    name: "sum".into(),
+                    shape: vec![rows, 1],
+                    data: TensorData::Fp32(sums),
+                },
+                Tensor {
+                    name: "double".into(),
+                    shape: vec![rows, x.shape[1]],
+                    data: TensorData::Fp32(doubled),
+                },
+            ])
+        }
+    }
+
+    fn x(rows: &[&[f32]]) -> Vec<Tensor> {
+        vec![Tensor {
+            name: "x".into(),
+            shape: vec![rows.len() as i64, rows[0].len() as i64],
+            data: TensorData::Fp32(rows.iter().flat_map(|r| r.iter().copied()).collect()),
+        }]
+    }
+
+    /// Runs `jobs` on `model` with a row cap of 64.
+    fn run(model: Fake, jobs: &[Vec<Tensor>]) -> (Vec<Ran>, Vec<i64>) {
+        let model: Arc<Fake> = Arc::new(model);
+        let resolved: Vec<Resolved> = jobs
+            .iter()
+            .map(|_| Ok(Arc::clone(&model) as Arc<dyn Backend>))
+            .collect();
+        let inputs: Vec<&[Tensor]> = jobs.iter().map(Vec::as_slice).collect();
+        let cancels: Vec<CancelFlag> = jobs.iter().map(|_| CancelFlag::default()).collect();
+        let ran = run_many(&resolved, &inputs, &cancels, 64);
+        let runs = model.runs.lock().unwrap().clone();
+        (ran, runs)
+    }
+
+    /// What a job alone gets: its outputs as result JSON.
+    fn alone(rows: &[&[f32]]) -> String {
+        let mut m = fake(&[-1, -1]);
+        m.poison = false;
+        let outputs = m.run(&x(rows), &RunControl::SOLO).unwrap();
+        result_json(&outputs, usize::MAX).unwrap()
+    }
+
+    fn json(r: &Ran) -> &str {
+        &r.result.as_ref().expect("a success").result_json
+    }
+
+    #[test]
+    fn jobs_are_stacked_into_one_run_and_outputs_split_back_per_job() {
+        let a: [&[f32]; 1] = [&[1.0, 2.0, 3.0]];
+        let b: [&[f32]; 2] = [&[4.0, 5.0, 6.0], &[7.0, 8.0, 9.0]];
+        let c: [&[f32]; 1] = [&[0.5, 0.25, 0.0]];
+        let (ran, runs) = run(fake(&[-1, 3]), &[x(&a), x(&b), x(&c)]);
+        assert_eq!(runs, [4]);
+        assert_eq!(json(&ran[0]), alone(&a));
+        assert_eq!(json(&ran[1]), alone(&b));
+        assert_eq!(json(&ran[2]), alone(&c));
+        assert!(ran.iter().all(|r| r.batch_rows == 4));
+        assert!(
+            ran.iter()
+                .all(|r| r.result.as_ref().unwrap().model_version == "1")
+        );
+    }
+
+    #[test]
+    fn a_failed_stacked_run_is_run_again_job_by_job() {
+        let good: [&[f32]; 1] = [&[1.0, 2.0]];
+        let bad: [&[f32]; 1] = [&[-1.0, 2.0]];
+        let (ran, runs) = run(fake(&[-1, 2]), &[x(&good), x(&bad), x(&good)]);
+        // The stack, then each job on its own: only the bad one fails.
+        assert_eq!(runs, [3, 1, 1, 1]);
+        assert_eq!(json(&ran[0]), alone(&good));
+        assert_eq!(ran[1].result, Err(JobFailure::Inference("poisoned".into())));
+        assert_eq!(json(&ran[2]), alone(&good));
+        assert!(ran.iter().all(|r| r.batch_rows == 1));
+    }
+
+    #[test]
+    fn jobs_whose_shapes_differ_past_the_batch_dimension_are_not_stacked() {
+        let two: [&[f32]; 1] = [&[1.0, 2.0]];
+        let three: [&[f32]; 1] = [&[1.0, 2.0, 3.0]];
+        let (ran, runs) = run(fake(&[-1, -1]), &[x(&two), x(&three), x(&two)]);
+        assert_eq!(runs, [1, 1, 1]);
+        assert_eq!(json(&ran[0]), alone(&two));
+        assert_eq!(json(&ran[1]), alone(&three));
+        assert_eq!(json(&ran[2]), alone(&two));
+    }
+
+    #[test]
+    fn a_model_without_a_dynamic_batch_dimension_runs_each_job_alone() {
+        let row: [&[f32]; 1] = [&[1.0, 2.0]];
+        let (ran, runs) = run(fake(&[1, 2]), &[x(&row), x(&row)]);
+        assert_eq!(runs, [1, 1]);
+        assert!(ran.iter().all(|r| json(r) == alone(&row)));
+    }
+
+    #[test]
+    fn outputs_that_do_not_keep_the_rows_are_not_split_but_run_again_alone() {
+        let mut m = fake(&[-1, 2]);
+        m.collapse = true;
+        let a: [&[f32]; 1] = [&[1.0, 2.0]];
+        let b: [&[f32]; 1] = [&[3.0, 4.0]];
+        let (ran, runs) = run(m, &[x(&a), x(&b)]);
+        assert_eq!(runs, [2, 1, 1]);
+        assert_eq!(json(&ran[0]), alone(&a));
+        assert_eq!(json(&ran[1]), alone(&b));
+    }
+
+    #[test]
+    fn a_job_with_inputs_the_version_refuses_fails_alone_and_the_rest_stack() {
+        let row: [&[f32]; 1] = [&[1.0, 2.0]];
+        let wrong = vec![Tensor {
+            name: "x".into(),
+            shape: vec![1, 2],
+            data: TensorData::Int64(vec![1, 2]),
+        }];
+        let (ran, runs) = run(fake(&[-1, 2]), &[x(&row), wrong, x(&row)]);
+        assert_eq!(runs, [2]);
+        assert_eq!(ran[1].result.as_ref().unwrap_err().code(), "invalid_input");
+        assert_eq!(json(&ran[0]), alone(&row));
+        assert_eq!(json(&ran[2]), alone(&row));
+    }
 
     #[test]
     fn result_has_prediction_only_for_a_single_value_first_output() {

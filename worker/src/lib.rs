@@ -52,6 +52,7 @@ use tokio::sync::watch;
 /// Runs a worker until SIGTERM or Ctrl-C: start ONNX Runtime, load the models,
 /// publish them, then consume. Start-up errors are returned, not panicked.
 pub async fn run(cfg: Config) -> Result<(), WorkerError> {
+    cfg.validate()?;
     let shutdown = shutdown_signal();
     match memlimit::apply(cfg.max_memory_mb) {
         Ok(Some(bytes)) => tracing::info!(
@@ -102,19 +103,19 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         keys,
         models,
         limits,
-        read_count: cfg.max_batch.max(1),
-        max_batch_rows: cfg.max_batch.max(1),
+        read_count: cfg.max_batch,
+        max_batch_rows: cfg.max_batch,
         max_batch_delay_ms: cfg.max_batch_delay_ms,
         block_ms: cfg.block_ms,
-        lease: Duration::from_millis(cfg.lease_ms.max(100)),
+        lease: Duration::from_millis(cfg.lease_ms),
         policy: Policy {
-            max_attempts: cfg.max_attempts.max(1),
+            max_attempts: cfg.max_attempts,
             succeeded_ttl_secs: cfg.result_ttl_secs,
             failed_ttl_secs: cfg.failed_ttl_secs,
             durability: cfg.queue.durability(),
         },
         retry_base: Duration::from_millis(cfg.retry_base_ms),
-        retry_max: Duration::from_millis(cfg.retry_max_ms.max(cfg.retry_base_ms)),
+        retry_max: Duration::from_millis(cfg.retry_max_ms),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let http = match cfg.metrics_listen {
@@ -158,8 +159,8 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     let maintainer = tokio::spawn(maintain(
         Arc::clone(&ctx),
         Maintenance {
-            announce_every: Duration::from_secs(cfg.publish_interval_secs.max(1)),
-            trim_every: Duration::from_secs(cfg.trim_interval_secs.max(1)),
+            announce_every: Duration::from_secs(cfg.publish_interval_secs),
+            trim_every: Duration::from_secs(cfg.trim_interval_secs),
             dead_letter_max_len: cfg.dead_letter_max_len,
             trains: cfg.train_slots > 0,
         },
@@ -194,7 +195,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
             .external_trainer
             .as_deref()
             .and_then(retrain::split_command),
-        external_timeout: Duration::from_secs(cfg.external_trainer_timeout_secs.max(1)),
+        external_timeout: Duration::from_secs(cfg.external_trainer_timeout_secs),
         work_dir: cfg
             .train_dir
             .clone()
@@ -207,13 +208,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         external_trainer = trainer.external.is_some(),
         "training slots starting"
     );
-    let slots = slots::start(
-        &ctx,
-        &trainer,
-        cfg.concurrency.max(1),
-        cfg.train_slots,
-        &stop_rx,
-    );
+    let slots = slots::start(&ctx, &trainer, cfg.concurrency, cfg.train_slots, &stop_rx);
 
     shutdown.await;
     let grace = Duration::from_secs(cfg.shutdown_grace_secs);
@@ -275,14 +270,14 @@ fn store_settings(
             external_data_dir: cache_dir.join("no-external-data"),
             memory_bytes: cfg.validate_memory_mb.saturating_mul(1 << 20),
             cpu_secs: cfg.validate_cpu_secs,
-            timeout: Duration::from_secs(cfg.validate_timeout_secs.max(1)),
+            timeout: Duration::from_secs(cfg.validate_timeout_secs),
             max_tensor_bytes: check.max_tensor_bytes,
             max_nodes: check.max_nodes,
         },
         cache_dir,
         max_loaded_models: cfg.max_loaded_models,
         max_loaded_bytes: cfg.max_loaded_model_bytes,
-        load_stale: Duration::from_millis(cfg.load_stale_ms.max(1)),
+        load_stale: Duration::from_millis(cfg.load_stale_ms),
     })
 }
 
@@ -348,8 +343,8 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
                 tracing::debug!(%error, "cannot check for abandoned model loads");
             }
         }
-        if let Err(error) = promote(&ctx).await {
-            consumer::count_redis_error(redis_op::PROMOTE, &error);
+        if let Err(error) = release_due(&ctx).await {
+            consumer::count_redis_error(redis_op::RELEASE_DUE, &error);
             tracing::debug!(%error, "cannot re-queue due retries");
         }
         if now >= next_trim {
@@ -382,11 +377,11 @@ async fn beat(ctx: &consumer::Context, served: &[String]) -> Result<(), shared::
     heartbeat::beat(&mut conn, &ctx.keys, &ctx.consumer, served).await
 }
 
-async fn promote(ctx: &consumer::Context) -> Result<(), shared::QueueError> {
+async fn release_due(ctx: &consumer::Context) -> Result<(), shared::QueueError> {
     let mut conn = ctx.pool.get().await?;
     let mut streams = ctx.served_streams();
     streams.extend(ctx.train_streams());
-    let moved = shared::queue::consume::promote_due(
+    let moved = shared::queue::consume::release_due(
         &mut conn,
         &ctx.keys,
         &streams,

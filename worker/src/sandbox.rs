@@ -99,7 +99,7 @@ pub fn validate(bytes: &[u8], cfg: &SandboxConfig) -> Result<Signature, JobFailu
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let (mem, cpu) = (cfg.memory_bytes, cfg.cpu_secs.max(1));
+    let (mem, cpu) = (cfg.memory_bytes, cfg.cpu_secs);
     // SAFETY: the closure runs in the forked child before exec and only
     // makes syscalls (setrlimit, prctl), which are async-signal-safe; it
     // allocates nothing.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use shared::metric_names::redis_op;
 use shared::queue::Keys;
 use shared::queue::consume;
+use shared::queue::wire::{JobEnvelope, JobSpec};
 use shared::redis_conn::Pool;
 use shared::retrain::Progress;
 use tokio::sync::watch;
@@ -81,7 +82,12 @@ async fn run_job(
         })
     };
     let outcome = match &r.delivery.job {
-        Ok(job) => {
+        Ok(
+            job @ JobEnvelope {
+                spec: JobSpec::Retrain(spec),
+                ..
+            },
+        ) => {
             let env = retrain::Env {
                 store: &ctx.models,
                 pool: &ctx.pool,
@@ -93,10 +99,20 @@ async fn run_job(
                 span: r.span.clone(),
             };
             // Every line the job logs carries its id, model and attempt.
-            retrain::run(&env, job, r.attempt)
+            retrain::run(&env, job, spec, r.attempt)
                 .instrument(r.span.clone())
                 .await
         }
+        // Only the API writes the training stream, and only retrain jobs.
+        Ok(
+            job @ JobEnvelope {
+                spec: JobSpec::Predict { .. } | JobSpec::Validate { .. },
+                ..
+            },
+        ) => Err(Stopped::Failed(JobFailure::InvalidPayload(format!(
+            "a {} job cannot run on the training stream",
+            job.kind().as_str()
+        )))),
         Err(e) => Err(Stopped::Failed(JobFailure::InvalidPayload(e.clone()))),
     };
     canceller.abort();

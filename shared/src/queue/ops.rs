@@ -102,18 +102,18 @@ pub async fn submit(
     let job_key = keys.job(&job.id);
     let idem_key = opts
         .idempotency
-        .map(|i| keys.idempotency(p, &job.model, job.kind, i.key_hash));
+        .map(|i| keys.idempotency(p, &job.model, job.kind(), i.key_hash));
     let mut replaceable = String::new();
     for _ in 0..3 {
         let mut inv = SUBMIT.key(&job_key);
-        inv.key(keys.stream_of(job.kind, &job.model, &job.id))
+        inv.key(keys.stream_of(job.kind(), &job.model, &job.id))
             .key(keys.job_usage(tenant_of(&job.model), p));
         if let Some(k) = &idem_key {
             inv.key(k);
         }
         inv.arg(&id)
             .arg(&payload)
-            .arg(job.kind.as_str())
+            .arg(job.kind().as_str())
             .arg(&job.model)
             .arg(job.submitted_at_ms)
             .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())

@@ -51,8 +51,8 @@ scripts! {
     RENEW = [include_str!("lua/renew.lua")];
     /// [`super::consume::write_progress`].
     PROGRESS = [include_str!("lua/progress.lua")];
-    /// [`super::consume::promote_due`].
-    PROMOTE = [include_str!("lua/promote.lua")];
+    /// [`super::consume::release_due`].
+    RELEASE_DUE = [include_str!("lua/release_due.lua")];
     /// [`super::consume::trim_acked`].
     TRIM = [include_str!("lua/trim.lua")];
     /// [`super::ratelimit::take`].
@@ -206,7 +206,14 @@ mod tests {
 
     /// The scripts that read or write job records.
     const JOB_SCRIPTS: [&str; 8] = [
-        "SUBMIT", "CANCEL", "START", "FINISH", "RENEW", "PROGRESS", "PROMOTE", "REPLAY",
+        "SUBMIT",
+        "CANCEL",
+        "START",
+        "FINISH",
+        "RENEW",
+        "PROGRESS",
+        "RELEASE_DUE",
+        "REPLAY",
     ];
 
     /// The argument text of every `redis.call('CMD', ...)` in `src`,
@@ -290,7 +297,7 @@ mod tests {
             include_str!("lua/submit.lua"),
             include_str!("lua/start.lua"),
             include_str!("lua/finish.lua"),
-            include_str!("lua/promote.lua"),
+            include_str!("lua/release_due.lua"),
             include_str!("lua/cancel.lua"),
             include_str!("lua/replay.lua"),
         ] {

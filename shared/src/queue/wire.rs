@@ -33,29 +33,115 @@ pub mod dead {
 }
 
 /// What a worker needs to run a job, carried on the stream.
+///
+/// What the job does is its [`JobSpec`]; [`JobEnvelope::kind`] is derived
+/// from it (the job record and the stream a job travels on are chosen by
+/// kind). Payloads written before the spec existed (with top-level `kind`,
+/// `inputs`, `model_version` and `retrain` fields) still decode: dead
+/// letters outlive upgrades, and a replay puts their bytes back as they
+/// were.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "WireEnvelope")]
 pub struct JobEnvelope {
     pub id: Uuid,
-    pub kind: JobKind,
     pub model: String,
-    pub inputs: Vec<Tensor>,
     pub submitted_at_ms: i64,
     /// Latest start time (Unix ms); a job not started by then fails with
     /// `deadline_exceeded` instead of running late.
-    #[serde(default)]
     pub deadline_ms: Option<i64>,
     /// W3C `traceparent` of the API's submit span (see [`crate::trace`]):
     /// the worker's span continues it. Absent in entries written before it
     /// existed.
-    #[serde(default)]
     pub traceparent: Option<String>,
-    /// The registry version to run on (a pinned predict), or the version a
-    /// `validate` job checks; `None`: the model's current version.
+    pub spec: JobSpec,
+}
+
+/// What a job does, with exactly what that kind of job needs.
+///
+/// Adjacently tagged (`{"kind": "predict", "args": {...}}`) rather than
+/// internally tagged: serde reads the tag first and then the arguments
+/// straight into their type, where an internally tagged enum would first
+/// buffer every tensor element of a prediction in an intermediate form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "args", rename_all = "snake_case")]
+pub enum JobSpec {
+    Predict {
+        inputs: Vec<Tensor>,
+        /// The registry version to run on instead of the model's current
+        /// one.
+        #[serde(default)]
+        pinned_version: Option<u32>,
+    },
+    /// Check an uploaded registry version (a control job).
+    Validate {
+        version: u32,
+    },
+    Retrain(RetrainSpec),
+}
+
+impl JobSpec {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            JobSpec::Predict { .. } => JobKind::Predict,
+            JobSpec::Validate { .. } => JobKind::Validate,
+            JobSpec::Retrain(_) => JobKind::Retrain,
+        }
+    }
+}
+
+/// The envelope as it may arrive: the current form (`spec`) or the one
+/// before it (`kind` plus the fields every kind shared).
+#[derive(Deserialize)]
+struct WireEnvelope {
+    id: Uuid,
+    model: String,
+    submitted_at_ms: i64,
     #[serde(default)]
-    pub model_version: Option<u32>,
-    /// What a `retrain` job trains on and how; `None` for other kinds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retrain: Option<RetrainSpec>,
+    deadline_ms: Option<i64>,
+    #[serde(default)]
+    traceparent: Option<String>,
+    #[serde(default)]
+    spec: Option<JobSpec>,
+    #[serde(default)]
+    kind: Option<JobKind>,
+    #[serde(default)]
+    inputs: Vec<Tensor>,
+    #[serde(default)]
+    model_version: Option<u32>,
+    #[serde(default)]
+    retrain: Option<RetrainSpec>,
+}
+
+impl TryFrom<WireEnvelope> for JobEnvelope {
+    type Error = String;
+
+    fn try_from(w: WireEnvelope) -> Result<JobEnvelope, String> {
+        let spec = match (w.spec, w.kind) {
+            (Some(spec), _) => spec,
+            (None, Some(JobKind::Predict)) => JobSpec::Predict {
+                inputs: w.inputs,
+                pinned_version: w.model_version,
+            },
+            (None, Some(JobKind::Validate)) => JobSpec::Validate {
+                version: w
+                    .model_version
+                    .ok_or("a validate job must name its model_version")?,
+            },
+            (None, Some(JobKind::Retrain)) => JobSpec::Retrain(
+                w.retrain
+                    .ok_or("a retrain job must carry its retrain request")?,
+            ),
+            (None, None) => return Err("the job has neither a spec nor a kind".to_owned()),
+        };
+        Ok(JobEnvelope {
+            id: w.id,
+            model: w.model,
+            submitted_at_ms: w.submitted_at_ms,
+            deadline_ms: w.deadline_ms,
+            traceparent: w.traceparent,
+            spec,
+        })
+    }
 }
 
 /// A retrain request as the worker needs it. The API has checked it
@@ -139,6 +225,11 @@ impl TrainerKind {
 }
 
 impl JobEnvelope {
+    /// The job's kind, from its spec.
+    pub fn kind(&self) -> JobKind {
+        self.spec.kind()
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
         rmp_serde::to_vec_named(self)
     }
@@ -191,93 +282,191 @@ mod tests {
     use super::*;
     use crate::tensor::TensorData;
 
-    fn envelope() -> JobEnvelope {
+    fn inputs() -> Vec<Tensor> {
+        vec![
+            Tensor {
+                name: "x".into(),
+                shape: vec![1, 4],
+                data: TensorData::Fp32(vec![0.1, -2.5, f32::MIN_POSITIVE, 3.0e38]),
+            },
+            Tensor {
+                name: "k".into(),
+                shape: vec![1, 1],
+                data: TensorData::Int64(vec![i64::MIN]),
+            },
+            Tensor {
+                name: "b".into(),
+                shape: vec![2],
+                data: TensorData::Bool(vec![true, false]),
+            },
+        ]
+    }
+
+    fn envelope(spec: JobSpec) -> JobEnvelope {
         JobEnvelope {
             id: Uuid::now_v7(),
-            kind: JobKind::Predict,
             model: "two_input".into(),
-            inputs: vec![
-                Tensor {
-                    name: "x".into(),
-                    shape: vec![1, 4],
-                    data: TensorData::Fp32(vec![0.1, -2.5, f32::MIN_POSITIVE, 3.0e38]),
-                },
-                Tensor {
-                    name: "k".into(),
-                    shape: vec![1, 1],
-                    data: TensorData::Int64(vec![i64::MIN]),
-                },
-                Tensor {
-                    name: "b".into(),
-                    shape: vec![2],
-                    data: TensorData::Bool(vec![true, false]),
-                },
-            ],
             submitted_at_ms: 1_763_792_262_123,
             deadline_ms: Some(1_763_792_263_000),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
-            model_version: Some(3),
-            retrain: None,
+            spec,
         }
+    }
+
+    fn predict() -> JobEnvelope {
+        envelope(JobSpec::Predict {
+            inputs: inputs(),
+            pinned_version: Some(3),
+        })
+    }
+
+    fn round_trips(env: &JobEnvelope) {
+        let bytes = env.encode().unwrap();
+        assert_eq!(&JobEnvelope::decode(&bytes).unwrap(), env);
+    }
+
+    #[test]
+    fn predict_envelope_round_trips_bit_exact() {
+        let env = predict();
+        assert_eq!(env.kind(), JobKind::Predict);
+        round_trips(&env);
+        let mut unpinned = predict();
+        unpinned.spec = JobSpec::Predict {
+            inputs: inputs(),
+            pinned_version: None,
+        };
+        unpinned.deadline_ms = None;
+        unpinned.traceparent = None;
+        round_trips(&unpinned);
+    }
+
+    #[test]
+    fn validate_envelope_round_trips() {
+        let env = envelope(JobSpec::Validate { version: 7 });
+        assert_eq!(env.kind(), JobKind::Validate);
+        round_trips(&env);
     }
 
     #[test]
     fn retrain_envelope_round_trips() {
-        let mut env = envelope();
-        env.kind = JobKind::Retrain;
-        env.inputs.clear();
-        env.retrain = Some(RetrainSpec {
-            data: TrainingData::InlineCsv("x,target\n1,0\n2,1\n".into()),
-            params_json: r#"{"epochs":5}"#.into(),
-            promote: PromotePolicy::Never,
-            trainer: TrainerKind::External,
-            quota: Some(RegistryLimits {
-                max_versions: Some(3),
-                max_models: None,
-            }),
-        });
-        let bytes = env.encode().unwrap();
-        assert_eq!(JobEnvelope::decode(&bytes).unwrap(), env);
+        for (data, quota) in [
+            (
+                TrainingData::InlineCsv("x,target\n1,0\n2,1\n".into()),
+                Some(RegistryLimits {
+                    max_versions: Some(3),
+                    max_models: None,
+                }),
+            ),
+            (TrainingData::Dataset("acme~bc".into()), None),
+        ] {
+            let env = envelope(JobSpec::Retrain(RetrainSpec {
+                data,
+                params_json: r#"{"epochs":5}"#.into(),
+                promote: PromotePolicy::Never,
+                trainer: TrainerKind::External,
+                quota,
+            }));
+            assert_eq!(env.kind(), JobKind::Retrain);
+            round_trips(&env);
+        }
     }
 
     #[test]
-    fn envelope_round_trips_bit_exact() {
-        let env = envelope();
-        let bytes = env.encode().unwrap();
-        assert_eq!(JobEnvelope::decode(&bytes).unwrap(), env);
+    fn the_spec_is_tagged_with_the_kind_ahead_of_its_arguments() {
+        let bytes = envelope(JobSpec::Validate { version: 7 }).encode().unwrap();
+        // Only these fields: the id is MessagePack bin, which JSON has not.
+        #[derive(Deserialize)]
+        struct Peek {
+            spec: serde_json::Value,
+            kind: Option<String>,
+        }
+        let v: Peek = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(
+            v.spec,
+            serde_json::json!({"kind": "validate", "args": {"version": 7}})
+        );
+        assert_eq!(v.kind, None);
     }
 
     #[test]
     fn envelope_is_messagepack_not_json() {
-        let bytes = envelope().encode().unwrap();
+        let bytes = predict().encode().unwrap();
         // A named-field struct starts with a MessagePack fixmap marker.
         assert_eq!(bytes[0] & 0xf0, 0x80);
         assert!(serde_json::from_slice::<serde_json::Value>(&bytes).is_err());
     }
 
-    #[test]
-    fn envelopes_without_newer_fields_still_decode() {
-        #[derive(Serialize)]
-        struct Old<'a> {
-            id: Uuid,
-            kind: JobKind,
-            model: &'a str,
-            inputs: Vec<Tensor>,
-            submitted_at_ms: i64,
-        }
-        let id = Uuid::now_v7();
-        let bytes = rmp_serde::to_vec_named(&Old {
-            id,
-            kind: JobKind::Predict,
+    /// The envelope before [`JobSpec`]: one shape for every kind.
+    #[derive(Serialize)]
+    struct Legacy<'a> {
+        id: Uuid,
+        kind: JobKind,
+        model: &'a str,
+        inputs: Vec<Tensor>,
+        submitted_at_ms: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model_version: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retrain: Option<RetrainSpec>,
+    }
+
+    fn legacy(kind: JobKind, model_version: Option<u32>, retrain: Option<RetrainSpec>) -> Vec<u8> {
+        rmp_serde::to_vec_named(&Legacy {
+            id: Uuid::nil(),
+            kind,
             model: "m",
-            inputs: vec![],
+            inputs: if kind == JobKind::Predict {
+                inputs()
+            } else {
+                vec![]
+            },
             submitted_at_ms: 1,
+            model_version,
+            retrain,
         })
-        .unwrap();
-        let env = JobEnvelope::decode(&bytes).unwrap();
-        assert_eq!(env.id, id);
-        assert_eq!(env.deadline_ms, None);
-        assert_eq!(env.traceparent, None);
+        .unwrap()
+    }
+
+    #[test]
+    fn envelopes_from_before_the_spec_still_decode() {
+        let env = JobEnvelope::decode(&legacy(JobKind::Predict, None, None)).unwrap();
+        assert_eq!(
+            (env.id, env.deadline_ms, env.traceparent),
+            (Uuid::nil(), None, None)
+        );
+        assert_eq!(
+            env.spec,
+            JobSpec::Predict {
+                inputs: inputs(),
+                pinned_version: None
+            }
+        );
+        let env = JobEnvelope::decode(&legacy(JobKind::Predict, Some(2), None)).unwrap();
+        assert!(matches!(
+            env.spec,
+            JobSpec::Predict {
+                pinned_version: Some(2),
+                ..
+            }
+        ));
+        let env = JobEnvelope::decode(&legacy(JobKind::Validate, Some(4), None)).unwrap();
+        assert_eq!(env.spec, JobSpec::Validate { version: 4 });
+        let spec = RetrainSpec {
+            data: TrainingData::Dataset("bc".into()),
+            params_json: "{}".into(),
+            promote: PromotePolicy::IfNotWorse,
+            trainer: TrainerKind::Builtin,
+            quota: None,
+        };
+        let env = JobEnvelope::decode(&legacy(JobKind::Retrain, None, Some(spec.clone()))).unwrap();
+        assert_eq!(env.spec, JobSpec::Retrain(spec));
+        // The shapes the worker used to refuse at run time do not decode.
+        for bad in [
+            legacy(JobKind::Validate, None, None),
+            legacy(JobKind::Retrain, None, None),
+        ] {
+            assert!(JobEnvelope::decode(&bad).is_err());
+        }
     }
 
     #[test]
@@ -285,5 +474,29 @@ mod tests {
         assert!(JobEnvelope::decode(b"").is_err());
         assert!(JobEnvelope::decode(b"\xc1\xff\x00").is_err());
         assert!(JobEnvelope::decode(br#"{"id":"x"}"#).is_err());
+        // A spec of an unknown kind.
+        #[derive(Serialize)]
+        struct Spec {
+            kind: &'static str,
+            args: (),
+        }
+        #[derive(Serialize)]
+        struct Env {
+            id: Uuid,
+            model: &'static str,
+            submitted_at_ms: i64,
+            spec: Spec,
+        }
+        let bytes = rmp_serde::to_vec_named(&Env {
+            id: Uuid::nil(),
+            model: "m",
+            submitted_at_ms: 0,
+            spec: Spec {
+                kind: "explain",
+                args: (),
+            },
+        })
+        .unwrap();
+        assert!(JobEnvelope::decode(&bytes).is_err());
     }
 }

@@ -401,4 +401,142 @@ mod tests {
             Outcome::DeadLetter(_)
         ));
     }
+
+    /// How an attempt that failed so ends, by the failure alone.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Class {
+        /// Retried while attempts remain, then dead-lettered.
+        Retried,
+        /// Failed at once, on any attempt.
+        Permanent,
+        Canceled,
+    }
+
+    /// The retry table, written out: a new variant does not compile here
+    /// until it is put in a class (and into `one_of_each`).
+    fn class(f: &JobFailure) -> Class {
+        use JobFailure as F;
+        match f {
+            F::ModelUnavailable(_)
+            | F::Inference(_)
+            | F::ValidatorUnavailable(_)
+            | F::ExternalTrainerNotConfigured
+            | F::RegistryUnavailable(_) => Class::Retried,
+            F::InvalidPayload(_)
+            | F::InvalidInput(_)
+            | F::NonFiniteOutput { .. }
+            | F::UnsupportedOutput { .. }
+            | F::InvalidModel(_)
+            | F::ModelExternalData(_)
+            | F::ModelTensorTooLarge(_)
+            | F::ModelTooComplex(_)
+            | F::ModelValidationTimeout(_)
+            | F::ModelValidationMemory(_)
+            | F::ModelValidationCrashed(_)
+            | F::VersionUnavailable(_)
+            | F::DatasetNotFound(_)
+            | F::InvalidDataset(_)
+            | F::TrainingFailed(_)
+            | F::ExternalTrainer(_)
+            | F::IncompatibleModel(_)
+            | F::ExportMismatch(_)
+            | F::InferenceTimeout { .. }
+            | F::InferenceMemory
+            | F::ResultTooLarge(_)
+            | F::TrainingTimeout { .. }
+            | F::TrainingBudget(_)
+            | F::QuotaExceeded(_) => Class::Permanent,
+            F::Canceled => Class::Canceled,
+        }
+    }
+
+    fn one_of_each() -> Vec<JobFailure> {
+        use JobFailure as F;
+        let m = || "m".to_owned();
+        vec![
+            F::InvalidPayload(m()),
+            F::ModelUnavailable(m()),
+            F::InvalidInput(m()),
+            F::Inference(m()),
+            F::NonFiniteOutput {
+                output: m(),
+                index: 0,
+            },
+            F::UnsupportedOutput {
+                output: m(),
+                ty: m(),
+            },
+            F::InvalidModel(m()),
+            F::ModelExternalData(m()),
+            F::ModelTensorTooLarge(m()),
+            F::ModelTooComplex(m()),
+            F::ModelValidationTimeout(m()),
+            F::ModelValidationMemory(m()),
+            F::ModelValidationCrashed(m()),
+            F::ValidatorUnavailable(m()),
+            F::VersionUnavailable(m()),
+            F::DatasetNotFound(m()),
+            F::InvalidDataset(m()),
+            F::TrainingFailed(m()),
+            F::ExternalTrainer(m()),
+            F::ExternalTrainerNotConfigured,
+            F::IncompatibleModel(m()),
+            F::ExportMismatch(m()),
+            F::RegistryUnavailable(m()),
+            F::InferenceTimeout { limit_ms: 1 },
+            F::InferenceMemory,
+            F::ResultTooLarge(m()),
+            F::Canceled,
+            F::TrainingTimeout { limit_secs: 1 },
+            F::TrainingBudget(m()),
+            F::QuotaExceeded(m()),
+        ]
+    }
+
+    #[test]
+    fn every_failure_class_below_at_and_past_the_last_attempt() {
+        let all = one_of_each();
+        let codes: std::collections::BTreeSet<&str> = all.iter().map(JobFailure::code).collect();
+        assert_eq!(codes.len(), all.len(), "one failure of each variant");
+        for max in [1, 3] {
+            for attempt in [1, max - 1, max, max + 1].into_iter().filter(|&a| a >= 1) {
+                for failure in &all {
+                    let class = class(failure);
+                    // The table agrees with the variant's own rule.
+                    assert_eq!(
+                        class == Class::Retried,
+                        failure.is_transient(),
+                        "{failure:?}"
+                    );
+                    let retries = class == Class::Retried && attempt < max;
+                    let outcome = outcome_of(&Err(failure.clone()), attempt, max, || {
+                        assert!(
+                            retries,
+                            "{failure:?}: retry time asked at attempt {attempt}/{max}"
+                        );
+                        42
+                    });
+                    let at = format!("{failure:?} at attempt {attempt} of {max}");
+                    match (class, outcome) {
+                        (Class::Canceled, Outcome::Canceled) => {}
+                        (Class::Permanent, Outcome::Failed(e)) => {
+                            assert_eq!(e.code, failure.code(), "{at}")
+                        }
+                        (Class::Retried, Outcome::Retry { error, retry_at_ms }) if retries => {
+                            assert_eq!(
+                                (error.code.as_str(), retry_at_ms),
+                                (failure.code(), 42),
+                                "{at}"
+                            );
+                        }
+                        (Class::Retried, Outcome::DeadLetter(e)) if !retries => {
+                            assert_eq!(e.code, failure.code(), "{at}");
+                            assert_eq!(e.message, failure.to_string(), "{at}");
+                        }
+                        (class, other) => panic!("{at}: {class:?} ended {other:?}"),
+                    }
+                }
+            }
+        }
+    }
 }

@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use shared::job::JobKind;
 use shared::metric_names::WORKER_BATCH_SIZE;
 use shared::queue::consume::Delivery;
-use shared::queue::wire::JobEnvelope;
+use shared::queue::wire::{JobEnvelope, JobSpec};
 use shared::telemetry::spans;
+use shared::tensor::Tensor;
 
 use super::Context;
 use super::attempt::{Attempted, Runnable, child_spans, finish_all, renew_leases, start_all};
@@ -42,22 +42,30 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     // Renew the leases while the batch runs, so a long job is not taken over
     // from a live worker; stop as soon as the batch is done.
     let renewer = tokio::spawn(renew_leases(ctx, &runnable));
-    // Control jobs need Redis and run beside the batch's inference.
-    let (validations, runnable): (Vec<_>, Vec<_>) = runnable.into_iter().partition(|r| {
-        r.delivery
-            .job
-            .as_ref()
-            .is_ok_and(|j| j.kind == JobKind::Validate)
-    });
-    let resolved = resolve_all(ctx, &runnable).await;
+    // Control jobs need Redis and run beside the batch's inference; every
+    // other entry goes to inference, where those that are no prediction
+    // fail in place (see `prediction`).
+    let mut validations = Vec::new();
+    let mut predictions = Vec::with_capacity(runnable.len());
+    for r in runnable {
+        match r.delivery.job.as_ref().map(|j| &j.spec) {
+            Ok(JobSpec::Validate { version }) => {
+                let version = *version;
+                validations.push((r, version));
+            }
+            Ok(JobSpec::Predict { .. } | JobSpec::Retrain(_)) | Err(_) => predictions.push(r),
+        }
+    }
+    let resolved = resolve_all(ctx, &predictions).await;
     let max_rows = ctx.max_batch_rows;
-    let inference = tokio::task::spawn_blocking(move || execute_all(resolved, runnable, max_rows));
+    let inference =
+        tokio::task::spawn_blocking(move || execute_all(resolved, predictions, max_rows));
     let mut validated = Vec::with_capacity(validations.len());
-    for r in validations {
+    for (r, version) in validations {
         let outcome = match &r.delivery.job {
             Ok(job) => {
                 let _entered = r.span.enter();
-                crate::models::validate_job(&ctx.models, &ctx.pool, job).await
+                crate::models::validate_job(&ctx.models, &ctx.pool, job, version).await
             }
             Err(e) => (String::new(), Err(JobFailure::InvalidPayload(e.clone()))),
         };
@@ -79,19 +87,52 @@ async fn process(ctx: &Context, batch: Vec<Delivery>) {
     renewer.abort();
 }
 
-/// The version each decoded job runs on, from one snapshot of the served
+/// What inference needs of a prediction.
+struct Prediction<'a> {
+    model: &'a str,
+    inputs: &'a [Tensor],
+    pinned: Option<u32>,
+}
+
+/// The prediction an entry asks for, or why it fails instead: its payload
+/// did not decode, or it is a job of another kind (a retrain job belongs on
+/// the training stream).
+fn prediction(r: &Runnable) -> Result<Prediction<'_>, JobFailure> {
+    match &r.delivery.job {
+        Ok(JobEnvelope {
+            model,
+            spec:
+                JobSpec::Predict {
+                    inputs,
+                    pinned_version,
+                },
+            ..
+        }) => Ok(Prediction {
+            model,
+            inputs,
+            pinned: *pinned_version,
+        }),
+        Ok(job) => Err(JobFailure::InvalidPayload(format!(
+            "a {} job cannot run on a prediction stream",
+            job.kind().as_str()
+        ))),
+        Err(e) => Err(JobFailure::InvalidPayload(e.clone())),
+    }
+}
+
+/// The version each prediction runs on, from one snapshot of the served
 /// set (so a swap mid-batch cannot split it), or its pinned version.
 async fn resolve_all(ctx: &Context, runnable: &[Runnable]) -> Vec<Resolved> {
     let snapshot = ctx.models.snapshot();
     let mut out = Vec::with_capacity(runnable.len());
-    for job in runnable.iter().filter_map(|r| r.delivery.job.as_ref().ok()) {
+    for job in runnable.iter().filter_map(|r| prediction(r).ok()) {
         let resolved = ctx
             .models
-            .resolve(&ctx.pool, &job.model, job.model_version, &snapshot)
+            .resolve(&ctx.pool, job.model, job.pinned, &snapshot)
             .await;
         out.push(match resolved {
             Ok(Some(m)) => Ok(m),
-            Ok(None) => Err(JobFailure::ModelUnavailable(job.model.clone())),
+            Ok(None) => Err(JobFailure::ModelUnavailable(job.model.to_owned())),
             // Redis trouble is worth a retry; a bad pin is not.
             Err(LoadError::Queue(e)) => Err(JobFailure::ModelUnavailable(format!(
                 "{} (registry unavailable: {e})",
@@ -99,7 +140,7 @@ async fn resolve_all(ctx: &Context, runnable: &[Runnable]) -> Vec<Resolved> {
             ))),
             Err(e) => Err(JobFailure::VersionUnavailable(format!(
                 "version {} of model {}: {e}",
-                job.model_version.unwrap_or_default(),
+                job.pinned.unwrap_or_default(),
                 job.model
             ))),
         });
@@ -109,7 +150,7 @@ async fn resolve_all(ctx: &Context, runnable: &[Runnable]) -> Vec<Resolved> {
 
 /// Runs a read's jobs on the current (blocking) thread, stacked per model
 /// where possible ([`execute::run_many`]), then logs and times each job in its
-/// own span. `resolved` holds one entry per decoded job, in order. Returns
+/// own span. `resolved` holds one entry per prediction, in order. Returns
 /// each job with the model version it ran on and its result JSON or failure.
 fn execute_all(
     resolved: Vec<Resolved>,
@@ -117,26 +158,29 @@ fn execute_all(
     max_rows: usize,
 ) -> Vec<(Runnable, Attempted)> {
     let started = Instant::now();
-    let decoded: Vec<&JobEnvelope> = runnable
+    let predictions: Vec<Result<Prediction<'_>, JobFailure>> =
+        runnable.iter().map(prediction).collect();
+    let inputs: Vec<&[Tensor]> = predictions
         .iter()
-        .filter_map(|r| r.delivery.job.as_ref().ok())
+        .filter_map(|p| p.as_ref().ok().map(|p| p.inputs))
         .collect();
     let cancels: Vec<CancelFlag> = runnable
         .iter()
-        .filter(|r| r.delivery.job.is_ok())
-        .map(|r| Arc::clone(&r.cancel))
+        .zip(&predictions)
+        .filter(|(_, p)| p.is_ok())
+        .map(|(r, _)| Arc::clone(&r.cancel))
         .collect();
     let inference = child_spans(spans::INFERENCE, runnable.iter().map(|r| &r.span));
-    let mut ran = execute::run_many(&resolved, &decoded, &cancels, max_rows).into_iter();
+    let mut ran = execute::run_many(&resolved, &inputs, &cancels, max_rows).into_iter();
     let mut versions = resolved.iter().map(|r| match r {
         Ok(m) => m.info().version.clone(),
         Err(_) => String::new(),
     });
     drop(inference);
     let elapsed = started.elapsed().as_secs_f64();
-    let results: Vec<_> = runnable
-        .iter()
-        .map(|r| match &r.delivery.job {
+    let results: Vec<_> = predictions
+        .into_iter()
+        .map(|p| match p {
             Ok(_) => {
                 let version = versions.next().unwrap_or_default();
                 ran.next()
@@ -149,7 +193,7 @@ fn execute_all(
                         )
                     })
             }
-            Err(e) => (Err(JobFailure::InvalidPayload(e.clone())), 0, String::new()),
+            Err(failure) => (Err(failure), 0, String::new()),
         })
         .collect();
     runnable
@@ -180,7 +224,7 @@ mod tests {
     use std::sync::Mutex;
 
     use shared::model::ModelInfo;
-    use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
+    use shared::tensor::{DataType, TensorData, TensorSpec};
     use tracing::Span;
     use uuid::Uuid;
 
@@ -229,18 +273,18 @@ mod tests {
         let id = Uuid::now_v7();
         runnable(Ok(JobEnvelope {
             id,
-            kind: JobKind::Predict,
             model: "m".into(),
-            inputs: vec![Tensor {
-                name: "x".into(),
-                shape: vec![rows.len() as i64, 2],
-                data: TensorData::Fp32(rows.iter().flatten().copied().collect()),
-            }],
             submitted_at_ms: 0,
             deadline_ms: None,
             traceparent: None,
-            model_version: None,
-            retrain: None,
+            spec: JobSpec::Predict {
+                inputs: vec![Tensor {
+                    name: "x".into(),
+                    shape: vec![rows.len() as i64, 2],
+                    data: TensorData::Fp32(rows.iter().flatten().copied().collect()),
+                }],
+                pinned_version: None,
+            },
         }))
     }
 
@@ -343,5 +387,33 @@ mod tests {
             ]
         );
         assert_eq!(data(&out[4].1.1), [4.0, 4.0]);
+    }
+
+    #[test]
+    fn a_job_of_another_kind_fails_in_place_and_the_predictions_still_stack() {
+        use shared::queue::wire::{PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
+        let model = echo("7");
+        let mut retrain = job(&[[0.0, 0.0]]);
+        if let Ok(env) = &mut retrain.delivery.job {
+            env.spec = JobSpec::Retrain(RetrainSpec {
+                data: TrainingData::InlineCsv("x,y\n1,2\n".into()),
+                params_json: "{}".into(),
+                promote: PromotePolicy::Never,
+                trainer: TrainerKind::Builtin,
+                quota: None,
+            });
+        }
+        let jobs = vec![job(&[[1.0, 2.0]]), retrain, job(&[[3.0, 4.0]])];
+        // One entry per prediction: the retrain job has none.
+        let resolved: Vec<Resolved> = (0..2)
+            .map(|_| Ok(model.clone() as Arc<dyn Backend>))
+            .collect();
+        let out = execute_all(resolved, jobs, 64);
+        assert_eq!(*model.runs.lock().unwrap(), vec![2]);
+        assert_eq!(data(&out[0].1.1), [1.0, 2.0]);
+        let failure = out[1].1.1.as_ref().unwrap_err();
+        assert_eq!(failure.code(), "invalid_payload");
+        assert!(failure.to_string().contains("a retrain job"), "{failure}");
+        assert_eq!(data(&out[2].1.1), [3.0, 4.0]);
     }
 }

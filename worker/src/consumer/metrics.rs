@@ -81,7 +81,7 @@ pub(crate) fn count_finished(
     status: &'static str,
     reason: impl Into<metrics::SharedString>,
 ) {
-    let kind = d.job.as_ref().map_or("unknown", |j| j.kind.as_str());
+    let kind = d.job.as_ref().map_or("unknown", |j| j.kind().as_str());
     metrics::counter!(WORKER_JOBS_FINISHED, "model" => model, "kind" => kind, "status" => status, "reason" => reason.into())
         .increment(1);
 }

@@ -17,7 +17,7 @@
 //!
 //! Which streams a loop reads and which slot takes over expired leases is
 //! decided where the loops start ([`crate::slots`]). The rest of the
-//! upkeep (delayed-retry promotion, trimming, heartbeats) is the worker's
+//! upkeep (releasing due retries, trimming, heartbeats) is the worker's
 //! `maintain` task in the crate root.
 
 pub mod attempt;

@@ -4,7 +4,7 @@
 //! a new attempt, and the attempt count decides whether they may still run.
 //!
 //! The read loop calls this on the slots that have the reclaim duty
-//! ([`super::read::ReadSpec::reclaim`]). Delayed-retry promotion, trimming
+//! ([`super::read::ReadSpec::reclaim`]). Releasing due retries, trimming
 //! and heartbeats are the worker's `maintain` task (crate root).
 
 use shared::metric_names::redis_op;

@@ -50,7 +50,7 @@ impl Loaded {
         Loaded {
             inner: Mutex::new(Inner::default()),
             gates: Mutex::new(HashMap::new()),
-            max_models: max_models.max(1),
+            max_models,
             max_bytes,
         }
     }

@@ -218,17 +218,51 @@ impl ModelStore {
                 tracing::warn!(dir = %d.display(), %error, "cannot create a directory of the model store");
             }
         }
+        Ok(ModelStore::new(env, settings, keys, files, models))
+    }
+
+    /// A store serving `models` (each under its signature's name) the way
+    /// models-dir files are served before the registry is read: never
+    /// seeded, and replaced only by a [`ModelStore::reconcile`]. For running
+    /// the consumer in-process on backends of one's own (its tests).
+    pub fn serving(
+        env: Environment,
+        settings: StoreSettings,
+        keys: Keys,
+        models: Vec<Arc<dyn Backend>>,
+    ) -> ModelStore {
+        let served = models
+            .into_iter()
+            .map(|m| {
+                let info = m.info().clone();
+                let model = ServedModel {
+                    info: info.clone(),
+                    source: Origin::File(m),
+                };
+                (info.name, Arc::new(model))
+            })
+            .collect();
+        ModelStore::new(env, settings, keys, Vec::new(), served)
+    }
+
+    fn new(
+        env: Environment,
+        settings: StoreSettings,
+        keys: Keys,
+        files: Vec<FileModel>,
+        served: Served,
+    ) -> ModelStore {
         let loaded = lru::Loaded::new(settings.max_loaded_models, settings.max_loaded_bytes);
-        Ok(ModelStore {
+        ModelStore {
             env,
             settings,
             keys,
             files,
-            current: ArcSwap::from_pointee(models),
+            current: ArcSwap::from_pointee(served),
             loaded,
             seeded: Mutex::new(HashSet::new()),
             reconciling: tokio::sync::Mutex::new(None),
-        })
+        }
     }
 
     /// The current set, as of now.

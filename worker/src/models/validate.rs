@@ -11,24 +11,18 @@ use shared::redis_conn::Pool;
 use super::{LoadError, ModelStore, sha256_hex};
 use crate::JobFailure;
 
-/// Runs a `validate` job: loads the version's bytes in ONNX Runtime and
-/// settles the version `ready` (with its signature) or `invalid`. Returns
-/// the version label and the job's result JSON or failure (`invalid_model`
-/// for bytes ONNX Runtime refuses). A redelivered job whose version is
-/// already settled reports that outcome again without loading anything.
+/// Runs a `validate` job of version `number`: loads its bytes in ONNX
+/// Runtime and settles the version `ready` (with its signature) or
+/// `invalid`. Returns the version label and the job's result JSON or
+/// failure (`invalid_model` for bytes ONNX Runtime refuses). A redelivered
+/// job whose version is already settled reports that outcome again without
+/// loading anything.
 pub async fn validate_job(
     store: &Arc<ModelStore>,
     pool: &Pool,
     job: &shared::queue::wire::JobEnvelope,
+    number: u32,
 ) -> (String, Result<String, crate::JobFailure>) {
-    let Some(number) = job.model_version else {
-        return (
-            String::new(),
-            Err(JobFailure::InvalidPayload(
-                "a validate job must name a model_version".to_owned(),
-            )),
-        );
-    };
     let label = number.to_string();
     let unavailable = |e: &dyn std::fmt::Display| {
         JobFailure::ModelUnavailable(format!("{} (registry unavailable: {e})", job.model))

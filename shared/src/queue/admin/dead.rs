@@ -217,22 +217,21 @@ mod tests {
     use redis::Value;
 
     use super::*;
-    use crate::job::JobKind;
-    use crate::queue::wire::{FIELD_ID, FIELD_JOB};
+    use crate::queue::wire::{FIELD_ID, FIELD_JOB, JobSpec};
 
     const NOW: i64 = 1_763_792_262_123;
 
     fn letter(model: &str, failed_at_ms: i64) -> DeadLetter {
         let env = JobEnvelope {
             id: Uuid::now_v7(),
-            kind: JobKind::Predict,
             model: model.to_owned(),
-            inputs: vec![],
             submitted_at_ms: failed_at_ms - 10,
             deadline_ms: None,
             traceparent: None,
-            model_version: None,
-            retrain: None,
+            spec: JobSpec::Predict {
+                inputs: vec![],
+                pinned_version: None,
+            },
         };
         DeadLetter {
             partition: 0,

@@ -17,7 +17,7 @@
 //!
 //! A transient failure goes back to the queue through its stream's delayed
 //! set (job ids by due time, payload parked in the job record) and
-//! [`promote_due`] moves due jobs back onto their stream. A job whose last
+//! [`release_due`] moves due jobs back onto their stream. A job whose last
 //! allowed attempt fails, or which keeps losing its worker, ends `failed` and
 //! is copied to the dead-letter stream before it is acknowledged.
 //!
@@ -34,7 +34,7 @@ mod upkeep;
 pub use attempt::{Finish, Finished, Outcome, Policy, Start, finish, start};
 pub use lease::{Lease, Renewed, renew, write_progress};
 pub use read::{Delivery, ack, read_new, reclaim};
-pub use upkeep::{promote_due, trim_acked, trim_dead_letters};
+pub use upkeep::{release_due, trim_acked, trim_dead_letters};
 
 use redis::aio::ConnectionLike;
 

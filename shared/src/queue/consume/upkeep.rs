@@ -6,15 +6,15 @@ use uuid::Uuid;
 
 use crate::queue::QueueError;
 use crate::queue::keys::{GROUP, Keys};
-use crate::queue::scripts::{Durability, PROMOTE, TRIM, invoke_all};
+use crate::queue::scripts::{Durability, RELEASE_DUE, TRIM, invoke_all};
 use crate::queue::wire::{FIELD_ID, FIELD_JOB};
 
-/// Re-queues due retries of `streams` (up to `limit` per stream) from
-/// their delayed sets; returns how many were moved. The due ids of the
-/// streams of one slot are read in one pipeline, then each stream with due
-/// jobs is promoted by one script call (`lua/promote.lua`), which skips a
-/// job canceled or moved meanwhile.
-pub async fn promote_due(
+/// Releases the due retries of `streams` (up to `limit` per stream) from
+/// their delayed sets back onto the streams; returns how many were moved.
+/// The due ids of the streams of one slot are read in one pipeline, then
+/// each stream with due jobs is released by one script call
+/// (`lua/release_due.lua`), which skips a job canceled or moved meanwhile.
+pub async fn release_due(
     conn: &mut impl ConnectionLike,
     keys: &Keys,
     streams: &[String],
@@ -47,7 +47,7 @@ pub async fn promote_due(
             if ids.is_empty() {
                 continue;
             }
-            let mut inv = PROMOTE.key(set);
+            let mut inv = RELEASE_DUE.key(set);
             inv.key(*stream).arg(FIELD_ID).arg(FIELD_JOB);
             for id in &ids {
                 let Ok(uuid) = Uuid::parse_str(id) else {
@@ -58,8 +58,14 @@ pub async fn promote_due(
             first_keys.push(set.as_str());
             invocations.push(inv);
         }
-        let counts: Vec<i64> =
-            invoke_all(conn, &PROMOTE, &first_keys, &invocations, Durability::Async).await?;
+        let counts: Vec<i64> = invoke_all(
+            conn,
+            &RELEASE_DUE,
+            &first_keys,
+            &invocations,
+            Durability::Async,
+        )
+        .await?;
         moved += counts
             .iter()
             .map(|&c| usize::try_from(c).unwrap_or(0))
