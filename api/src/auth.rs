@@ -233,7 +233,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn digest(key: &str) -> String {
-        hex::encode(Sha256::digest(key.as_bytes()))
+        shared::digest::sha256_hex(key)
     }
 
     fn keys() -> ApiKeys {

@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use shared::metric_names::redis_op;
 use shared::model::valid_model_name;
 use shared::queue::datasets::{self, DatasetMeta};
@@ -122,7 +121,7 @@ pub async fn put(
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
     let meta = DatasetMeta {
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        sha256: shared::digest::sha256_hex(&bytes),
         size: bytes.len() as u64,
         rows,
         columns,

@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use metrics::SharedString;
+use shared::digest::sha256_hex;
 use shared::model::{ModelInfo, valid_model_name};
 use shared::queue::registry::{self, VersionStatus};
 
@@ -22,7 +23,7 @@ use crate::error::ApiError;
 use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::{UNKNOWN_MODEL, count_rejection, redis_failed};
 use crate::state::AppState;
-use crate::submit::{Submission, Work, sha256_hex};
+use crate::submit::{Submission, Work};
 use crate::text::clip;
 use crate::validate::{self, PredictRequest};
 

@@ -14,6 +14,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
+use shared::digest::sha256_hex;
 use shared::model::valid_model_name;
 use shared::queue::datasets;
 use shared::queue::wire::{PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
@@ -25,7 +26,7 @@ use crate::extract::{self, JsonBody, PathParam};
 use crate::metrics::{redis_failed, redis_op};
 use crate::routes::datasets::dataset_key;
 use crate::state::AppState;
-use crate::submit::{Submission, Work, sha256_hex};
+use crate::submit::{Submission, Work};
 use crate::text::clip;
 
 /// `POST /v1/models/{model}/retrain` body.

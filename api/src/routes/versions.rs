@@ -23,7 +23,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use shared::metric_names::redis_op;
 use shared::model::valid_model_name;
 use shared::queue::registry::{
@@ -110,7 +109,7 @@ pub async fn upload(
     if bytes.is_empty() {
         return Err(ApiError::InvalidInput("the model file is empty".into()));
     }
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let sha256 = shared::digest::sha256_hex(&bytes);
     let mut v = Version::new(&bytes, &sha256, Source::Upload, VersionStatus::Validating);
     v.job_id = Some(submission.id());
     let quota = state
