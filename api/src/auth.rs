@@ -34,7 +34,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use shared::model::{TENANT_SEPARATOR as SEPARATOR, valid_tenant_name};
+use shared::model::{DEFAULT_TENANT, Qualified, valid_tenant_name};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -45,7 +45,7 @@ pub struct Tenant(Arc<str>);
 
 impl Tenant {
     /// The tenant of an open (keyless) deployment.
-    pub const DEFAULT: &'static str = "default";
+    pub const DEFAULT: &'static str = DEFAULT_TENANT;
 
     pub fn default_tenant() -> Tenant {
         Tenant(Arc::from(Tenant::DEFAULT))
@@ -55,27 +55,18 @@ impl Tenant {
         &self.0
     }
 
-    fn is_default(&self) -> bool {
-        &*self.0 == Tenant::DEFAULT
-    }
-
-    /// The name Redis and the workers know this tenant's model `model` by.
+    /// The name Redis and the workers know this tenant's model (or
+    /// dataset) `model` by.
     pub fn model_key(&self, model: &str) -> String {
-        if self.is_default() {
-            model.to_owned()
-        } else {
-            format!("{}{SEPARATOR}{model}", self.0)
-        }
+        Qualified::new(&self.0, model).to_string()
     }
 
     /// The public name of an internal model name, if the model is this
     /// tenant's; `None` for every other tenant's model.
     pub fn public_name<'a>(&self, internal: &'a str) -> Option<&'a str> {
-        match internal.split_once(SEPARATOR) {
-            None if self.is_default() => Some(internal),
-            Some((owner, model)) if !self.is_default() && owner == &*self.0 => Some(model),
-            _ => None,
-        }
+        Qualified::parse_exact(internal)
+            .filter(|q| q.tenant == self.name())
+            .map(|q| q.name)
     }
 }
 
