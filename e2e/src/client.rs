@@ -186,9 +186,7 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
 
-impl Client {
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await

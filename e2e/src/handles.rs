@@ -138,9 +138,7 @@ impl Worker {
             proc: spawn("worker", &args, Stdio::null()),
         }
     }
-}
 
-impl Worker {
     /// The worker's consumer name, from its "worker starting" log line.
     pub fn consumer_name(&self, timeout: Duration) -> String {
         let mut name = None;

@@ -6,6 +6,12 @@
 //! Everything binds to 127.0.0.1 and every process is killed when its handle
 //! drops, so a failing test leaves nothing behind. Child logs go to
 //! `target/e2e-logs/`, named after the process and its port or pid.
+//!
+//! The pieces, all re-exported here: where the binaries and logs are
+//! (`paths`), child processes (`process`, [`Proc`]), the [`Api`] and
+//! [`Worker`] handles (`handles`), the HTTP [`Client`] (`client`), model
+//! fixtures (`fixtures`), and the Redis servers ([`redis_server`],
+//! [`cluster`], [`topology`]).
 
 pub mod cluster;
 pub mod keyed_load;
