@@ -34,7 +34,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use shared::model::{DEFAULT_TENANT, Qualified, valid_tenant_name};
+use shared::model::{DEFAULT_TENANT, Qualified, valid_model_name, valid_tenant_name};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -59,6 +59,12 @@ impl Tenant {
     /// dataset) `model` by.
     pub fn model_key(&self, model: &str) -> String {
         Qualified::new(&self.0, model).to_string()
+    }
+
+    /// [`Tenant::model_key`] of a name a client sent, if it is a valid
+    /// public name (`None` names a model or dataset that cannot exist).
+    pub fn qualify(&self, public: &str) -> Option<String> {
+        valid_model_name(public).then(|| self.model_key(public))
     }
 
     /// The public name of an internal model name, if the model is this
@@ -308,6 +314,11 @@ mod tests {
         let acme = Tenant(Arc::from("acme"));
         let default = Tenant::default_tenant();
         assert_eq!(acme.model_key("m"), "acme~m");
+        assert_eq!(acme.qualify("m").as_deref(), Some("acme~m"));
+        assert_eq!(default.qualify("m").as_deref(), Some("m"));
+        for bad in ["", "globex~m", ".hidden", "a/b"] {
+            assert_eq!(acme.qualify(bad), None, "{bad:?}");
+        }
         assert_eq!(default.model_key("m"), "m");
         assert_eq!(acme.public_name("acme~m"), Some("m"));
         assert_eq!(acme.public_name("globex~m"), None);

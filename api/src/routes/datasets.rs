@@ -17,7 +17,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use shared::metric_names::redis_op;
-use shared::model::valid_model_name;
 use shared::queue::datasets::{self, DatasetMeta};
 use shared::time::rfc3339_ms;
 
@@ -67,10 +66,9 @@ pub(crate) struct DatasetList {
 /// The internal (tenant-qualified) name of a dataset; an invalid name is a
 /// dataset that cannot exist.
 pub(crate) fn dataset_key(tenant: &Tenant, public: &str) -> Result<String, ApiError> {
-    if !valid_model_name(public) {
-        return Err(ApiError::DatasetNotFound(clip(public)));
-    }
-    Ok(tenant.model_key(public))
+    tenant
+        .qualify(public)
+        .ok_or_else(|| ApiError::DatasetNotFound(clip(public)))
 }
 
 fn is_csv(headers: &HeaderMap) -> bool {

@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use metrics::SharedString;
 use shared::digest::sha256_hex;
-use shared::model::{ModelInfo, valid_model_name};
+use shared::model::ModelInfo;
 use shared::queue::registry::{self, VersionStatus};
 
 use crate::auth::Tenant;
@@ -58,11 +58,10 @@ async fn submit(
     model_label: &mut SharedString,
 ) -> Result<Response, ApiError> {
     let PathParam(public) = path?;
-    if !valid_model_name(&public) {
-        return Err(ApiError::ModelNotFound(clip(&public)));
-    }
     // From here on the model is named as Redis and the workers know it.
-    let model = tenant.model_key(&public);
+    let model = tenant
+        .qualify(&public)
+        .ok_or_else(|| ApiError::ModelNotFound(clip(&public)))?;
     let Some(info) = state
         .models()
         .get(&model)

@@ -24,7 +24,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shared::metric_names::redis_op;
-use shared::model::valid_model_name;
 use shared::queue::registry::{
     self, Deletion, Promotion, RegisterMode, Registration, Source, Version, VersionStatus,
 };
@@ -80,10 +79,9 @@ pub(crate) struct Promoted {
 }
 
 fn model_name(tenant: &Tenant, public: &str) -> Result<String, ApiError> {
-    if !valid_model_name(public) {
-        return Err(ApiError::ModelNotFound(clip(public)));
-    }
-    Ok(tenant.model_key(public))
+    tenant
+        .qualify(public)
+        .ok_or_else(|| ApiError::ModelNotFound(clip(public)))
 }
 
 pub async fn upload(
