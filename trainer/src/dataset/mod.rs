@@ -10,10 +10,11 @@
 //! target is a feature and must hold a finite number in every row; the
 //! target must be numeric too (class indices `0..k` for classification).
 //!
-//! The caps ([`MAX_COLUMNS`], [`MAX_LINE_BYTES`] per record) hold while the
-//! reader reads: it is never handed more than one record's worth of bytes
-//! past the start of a record, so an attacker's one-line file is refused
-//! after a mebibyte, not split into millions of fields first.
+//! [`MAX_LINE_BYTES`] (per record) holds while the reader reads: it is never
+//! handed more than a record's worth of bytes past the start of a record,
+//! so an attacker's one-line file is refused after a mebibyte, not split
+//! into millions of fields first; [`MAX_COLUMNS`] is then checked on the
+//! header record that bound leaves.
 
 mod records;
 
@@ -26,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use records::Records;
 pub use records::read_header;
 
-/// Where a bad value sits: a physical line of a CSV file (1-based, the
-/// header is line 1) or an index into inline rows (0-based, like the JSON
-/// array it came from).
+/// Where a bad value sits: a physical line of a CSV file (1-based, blank
+/// lines counted; a record over several lines is named by its first) or an
+/// index into inline rows (0-based, like the JSON array it came from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location {
     Line(usize),
