@@ -34,7 +34,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::SharedString;
 use serde::Deserialize;
-use shared::model::valid_model_name;
 use shared::queue::ratelimit::{self, Bucket, Level, Rate, Verdict};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -165,10 +164,7 @@ fn named_model(
         .strip_prefix('/')?
         .split('/')
         .next()?;
-    if !valid_model_name(public) {
-        return None;
-    }
-    let internal = tenant.model_key(public);
+    let internal = tenant.qualify(public)?;
     models.is_cached(&internal).then_some(internal)
 }
 

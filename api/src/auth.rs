@@ -34,7 +34,7 @@ use axum::http::{HeaderMap, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
-use shared::model::{TENANT_SEPARATOR as SEPARATOR, valid_tenant_name};
+use shared::model::{DEFAULT_TENANT, Qualified, valid_model_name, valid_tenant_name};
 
 use crate::error::ApiError;
 
@@ -44,7 +44,7 @@ pub struct Tenant(Arc<str>);
 
 impl Tenant {
     /// The tenant of an open (keyless) deployment.
-    pub const DEFAULT: &'static str = "default";
+    pub const DEFAULT: &'static str = DEFAULT_TENANT;
 
     pub fn default_tenant() -> Tenant {
         Tenant(Arc::from(Tenant::DEFAULT))
@@ -54,27 +54,24 @@ impl Tenant {
         &self.0
     }
 
-    fn is_default(&self) -> bool {
-        &*self.0 == Tenant::DEFAULT
+    /// The name Redis and the workers know this tenant's model (or
+    /// dataset) `model` by.
+    pub fn model_key(&self, model: &str) -> String {
+        Qualified::new(&self.0, model).to_string()
     }
 
-    /// The name Redis and the workers know this tenant's model `model` by.
-    pub fn model_key(&self, model: &str) -> String {
-        if self.is_default() {
-            model.to_owned()
-        } else {
-            format!("{}{SEPARATOR}{model}", self.0)
-        }
+    /// [`Tenant::model_key`] of a name a client sent, if it is a valid
+    /// public name (`None` names a model or dataset that cannot exist).
+    pub fn qualify(&self, public: &str) -> Option<String> {
+        valid_model_name(public).then(|| self.model_key(public))
     }
 
     /// The public name of an internal model name, if the model is this
     /// tenant's; `None` for every other tenant's model.
     pub fn public_name<'a>(&self, internal: &'a str) -> Option<&'a str> {
-        match internal.split_once(SEPARATOR) {
-            None if self.is_default() => Some(internal),
-            Some((owner, model)) if !self.is_default() && owner == &*self.0 => Some(model),
-            _ => None,
-        }
+        Qualified::parse_exact(internal)
+            .filter(|q| q.tenant == self.name())
+            .map(|q| q.name)
     }
 }
 
@@ -236,7 +233,7 @@ mod tests {
     use axum::http::HeaderValue;
 
     fn digest(key: &str) -> String {
-        hex::encode(Sha256::digest(key.as_bytes()))
+        shared::digest::sha256_hex(key)
     }
 
     fn keys() -> ApiKeys {
@@ -323,6 +320,11 @@ mod tests {
         let acme = Tenant(Arc::from("acme"));
         let default = Tenant::default_tenant();
         assert_eq!(acme.model_key("m"), "acme~m");
+        assert_eq!(acme.qualify("m").as_deref(), Some("acme~m"));
+        assert_eq!(default.qualify("m").as_deref(), Some("m"));
+        for bad in ["", "globex~m", ".hidden", "a/b"] {
+            assert_eq!(acme.qualify(bad), None, "{bad:?}");
+        }
         assert_eq!(default.model_key("m"), "m");
         assert_eq!(acme.public_name("acme~m"), Some("m"));
         assert_eq!(acme.public_name("globex~m"), None);

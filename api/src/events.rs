@@ -26,6 +26,7 @@ use futures::StreamExt;
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::{Msg, RedisError};
 use shared::Keys;
+use shared::backoff::Backoff;
 use shared::model::valid_internal_model_name;
 use shared::redis_conn::Limits;
 use tokio::sync::watch;
@@ -35,8 +36,6 @@ use uuid::Uuid;
 use crate::models_cache::ModelCache;
 use crate::waiters::Waiters;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const PING_EVERY: Duration = Duration::from_secs(10);
 
 /// Handle on the listener task; aborts it when dropped, so the task lives
@@ -110,11 +109,11 @@ struct Task {
 
 impl Task {
     async fn run(self) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::reconnect();
         loop {
             match self.subscribe().await {
                 Ok((sink, stream)) => {
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     tracing::info!("subscribed to job and model events");
                     self.waiters.wake_all();
                     match self.models.reload_all().await {
@@ -132,11 +131,10 @@ impl Task {
                     tracing::warn!(reason = why, "event subscription lost, reconnecting");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot subscribe to events");
+                    tracing::warn!(error = %e, retry_in = ?backoff.next_delay(), "cannot subscribe to events");
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.wait().await;
         }
     }
 

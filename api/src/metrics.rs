@@ -41,6 +41,8 @@ pub use shared::metric_names::{
     REDIS_ERRORS, redis_op,
 };
 use shared::model::TENANT_SEPARATOR;
+// The one Redis error count both binaries keep; re-exported for the routes.
+pub use shared::redis_errors::count_redis_error;
 use tracing::Instrument;
 
 use crate::error::ApiError;
@@ -249,13 +251,6 @@ pub fn redis_failed(op: &'static str) -> impl Fn(QueueError) -> ApiError {
     move |e| {
         count_redis_error(op, &e);
         ApiError::from(e)
-    }
-}
-
-/// Counts `e` under `op` if it is a failure of Redis itself.
-pub fn count_redis_error(op: &'static str, e: &QueueError) {
-    if matches!(e, QueueError::Redis(_) | QueueError::Pool(_)) {
-        metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
     }
 }
 

@@ -67,9 +67,8 @@ impl StreamStats {
                 tracing::warn!(%error, "cannot sample the queue gauges");
                 String::new()
             }
-            Err(_) => {
-                metrics::counter!(shared::metric_names::REDIS_ERRORS, "op" => redis_op::STREAM_STATS)
-                    .increment(1);
+            Err(elapsed) => {
+                count_redis_error(redis_op::STREAM_STATS, &elapsed);
                 tracing::warn!(?budget, "sampling the queue gauges timed out");
                 String::new()
             }

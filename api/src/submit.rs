@@ -20,8 +20,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics::SharedString;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use shared::Keys;
+use shared::digest::sha256_hex;
 use shared::job::{JobKind, JobStatus};
 use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
 use shared::queue::wire::{JobEnvelope, JobSpec, RetrainSpec};
@@ -347,10 +347,6 @@ pub fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
         return None;
     }
     TraceContext::parse(value.to_str().ok()?)
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

@@ -5,8 +5,6 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest, Sha256};
-
 use crate::{Client, Reply};
 
 /// A keys file: `(tenant, key)` pairs, stored as `tenant sha256(key)`.
@@ -45,7 +43,7 @@ impl Drop for KeysFile {
 
 /// Hex SHA-256 of a key, as the keys file holds it.
 pub fn digest(key: &str) -> String {
-    hex::encode(Sha256::digest(key.as_bytes()))
+    shared::digest::sha256_hex(key)
 }
 
 impl Client {

@@ -130,18 +130,65 @@ pub const TENANT_SEPARATOR: char = '~';
 /// plain names.
 pub const DEFAULT_TENANT: &str = "default";
 
+/// A tenant-qualified name of a model or dataset: how Redis and the
+/// workers know it. Written (`Display`) as `{tenant}~{name}`, except the
+/// default tenant's names, written plainly so an open deployment's models
+/// keep the names they have on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Qualified<'a> {
+    pub tenant: &'a str,
+    /// The name as its tenant knows it (the public name).
+    pub name: &'a str,
+}
+
+impl<'a> Qualified<'a> {
+    pub fn new(tenant: &'a str, name: &'a str) -> Qualified<'a> {
+        Qualified { tenant, name }
+    }
+
+    /// Splits an internal name at its first [`TENANT_SEPARATOR`]; a name
+    /// without one is the default tenant's.
+    pub fn parse(internal: &'a str) -> Qualified<'a> {
+        match internal.split_once(TENANT_SEPARATOR) {
+            Some((tenant, name)) => Qualified { tenant, name },
+            None => Qualified {
+                tenant: DEFAULT_TENANT,
+                name: internal,
+            },
+        }
+    }
+
+    /// [`Qualified::parse`], only for a name written as `Display` writes
+    /// it: `default~m` splits into the default tenant's `m`, but the
+    /// default tenant's names carry no prefix, so no tenant owns it.
+    pub fn parse_exact(internal: &'a str) -> Option<Qualified<'a>> {
+        let q = Qualified::parse(internal);
+        (q.is_default() != internal.contains(TENANT_SEPARATOR)).then_some(q)
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.tenant == DEFAULT_TENANT
+    }
+}
+
+impl std::fmt::Display for Qualified<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_default() {
+            f.write_str(self.name)
+        } else {
+            write!(f, "{}{TENANT_SEPARATOR}{}", self.tenant, self.name)
+        }
+    }
+}
+
 /// The tenant an internal model (or dataset) name belongs to.
 pub fn tenant_of(internal: &str) -> &str {
-    internal
-        .split_once(TENANT_SEPARATOR)
-        .map_or(DEFAULT_TENANT, |(tenant, _)| tenant)
+    Qualified::parse(internal).tenant
 }
 
 /// An internal name as its tenant knows it: the part after `{tenant}~`.
 pub fn public_name(internal: &str) -> &str {
-    internal
-        .split_once(TENANT_SEPARATOR)
-        .map_or(internal, |(_, name)| name)
+    Qualified::parse(internal).name
 }
 
 /// Tenant names end up inside model names and Redis keys: 1-32 of `a-z`,
@@ -173,6 +220,25 @@ mod tests {
         assert_eq!(tenant_of("m"), DEFAULT_TENANT);
         assert_eq!(public_name("acme~m"), "m");
         assert_eq!(public_name("m"), "m");
+    }
+
+    #[test]
+    fn qualified_names_round_trip_byte_for_byte() {
+        for internal in ["acme~m", "m", "acme~", "a-1~x.y_z"] {
+            let q = Qualified::parse_exact(internal).unwrap();
+            assert_eq!(q.to_string(), internal);
+            assert_eq!(Qualified::parse(internal), q);
+        }
+        assert_eq!(Qualified::new("acme", "m").to_string(), "acme~m");
+        assert_eq!(Qualified::new(DEFAULT_TENANT, "m").to_string(), "m");
+        // Split at the first separator, as the tenant's part never holds one.
+        assert_eq!(Qualified::parse("acme~m~n"), Qualified::new("acme", "m~n"));
+        // Splits like the default tenant's `m`, but that is never written so.
+        assert_eq!(
+            Qualified::parse("default~m"),
+            Qualified::new(DEFAULT_TENANT, "m")
+        );
+        assert_eq!(Qualified::parse_exact("default~m"), None);
     }
 
     fn info(inputs: Vec<TensorSpec>) -> ModelInfo {

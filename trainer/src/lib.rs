@@ -13,6 +13,8 @@
 //! * [`params`]: [`TrainParams`] (serde, defaults, validation).
 //! * [`train()`]: logistic (binary or softmax) or ridge regression by
 //!   mini-batch gradient descent; a per-epoch callback that can stop it.
+//! * [`TrainError`]: why a run or its split stopped; class labels are
+//!   checked by one rule for training and scoring alike.
 //! * [`split`], [`metrics`]: the seeded holdout split and scoring of any
 //!   model's outputs on it (so the deployed model is scored on the same rows),
 //!   plus the "not worse" rule.
@@ -22,7 +24,9 @@
 //! Everything is synchronous and CPU-bound: call it from a blocking thread.
 
 pub mod dataset;
+mod error;
 pub mod external;
+mod labels;
 pub mod metrics;
 pub mod model;
 pub mod onnx;
@@ -33,6 +37,7 @@ pub mod split;
 pub mod train;
 
 pub use dataset::{Dataset, DatasetError, InlineRows, Location};
+pub use error::TrainError;
 pub use external::{
     ExternalError, ExternalOutput, Stream, parse_progress, run_external, run_external_cancellable,
 };
@@ -40,4 +45,4 @@ pub use metrics::{EvalError, Metrics, evaluate_classification, evaluate_regressi
 pub use model::{LinearModel, Predictions};
 pub use params::{OverBudget, ParamError, Task, TrainParams};
 pub use split::Split;
-pub use train::{Progress, TrainError, Trained, train};
+pub use train::{Progress, Trained, train};

@@ -5,8 +5,9 @@
 use ndarray::{Array2, Axis};
 
 use crate::dataset::Dataset;
+use crate::error::TrainError;
+use crate::labels::class_labels;
 use crate::rng::SplitMix64;
-use crate::train::{TrainError, class_labels};
 
 // Keeps the split's random stream apart from the mini-batch stream of the
 // same seed.

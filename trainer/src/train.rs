@@ -14,19 +14,19 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use crate::dataset::Dataset;
-use crate::metrics::{EvalError, Metrics, evaluate_classification, evaluate_regression};
+use crate::labels::class_labels;
+use crate::metrics::{Metrics, evaluate_classification, evaluate_regression};
 use crate::model::{LinearModel, Link, Predictions, sigmoid};
 use crate::onnx;
-use crate::params::{ParamError, Task, TrainParams};
+use crate::params::{Task, TrainParams};
 use crate::rng::SplitMix64;
 use crate::split::Split;
 
-/// Classes are indices `0..k`; a larger index is more likely a regression
-/// target or an id column than a class, and would allocate k columns.
-pub const MAX_CLASSES: usize = 1000;
+pub use crate::error::TrainError;
+pub use crate::labels::MAX_CLASSES;
 
 const BATCH_STREAM: u64 = 0xBA7C_4000_0000_0002;
 
@@ -40,28 +40,6 @@ pub struct Progress {
     /// term: log-loss (classification) or mean squared error in target units
     /// (regression).
     pub train_loss: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Param(#[from] ParamError),
-    #[error("the dataset's target is {dataset:?} but the parameters name {params:?}")]
-    TargetMismatch { params: String, dataset: String },
-    #[error("{rows} rows: at least 2 are needed (one to train on, one to evaluate)")]
-    TooFewRows { rows: usize },
-    #[error(
-        "data row {row} (0-based): target {value} is not a class index (an integer in 0..{MAX_CLASSES}); use task \"regression\" for a numeric target"
-    )]
-    InvalidLabel { row: usize, value: f64 },
-    #[error("classification needs at least two classes; every target is {label}")]
-    SingleClass { label: usize },
-    #[error("training diverged at epoch {epoch} (loss is not finite): lower the learning_rate")]
-    Diverged { epoch: u32 },
-    #[error("training stopped by the caller after epoch {epoch}")]
-    Stopped { epoch: u32 },
-    #[error(transparent)]
-    Eval(#[from] EvalError),
 }
 
 /// The outcome of [`train`].
@@ -115,23 +93,6 @@ impl Trained {
             ],
         )
     }
-}
-
-/// Validates class indices; returns them with the class count (max + 1).
-pub(crate) fn class_labels(target: ArrayView1<f64>) -> Result<(Vec<usize>, usize), TrainError> {
-    let labels = target
-        .iter()
-        .enumerate()
-        .map(|(row, &value)| {
-            if value.fract() == 0.0 && (0.0..MAX_CLASSES as f64).contains(&value) {
-                Ok(value as usize)
-            } else {
-                Err(TrainError::InvalidLabel { row, value })
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let k = labels.iter().max().map_or(0, |m| m + 1);
-    Ok((labels, k))
 }
 
 /// Per-column mean and standard deviation (population); a constant column
@@ -387,6 +348,7 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::ParamError;
 
     fn dataset(columns: &[&str], rows: Vec<Vec<f64>>) -> Dataset {
         let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();

@@ -10,7 +10,6 @@ use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
-use sha2::{Digest, Sha256};
 use shared::model::ModelInfo;
 use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 
@@ -104,11 +103,13 @@ impl OnnxModel {
             .iter()
             .map(|o| spec(o.name(), o.dtype()))
             .collect::<Result<Vec<_>, _>>()?;
-        let digest = Sha256::digest(bytes);
+        let mut version = shared::digest::sha256_hex(bytes);
+        // The first 16 hex digits name a file's content well enough.
+        version.truncate(16);
         Ok(OnnxModel {
             info: ModelInfo {
                 name: name.to_owned(),
-                version: hex::encode(&digest[..8]),
+                version,
                 inputs,
                 outputs,
                 updated_at_ms: shared::time::now_ms(),

@@ -21,6 +21,8 @@ use shared::metric_names::{
     WORKER_JOBS_FINISHED, WORKER_JOBS_RECLAIMED, WORKER_MODEL_SWAPS, WORKER_MODELS_LOADED,
     WORKER_QUEUE_WAIT, WORKER_RESULTS_DISCARDED, WORKER_RUN, redis_op,
 };
+use shared::queue::QueueError;
+use shared::redis_errors::count_redis_error;
 use tokio::sync::watch;
 
 use crate::consumer::Context;
@@ -193,11 +195,11 @@ struct Ready<'a> {
 /// time limits.
 async fn readyz(State(s): State<HttpState>) -> Response {
     let ping = tokio::time::timeout(s.ctx.limits.connect + s.ctx.limits.response, async {
-        let mut conn = s.ctx.pool.get().await.map_err(|e| e.to_string())?;
+        let mut conn = s.ctx.pool.get().await?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(QueueError::from)
     })
     .await;
     match ping {
@@ -216,13 +218,18 @@ async fn readyz(State(s): State<HttpState>) -> Response {
                 serde_json::to_string(&body).unwrap_or_else(|_| r#"{"status":"ready"}"#.to_owned());
             json(StatusCode::OK, text)
         }
-        Ok(Err(e)) => unavailable(&e),
-        Err(_) => unavailable("timed out"),
+        Ok(Err(e)) => {
+            count_redis_error(redis_op::READYZ, &e);
+            unavailable(&e.to_string())
+        }
+        Err(elapsed) => {
+            count_redis_error(redis_op::READYZ, &elapsed);
+            unavailable("timed out")
+        }
     }
 }
 
 fn unavailable(cause: &str) -> Response {
-    metrics::counter!(REDIS_ERRORS, "op" => redis_op::READYZ).increment(1);
     tracing::warn!(cause, "readiness check failed: redis unavailable");
     let body = serde_json::json!({"error": {"code": "redis_unavailable", "message": "redis does not answer"}});
     json(StatusCode::SERVICE_UNAVAILABLE, body.to_string())

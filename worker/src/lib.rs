@@ -53,7 +53,9 @@ use tokio::sync::watch;
 /// publish them, then consume. Start-up errors are returned, not panicked.
 pub async fn run(cfg: Config) -> Result<(), WorkerError> {
     cfg.validate()?;
-    let shutdown = shutdown_signal();
+    // Installed now: a worker told to stop while it is still starting
+    // (its models may already be published) must withdraw its heartbeat.
+    let shutdown = shared::shutdown::signal();
     match memlimit::apply(cfg.max_memory_mb) {
         Ok(Some(bytes)) => tracing::info!(
             max_memory_mb = bytes >> 20,
@@ -409,25 +411,4 @@ async fn trim(
         }
     }
     shared::queue::consume::trim_dead_letters(&mut conn, &ctx.keys, dead_letter_max_len).await
-}
-
-/// Resolves on SIGTERM or Ctrl-C. The SIGTERM handler is installed when this
-/// is called, not when it is first polled: a worker told to stop while it is
-/// still starting (its models may already be published) must stop cleanly,
-/// withdrawing its heartbeat, rather than die of the default action.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    #[cfg(unix)]
-    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        if let Some(mut term) = term {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-        let _ = ctrl_c.await;
-    }
 }

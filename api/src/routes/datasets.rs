@@ -18,9 +18,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use shared::metric_names::redis_op;
-use shared::model::valid_model_name;
 use shared::queue::datasets::{self, DatasetMeta};
 use shared::time::rfc3339_ms;
 
@@ -88,10 +86,9 @@ pub(crate) struct DatasetList {
 /// The internal (tenant-qualified) name of a dataset; an invalid name is a
 /// dataset that cannot exist.
 pub(crate) fn dataset_key(tenant: &Tenant, public: &str) -> Result<String, ApiError> {
-    if !valid_model_name(public) {
-        return Err(ApiError::DatasetNotFound(clip(public)));
-    }
-    Ok(tenant.model_key(public))
+    tenant
+        .qualify(public)
+        .ok_or_else(|| ApiError::DatasetNotFound(clip(public)))
 }
 
 fn is_csv(headers: &HeaderMap) -> bool {
@@ -107,24 +104,13 @@ fn is_csv(headers: &HeaderMap) -> bool {
 
 /// Checks that every column is numeric and returns the header and the
 /// number of data rows. The first column stands in as the target: the
-/// parser checks the target like the features.
+/// parser checks the target like the features. Only the header record is
+/// read to find it; the rows are parsed once.
 fn inspect(bytes: &[u8]) -> Result<(Vec<String>, u64), ApiError> {
     let invalid = |e: trainer::DatasetError| ApiError::InvalidDataset(e.to_string());
-    // The header is read by the parser itself (quoting, blank lines, BOM):
-    // no column is named "", so this run stops right after the header with
-    // every column name, or with the header's own error.
-    let first_column = match trainer::Dataset::from_csv(bytes, "") {
-        Err(trainer::DatasetError::MissingTarget { available, .. }) => {
-            available.into_iter().next().unwrap_or_default()
-        }
-        Err(e) => return Err(invalid(e)),
-        Ok(_) => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "the CSV parser accepted an empty target column name"
-            )));
-        }
-    };
-    let ds = trainer::Dataset::from_csv(bytes, &first_column).map_err(invalid)?;
+    let header = trainer::dataset::read_header(bytes).map_err(invalid)?;
+    let first_column = header.first().map(String::as_str).unwrap_or_default();
+    let ds = trainer::Dataset::from_csv(bytes, first_column).map_err(invalid)?;
     let mut columns = vec![ds.target_name().to_owned()];
     columns.extend(ds.feature_names().iter().cloned());
     Ok((columns, ds.n_rows() as u64))
@@ -175,7 +161,7 @@ pub async fn put(
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
     let meta = DatasetMeta {
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        sha256: shared::digest::sha256_hex(&bytes),
         size: bytes.len() as u64,
         rows,
         columns,
@@ -310,5 +296,11 @@ mod tests {
             inspect(b"only\n1\n").is_err(),
             "one column cannot be trained on"
         );
+        let err = inspect(b"\n\r\n").unwrap_err();
+        assert_eq!(err.code().as_str(), "invalid_dataset");
+        assert!(err.to_string().contains("header row is required"), "{err}");
+        // A BOM and a quoted field over two lines, as spreadsheets write them.
+        let (cols, rows) = inspect(b"\xEF\xBB\xBFa,y\n\"1\n\",0\n2,1\n").unwrap();
+        assert_eq!((cols, rows), (vec!["a".to_owned(), "y".to_owned()], 2));
     }
 }

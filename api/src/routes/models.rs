@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Serialize;
-use shared::model::{ModelInfo, valid_model_name};
+use shared::model::ModelInfo;
 use shared::queue::ops;
 
 use crate::auth::Tenant;
@@ -97,18 +97,16 @@ pub async fn get_one(
     Extension(tenant): Extension<Tenant>,
     PathParam(model): PathParam,
 ) -> Result<Response, ApiError> {
-    if !valid_model_name(&model) {
-        return Err(ApiError::ModelNotFound(clip(&model)));
-    }
+    let internal = tenant
+        .qualify(&model)
+        .ok_or_else(|| ApiError::ModelNotFound(clip(&model)))?;
     match models
-        .get(&tenant.model_key(&model))
+        .get(&internal)
         .await
         .map_err(redis_failed(redis_op::GET_MODEL))?
         .and_then(|info| public(&tenant, (*info).clone()))
     {
-        Some(info) => {
-            Ok(Json(view(&queue, &tenant.model_key(&model), info).await?).into_response())
-        }
+        Some(info) => Ok(Json(view(&queue, &internal, info).await?).into_response()),
         None => Err(ApiError::ModelNotFound(model)),
     }
 }

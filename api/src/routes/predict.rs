@@ -14,7 +14,8 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use metrics::SharedString;
-use shared::model::{ModelInfo, valid_model_name};
+use shared::digest::sha256_hex;
+use shared::model::ModelInfo;
 use shared::queue::registry::{self, VersionStatus};
 
 use crate::auth::Tenant;
@@ -24,7 +25,7 @@ use crate::metrics::{UNKNOWN_MODEL, count_rejection, redis_failed};
 use crate::models_cache::ModelCache;
 use crate::paths;
 use crate::queue::Queue;
-use crate::submit::{Submission, Work, sha256_hex};
+use crate::submit::{Submission, Work};
 use crate::tenants::Policies;
 use crate::text::clip;
 use crate::validate::{self, PredictRequest};
@@ -113,11 +114,10 @@ async fn submit(
     model_label: &mut SharedString,
 ) -> Result<Response, ApiError> {
     let PathParam(public) = path?;
-    if !valid_model_name(&public) {
-        return Err(ApiError::ModelNotFound(clip(&public)));
-    }
     // From here on the model is named as Redis and the workers know it.
-    let model = tenant.model_key(&public);
+    let model = tenant
+        .qualify(&public)
+        .ok_or_else(|| ApiError::ModelNotFound(clip(&public)))?;
     let Some(info) = models
         .get(&model)
         .await

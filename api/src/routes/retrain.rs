@@ -16,6 +16,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
+use shared::digest::sha256_hex;
 use shared::model::valid_model_name;
 use shared::queue::datasets;
 use shared::queue::wire::{PromotePolicy, RetrainSpec, TrainerKind, TrainingData};
@@ -33,7 +34,7 @@ use crate::paths;
 use crate::queue::Queue;
 use crate::routes::datasets::dataset_key;
 use crate::schema::{Choice, exactly_one_of, nullable_ref};
-use crate::submit::{Submission, Work, sha256_hex};
+use crate::submit::{Submission, Work};
 use crate::tenants::Policies;
 use crate::text::clip;
 

@@ -25,9 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use shared::metric_names::redis_op;
-use shared::model::valid_model_name;
 use shared::queue::registry::{
     self, Deletion, Promotion, RegisterMode, Registration, Source, Version, VersionStatus,
 };
@@ -87,10 +85,9 @@ pub(crate) struct Promoted {
 }
 
 fn model_name(tenant: &Tenant, public: &str) -> Result<String, ApiError> {
-    if !valid_model_name(public) {
-        return Err(ApiError::ModelNotFound(clip(public)));
-    }
-    Ok(tenant.model_key(public))
+    tenant
+        .qualify(public)
+        .ok_or_else(|| ApiError::ModelNotFound(clip(public)))
 }
 
 #[utoipa::path(
@@ -136,7 +133,7 @@ pub async fn upload(
     if bytes.is_empty() {
         return Err(ApiError::InvalidInput("the model file is empty".into()));
     }
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let sha256 = shared::digest::sha256_hex(&bytes);
     let mut v = Version::new(&bytes, &sha256, Source::Upload, VersionStatus::Validating);
     v.job_id = Some(submission.id());
     let quota = policies

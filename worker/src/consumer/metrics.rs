@@ -4,20 +4,14 @@
 //! recorder and the descriptions are [`crate::http`]'s.
 
 use shared::metric_names::{
-    REDIS_ERRORS, WORKER_END_TO_END, WORKER_JOB_RETRIES, WORKER_JOBS_DEAD_LETTERED,
-    WORKER_JOBS_FINISHED, WORKER_JOBS_RECLAIMED, WORKER_RESULTS_DISCARDED, WORKER_RUN,
+    WORKER_END_TO_END, WORKER_JOB_RETRIES, WORKER_JOBS_DEAD_LETTERED, WORKER_JOBS_FINISHED,
+    WORKER_JOBS_RECLAIMED, WORKER_RESULTS_DISCARDED, WORKER_RUN,
 };
+use shared::queue::Keys;
 use shared::queue::consume::{Delivery, Finish, Finished, Outcome};
-use shared::queue::{Keys, QueueError};
 
-/// Counts a failed Redis call of kind `op` (one of
-/// [`shared::metric_names::redis_op`]); errors that are not Redis's own
-/// (corrupt data, encoding) are not counted.
-pub fn count_redis_error(op: &'static str, e: &QueueError) {
-    if matches!(e, QueueError::Redis(_) | QueueError::Pool(_)) {
-        metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
-    }
-}
+// The one Redis error count both binaries keep; re-exported for the loops here.
+pub use shared::redis_errors::count_redis_error;
 
 /// Logs and counts an attempt's end. Counting only what was written keeps
 /// metrics exact: a discarded late result is never counted twice.

@@ -156,11 +156,8 @@ impl Context {
 /// failed): exponential, capped, with "equal jitter" (half fixed, half
 /// `jitter` in `[0, 1)`) so jobs failing together do not retry together.
 fn retry_delay(base: Duration, max: Duration, attempt: u32, jitter: f64) -> Duration {
-    let exp = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(max);
-    let half = exp / 2;
-    half + half.mul_f64(jitter)
+    let exp = shared::backoff::delay(base, max, attempt.saturating_sub(1));
+    shared::backoff::equal_jitter(exp, jitter)
 }
 
 /// A unique consumer name: host, pid and a random suffix.

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use shared::backoff::Backoff;
 use shared::metric_names::redis_op;
 use shared::queue::QueueError;
 use shared::queue::consume::{self, Delivery};
@@ -23,7 +24,6 @@ use shared::redis_conn::{self, Conn, Limits, Topology};
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
 
-use super::backoff::Backoff;
 use super::metrics::count_redis_error;
 use super::upkeep::reclaim;
 use super::{Context, duration_ms};
@@ -121,7 +121,7 @@ pub async fn read_loop<B: Batches>(
     // Redis takes BLOCK 0 as "forever": the loop would never see shutdown.
     .max(1);
     let mut conn: Option<Conn> = None;
-    let mut backoff = Backoff(0);
+    let mut backoff = Backoff::reconnect();
     // At once on the first round: a worker starting may be replacing one
     // that died with jobs in hand.
     let mut last_reclaim: Option<Instant> = None;
@@ -190,7 +190,7 @@ pub async fn read_loop<B: Batches>(
         };
         match read {
             Ok(batch) => {
-                backoff = Backoff(0);
+                backoff.reset();
                 if !batch.is_empty() {
                     batches.run(&ctx, batch).await;
                 }

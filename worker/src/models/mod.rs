@@ -39,7 +39,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ort::environment::Environment;
-use sha2::{Digest, Sha256};
 use shared::metric_names::{WORKER_MODEL_SWAPS, WORKER_MODELS_LOADED};
 use shared::model::{ModelInfo, valid_internal_model_name};
 use shared::queue::registry::{self, RegisterMode, Source, Version, VersionStatus};
@@ -131,10 +130,9 @@ pub struct ModelStore {
     reconciling: tokio::sync::Mutex<Option<Option<i64>>>,
 }
 
-/// SHA-256 of `bytes`, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+// The one digest the registry names versions and blobs by; re-exported for
+// the loaders here and the retrain job.
+pub use shared::digest::sha256_hex;
 
 /// The trust a registry version is loaded with.
 pub fn trust_of(source: Source) -> Trust {

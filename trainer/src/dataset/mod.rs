@@ -2,12 +2,21 @@
 //! parsed from CSV bytes or from inline rows, with errors that name the line
 //! or row and the column at fault.
 //!
-//! CSV format: UTF-8 (a leading byte-order mark is ignored), comma
-//! separated, header row required, `\n` or `\r\n` line ends, blank lines
-//! ignored. A field may be double-quoted (`"mean radius"`, `""` for a quote
-//! inside), but a quoted field cannot span lines. Every column other than the
+//! CSV format (read with the `csv` crate): UTF-8 (a leading byte-order mark
+//! is skipped), comma separated, header row required, `\n` or `\r\n` line
+//! ends, blank lines ignored. A field may be double-quoted (`"mean radius"`,
+//! `""` for a quote inside), and a quoted field may span lines; a record is
+//! named in errors by the line it starts on. Every column other than the
 //! target is a feature and must hold a finite number in every row; the
 //! target must be numeric too (class indices `0..k` for classification).
+//!
+//! [`MAX_LINE_BYTES`] (per record) holds while the reader reads: it is never
+//! handed more than a record's worth of bytes past the start of a record,
+//! so an attacker's one-line file is refused after a mebibyte, not split
+//! into millions of fields first; [`MAX_COLUMNS`] is then checked on the
+//! header record that bound leaves.
+
+mod records;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -15,9 +24,12 @@ use std::fmt;
 use ndarray::{Array1, Array2, ArrayView1, ArrayView2};
 use serde::{Deserialize, Serialize};
 
-/// Where a bad value sits: a physical line of a CSV file (1-based, the
-/// header is line 1) or an index into inline rows (0-based, like the JSON
-/// array it came from).
+use records::Records;
+pub use records::read_header;
+
+/// Where a bad value sits: a physical line of a CSV file (1-based, blank
+/// lines counted; a record over several lines is named by its first) or an
+/// index into inline rows (0-based, like the JSON array it came from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Location {
     Line(usize),
@@ -35,7 +47,8 @@ impl fmt::Display for Location {
 
 /// Most columns a dataset may have (the target included).
 pub const MAX_COLUMNS: usize = 10_000;
-/// Longest line of a CSV dataset, in bytes.
+/// Longest line (record, for one with quoted line breaks) of a CSV
+/// dataset, in bytes, its line end not counted.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 /// Characters of a column name or value quoted in an error, at most.
 const QUOTED_CHARS: usize = 200;
@@ -133,32 +146,13 @@ impl Dataset {
     /// Parses CSV bytes (format in the module docs) and takes
     /// `target_column` as the target, every other column as a feature.
     pub fn from_csv(bytes: &[u8], target_column: &str) -> Result<Self, DatasetError> {
-        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-        let text = std::str::from_utf8(bytes).map_err(|e| DatasetError::NotUtf8 {
-            line: 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count(),
-        })?;
-        let mut lines = text
-            .split('\n')
-            .enumerate()
-            .map(|(i, l)| (Location::Line(i + 1), l.strip_suffix('\r').unwrap_or(l)))
-            .filter(|(_, l)| !l.trim().is_empty());
-        let (header_loc, header) = lines.next().ok_or(DatasetError::NoHeader)?;
-        if header.len() > MAX_LINE_BYTES {
-            return Err(DatasetError::LineTooLong {
-                location: header_loc,
-            });
-        }
-        let columns = split_fields(header, header_loc)?;
+        let mut records = Records::new(bytes);
+        records.next()?.ok_or(DatasetError::NoHeader)?;
+        let columns = records.fields()?;
         let mut builder = Builder::new(columns, target_column)?;
-        for (loc, line) in lines {
-            if line.len() > MAX_LINE_BYTES {
-                return Err(DatasetError::LineTooLong { location: loc });
-            }
-            let fields = split_fields(line, loc)?;
-            builder.push(loc, fields.len(), |j| fields[j].trim())?;
+        while let Some(loc) = records.next()? {
+            let fields = &records.record;
+            builder.push(loc, fields.len(), |j| fields.get(j).unwrap_or("").trim())?;
         }
         builder.finish()
     }
@@ -374,60 +368,6 @@ fn truncate_to(raw: &str, max: usize) -> String {
     }
 }
 
-/// Splits one CSV line into fields, honouring double quotes.
-fn split_fields(line: &str, location: Location) -> Result<Vec<String>, DatasetError> {
-    let malformed = |message: &str| DatasetError::Malformed {
-        location,
-        message: message.to_owned(),
-    };
-    let mut fields = Vec::new();
-    let mut chars = line.chars().peekable();
-    loop {
-        let mut field = String::new();
-        while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-            chars.next();
-        }
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => return Err(malformed("unterminated quoted field")),
-                }
-            }
-            while chars.peek().is_some_and(|c| *c == ' ' || *c == '\t') {
-                chars.next();
-            }
-            match chars.peek() {
-                None | Some(',') => {}
-                Some(_) => return Err(malformed("unexpected text after a closing quote")),
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
-                }
-                if c == '"' {
-                    return Err(malformed("quote inside an unquoted field"));
-                }
-                field.push(c);
-                chars.next();
-            }
-        }
-        fields.push(field);
-        match chars.next() {
-            Some(',') => continue,
-            None => return Ok(fields),
-            Some(_) => unreachable!("a field ends at a comma or the end of the line"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,6 +520,138 @@ mod tests {
         assert_eq!(
             Dataset::from_csv(b"a,y\n1,0\n\xff,1\n", "y"),
             Err(DatasetError::NotUtf8 { line: 3 })
+        );
+    }
+
+    #[test]
+    fn a_quoted_field_may_span_lines_and_later_lines_keep_their_numbers() {
+        let ds = csv("\"first\nname\",y\n1,0\n2,1\n").unwrap_err();
+        // A line break in a name is refused like any control character…
+        assert!(
+            matches!(ds, DatasetError::BadColumnName { index: 0, .. }),
+            "{ds}"
+        );
+        // …but a record may span lines, and errors after it count physical lines.
+        let err = csv("a,y\n\"1\n\",0\nx,1\n").unwrap_err();
+        assert_eq!(
+            err,
+            DatasetError::NotNumeric {
+                location: Location::Line(4),
+                column: "a".into(),
+                value: "x".into()
+            }
+        );
+        let ds = csv("\"a\",\"y\"\n\"1.5\n\",\"0\"\n2,1\n").unwrap();
+        assert_eq!(ds.features(), ndarray::array![[1.5], [2.0]].view());
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let ds = Dataset::from_csv(b"\xEF\xBB\xBFa,y\n1,0\n", "y").unwrap();
+        assert_eq!(ds.feature_names(), ["a"]);
+        assert_eq!(read_header(b"\xEF\xBB\xBFa,y\n").unwrap(), ["a", "y"]);
+        // Only at the start: elsewhere it is text like any other.
+        assert!(matches!(
+            Dataset::from_csv(b"a,y\n\xEF\xBB\xBF1,0\n", "y"),
+            Err(DatasetError::NotNumeric {
+                location: Location::Line(2),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_ragged_row_names_its_line() {
+        let err = csv("a,b,y\n1,2,0\n\n3,4\n").unwrap_err();
+        assert_eq!(
+            err,
+            DatasetError::Ragged {
+                location: Location::Line(4),
+                expected: 3,
+                found: 2
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "line 4: expected 3 fields (as in the header), found 2"
+        );
+    }
+
+    #[test]
+    fn an_empty_csv_is_refused_for_its_missing_header() {
+        for empty in ["", "\n\r\n", "  \n\t\n", "\u{feff}"] {
+            assert_eq!(csv(empty), Err(DatasetError::NoHeader), "{empty:?}");
+            assert_eq!(
+                read_header(empty.as_bytes()),
+                Err(DatasetError::NoHeader),
+                "{empty:?}"
+            );
+        }
+        assert_eq!(
+            DatasetError::NoHeader.to_string(),
+            "dataset is empty: a header row is required"
+        );
+    }
+
+    #[test]
+    fn an_unclosed_quote_is_named_at_its_line() {
+        let err = csv("a,y\n1,0\n\"2,1\n3,0\n").unwrap_err();
+        assert_eq!(
+            err,
+            DatasetError::Malformed {
+                location: Location::Line(3),
+                message: "a quoted field is not closed (it runs to the end of the file)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_found_on_its_line_inside_a_record() {
+        assert_eq!(
+            Dataset::from_csv(b"a,y\n\"1\n\xff\",0\n", "y"),
+            Err(DatasetError::NotUtf8 { line: 3 })
+        );
+    }
+
+    #[test]
+    fn a_record_is_refused_at_the_cap_before_it_is_split() {
+        // Four million empty fields on one line: refused as too long, not
+        // read into fields first (the reader is never handed the rest).
+        let commas = format!("a,y\n{}\n", ",".repeat(4 << 20));
+        let err = csv(&commas).unwrap_err();
+        assert_eq!(
+            err,
+            DatasetError::LineTooLong {
+                location: Location::Line(2)
+            }
+        );
+        // Exactly at the cap is fine, with either line end.
+        let at_cap = format!("{},y\r\n", "a".repeat(MAX_LINE_BYTES - 2));
+        assert_eq!(read_header(at_cap.as_bytes()).unwrap().len(), 2);
+        let over = format!("{},y\r\n", "a".repeat(MAX_LINE_BYTES - 1));
+        assert!(matches!(
+            read_header(over.as_bytes()),
+            Err(DatasetError::LineTooLong { .. })
+        ));
+        // Blank lines before a record do not count against it.
+        let blank_then = format!("{}a,y\n1,0\n", "\n".repeat(MAX_LINE_BYTES + 10));
+        assert_eq!(csv(&blank_then).unwrap().n_rows(), 1);
+    }
+
+    #[test]
+    fn the_header_alone_is_read_trimmed_and_capped() {
+        // The rows after it are not read: a bad one does not matter.
+        assert_eq!(read_header(b"a,y\n\xff,\"1\n").unwrap(), ["a", "y"]);
+        assert_eq!(
+            read_header(b"\n\"a, b\", c ,y\nnot,a,number\n").unwrap(),
+            ["a, b", "c", "y"]
+        );
+        let wide: Vec<String> = (0..MAX_COLUMNS + 1).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            read_header(wide.join(",").as_bytes()),
+            Err(DatasetError::TooManyColumns {
+                found: MAX_COLUMNS + 1
+            })
         );
     }
 
