@@ -35,11 +35,12 @@ use axum::response::{IntoResponse, Response};
 use metrics::SharedString;
 use serde::Deserialize;
 use shared::queue::ratelimit::{self, Bucket, Level, Rate, Verdict};
+use shared::redis_errors::count_redis_error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::Tenant;
 use crate::error::{ApiError, RateLimitInfo};
-use crate::metrics::{UNKNOWN_MODEL, count_redis_error, count_rejection, redis_op};
+use crate::metrics::{UNKNOWN_MODEL, count_rejection, redis_op};
 use crate::models_cache::ModelCache;
 use crate::paths;
 use crate::queue::Queue;

@@ -42,7 +42,7 @@ pub use shared::metric_names::{
 };
 use shared::model::TENANT_SEPARATOR;
 // The one Redis error count both binaries keep; re-exported for the routes.
-pub use shared::redis_errors::count_redis_error;
+use shared::redis_errors::count_redis_error;
 use tracing::Instrument;
 
 use crate::error::ApiError;

@@ -20,9 +20,9 @@ use shared::metric_names::{
     STREAM_OLDEST_PENDING_AGE, STREAM_PENDING, WORKERS_READY, redis_op,
 };
 use shared::queue::stats::{self, Sample, StreamSample};
+use shared::redis_errors::count_redis_error;
 use tokio::sync::Mutex;
 
-use crate::metrics::count_redis_error;
 use crate::queue::Queue;
 
 /// Longest reuse of one sample.

@@ -47,6 +47,7 @@ use shared::metric_names::{WORKER_MODEL_SWAPS, WORKER_MODELS_LOADED, redis_op};
 use shared::queue::consume::Policy;
 use shared::queue::heartbeat;
 use shared::redis_conn::{self, Limits};
+use shared::redis_errors::count_redis_error;
 use tokio::sync::watch;
 
 /// Runs a worker until SIGTERM or Ctrl-C: start ONNX Runtime, load the models,
@@ -315,7 +316,7 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
         if now >= next_beat {
             next_beat = now + heartbeat::BEAT_EVERY;
             if let Err(error) = beat(&ctx, &served).await {
-                consumer::count_redis_error(redis_op::HEARTBEAT, &error);
+                count_redis_error(redis_op::HEARTBEAT, &error);
                 tracing::debug!(%error, "cannot write the heartbeat");
             }
         }
@@ -324,9 +325,9 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
                 Ok(()) => ctx
                     .publish_models()
                     .await
-                    .inspect_err(|e| consumer::count_redis_error(redis_op::PUBLISH, e)),
+                    .inspect_err(|e| count_redis_error(redis_op::PUBLISH, e)),
                 Err(e) => {
-                    consumer::count_redis_error(redis_op::ENSURE_GROUP, &e);
+                    count_redis_error(redis_op::ENSURE_GROUP, &e);
                     Err(e)
                 }
             };
@@ -346,13 +347,13 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
             }
         }
         if let Err(error) = release_due(&ctx).await {
-            consumer::count_redis_error(redis_op::RELEASE_DUE, &error);
+            count_redis_error(redis_op::RELEASE_DUE, &error);
             tracing::debug!(%error, "cannot re-queue due retries");
         }
         if now >= next_trim {
             next_trim = now + m.trim_every;
             if let Err(error) = trim(&ctx, m.dead_letter_max_len).await {
-                consumer::count_redis_error(redis_op::TRIM, &error);
+                count_redis_error(redis_op::TRIM, &error);
                 tracing::warn!(%error, "cannot trim streams");
             }
         }

@@ -21,6 +21,7 @@ use shared::queue::Keys;
 use shared::queue::consume;
 use shared::queue::wire::{JobEnvelope, JobSpec};
 use shared::redis_conn::Pool;
+use shared::redis_errors::count_redis_error;
 use shared::retrain::Progress;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -28,7 +29,7 @@ use uuid::Uuid;
 
 use crate::consumer::attempt::{finish_all, renew_leases, start_all};
 use crate::consumer::read::Batches;
-use crate::consumer::{Context, Runnable, count_redis_error};
+use crate::consumer::{Context, Runnable};
 use crate::error::JobFailure;
 use crate::retrain::{self, Reporter, Stopped, TrainerConfig};
 

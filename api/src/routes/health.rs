@@ -20,9 +20,9 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use shared::metric_names::redis_op;
 use shared::queue::heartbeat;
+use shared::redis_errors::count_redis_error;
 
 use crate::error::ApiError;
-use crate::metrics::count_redis_error;
 use crate::paths;
 use crate::queue::Queue;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use shared::metric_names::{WORKER_QUEUE_WAIT, redis_op};
 use shared::queue::QueueError;
 use shared::queue::consume::{self, Delivery, Finish, Outcome, Renewed, Start};
+use shared::redis_errors::count_redis_error;
 use shared::telemetry::{self, spans};
 use shared::trace::TraceContext;
 use tracing::{Span, info_span, trace_span};
@@ -18,9 +19,7 @@ use uuid::Uuid;
 
 use super::Context;
 use super::backoff::with_retry;
-use super::metrics::{
-    count_dead_letter, count_finished, count_redis_error, record_end_to_end, report,
-};
+use super::metrics::{count_dead_letter, count_finished, record_end_to_end, report};
 use crate::error::JobFailure;
 use crate::watchdog::CancelFlag;
 

@@ -5,7 +5,7 @@
 use shared::backoff::Backoff;
 use shared::queue::QueueError;
 
-use super::metrics::count_redis_error;
+use shared::redis_errors::count_redis_error;
 
 /// Retries a Redis step while Redis is unreachable, a few times with
 /// back-off, so a blip does not strand a finished batch. Both steps it wraps

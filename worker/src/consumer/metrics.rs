@@ -11,7 +11,6 @@ use shared::queue::Keys;
 use shared::queue::consume::{Delivery, Finish, Finished, Outcome};
 
 // The one Redis error count both binaries keep; re-exported for the loops here.
-pub use shared::redis_errors::count_redis_error;
 
 /// Logs and counts an attempt's end. Counting only what was written keeps
 /// metrics exact: a discarded late result is never counted twice.

@@ -29,7 +29,6 @@ pub mod upkeep;
 
 pub use attempt::{Attempted, Runnable};
 pub use batch::Predictions;
-pub use metrics::count_redis_error;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -21,10 +21,10 @@ use shared::metric_names::redis_op;
 use shared::queue::QueueError;
 use shared::queue::consume::{self, Delivery};
 use shared::redis_conn::{self, Conn, Limits, Topology};
+use shared::redis_errors::count_redis_error;
 use tokio::sync::Semaphore;
 use tokio::sync::watch;
 
-use super::metrics::count_redis_error;
 use super::upkeep::reclaim;
 use super::{Context, duration_ms};
 

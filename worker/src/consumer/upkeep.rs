@@ -9,8 +9,9 @@
 
 use shared::metric_names::redis_op;
 use shared::queue::consume::{self, Delivery};
+use shared::redis_errors::count_redis_error;
 
-use super::metrics::{count_reclaimed, count_redis_error};
+use super::metrics::count_reclaimed;
 use super::{Context, duration_ms};
 
 /// Claims up to `count` entries of `stream` whose lease expired; none when

@@ -132,7 +132,7 @@ pub struct ModelStore {
 
 // The one digest the registry names versions and blobs by; re-exported for
 // the loaders here and the retrain job.
-pub use shared::digest::sha256_hex;
+use shared::digest::sha256_hex;
 
 /// The trust a registry version is loaded with.
 pub fn trust_of(source: Source) -> Trust {

@@ -6,14 +6,14 @@
 
 use std::sync::Arc;
 
-use shared::model::TENANT_SEPARATOR;
+use shared::digest::sha256_hex;
+use shared::model::public_name;
 use shared::queue::datasets;
 use shared::queue::wire::{RetrainSpec, TrainingData};
 use trainer::{Dataset, TrainParams};
 
 use super::{Env, blocking, unavailable};
 use crate::error::JobFailure;
-use crate::models::sha256_hex;
 
 /// The data a job trains on, parsed.
 pub(super) struct Data {
@@ -45,13 +45,6 @@ pub(super) async fn load(
     Ok((params, data))
 }
 
-/// A tenant-qualified name as its tenant knows it.
-fn public_name(internal: &str) -> &str {
-    internal
-        .split_once(TENANT_SEPARATOR)
-        .map_or(internal, |(_, n)| n)
-}
-
 async fn read(env: &Env<'_>, spec: &RetrainSpec, params: &TrainParams) -> Result<Data, JobFailure> {
     let (bytes, name) = match &spec.data {
         TrainingData::Dataset(internal) => {
@@ -76,15 +69,4 @@ async fn read(env: &Env<'_>, spec: &RetrainSpec, params: &TrainParams) -> Result
         name,
         sha256,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tenant_prefix_is_not_shown() {
-        assert_eq!(public_name("acme~bc"), "bc");
-        assert_eq!(public_name("bc"), "bc");
-    }
 }

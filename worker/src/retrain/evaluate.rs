@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use ndarray::{Array2, ArrayView2, Axis};
+use shared::digest::sha256_hex;
 use shared::queue::registry;
 use shared::tensor::{DataType, Tensor, TensorData, TensorSpec};
 use trainer::{Metrics, Predictions, Task, TrainParams};
@@ -17,7 +18,6 @@ use super::train::{Candidate, train_failure};
 use super::{Env, Stopped, blocking, unavailable};
 use crate::backend::{Backend, RunControl};
 use crate::error::JobFailure;
-use crate::models::sha256_hex;
 use crate::watchdog::CancelFlag;
 
 /// Largest accepted difference between ONNX Runtime's outputs and the
