@@ -192,6 +192,12 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/jobs/{id}/cancel`, without a body.
+    pub async fn cancel(&self, id: impl std::fmt::Display) -> Reply {
+        self.send(self.http.post(format!("{}/v1/jobs/{id}/cancel", self.base)))
+            .await
+    }
+
     /// A predict request with an `Idempotency-Key` header.
     pub async fn predict_with_key(&self, model: &str, body: &Value, key: &str) -> Reply {
         self.send(

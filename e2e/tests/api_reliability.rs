@@ -145,8 +145,14 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // The deprecated spelling: the same answer, and headers that say so.
     let r = c.delete(&format!("/v1/jobs/{a}")).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.headers["deprecation"], "@1796169600");
+    assert_eq!(
+        r.headers["link"],
+        format!("</v1/jobs/{a}/cancel>; rel=\"successor-version\"").as_str()
+    );
     assert_eq!(r.json["job_id"], a.as_str());
     assert_eq!(r.json["status"], "canceled");
     assert_eq!(r.json["attempts"], 0);
@@ -172,7 +178,7 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
         "canceled TTL {ttl}, expected --canceled-ttl-secs"
     );
 
-    let again = c.delete(&format!("/v1/jobs/{a}")).await;
+    let again = c.cancel(&a).await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
     assert_eq!(again.error_code(), "job_not_cancelable");
     assert!(
@@ -182,9 +188,7 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
         "{}",
         again.text
     );
-    let unknown = c
-        .delete(&format!("/v1/jobs/{}", uuid::Uuid::now_v7()))
-        .await;
+    let unknown = c.cancel(uuid::Uuid::now_v7()).await;
     assert_eq!(unknown.status, StatusCode::NOT_FOUND);
     assert_eq!(unknown.error_code(), "job_not_found");
     let bad = c.delete("/v1/jobs/not-a-uuid").await;
@@ -212,7 +216,7 @@ async fn cancel_stops_a_queued_job_for_good_and_wakes_its_long_polls() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let done = c.delete(&format!("/v1/jobs/{b}")).await;
+    let done = c.cancel(&b).await;
     assert_eq!(done.status, StatusCode::CONFLICT, "{}", done.text);
     assert_eq!(done.error_code(), "job_not_cancelable");
     assert!(done.text.contains("succeeded"), "{}", done.text);
@@ -656,7 +660,7 @@ async fn while_redis_is_down_requests_get_a_quick_503_and_the_api_recovers() {
     };
     let r = c.job(&id, None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = c.delete(&format!("/v1/jobs/{id}")).await;
+    let r = c.cancel(&id).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 }
 

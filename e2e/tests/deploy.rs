@@ -1739,7 +1739,7 @@ async fn the_dashboard_queries_only_metrics_and_labels_the_binaries_export() {
             &json!({ "features": vec![0.5f32; 128], "deadline": 0.05 }),
         )
         .await;
-    let r = c.delete(&format!("/v1/jobs/{canceled}")).await;
+    let r = c.cancel(&canceled).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     worker.signal("CONT");
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);

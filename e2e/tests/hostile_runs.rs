@@ -144,7 +144,7 @@ async fn a_tenants_model_is_bounded_at_run_time_and_the_other_tenant_is_served()
     let running = acme.submit("spin", &spin(1_000_000_000_000)).await;
     wait_status(&acme, &running, "running").await;
     let t = Instant::now();
-    let r = acme.delete(&format!("/v1/jobs/{running}")).await;
+    let r = acme.cancel(&running).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let job = acme.wait_terminal(&running, WAIT).await;
     assert_eq!(job["status"], "canceled", "{job}");

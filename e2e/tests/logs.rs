@@ -297,7 +297,7 @@ async fn a_jobs_log_lines_share_its_job_id_and_the_worker_continues_its_trace() 
     // The worker is stopped so the job is still queued when canceled.
     sys.worker.signal("STOP");
     let canceled = submit(client, &[("idempotency-key", "secret-key-6f1c")]).await;
-    let r = client.delete(&format!("/v1/jobs/{canceled}")).await;
+    let r = client.cancel(&canceled).await;
     sys.worker.signal("CONT");
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let api_lines = wait_for_line(&sys.api, &canceled, "job canceled");

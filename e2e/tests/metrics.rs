@@ -74,7 +74,7 @@ async fn metrics_count_a_known_run_exactly() {
     let a_submitted = Instant::now();
     let a = c.submit("mlp128", &row(0.5)).await;
     let b = c.submit("mlp128", &row(0.25)).await;
-    let r = c.delete(&format!("/v1/jobs/{b}")).await;
+    let r = c.cancel(&b).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json["status"], "canceled");
     let r = c
