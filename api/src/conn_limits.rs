@@ -62,6 +62,7 @@ pub struct NoFile {
 /// process may do; container runtimes and systemd often start services with
 /// a soft limit of 1024 under a much higher hard one. If raising fails, the
 /// soft limit stays as it was (and the budget is computed from it).
+#[allow(unsafe_code)] // each block has its SAFETY note
 pub fn raise_nofile() -> std::io::Result<NoFile> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,

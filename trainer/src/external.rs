@@ -290,6 +290,7 @@ pub fn run_external_cancellable(
 struct Group(u32);
 
 impl Group {
+    #[allow(unsafe_code)] // each block has its SAFETY note
     fn kill(&self) {
         let Ok(pgid) = libc::pid_t::try_from(self.0) else {
             return;

@@ -15,6 +15,7 @@ use std::io;
 
 /// Sets a resource limit of this process (or, between fork and exec, of a
 /// child: the call is async-signal-safe and allocates nothing).
+#[allow(unsafe_code)] // each block has its SAFETY note
 pub(crate) fn set_rlimit(
     resource: libc::__rlimit_resource_t,
     soft: u64,
@@ -65,6 +66,7 @@ pub fn ceiling(max_mb: u64) -> Option<u64> {
 
 /// Applies the ceiling to this process (soft limit only, so an operator
 /// can still raise it with `prlimit`); returns it.
+#[allow(unsafe_code)] // each block has its SAFETY note
 pub fn apply(max_mb: u64) -> io::Result<Option<u64>> {
     let Some(bytes) = ceiling(max_mb) else {
         return Ok(None);

@@ -78,6 +78,7 @@ enum Answer {
 
 /// Validates `bytes` in a child process. Blocking: call it off the
 /// executor.
+#[allow(unsafe_code)] // each block has its SAFETY note
 pub fn validate(bytes: &[u8], cfg: &SandboxConfig) -> Result<Signature, JobFailure> {
     let settings = serde_json::to_string(cfg)
         .map_err(|e| JobFailure::ValidatorUnavailable(format!("encoding settings: {e}")))?;
