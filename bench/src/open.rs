@@ -22,7 +22,7 @@ pub(crate) struct Open {
 impl Open {
     /// Achieved under 90 % of the target, or a p99 over a second.
     pub(crate) fn saturated(&self) -> bool {
-        self.achieved < 0.9 * self.target as f64 || self.p99 > Duration::from_secs(1)
+        self.achieved < 0.9 * f64::from(self.target) || self.p99 > Duration::from_secs(1)
     }
 
     /// The rate's rows of the report.
@@ -32,13 +32,13 @@ impl Open {
             &section,
             "issued rate (load generator)",
             format!("{:.0} req/s", self.issued_rate),
-            format!("{:.3} x target", self.issued_rate / self.target as f64),
+            format!("{:.3} x target", self.issued_rate / f64::from(self.target)),
         );
         rep.row(
             &section,
             "achieved (results/s)",
             format!("{:.0} jobs/s", self.achieved),
-            format!("{:.3} x target", self.achieved / self.target as f64),
+            format!("{:.3} x target", self.achieved / f64::from(self.target)),
         );
         rep.row(
             &section,
@@ -76,8 +76,8 @@ impl Open {
 
 /// `rate` jobs/s for `secs` seconds, each submitted on schedule.
 pub(crate) async fn open_loop(http: &Http, rate: u32, secs: f64) -> Open {
-    let n = (rate as f64 * secs).round().max(1.0) as usize;
-    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let n = (f64::from(rate) * secs).round().max(1.0) as usize;
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let start = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {

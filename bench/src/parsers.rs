@@ -15,11 +15,11 @@ use trainer::Dataset;
 use trainer::dataset::{MAX_COLUMNS, MAX_LINE_BYTES};
 
 /// The API's default `--max-dataset-bytes`.
-pub const LIMIT_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const LIMIT_BYTES: usize = 32 * 1024 * 1024;
 
 /// A dataset of about `bytes` bytes: as many columns as allowed, each value
 /// a short number, so every byte goes through the per-field checks.
-pub fn wide_csv(bytes: usize) -> Vec<u8> {
+pub(crate) fn wide_csv(bytes: usize) -> Vec<u8> {
     let cols = MAX_COLUMNS;
     let mut out = Vec::with_capacity(bytes + 64 * cols);
     for j in 0..cols - 1 {
@@ -39,7 +39,7 @@ pub fn wide_csv(bytes: usize) -> Vec<u8> {
 
 /// Best of `n` parses of `bytes` (the least disturbed by the rest of the
 /// machine), and whether they succeeded.
-pub fn time_parse(bytes: &[u8], n: usize) -> (Duration, bool) {
+pub(crate) fn time_parse(bytes: &[u8], n: usize) -> (Duration, bool) {
     let mut best = Duration::MAX;
     let mut ok = false;
     for _ in 0..n.max(1) {
@@ -52,12 +52,12 @@ pub fn time_parse(bytes: &[u8], n: usize) -> (Duration, bool) {
 
 /// Time of the full dataset over the half one above which the parse is not
 /// linear: 2 is linear, 4 quadratic; between them, noise.
-pub const LINEAR_AT_MOST: f64 = 3.2;
+pub(crate) const LINEAR_AT_MOST: f64 = 3.2;
 
 /// The cases' rows (metric, value, note), and whether every check held:
 /// the worst legal dataset parses, linearly, and the attack shapes are
 /// refused.
-pub fn measure(quick: bool) -> (Vec<(String, String, String)>, bool) {
+pub(crate) fn measure(quick: bool) -> (Vec<(String, String, String)>, bool) {
     let n = if quick { 1 } else { 3 };
     let full = wide_csv(LIMIT_BYTES);
     let half = wide_csv(LIMIT_BYTES / 2);

@@ -141,7 +141,9 @@ async fn system(otlp: Option<&str>) -> System {
 
 /// A body whose values are easy to spot if a payload ever reached a log.
 fn body() -> Value {
-    let features: Vec<f64> = (0..128).map(|i| 0.987_654_321 - i as f64 * 1e-3).collect();
+    let features: Vec<f64> = (0..128)
+        .map(|i| 0.987_654_321 - f64::from(i) * 1e-3)
+        .collect();
     json!({ "features": features })
 }
 

@@ -319,7 +319,11 @@ async fn metrics_count_a_known_run_exactly() {
     assert_eq!(http("POST", PREDICT_ROUTE, "202"), Some(5.0), "{text}");
     assert_eq!(http("POST", PREDICT_ROUTE, "422"), Some(1.0), "{text}");
     assert_eq!(http("POST", PREDICT_ROUTE, "404"), Some(1.0), "{text}");
-    assert_eq!(http("POST", "/v1/jobs/{id}/cancel", "200"), Some(1.0), "{text}");
+    assert_eq!(
+        http("POST", "/v1/jobs/{id}/cancel", "200"),
+        Some(1.0),
+        "{text}"
+    );
     let latency = m
         .histogram(
             "onnxq_http_request_duration_seconds",

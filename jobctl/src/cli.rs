@@ -8,7 +8,7 @@ use uuid::Uuid;
 /// show per-model queue statistics.
 #[derive(Debug, Parser)]
 #[command(name = "jobctl", version)]
-pub struct Args {
+pub(crate) struct Args {
     /// Redis to use.
     #[arg(
         long,
@@ -31,7 +31,7 @@ pub struct Args {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Inspect the dead-letter queue.
     Dead {
         #[command(subcommand)]
@@ -50,7 +50,7 @@ pub enum Command {
 }
 
 #[derive(Debug, ClapArgs)]
-pub struct SweepArgs {
+pub(crate) struct SweepArgs {
     /// List what would be deleted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -60,7 +60,7 @@ pub struct SweepArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum DeadCommand {
+pub(crate) enum DeadCommand {
     /// List dead letters, oldest first.
     List(ListArgs),
     /// Everything about one dead-lettered job.
@@ -70,7 +70,7 @@ pub enum DeadCommand {
 /// Time arguments accept RFC 3339 (`2026-11-22T06:40:00Z`) or an age
 /// counted back from now (`90s`, `30m`, `1h`, `2d`, `1h30m`).
 #[derive(Debug, Clone, Default, ClapArgs)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// Only dead letters of this model.
     #[arg(long)]
     pub model: Option<String>,
@@ -83,7 +83,7 @@ pub struct Selection {
 }
 
 #[derive(Debug, ClapArgs)]
-pub struct ListArgs {
+pub(crate) struct ListArgs {
     #[command(flatten)]
     pub selection: Selection,
     /// Show at most this many (the oldest).
@@ -95,7 +95,7 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, ClapArgs)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     pub job_id: Uuid,
     /// One JSON document instead of text.
     #[arg(long)]
@@ -103,7 +103,7 @@ pub struct ShowArgs {
 }
 
 #[derive(Debug, ClapArgs)]
-pub struct ReplayArgs {
+pub(crate) struct ReplayArgs {
     /// Every dead letter.
     #[arg(long, conflicts_with_all = ["model", "since", "until", "ids"])]
     pub all: bool,
@@ -123,7 +123,7 @@ pub struct ReplayArgs {
 impl ReplayArgs {
     /// Whether the operator said what to replay; replaying everything must be
     /// asked for with `--all`, never be the default.
-    pub fn has_selector(&self) -> bool {
+    pub(crate) fn has_selector(&self) -> bool {
         self.all
             || self.selection.model.is_some()
             || self.selection.since.is_some()
@@ -133,7 +133,7 @@ impl ReplayArgs {
 }
 
 #[derive(Debug, ClapArgs)]
-pub struct StatsArgs {
+pub(crate) struct StatsArgs {
     /// One JSON document instead of a table.
     #[arg(long)]
     pub json: bool,

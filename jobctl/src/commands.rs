@@ -21,7 +21,7 @@ use crate::error::CliError;
 use crate::render;
 
 /// Runs the parsed command.
-pub async fn run(args: Args) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     validate(&args)?;
     let keys = args.queue.keys(&args.namespace);
     let mut conn = connect(&args).await?;

@@ -6,7 +6,7 @@ use shared::queue::admin::{AdminError, TimeArgError};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     #[error("invalid --redis-url: {0}")]
     RedisUrl(redis::RedisError),
     #[error("cannot reach Redis at {addr}: {source}")]
@@ -43,7 +43,7 @@ pub enum CliError {
 impl CliError {
     /// A closed pipe (`jobctl dead list | head`) is the reader's choice, not
     /// a failure.
-    pub fn is_broken_pipe(&self) -> bool {
+    pub(crate) fn is_broken_pipe(&self) -> bool {
         matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
     }
 }

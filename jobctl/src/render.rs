@@ -13,7 +13,7 @@ const MESSAGE_WIDTH: usize = 60;
 
 /// Columns padded to their widest cell, two spaces apart; the last column is
 /// not padded so lines carry no trailing blanks.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -42,7 +42,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// Cuts text to `max` characters, marking the cut, and flattens line breaks
 /// so one record stays on one table line.
-pub fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     let flat: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
@@ -56,7 +56,7 @@ pub fn truncate(s: &str, max: usize) -> String {
 }
 
 /// A duration for people: `850ms`, `12.3s`, `3m04s`, `2h05m`, `3d04h`.
-pub fn human_ms(ms: u64) -> String {
+pub(crate) fn human_ms(ms: u64) -> String {
     const S: u64 = 1_000;
     const M: u64 = 60 * S;
     const H: u64 = 60 * M;
@@ -76,7 +76,7 @@ fn job_id_text(dl: &DeadLetter) -> String {
 }
 
 /// The `dead list` / `replay --dry-run` table.
-pub fn dead_letter_table(letters: &[DeadLetter]) -> String {
+pub(crate) fn dead_letter_table(letters: &[DeadLetter]) -> String {
     let rows: Vec<Vec<String>> = letters
         .iter()
         .map(|dl| {
@@ -105,7 +105,7 @@ pub fn dead_letter_table(letters: &[DeadLetter]) -> String {
 
 /// A dead letter as JSON (`dead list --json`, one per line).
 #[derive(Debug, Serialize)]
-pub struct DeadLetterJson<'a> {
+pub(crate) struct DeadLetterJson<'a> {
     pub job_id: Option<String>,
     pub entry_id: &'a str,
     pub model: &'a str,
@@ -120,7 +120,7 @@ pub struct DeadLetterJson<'a> {
 }
 
 impl<'a> DeadLetterJson<'a> {
-    pub fn new(dl: &'a DeadLetter) -> DeadLetterJson<'a> {
+    pub(crate) fn new(dl: &'a DeadLetter) -> DeadLetterJson<'a> {
         DeadLetterJson {
             job_id: dl.job_id.map(|id| id.to_string()),
             entry_id: &dl.entry_id,
@@ -137,7 +137,7 @@ impl<'a> DeadLetterJson<'a> {
 
 /// One input of a payload, without its data.
 #[derive(Debug, Serialize)]
-pub struct InputSummary {
+pub(crate) struct InputSummary {
     pub name: String,
     pub datatype: String,
     pub shape: Vec<i64>,
@@ -146,7 +146,7 @@ pub struct InputSummary {
 
 /// The decoded payload, summarized.
 #[derive(Debug, Serialize)]
-pub struct EnvelopeSummary {
+pub(crate) struct EnvelopeSummary {
     pub kind: String,
     pub submitted_at: String,
     pub deadline: Option<String>,
@@ -180,14 +180,14 @@ impl EnvelopeSummary {
 
 /// `dead show --json`.
 #[derive(Debug, Serialize)]
-pub struct ShowJson<'a> {
+pub(crate) struct ShowJson<'a> {
     pub dead_letters: Vec<ShownLetter<'a>>,
     /// The job record as stored, or null when it has expired.
     pub record: Option<RecordJson<'a>>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ShownLetter<'a> {
+pub(crate) struct ShownLetter<'a> {
     #[serde(flatten)]
     pub letter: DeadLetterJson<'a>,
     pub payload: Option<EnvelopeSummary>,
@@ -196,13 +196,13 @@ pub struct ShownLetter<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct RecordJson<'a> {
+pub(crate) struct RecordJson<'a> {
     pub fields: &'a std::collections::BTreeMap<String, String>,
     pub ttl_secs: Option<i64>,
 }
 
 impl<'a> ShowJson<'a> {
-    pub fn new(letters: &'a [DeadLetter], record: Option<&'a JobSnapshot>) -> ShowJson<'a> {
+    pub(crate) fn new(letters: &'a [DeadLetter], record: Option<&'a JobSnapshot>) -> ShowJson<'a> {
         ShowJson {
             dead_letters: letters
                 .iter()
@@ -221,7 +221,7 @@ impl<'a> ShowJson<'a> {
 }
 
 /// `dead show` as text: every dead letter of the job, then its record.
-pub fn show_text(
+pub(crate) fn show_text(
     letters: &[DeadLetter],
     record: Option<&JobSnapshot>,
     dead_key: &str,
@@ -322,7 +322,7 @@ fn indent(s: &str) -> String {
 }
 
 /// `stats` as a table, then the dead-letter total.
-pub fn stats_table(o: &QueueOverview) -> String {
+pub(crate) fn stats_table(o: &QueueOverview) -> String {
     let rows: Vec<Vec<String>> = o
         .queues
         .iter()
@@ -365,13 +365,13 @@ pub fn stats_table(o: &QueueOverview) -> String {
 
 /// `stats --json`.
 #[derive(Debug, Serialize)]
-pub struct StatsJson {
+pub(crate) struct StatsJson {
     pub models: Vec<QueueJson>,
     pub dead_letters_total: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct QueueJson {
+pub(crate) struct QueueJson {
     pub model: String,
     pub stream: String,
     pub depth: u64,
@@ -386,14 +386,14 @@ pub struct QueueJson {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ConsumerJson {
+pub(crate) struct ConsumerJson {
     pub name: String,
     pub pending: u64,
     pub idle_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct OldestJson {
+pub(crate) struct OldestJson {
     pub entry_id: String,
     pub consumer: String,
     pub age_ms: u64,
@@ -402,7 +402,7 @@ pub struct OldestJson {
 }
 
 impl StatsJson {
-    pub fn new(o: &QueueOverview) -> StatsJson {
+    pub(crate) fn new(o: &QueueOverview) -> StatsJson {
         StatsJson {
             models: o.queues.iter().map(QueueJson::new).collect(),
             dead_letters_total: o.dead_letters,

@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(rows, 4);
         // Row 3 is a tie: the first column wins, which is right here.
         assert_eq!(accuracy, 0.75);
-        let expected = -(0.9f32.ln() + 0.8f32.ln() + 0.4f32.ln() + 0.5f32.ln()) as f64 / 4.0;
+        let expected = f64::from(-(0.9f32.ln() + 0.8f32.ln() + 0.4f32.ln() + 0.5f32.ln())) / 4.0;
         assert!(
             (log_loss - expected).abs() < 1e-6,
             "{log_loss} vs {expected}"

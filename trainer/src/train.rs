@@ -387,7 +387,9 @@ mod tests {
         // The same targets are fine for regression.
         let ds = dataset(
             &["a", "y"],
-            (0..10).map(|i| vec![i as f64, 0.5 * i as f64]).collect(),
+            (0..10)
+                .map(|i| vec![f64::from(i), 0.5 * f64::from(i)])
+                .collect(),
         );
         train(&ds, &params(Task::Regression), continue_).unwrap();
     }
@@ -445,7 +447,9 @@ mod tests {
     fn too_large_learning_rate_diverges_with_a_typed_error() {
         let ds = dataset(
             &["a", "y"],
-            (0..50).map(|i| vec![i as f64, 1e6 * i as f64]).collect(),
+            (0..50)
+                .map(|i| vec![f64::from(i), 1e6 * f64::from(i)])
+                .collect(),
         );
         let mut p = params(Task::Regression);
         p.learning_rate = 10.0;
@@ -461,7 +465,7 @@ mod tests {
         let ds = dataset(
             &["a", "c", "y"],
             (0..40)
-                .map(|i| vec![i as f64, 3.0, 2.0 * i as f64 + 1.0])
+                .map(|i| vec![f64::from(i), 3.0, 2.0 * f64::from(i) + 1.0])
                 .collect(),
         );
         let trained = train(&ds, &params(Task::Regression), continue_).unwrap();

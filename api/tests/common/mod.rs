@@ -22,13 +22,13 @@ use shared::tensor::{DataType, TensorSpec};
 use tower::ServiceExt;
 
 /// A throwaway redis-server on a free port, killed on drop.
-pub struct RedisServer {
+pub(crate) struct RedisServer {
     child: Option<Child>,
     pub port: u16,
 }
 
 impl RedisServer {
-    pub fn start() -> RedisServer {
+    pub(crate) fn start() -> RedisServer {
         for _ in 0..5 {
             if let Some(s) = RedisServer::try_start(free_port()) {
                 return s;
@@ -38,7 +38,7 @@ impl RedisServer {
     }
 
     /// On a given port, e.g. to restart a killed server where clients expect it.
-    pub fn start_on(port: u16) -> RedisServer {
+    pub(crate) fn start_on(port: u16) -> RedisServer {
         RedisServer::try_start(port).expect("redis-server starts")
     }
 
@@ -71,16 +71,16 @@ impl RedisServer {
         None
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
     /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
-    pub fn pause(&self) {
+    pub(crate) fn pause(&self) {
         self.signal("-STOP");
     }
 
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         self.signal("-CONT");
     }
 
@@ -93,7 +93,7 @@ impl RedisServer {
         assert!(ok.success());
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -116,7 +116,7 @@ fn ping(port: u16) -> bool {
     s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -125,7 +125,7 @@ pub fn free_port() -> u16 {
 
 /// A redis-server, an AppState on a fresh namespace, and the routers of
 /// the public and the operator listener.
-pub struct Env {
+pub(crate) struct Env {
     pub redis: RedisServer,
     pub state: AppState,
     pub app: Router,
@@ -134,11 +134,11 @@ pub struct Env {
 }
 
 impl Env {
-    pub async fn start() -> Env {
+    pub(crate) async fn start() -> Env {
         Env::start_with(&[]).await
     }
 
-    pub async fn start_with(extra_args: &[&str]) -> Env {
+    pub(crate) async fn start_with(extra_args: &[&str]) -> Env {
         let redis = RedisServer::start();
         let ns = format!("t{}", uuid::Uuid::now_v7().simple());
         let url = redis.url();
@@ -168,7 +168,7 @@ impl Env {
         }
     }
 
-    pub async fn conn(&self) -> MultiplexedConnection {
+    pub(crate) async fn conn(&self) -> MultiplexedConnection {
         redis::Client::open(self.redis.url())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -176,30 +176,30 @@ impl Env {
             .expect("test connection")
     }
 
-    pub async fn publish(&self, info: &ModelInfo) {
+    pub(crate) async fn publish(&self, info: &ModelInfo) {
         consume::publish_model(&mut self.conn().await, &self.keys, info)
             .await
             .expect("publish model");
     }
 
-    pub async fn send(&self, req: Request<Body>) -> Reply {
+    pub(crate) async fn send(&self, req: Request<Body>) -> Reply {
         send(&self.app, req).await
     }
 
     /// Sends to the operator listener's router.
-    pub async fn send_ops(&self, req: Request<Body>) -> Reply {
+    pub(crate) async fn send_ops(&self, req: Request<Body>) -> Reply {
         send(&self.ops, req).await
     }
 }
 
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Reply {
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
             panic!(
                 "body is not JSON ({e}): {}",
@@ -208,13 +208,13 @@ impl Reply {
         })
     }
 
-    pub fn text(&self) -> &str {
+    pub(crate) fn text(&self) -> &str {
         std::str::from_utf8(&self.body).expect("utf-8 body")
     }
 
     /// Asserts the documented error shape, `content-type: application/json`
     /// and the given status and code; returns the message.
-    pub fn assert_error(&self, status: StatusCode, code: &str) -> String {
+    pub(crate) fn assert_error(&self, status: StatusCode, code: &str) -> String {
         assert_eq!(
             self.status,
             status,
@@ -238,7 +238,7 @@ impl Reply {
     }
 }
 
-pub async fn send(app: &Router, req: Request<Body>) -> Reply {
+pub(crate) async fn send(app: &Router, req: Request<Body>) -> Reply {
     let res = app.clone().oneshot(req).await.expect("infallible");
     let status = res.status();
     let headers = res.headers().clone();
@@ -250,18 +250,18 @@ pub async fn send(app: &Router, req: Request<Body>) -> Reply {
     }
 }
 
-pub fn get(uri: &str) -> Request<Body> {
+pub(crate) fn get(uri: &str) -> Request<Body> {
     Request::get(uri).body(Body::empty()).unwrap()
 }
 
-pub fn post_json(uri: &str, body: impl Into<Body>) -> Request<Body> {
+pub(crate) fn post_json(uri: &str, body: impl Into<Body>) -> Request<Body> {
     Request::post(uri)
         .header(header::CONTENT_TYPE, "application/json")
         .body(body.into())
         .unwrap()
 }
 
-pub fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+pub(crate) fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
     TensorSpec {
         name: name.into(),
         datatype,
@@ -269,7 +269,7 @@ pub fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
     }
 }
 
-pub fn model(name: &str, inputs: Vec<TensorSpec>) -> ModelInfo {
+pub(crate) fn model(name: &str, inputs: Vec<TensorSpec>) -> ModelInfo {
     ModelInfo {
         name: name.into(),
         version: "0123456789abcdef".into(),
@@ -280,11 +280,11 @@ pub fn model(name: &str, inputs: Vec<TensorSpec>) -> ModelInfo {
 }
 
 /// `features` FP32 [N, width] → `prediction` FP32 [N, 1], like mlp128.
-pub fn mlp(name: &str, width: i64) -> ModelInfo {
+pub(crate) fn mlp(name: &str, width: i64) -> ModelInfo {
     model(name, vec![spec("features", DataType::Fp32, &[-1, width])])
 }
 
-pub fn two_input() -> ModelInfo {
+pub(crate) fn two_input() -> ModelInfo {
     model(
         "two_input",
         vec![
@@ -294,23 +294,23 @@ pub fn two_input() -> ModelInfo {
     )
 }
 
-pub fn features_body(n: usize) -> String {
+pub(crate) fn features_body(n: usize) -> String {
     let row: Vec<String> = (0..n).map(|i| format!("{}", i as f32 / 10.0)).collect();
     format!(r#"{{"features":[{}]}}"#, row.join(","))
 }
 
 /// A file removed when dropped (keys files, tenants files).
-pub struct TempFile(pub std::path::PathBuf);
+pub(crate) struct TempFile(pub std::path::PathBuf);
 
 impl TempFile {
-    pub fn new(prefix: &str, contents: &str) -> TempFile {
+    pub(crate) fn new(prefix: &str, contents: &str) -> TempFile {
         let path = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::now_v7().simple()));
         std::fs::write(&path, contents).expect("temp file");
         TempFile(path)
     }
 
     /// A keys file giving each `(tenant, key)` its key.
-    pub fn keys(tenants: &[(&str, &str)]) -> TempFile {
+    pub(crate) fn keys(tenants: &[(&str, &str)]) -> TempFile {
         use sha2::Digest;
         let lines: Vec<String> = tenants
             .iter()
@@ -319,11 +319,11 @@ impl TempFile {
         TempFile::new("api-keys", &(lines.join("\n") + "\n"))
     }
 
-    pub fn rewrite(&self, contents: &str) {
+    pub(crate) fn rewrite(&self, contents: &str) {
         std::fs::write(&self.0, contents).expect("rewrite temp file");
     }
 
-    pub fn arg(&self) -> String {
+    pub(crate) fn arg(&self) -> String {
         self.0.display().to_string()
     }
 }
@@ -335,7 +335,7 @@ impl Drop for TempFile {
 }
 
 /// `req` as the tenant holding `key`.
-pub fn as_tenant(mut req: Request<Body>, key: &str) -> Request<Body> {
+pub(crate) fn as_tenant(mut req: Request<Body>, key: &str) -> Request<Body> {
     req.headers_mut().insert(
         header::AUTHORIZATION,
         format!("Bearer {key}").parse().unwrap(),

@@ -61,7 +61,7 @@ impl NodeInfo {
 /// Parses `CLUSTER NODES` output. Lines that do not parse are skipped: a
 /// node in handshake has no usable address yet, and callers treat a view
 /// that misses a node as not converged.
-pub fn parse_cluster_nodes(text: &str) -> Vec<NodeInfo> {
+pub(super) fn parse_cluster_nodes(text: &str) -> Vec<NodeInfo> {
     text.lines().filter_map(parse_node_line).collect()
 }
 
@@ -107,7 +107,7 @@ fn parse_node_line(line: &str) -> Option<NodeInfo> {
 }
 
 /// Parses `INFO` or `CLUSTER INFO` output into key/value pairs.
-pub fn parse_info(text: &str) -> HashMap<String, String> {
+pub(super) fn parse_info(text: &str) -> HashMap<String, String> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| l.split_once(':'))
@@ -117,7 +117,7 @@ pub fn parse_info(text: &str) -> HashMap<String, String> {
 
 /// A plain (non-cluster) connection to one node. Short timeouts: a probe of
 /// a killed or starting node must fail fast, not stall a wait loop.
-pub fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
+pub(super) fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
     let con = client.get_connection_with_timeout(Duration::from_millis(500))?;
     con.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -127,7 +127,7 @@ pub fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
 
 /// Runs one command with string arguments on one node and returns its reply
 /// as text (every probe used here replies with a bulk string or an integer).
-pub fn query(port: u16, args: &[&str]) -> redis::RedisResult<String> {
+pub(super) fn query(port: u16, args: &[&str]) -> redis::RedisResult<String> {
     let mut con = connect(port)?;
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
@@ -141,28 +141,28 @@ pub fn query(port: u16, args: &[&str]) -> redis::RedisResult<String> {
 }
 
 /// `CLUSTER NODES` as seen by `port`.
-pub fn cluster_nodes(port: u16) -> redis::RedisResult<Vec<NodeInfo>> {
+pub(super) fn cluster_nodes(port: u16) -> redis::RedisResult<Vec<NodeInfo>> {
     query(port, &["CLUSTER", "NODES"]).map(|t| parse_cluster_nodes(&t))
 }
 
 /// `CLUSTER INFO` of `port`.
-pub fn cluster_info(port: u16) -> redis::RedisResult<HashMap<String, String>> {
+pub(super) fn cluster_info(port: u16) -> redis::RedisResult<HashMap<String, String>> {
     query(port, &["CLUSTER", "INFO"]).map(|t| parse_info(&t))
 }
 
 /// `INFO replication` of `port`.
-pub fn replication_info(port: u16) -> redis::RedisResult<HashMap<String, String>> {
+pub(super) fn replication_info(port: u16) -> redis::RedisResult<HashMap<String, String>> {
     query(port, &["INFO", "replication"]).map(|t| parse_info(&t))
 }
 
 /// Per node, sorted by id: id, role, master id, sorted slot ranges, failed.
-pub type Signature = Vec<(String, Role, Option<String>, Vec<(u16, u16)>, bool)>;
+pub(super) type Signature = Vec<(String, Role, Option<String>, Vec<(u16, u16)>, bool)>;
 
 /// What must be equal between two nodes' views for them to agree: every
 /// node's id, role, master and slots, and whether it is failed. Pings,
 /// epochs and `fail?` (a local suspicion) are left out as they differ
 /// between honest, converged nodes.
-pub fn view_signature(view: &[NodeInfo]) -> Signature {
+pub(super) fn view_signature(view: &[NodeInfo]) -> Signature {
     let mut sig: Vec<_> = view
         .iter()
         .map(|n| {

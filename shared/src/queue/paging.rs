@@ -129,7 +129,7 @@ pub(super) async fn scan_keys(
 
 /// The millisecond part of a stream entry id (`1763792262123-0`): when
 /// Redis appended the entry, by Redis's clock.
-pub fn entry_id_ms(entry_id: &str) -> Option<i64> {
+pub(super) fn entry_id_ms(entry_id: &str) -> Option<i64> {
     entry_id.split('-').next()?.parse().ok()
 }
 

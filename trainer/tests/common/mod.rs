@@ -12,14 +12,14 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use trainer::Dataset;
 
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("trainer/ sits in the workspace root")
         .to_path_buf()
 }
 
-pub fn breast_cancer() -> Dataset {
+pub(crate) fn breast_cancer() -> Dataset {
     let bytes = std::fs::read(repo_root().join("models/datasets/breast_cancer.csv"))
         .expect("models/datasets/breast_cancer.csv (made by scripts/gen-models)");
     Dataset::from_csv(&bytes, "target").expect("breast-cancer CSV parses")
@@ -28,7 +28,7 @@ pub fn breast_cancer() -> Dataset {
 /// ONNX Runtime from `ORT_DYLIB_PATH`, else the copy `scripts/setup` makes
 /// (as the worker and the e2e harness find it). Only one environment may
 /// exist per process, hence the `OnceLock`.
-pub fn ort_env() -> &'static Environment {
+pub(crate) fn ort_env() -> &'static Environment {
     static ENV: OnceLock<Environment> = OnceLock::new();
     ENV.get_or_init(|| {
         let lib = std::env::var_os("ORT_DYLIB_PATH")
@@ -55,12 +55,12 @@ fn build(bytes: &[u8]) -> ort::Result<Session> {
         .commit_from_memory(bytes)
 }
 
-pub fn session(bytes: &[u8]) -> Session {
+pub(crate) fn session(bytes: &[u8]) -> Session {
     build(bytes).expect("ONNX Runtime accepts the model")
 }
 
 /// Runs a classifier: (`label`, `probabilities`).
-pub fn classify(session: &mut Session, x: &Array2<f32>) -> (Array1<i64>, Array2<f32>) {
+pub(crate) fn classify(session: &mut Session, x: &Array2<f32>) -> (Array1<i64>, Array2<f32>) {
     let out = session
         .run(ort::inputs!["features" => TensorRef::from_array_view(x).expect("input tensor")])
         .expect("model runs");
@@ -80,7 +80,7 @@ pub fn classify(session: &mut Session, x: &Array2<f32>) -> (Array1<i64>, Array2<
 }
 
 /// Runs a regressor: `prediction` (`rows × 1`).
-pub fn regress(session: &mut Session, x: &Array2<f32>) -> Array2<f32> {
+pub(crate) fn regress(session: &mut Session, x: &Array2<f32>) -> Array2<f32> {
     let out = session
         .run(ort::inputs!["features" => TensorRef::from_array_view(x).expect("input tensor")])
         .expect("model runs");
@@ -94,7 +94,7 @@ pub fn regress(session: &mut Session, x: &Array2<f32>) -> Array2<f32> {
 
 /// The values ONNX Runtime actually sees: `f32`, widened back to `f64` so
 /// the trainer's own `predict` runs on identical inputs.
-pub fn as_f32(x: ndarray::ArrayView2<f64>) -> (Array2<f32>, Array2<f64>) {
+pub(crate) fn as_f32(x: ndarray::ArrayView2<f64>) -> (Array2<f32>, Array2<f64>) {
     let x32 = x.mapv(|v| v as f32);
     let back = x32.mapv(f64::from);
     (x32, back)

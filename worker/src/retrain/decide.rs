@@ -14,7 +14,7 @@ use trainer::{EvalError, Metrics};
 
 /// The model's current version, as the decision sees it.
 #[derive(Debug, Clone, Copy)]
-pub struct Current<'a> {
+pub(super) struct Current<'a> {
     pub version: u32,
     /// Its scores on the candidate's holdout rows, or why it has none (a
     /// different signature, a run that failed, a version not loadable).
@@ -23,7 +23,7 @@ pub struct Current<'a> {
 
 /// What becomes of the new version, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Decision {
+pub(super) enum Decision {
     /// `never`: registered only.
     Never,
     /// `always`: promoted whatever the scores.
@@ -44,7 +44,7 @@ pub enum Decision {
 
 /// Applies `policy` to the `candidate`'s scores and the `current`
 /// version's, if the model has one.
-pub fn decide(
+pub(super) fn decide(
     policy: PromotePolicy,
     current: Option<Current<'_>>,
     candidate: &Metrics,
@@ -84,7 +84,7 @@ pub fn decide(
 
 impl Decision {
     /// The decision as the job's result reports it.
-    pub fn outcome(&self) -> Outcome {
+    pub(super) fn outcome(&self) -> Outcome {
         match self {
             Decision::Never => Outcome::RegisteredOnly,
             Decision::Always | Decision::NoCurrent | Decision::NotWorse { .. } => Outcome::Promoted,
@@ -96,7 +96,7 @@ impl Decision {
 
     /// The decision in words, for the result's `reason`, naming the new
     /// `version` and its `candidate` scores.
-    pub fn reason(&self, version: u32, candidate: &Metrics) -> String {
+    pub(super) fn reason(&self, version: u32, candidate: &Metrics) -> String {
         match self {
             Decision::Never => format!("promote is \"never\"; new version {version}: {candidate}"),
             Decision::Always => {
@@ -122,7 +122,7 @@ impl Decision {
 }
 
 /// The `decision` label of the retrain decisions counter.
-pub fn label(outcome: Outcome) -> &'static str {
+pub(super) fn label(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Promoted => "promoted",
         Outcome::KeptCurrent => "kept_current",
