@@ -198,7 +198,7 @@ fn buckets(
     out
 }
 
-pub async fn admit(
+pub(crate) async fn admit(
     State(queue): State<Queue>,
     State(policies): State<Arc<Policies>>,
     State(models): State<Arc<ModelCache>>,

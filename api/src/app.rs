@@ -24,7 +24,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -91,7 +91,13 @@ fn mount(access: Access) -> Router<AppState> {
     TABLE
         .iter()
         .filter(|r| r.access == access)
-        .fold(Router::new(), |app, r| app.route(r.path, (r.handler)()))
+        .fold(Router::new(), |app, r| {
+            // A `Method` the table holds is one of the standard ones, which
+            // all have a filter; the unit tests mount the whole table.
+            let filter = MethodFilter::try_from(r.method.clone())
+                .unwrap_or_else(|_| panic!("no method filter for {}", r.method));
+            app.route(r.path, (r.handler)(filter))
+        })
 }
 
 /// The open routes, answering `audience`.
@@ -160,7 +166,7 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 
 /// Which router a route belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
+pub(crate) enum Access {
     /// Health, readiness, metrics and the OpenAPI document: no key, never
     /// shed (an orchestrator must tell "busy" from "dead" exactly when the
     /// API is busiest), also served on the probe reserve and, with operator
@@ -172,48 +178,49 @@ pub enum Access {
 }
 
 /// One route: a method on a path, and its handler.
-pub struct Route {
+pub(crate) struct Route {
     pub method: Method,
     pub path: &'static str,
     pub access: Access,
-    /// Builds the handler; called once per router that mounts the route.
-    pub handler: fn() -> MethodRouter<AppState>,
+    /// Builds the handler for `method` (so the two cannot disagree);
+    /// called once per router that mounts the route.
+    pub handler: fn(MethodFilter) -> MethodRouter<AppState>,
 }
 
 /// Every route the API serves. The routers ([`Routers`]) are built
 /// from this table alone, and the OpenAPI tests check the document against
 /// it in both directions, so a route cannot be added without being
 /// documented.
-pub const TABLE: [Route; 20] = [
+pub(crate) const TABLE: [Route; 20] = [
     Route {
         method: Method::POST,
         path: PREDICT,
         access: Access::Tenant,
-        handler: || post(predict::predict),
+        handler: |m| on(m, predict::predict),
     },
     Route {
         method: Method::GET,
         path: MODELS,
         access: Access::Tenant,
-        handler: || get(models::list),
+        handler: |m| on(m, models::list),
     },
     Route {
         method: Method::GET,
         path: MODEL,
         access: Access::Tenant,
-        handler: || get(models::get_one),
+        handler: |m| on(m, models::get_one),
     },
     Route {
         method: Method::GET,
         path: JOB,
         access: Access::Tenant,
-        handler: || get(jobs::get_job),
+        handler: |m| on(m, jobs::get_job),
     },
     Route {
         method: Method::POST,
         path: CANCEL,
         access: Access::Tenant,
-        handler: || post(jobs::cancel),
+        handler: |m| on(m, jobs::cancel),
     },
     Route {
         method: Method::DELETE,
@@ -221,91 +228,91 @@ pub const TABLE: [Route; 20] = [
         access: Access::Tenant,
         // Deprecated in the API, and so in Rust; served for one release.
         #[allow(deprecated)]
-        handler: || axum::routing::delete(jobs::cancel_by_delete),
+        handler: |m| on(m, jobs::cancel_by_delete),
     },
     Route {
         method: Method::GET,
         path: HEALTHZ,
         access: Access::Open,
-        handler: || get(health::healthz),
+        handler: |m| on(m, health::healthz),
     },
     Route {
         method: Method::GET,
         path: READYZ,
         access: Access::Open,
-        handler: || get(health::readyz),
+        handler: |m| on(m, health::readyz),
     },
     Route {
         method: Method::GET,
         path: METRICS,
         access: Access::Open,
-        handler: || get(routes::metrics::render),
+        handler: |m| on(m, routes::metrics::render),
     },
     Route {
         method: Method::GET,
         path: OPENAPI,
         access: Access::Open,
-        handler: || get(crate::openapi::serve),
+        handler: |m| on(m, crate::openapi::serve),
     },
     Route {
         method: Method::POST,
         path: VERSIONS,
         access: Access::Tenant,
-        handler: || post(versions::upload),
+        handler: |m| on(m, versions::upload),
     },
     Route {
         method: Method::GET,
         path: VERSIONS,
         access: Access::Tenant,
-        handler: || get(versions::list),
+        handler: |m| on(m, versions::list),
     },
     Route {
         method: Method::DELETE,
         path: VERSION,
         access: Access::Tenant,
-        handler: || axum::routing::delete(versions::delete),
+        handler: |m| on(m, versions::delete),
     },
     Route {
         method: Method::POST,
         path: PROMOTE,
         access: Access::Tenant,
-        handler: || post(versions::promote),
+        handler: |m| on(m, versions::promote),
     },
     Route {
         method: Method::POST,
         path: ROLLBACK,
         access: Access::Tenant,
-        handler: || post(versions::rollback),
+        handler: |m| on(m, versions::rollback),
     },
     Route {
         method: Method::POST,
         path: RETRAIN,
         access: Access::Tenant,
-        handler: || post(retrain::retrain),
+        handler: |m| on(m, retrain::retrain),
     },
     Route {
         method: Method::GET,
         path: DATASETS,
         access: Access::Tenant,
-        handler: || get(datasets::list),
+        handler: |m| on(m, datasets::list),
     },
     Route {
         method: Method::PUT,
         path: DATASET,
         access: Access::Tenant,
-        handler: || axum::routing::put(datasets::put),
+        handler: |m| on(m, datasets::put),
     },
     Route {
         method: Method::GET,
         path: DATASET,
         access: Access::Tenant,
-        handler: || get(datasets::get_one),
+        handler: |m| on(m, datasets::get_one),
     },
     Route {
         method: Method::DELETE,
         path: DATASET,
         access: Access::Tenant,
-        handler: || axum::routing::delete(datasets::delete),
+        handler: |m| on(m, datasets::delete),
     },
 ];
 

@@ -213,7 +213,7 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
 /// caller's [`Tenant`] or answers 401. Health, readiness, metrics and the
 /// OpenAPI document are in a router of their own, outside this layer:
 /// probes and scrapers carry no keys.
-pub async fn authenticate(
+pub(crate) async fn authenticate(
     State(keys): State<Arc<ApiKeys>>,
     mut req: Request,
     next: Next,

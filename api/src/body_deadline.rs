@@ -56,7 +56,7 @@ pub struct BodyRules {
 
 /// Which rule a body broke, with the figures for the client's message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BodyTimeout {
+pub(crate) enum BodyTimeout {
     Stalled {
         stall: Duration,
     },
@@ -96,18 +96,18 @@ impl StdError for BodyTimeout {}
 
 /// What became of a wrapped body, readable after the handler has answered.
 #[derive(Debug, Clone, Default)]
-pub struct Outcome(Arc<OnceLock<BodyTimeout>>);
+pub(crate) struct Outcome(Arc<OnceLock<BodyTimeout>>);
 
 impl Outcome {
     /// The rule the body broke, if it broke one.
-    pub fn timed_out(&self) -> Option<&BodyTimeout> {
+    pub(crate) fn timed_out(&self) -> Option<&BodyTimeout> {
         self.0.get()
     }
 }
 
 /// Wraps the body of `req` in the deadline rules, if the request declares a
 /// body at all (GETs and empty bodies pass untouched).
-pub fn wrap(req: Request, rules: BodyRules) -> (Request, Outcome) {
+pub(crate) fn wrap(req: Request, rules: BodyRules) -> (Request, Outcome) {
     let outcome = Outcome::default();
     if !crate::conn_reuse::declares_body(req.headers()) {
         return (req, outcome);
@@ -127,7 +127,7 @@ pub fn wrap(req: Request, rules: BodyRules) -> (Request, Outcome) {
 
 /// The [`BodyTimeout`] somewhere in `err`'s source chain, if any: how a
 /// failed body read is told apart from a client that sent a broken body.
-pub fn find_timeout<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a BodyTimeout> {
+pub(crate) fn find_timeout<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a BodyTimeout> {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(t) = e.downcast_ref::<BodyTimeout>() {

@@ -21,7 +21,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 
-pub async fn close_if_body_unread(req: Request, next: Next) -> Response {
+pub(crate) async fn close_if_body_unread(req: Request, next: Next) -> Response {
     if !declares_body(req.headers()) {
         return next.run(req).await;
     }

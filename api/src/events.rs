@@ -41,7 +41,7 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 /// Handle on the listener task; aborts it when dropped, so the task lives
 /// exactly as long as the application state that owns it.
 #[derive(Debug)]
-pub struct Listener {
+pub(crate) struct Listener {
     task: JoinHandle<()>,
     subscribed: watch::Receiver<bool>,
 }
@@ -56,7 +56,7 @@ impl Listener {
     /// Starts the task. Must be called within a Tokio runtime.
     /// `clients`: the nodes to subscribe on, tried in turn (one on a
     /// single node).
-    pub fn spawn(
+    pub(crate) fn spawn(
         clients: Vec<redis::Client>,
         keys: &Keys,
         limits: Limits,
@@ -80,13 +80,13 @@ impl Listener {
         Listener { task, subscribed }
     }
 
-    pub fn is_subscribed(&self) -> bool {
+    pub(crate) fn is_subscribed(&self) -> bool {
         *self.subscribed.borrow()
     }
 
     /// Waits until the subscription is up; `false` if it is not within
     /// `timeout`.
-    pub async fn wait_subscribed(&self, timeout: Duration) -> bool {
+    pub(crate) async fn wait_subscribed(&self, timeout: Duration) -> bool {
         let mut rx = self.subscribed.clone();
         tokio::time::timeout(timeout, rx.wait_for(|up| *up))
             .await

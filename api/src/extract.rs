@@ -13,7 +13,7 @@ use crate::error::ApiError;
 /// checked before anything is read, and the size is bounded by the router's
 /// `DefaultBodyLimit`. Parsing is left to the handler, which knows when the
 /// body is large enough to parse off the async executor.
-pub struct JsonBody(pub Bytes);
+pub(crate) struct JsonBody(pub Bytes);
 
 impl<S> FromRequest<S> for JsonBody
 where
@@ -41,7 +41,7 @@ where
     }
 }
 
-pub use crate::json_error::parse;
+pub(crate) use crate::json_error::parse;
 
 /// `application/json`, optionally with parameters such as `charset`.
 fn is_json(headers: &HeaderMap) -> bool {
@@ -54,7 +54,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 
 /// The single `{param}` of a route as a string. A segment that cannot be
 /// percent-decoded to UTF-8 names no resource, hence 404.
-pub struct PathParam(pub String);
+pub(crate) struct PathParam(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for PathParam {
     type Rejection = ApiError;

@@ -21,7 +21,7 @@ use crate::text::clip;
 
 /// Parses JSON text, telling syntax errors (400 `malformed_json`) apart from
 /// well-formed JSON of the wrong shape (422 `invalid_input`, naming the field).
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match serde_json::from_slice(bytes) {
         Ok(v) => Ok(v),
         // Only a failed parse pays for tracking the path: the same bytes
@@ -42,7 +42,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 /// A parsed `serde_json::Value` into `T`, for a part of a request parsed on
 /// its own (`what` names it in the message, e.g. `params`).
-pub fn from_value<T: DeserializeOwned>(what: &str, v: serde_json::Value) -> Result<T, ApiError> {
+pub(crate) fn from_value<T: DeserializeOwned>(
+    what: &str,
+    v: serde_json::Value,
+) -> Result<T, ApiError> {
     serde_path_to_error::deserialize::<_, T>(v).map_err(|at| {
         let path = at.path().to_string();
         let path = if path == "." {
@@ -57,7 +60,7 @@ pub fn from_value<T: DeserializeOwned>(what: &str, v: serde_json::Value) -> Resu
 /// Maps any serde_json error: text that is not JSON (or a number JSON cannot
 /// hold, like `1e400`) is `malformed_json`, JSON of the wrong shape is
 /// `invalid_input`.
-pub fn json_error(e: &serde_json::Error) -> ApiError {
+pub(crate) fn json_error(e: &serde_json::Error) -> ApiError {
     match e.classify() {
         Category::Data => ApiError::InvalidInput(describe(e)),
         Category::Syntax | Category::Eof | Category::Io => syntax_error(e),
@@ -99,7 +102,7 @@ fn sentence(e: &serde_json::Error) -> String {
 }
 
 /// One sentence, in the API's words, of what a shape error found and wanted.
-pub fn describe(e: &serde_json::Error) -> String {
+pub(crate) fn describe(e: &serde_json::Error) -> String {
     let s = sentence(e);
     let translated = if let Some(rest) = s.strip_prefix("invalid type: ") {
         found_expected(rest)

@@ -27,33 +27,33 @@
 //!  models_cache, waiters   schema, text, the connection modules)
 //! ```
 
-pub mod admission;
-pub mod app;
-pub mod auth;
-pub mod body_deadline;
-pub mod config;
+mod admission;
+mod app;
+mod auth;
+mod body_deadline;
+mod config;
 pub mod conn_limits;
-pub mod conn_reuse;
+mod conn_reuse;
 pub mod conn_watch;
-pub mod error;
-pub mod events;
-pub mod extract;
-pub mod json_error;
-pub mod metrics;
-pub mod models_cache;
-pub mod openapi;
-pub mod paths;
-pub mod queue;
-pub mod routes;
-pub mod schema;
+mod error;
+mod events;
+mod extract;
+mod json_error;
+mod metrics;
+mod models_cache;
+mod openapi;
+mod paths;
+mod queue;
+mod routes;
+mod schema;
 pub mod serve;
-pub mod state;
-pub mod stream_stats;
-pub mod submit;
-pub mod tenants;
-pub mod text;
-pub mod validate;
-pub mod waiters;
+mod state;
+mod stream_stats;
+mod submit;
+mod tenants;
+mod text;
+mod validate;
+mod waiters;
 
 pub use app::{Routers, router};
 pub use config::{Config, LogFormat};

@@ -36,7 +36,7 @@ use shared::metric_names::{
     HTTP_CONNECTIONS, HTTP_CONNECTIONS_OVERFLOW, HTTP_CONNECTIONS_REFUSED, HTTP_TIMEOUTS,
     SECONDS_BUCKETS,
 };
-pub use shared::metric_names::{
+pub(crate) use shared::metric_names::{
     HTTP_DURATION, HTTP_REQUESTS, JOBS_CANCELED, JOBS_DEDUPLICATED, JOBS_REJECTED, JOBS_SUBMITTED,
     REDIS_ERRORS, redis_op,
 };
@@ -51,7 +51,7 @@ use crate::paths;
 
 /// The `model` label of requests naming no published model: the raw name
 /// would let any client create series at will.
-pub const UNKNOWN_MODEL: &str = "unknown";
+pub(crate) const UNKNOWN_MODEL: &str = "unknown";
 
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -63,7 +63,7 @@ static KNOWN_MODELS: RwLock<Vec<Weak<ModelCache>>> = RwLock::new(Vec::new());
 /// The global recorder's handle. The recorder is process-global, but tests
 /// build many routers in one process: install it once and share the handle.
 /// `models` joins the caches whose models are allowed as labels.
-pub fn handle(models: &Arc<ModelCache>) -> PrometheusHandle {
+pub(crate) fn handle(models: &Arc<ModelCache>) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     let mut known = KNOWN_MODELS.write().unwrap_or_else(PoisonError::into_inner);
     known.retain(|w| w.strong_count() > 0);
@@ -211,7 +211,7 @@ impl<R: Recorder> Recorder for ModelLabels<R> {
 /// with a `~` (the tenant separator) names one, since `~` can appear
 /// nowhere else in a sample (not in metric names, numbers, or any other
 /// label's values). Comment lines stay, so every family keeps its type.
-pub fn public_view(text: &str) -> String {
+pub(crate) fn public_view(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.lines() {
         if line.starts_with('#') || !line.contains(TENANT_SEPARATOR) {
@@ -223,7 +223,7 @@ pub fn public_view(text: &str) -> String {
 }
 
 /// Wraps every request (matched or not) in a span and records its outcome.
-pub async fn track(req: Request, next: Next) -> Response {
+pub(crate) async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = method_label(req.method());
     let route = route_label(req.extensions().get::<MatchedPath>());
@@ -239,7 +239,7 @@ pub async fn track(req: Request, next: Next) -> Response {
 
 /// Counts a refused submission. `model` must be a published model's name or
 /// [`UNKNOWN_MODEL`].
-pub fn count_rejection(model: SharedString, error: &ApiError) {
+pub(crate) fn count_rejection(model: SharedString, error: &ApiError) {
     metrics::counter!(JOBS_REJECTED, "model" => model, "reason" => error.code().as_str())
         .increment(1);
 }
@@ -247,7 +247,7 @@ pub fn count_rejection(model: SharedString, error: &ApiError) {
 /// Counts a failed Redis call of kind `op` (one of [`redis_op`]) and turns
 /// the error into the client's answer. Errors that are not Redis's (corrupt
 /// data, encoding) are not counted.
-pub fn redis_failed(op: &'static str) -> impl Fn(QueueError) -> ApiError {
+pub(crate) fn redis_failed(op: &'static str) -> impl Fn(QueueError) -> ApiError {
     move |e| {
         count_redis_error(op, &e);
         ApiError::from(e)

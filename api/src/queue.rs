@@ -8,7 +8,7 @@ use shared::Keys;
 use shared::redis_conn::{Conn, Limits};
 
 #[derive(Clone)]
-pub struct Queue {
+pub(crate) struct Queue {
     conn: Conn,
     keys: Keys,
     limits: Limits,
@@ -17,7 +17,7 @@ pub struct Queue {
 
 /// How submissions and cancels treat the queue.
 #[derive(Debug, Clone, Copy)]
-pub struct QueuePolicy {
+pub(crate) struct QueuePolicy {
     /// 0 = unbounded.
     pub max_queue_depth: u64,
     /// TTL of an idempotency key (the workers' result TTL).
@@ -29,7 +29,7 @@ pub struct QueuePolicy {
 }
 
 impl Queue {
-    pub fn new(conn: Conn, keys: Keys, limits: Limits, policy: QueuePolicy) -> Queue {
+    pub(crate) fn new(conn: Conn, keys: Keys, limits: Limits, policy: QueuePolicy) -> Queue {
         Queue {
             conn,
             keys,
@@ -41,19 +41,19 @@ impl Queue {
     /// A handle to the process's shared Redis connection (see
     /// [`shared::redis_conn::shared`]); every command on it is bounded by
     /// the configured Redis limits.
-    pub fn conn(&self) -> Conn {
+    pub(crate) fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
-    pub fn keys(&self) -> &Keys {
+    pub(crate) fn keys(&self) -> &Keys {
         &self.keys
     }
 
-    pub fn redis_limits(&self) -> Limits {
+    pub(crate) fn redis_limits(&self) -> Limits {
         self.limits
     }
 
-    pub fn policy(&self) -> &QueuePolicy {
+    pub(crate) fn policy(&self) -> &QueuePolicy {
         &self.policy
     }
 }

@@ -22,7 +22,7 @@ use utoipa::openapi::{Ref, RefOr};
 
 /// One of the two fields of [`exactly_one_of`]: its name, its JSON type and
 /// a title for the branch that gives it.
-pub struct Choice<'a> {
+pub(crate) struct Choice<'a> {
     pub field: &'a str,
     pub json_type: Type,
     pub title: &'a str,
@@ -30,7 +30,7 @@ pub struct Choice<'a> {
 
 /// `fields` (an object schema listing both), plus: exactly one of the two
 /// choices is present and not `null`.
-pub fn exactly_one_of(
+pub(crate) fn exactly_one_of(
     fields: impl Into<RefOr<Schema>>,
     [a, b]: [Choice<'_>; 2],
     description: &str,
@@ -57,7 +57,7 @@ pub fn exactly_one_of(
 }
 
 /// A reference to the schema `name`, or `null`.
-pub fn nullable_ref(name: &str, description: &str) -> OneOfBuilder {
+pub(crate) fn nullable_ref(name: &str, description: &str) -> OneOfBuilder {
     OneOfBuilder::new()
         .item(ObjectBuilder::new().schema_type(Type::Null))
         .item(Ref::from_schema_name(name))
@@ -68,7 +68,11 @@ pub fn nullable_ref(name: &str, description: &str) -> OneOfBuilder {
 /// retrain's outcome.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum AnyJobResult {
+#[expect(
+    dead_code,
+    reason = "a schema only: the worker writes these results, the API splices them in unread"
+)]
+pub(crate) enum AnyJobResult {
     Predict(JobResult),
     Retrain(shared::retrain::RetrainResult),
     Validate(ValidateResult),
@@ -76,7 +80,7 @@ pub enum AnyJobResult {
 
 /// A succeeded predict job's result.
 #[derive(Serialize, ToSchema)]
-pub struct JobResult {
+pub(crate) struct JobResult {
     pub outputs: Vec<OutputTensor>,
     /// Present when the first output holds exactly one number.
     pub prediction: Option<f64>,
@@ -84,7 +88,7 @@ pub struct JobResult {
 
 /// One output tensor of a result (Open Inference Protocol form).
 #[derive(Serialize, ToSchema)]
-pub struct OutputTensor {
+pub(crate) struct OutputTensor {
     pub name: String,
     pub shape: Vec<i64>,
     pub datatype: DataType,
@@ -95,7 +99,7 @@ pub struct OutputTensor {
 
 /// A succeeded `validate` job's result (an upload found loadable).
 #[derive(Serialize, ToSchema)]
-pub struct ValidateResult {
+pub(crate) struct ValidateResult {
     pub model_version: u32,
     /// Always `ready`.
     pub status: String,

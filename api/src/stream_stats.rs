@@ -26,11 +26,11 @@ use tokio::sync::Mutex;
 use crate::queue::Queue;
 
 /// Longest reuse of one sample.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// The cached sample, shared by the clones handed to every request.
 #[derive(Clone, Default)]
-pub struct StreamStats {
+pub(crate) struct StreamStats {
     cache: Arc<Mutex<Cached>>,
 }
 
@@ -41,13 +41,13 @@ struct Cached {
 }
 
 impl StreamStats {
-    pub fn new() -> StreamStats {
+    pub(crate) fn new() -> StreamStats {
         StreamStats::default()
     }
 
     /// The gauges in Prometheus text format, sampled now or at most
     /// [`REFRESH_EVERY`] ago; empty when Redis could not be sampled.
-    pub async fn render(&self, queue: &Queue) -> String {
+    pub(crate) async fn render(&self, queue: &Queue) -> String {
         // Held across the sample: concurrent scrapes wait for it and reuse it
         // instead of sampling in parallel.
         let mut cached = self.cache.lock().await;

@@ -37,15 +37,15 @@ use crate::metrics::{JOBS_DEDUPLICATED, JOBS_SUBMITTED, redis_failed, redis_op};
 use crate::queue::Queue;
 use crate::tenants::Policies;
 
-pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub(crate) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on an answer that returns an earlier job for a repeated key.
-pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub(crate) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Longest accepted `Idempotency-Key`, in bytes.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 /// What the job does, as the handlers hand it over: its envelope's
 /// [`JobSpec`], and for a prediction its deadline.
-pub enum Work {
+pub(crate) enum Work {
     Predict {
         inputs: Vec<Tensor>,
         /// A registry version to run on instead of the current one.
@@ -82,7 +82,7 @@ impl Work {
 }
 
 /// A job on its way into the queue (see the module docs).
-pub struct Submission {
+pub(crate) struct Submission {
     id: Uuid,
     /// As Redis and the workers know it.
     model: String,
@@ -95,7 +95,7 @@ pub struct Submission {
 
 /// The job a submission produced, or the earlier one its key named.
 #[derive(Debug, Clone, Copy)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub id: Uuid,
     /// `queued`, or for a replayed key the earlier job's status now.
     pub status: JobStatus,
@@ -116,13 +116,13 @@ pub(crate) struct AcceptedBody<'a> {
 
 impl Accepted {
     /// Where to poll the job.
-    pub fn status_url(&self) -> String {
+    pub(crate) fn status_url(&self) -> String {
         format!("/v1/jobs/{}", self.id)
     }
 
     /// 202 with `Location` and `body`, plus `Idempotent-Replayed` when the
     /// key named an earlier job.
-    pub fn respond(&self, body: impl IntoResponse) -> Response {
+    pub(crate) fn respond(&self, body: impl IntoResponse) -> Response {
         let mut res = (
             StatusCode::ACCEPTED,
             [(header::LOCATION, self.status_url())],
@@ -137,7 +137,7 @@ impl Accepted {
     }
 
     /// The standard 202: the job, its status and where to poll it.
-    pub fn into_response(self) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         let url = self.status_url();
         self.respond(axum::Json(AcceptedBody {
             job_id: self.id,
@@ -151,7 +151,7 @@ impl Submission {
     /// Starts a submission of `public` (a name the tenant uses, already
     /// checked to be a valid model name): a new job id, its submit span and
     /// trace, and the idempotency key, refused at once if malformed.
-    pub fn begin(
+    pub(crate) fn begin(
         keys: &Keys,
         tenant: &Tenant,
         public: &str,
@@ -189,33 +189,28 @@ impl Submission {
         })
     }
 
-    pub fn id(&self) -> Uuid {
+    pub(crate) fn id(&self) -> Uuid {
         self.id
     }
 
-    /// The model as Redis and the workers know it.
-    pub fn model(&self) -> &str {
-        &self.model
-    }
-
     /// The job's submit span: validation logged inside it belongs to the job.
-    pub fn span(&self) -> &Span {
+    pub(crate) fn span(&self) -> &Span {
         &self.span
     }
 
     /// The job's trace id.
-    pub fn trace_id(&self) -> String {
+    pub(crate) fn trace_id(&self) -> String {
         self.trace.trace_id.to_string()
     }
 
     /// Whether the request body must be hashed (an `Idempotency-Key` came).
-    pub fn wants_body_hash(&self) -> bool {
+    pub(crate) fn wants_body_hash(&self) -> bool {
         self.key_hash.is_some()
     }
 
     /// Queues the job (see the module docs). `body_hash` is the request
     /// body's [`sha256_hex`] when [`Submission::wants_body_hash`].
-    pub async fn enqueue(
+    pub(crate) async fn enqueue(
         self,
         queue: &Queue,
         policies: &Policies,
@@ -318,7 +313,7 @@ impl Submission {
 
 /// The hex SHA-256 of the `Idempotency-Key` header, if sent. Any bytes a
 /// header may carry are accepted; only the digest is used from here on.
-pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -340,7 +335,7 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
 /// The client's W3C `traceparent`, if it sent exactly one valid header. An
 /// invalid or repeated one is ignored (the spec says to start a new trace),
 /// never an error.
-pub fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
+pub(crate) fn client_trace(headers: &HeaderMap) -> Option<TraceContext> {
     let mut values = headers.get_all(TRACEPARENT).iter();
     let value = values.next()?;
     if values.next().is_some() {

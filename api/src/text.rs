@@ -4,12 +4,12 @@
 //! has a ceiling too. A leaf module: every layer may use it.
 
 /// Client-supplied text quoted in a message, at most.
-pub const CLIENT_TEXT_CHARS: usize = 200;
+pub(crate) const CLIENT_TEXT_CHARS: usize = 200;
 /// A whole error message, at most.
-pub const MESSAGE_CHARS: usize = 1024;
+pub(crate) const MESSAGE_CHARS: usize = 1024;
 
 /// `s` cut to `max` characters, with `…` when something was cut.
-pub fn clip_to(s: &str, max: usize) -> String {
+pub(crate) fn clip_to(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_owned(),
@@ -17,12 +17,12 @@ pub fn clip_to(s: &str, max: usize) -> String {
 }
 
 /// Client-supplied text, as quoted in a message.
-pub fn clip(s: &str) -> String {
+pub(crate) fn clip(s: &str) -> String {
     clip_to(s, CLIENT_TEXT_CHARS)
 }
 
 /// A whole message, as sent.
-pub fn clip_message(s: &str) -> String {
+pub(crate) fn clip_message(s: &str) -> String {
     clip_to(s, MESSAGE_CHARS)
 }
 

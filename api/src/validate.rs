@@ -36,7 +36,7 @@ use crate::text::clip;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = PredictFields)]
-pub struct PredictRequest {
+pub(crate) struct PredictRequest {
     /// One row of the model's single FP32 input (a model with one 2-D FP32
     /// input `[N, n]`: `n` numbers).
     #[serde(default)]
@@ -70,7 +70,7 @@ pub struct PredictRequest {
 
 /// The predict body's schema: [`PredictRequest`]'s fields
 /// (`PredictFields`), plus exactly one of `features` and `inputs`.
-pub struct PredictBody;
+pub(crate) struct PredictBody;
 
 impl PartialSchema for PredictBody {
     fn schema() -> RefOr<Schema> {
@@ -107,7 +107,7 @@ impl ToSchema for PredictBody {
 /// One Open Inference Protocol input tensor, `data` still unparsed.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct InputTensor {
+pub(crate) struct InputTensor {
     pub name: String,
     /// Row-major shape; the first dimension is the batch.
     #[schema(inline, value_type = Vec<u32>)]
@@ -126,7 +126,7 @@ pub struct InputTensor {
 /// The request's `deadline`, as sent: seconds from now, or an RFC 3339
 /// timestamp.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Deadline {
+pub(crate) enum Deadline {
     In(f64),
     At(String),
 }
@@ -160,7 +160,7 @@ impl ToSchema for Deadline {}
 
 /// How far ahead a deadline may lie. Longer makes no sense for a queue
 /// whose records expire after a day or so, and bounds the arithmetic.
-pub const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MAX_DEADLINE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl<'de> Deserialize<'de> for Deadline {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -189,7 +189,7 @@ impl<'de> Deserialize<'de> for Deadline {
 
 /// The deadline as Unix milliseconds: strictly after `now_ms` and at most
 /// [`MAX_DEADLINE`] after it.
-pub fn resolve_deadline(deadline: &Deadline, now_ms: i64) -> Result<i64, ApiError> {
+pub(crate) fn resolve_deadline(deadline: &Deadline, now_ms: i64) -> Result<i64, ApiError> {
     let max_ms = MAX_DEADLINE.as_millis() as i64;
     let max_secs = MAX_DEADLINE.as_secs();
     match deadline {
@@ -230,7 +230,7 @@ pub fn resolve_deadline(deadline: &Deadline, now_ms: i64) -> Result<i64, ApiErro
 
 /// Validates `req` against `model` and builds its input tensors, in the
 /// order of the model's signature.
-pub fn to_tensors(req: PredictRequest, model: &ModelInfo) -> Result<Vec<Tensor>, ApiError> {
+pub(crate) fn to_tensors(req: PredictRequest, model: &ModelInfo) -> Result<Vec<Tensor>, ApiError> {
     match (req.features, req.inputs) {
         (Some(features), None) => from_features(features, model).map(|t| vec![t]),
         (None, Some(inputs)) => from_inputs(inputs, model),

@@ -25,7 +25,7 @@ use crate::watchdog::{self, CancelFlag};
 /// A successful run: the model version it ran on and the result as the JSON
 /// text stored in the job record.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Success {
+pub(crate) struct Success {
     pub model_version: String,
     pub result_json: String,
 }
@@ -63,18 +63,18 @@ fn success(model: &dyn Backend, outputs: Vec<Tensor>) -> Result<Success, JobFail
 }
 
 /// One job's result.
-pub type JobResult = Result<Success, JobFailure>;
+pub(crate) type JobResult = Result<Success, JobFailure>;
 
 /// What one job of a [`run_many`] call gets, and how many jobs shared its
 /// ONNX Runtime run.
-pub struct Ran {
+pub(crate) struct Ran {
     pub result: JobResult,
     pub batch_rows: usize,
 }
 
 /// The model each job of a [`run_many`] call runs on, resolved before the
 /// call (current or pinned version), or why it has none.
-pub type Resolved = Result<Arc<dyn Backend>, JobFailure>;
+pub(crate) type Resolved = Result<Arc<dyn Backend>, JobFailure>;
 
 /// Runs the jobs of one read, stacking those of the same model version into
 /// one ONNX Runtime run where possible (see the module docs); results come
@@ -86,7 +86,7 @@ pub type Resolved = Result<Arc<dyn Backend>, JobFailure>;
 /// cancel flag. Inputs are re-checked against the loaded version's
 /// signature first: the API validated them against the published one, and
 /// the version may differ.
-pub fn run_many(
+pub(crate) fn run_many(
     models: &[Resolved],
     jobs: &[&[Tensor]],
     cancels: &[CancelFlag],
@@ -268,7 +268,7 @@ struct ResultBody<'a> {
 /// `{"outputs": [...], "prediction": n}`; `prediction` only when the first
 /// output holds exactly one number. Encoding stops as soon as the text
 /// passes `max_bytes`: the limit bounds the memory as well as the answer.
-pub fn result_json(outputs: &[Tensor], max_bytes: usize) -> Result<String, JobFailure> {
+pub(crate) fn result_json(outputs: &[Tensor], max_bytes: usize) -> Result<String, JobFailure> {
     let body = ResultBody {
         outputs: outputs.iter().map(OipTensor).collect(),
         prediction: outputs.first().and_then(|t| t.data.single_number()),

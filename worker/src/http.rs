@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use crate::consumer::Context;
 
 /// Installs the process-wide recorder and describes what the worker records.
-pub fn install_recorder() -> Result<PrometheusHandle, String> {
+pub(crate) fn install_recorder() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)
         .and_then(|b| {
@@ -128,14 +128,14 @@ struct HttpState {
 }
 
 /// Binds the listener (at start-up, so a taken port stops the worker there).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     Ok(listener)
 }
 
 /// Serves the endpoints until `stop` turns true.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     ctx: Arc<Context>,
     metrics: PrometheusHandle,

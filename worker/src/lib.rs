@@ -22,20 +22,20 @@
 //! * [`http`]: metrics, liveness and readiness on `--metrics-listen`.
 
 pub mod backend;
-pub mod config;
+mod config;
 pub mod consumer;
-pub mod error;
-pub mod execute;
-pub mod http;
-pub mod memlimit;
+mod error;
+mod execute;
+mod http;
+mod memlimit;
 pub mod modelcheck;
 pub mod models;
 pub mod retrain;
 pub mod runtime;
 pub mod sandbox;
 pub mod slots;
-pub mod training;
-pub mod watchdog;
+mod training;
+mod watchdog;
 
 pub use config::Config;
 pub use error::{JobFailure, WorkerError};

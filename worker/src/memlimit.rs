@@ -34,7 +34,7 @@ pub(crate) fn set_rlimit(
 }
 
 /// Whether an ONNX Runtime (or C++) error says an allocation failed.
-pub fn is_allocation_failure(message: &str) -> bool {
+pub(crate) fn is_allocation_failure(message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     m.contains("alloc") && (m.contains("fail") || m.contains("bad_alloc"))
 }
@@ -57,7 +57,7 @@ fn cgroup_limit() -> Option<u64> {
 }
 
 /// The ceiling `--max-memory-mb` asks for, in bytes (see the module docs).
-pub fn ceiling(max_mb: u64) -> Option<u64> {
+pub(crate) fn ceiling(max_mb: u64) -> Option<u64> {
     match max_mb {
         0 => cgroup_limit().map(|n| n / 10 * 9),
         mb => Some(mb.saturating_mul(1 << 20)),
@@ -67,7 +67,7 @@ pub fn ceiling(max_mb: u64) -> Option<u64> {
 /// Applies the ceiling to this process (soft limit only, so an operator
 /// can still raise it with `prlimit`); returns it.
 #[allow(unsafe_code)] // each block has its SAFETY note
-pub fn apply(max_mb: u64) -> io::Result<Option<u64>> {
+pub(crate) fn apply(max_mb: u64) -> io::Result<Option<u64>> {
     let Some(bytes) = ceiling(max_mb) else {
         return Ok(None);
     };

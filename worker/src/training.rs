@@ -34,12 +34,12 @@ use crate::error::JobFailure;
 use crate::retrain::{self, Reporter, Stopped, TrainerConfig};
 
 /// Shortest interval between two progress writes of one job.
-pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+pub(crate) const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 
 /// The training slots' [`Batches`]: each started retrain job runs in turn.
 /// A job running at shutdown is stopped and abandoned (see
 /// [`crate::retrain`]).
-pub struct Training {
+pub(crate) struct Training {
     pub config: Arc<TrainerConfig>,
     pub shutdown: watch::Receiver<bool>,
 }

@@ -26,11 +26,11 @@ use std::time::{Duration, Instant};
 use ort::session::RunOptions;
 
 /// How often cancel flags are looked at while runs are in flight.
-pub const CANCEL_POLL: Duration = Duration::from_millis(100);
+pub(crate) const CANCEL_POLL: Duration = Duration::from_millis(100);
 
 /// Why a run was stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stopped {
+pub(crate) enum Stopped {
     TimedOut,
     Canceled,
 }
@@ -40,7 +40,7 @@ const TIMED_OUT: u8 = 1;
 const CANCELED: u8 = 2;
 
 /// A job's cancel flag: set when a client cancels it while it runs.
-pub type CancelFlag = Arc<AtomicBool>;
+pub(crate) type CancelFlag = Arc<AtomicBool>;
 
 struct Watched {
     deadline: Instant,
@@ -62,12 +62,12 @@ struct Shared {
 
 /// The process's watchdog (see the module docs).
 #[derive(Clone)]
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     shared: Arc<Shared>,
 }
 
 /// One run under watch; unregistered when dropped.
-pub struct Watch {
+pub(crate) struct Watch {
     shared: Arc<Shared>,
     id: u64,
     state: Arc<AtomicU8>,
@@ -75,7 +75,7 @@ pub struct Watch {
 
 impl Watch {
     /// Whether, and why, the watchdog stopped the run.
-    pub fn stopped(&self) -> Option<Stopped> {
+    pub(crate) fn stopped(&self) -> Option<Stopped> {
         match self.state.load(Ordering::Acquire) {
             TIMED_OUT => Some(Stopped::TimedOut),
             CANCELED => Some(Stopped::Canceled),
@@ -97,7 +97,7 @@ impl Drop for Watch {
 
 impl Watchdog {
     /// The process's watchdog, started on first use.
-    pub fn global() -> &'static Watchdog {
+    pub(crate) fn global() -> &'static Watchdog {
         static DOG: OnceLock<Watchdog> = OnceLock::new();
         DOG.get_or_init(Watchdog::start)
     }
@@ -120,7 +120,7 @@ impl Watchdog {
 
     /// Watches a run: `options` is terminated once `limit` has passed or any
     /// of `cancels` is set (at once if one already is).
-    pub fn watch(
+    pub(crate) fn watch(
         &self,
         options: Arc<RunOptions>,
         limit: Duration,
@@ -195,7 +195,7 @@ fn watch_loop(shared: &Shared) {
 /// `--max-output-elements`, `--max-result-bytes`). Process-wide, like the
 /// watchdog: every model of the process runs under the same limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunLimits {
+pub(crate) struct RunLimits {
     pub max_run: Duration,
     /// Elements of all outputs of one job's run, checked before they are
     /// copied out of ONNX Runtime.
@@ -217,14 +217,14 @@ impl Default for RunLimits {
 static LIMITS: OnceLock<RunLimits> = OnceLock::new();
 
 /// Sets the process's run limits; the first call wins (at start-up).
-pub fn set_limits(limits: RunLimits) {
+pub(crate) fn set_limits(limits: RunLimits) {
     if LIMITS.set(limits).is_err() && LIMITS.get() != Some(&limits) {
         tracing::warn!("run limits were set already; keeping the first ones");
     }
 }
 
 /// The process's run limits ([`RunLimits::default`] until set).
-pub fn limits() -> RunLimits {
+pub(crate) fn limits() -> RunLimits {
     *LIMITS.get_or_init(RunLimits::default)
 }
 

@@ -15,7 +15,7 @@
 //! against the running server, real responses against their schemas, and
 //! sends every example in the document.
 
-pub mod responses;
+pub(crate) mod responses;
 
 use std::sync::OnceLock;
 
@@ -36,7 +36,7 @@ use crate::routes::{datasets, health, jobs, metrics, models, predict, retrain, v
     summary = "This document",
     responses((status = 200, description = "OpenAPI 3.1 document", body = Object, content_type = "application/json"))
 )]
-pub async fn serve() -> Result<Response, ApiError> {
+pub(crate) async fn serve() -> Result<Response, ApiError> {
     static JSON: OnceLock<Result<String, String>> = OnceLock::new();
     let json = JSON.get_or_init(|| ApiDoc::openapi().to_json().map_err(|e| e.to_string()));
     match json {
@@ -87,4 +87,4 @@ pub async fn serve() -> Result<Response, ApiError> {
         (name = "operations", description = "Health, readiness, metrics and this document")
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;

@@ -27,7 +27,7 @@ use utoipa::openapi::schema::{Object, Type};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, Response, ResponseBuilder};
 
 /// Adds the shared responses to the document (see the module docs).
-pub struct Common;
+pub(crate) struct Common;
 
 struct Shared {
     name: &'static str,

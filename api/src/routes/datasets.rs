@@ -64,7 +64,7 @@ impl DatasetView {
 
 /// A `PUT /v1/datasets/{name}` body: CSV text, a header row and at least
 /// one data row.
-pub struct CsvBody;
+pub(crate) struct CsvBody;
 
 impl utoipa::PartialSchema for CsvBody {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -136,7 +136,7 @@ fn inspect(bytes: &[u8]) -> Result<(Vec<String>, u64), ApiError> {
         (status = 422, description = "`invalid_dataset`: the message names the line and column at fault, or the limit (10,000 columns, lines of 1 MiB) the file is over", body = crate::error::Body<'static>),
     )
 )]
-pub async fn put(
+pub(crate) async fn put(
     State(queue): State<Queue>,
     State(policies): State<Arc<Policies>>,
     State(limits): State<RequestLimits>,
@@ -209,7 +209,7 @@ pub async fn put(
         (status = 404, description = "`dataset_not_found`", body = crate::error::Body<'static>),
     )
 )]
-pub async fn get_one(
+pub(crate) async fn get_one(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
@@ -234,7 +234,7 @@ pub async fn get_one(
         (status = 200, description = "Sorted by name", body = DatasetList),
     )
 )]
-pub async fn list(
+pub(crate) async fn list(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Response, ApiError> {
@@ -261,7 +261,7 @@ pub async fn list(
         (status = 404, description = "`dataset_not_found`", body = crate::error::Body<'static>),
     )
 )]
-pub async fn delete(
+pub(crate) async fn delete(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,

@@ -30,7 +30,7 @@ use crate::queue::Queue;
 /// public listener leaves tenants out of `/readyz` and `/metrics`, the
 /// operator listener (`--ops-listen`) shows everything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Audience {
+pub(crate) enum Audience {
     Public,
     Operator,
 }
@@ -42,7 +42,7 @@ pub enum Audience {
     summary = "Liveness: the process is up",
     responses((status = 200, description = "Always, while the process runs", body = Health))
 )]
-pub async fn healthz() -> Response {
+pub(crate) async fn healthz() -> Response {
     Json(Health { status: "ok" }).into_response()
 }
 
@@ -88,7 +88,7 @@ pub(crate) struct ModelReadiness {
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
-pub async fn readyz(
+pub(crate) async fn readyz(
     State(queue): State<Queue>,
     Extension(audience): Extension<Audience>,
 ) -> Result<Response, ApiError> {

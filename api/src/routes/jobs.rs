@@ -42,7 +42,7 @@ use crate::text::clip;
 use crate::waiters::Waiters;
 
 #[derive(Deserialize)]
-pub struct JobQuery {
+pub(crate) struct JobQuery {
     wait: Option<f64>,
 }
 
@@ -111,7 +111,7 @@ pub(crate) struct JobView<'a> {
         (status = 404, description = "`job_not_found`: unknown or expired", body = crate::error::Body<'static>),
     )
 )]
-pub async fn get_job(
+pub(crate) async fn get_job(
     State(queue): State<Queue>,
     State(waiters): State<Arc<Waiters>>,
     State(limits): State<RequestLimits>,
@@ -144,7 +144,7 @@ pub async fn get_job(
         (status = 409, description = "`job_not_cancelable`: already terminal", body = crate::error::Body<'static>),
     )
 )]
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(queue): State<Queue>,
     State(waiters): State<Arc<Waiters>>,
     Extension(tenant): Extension<Tenant>,
@@ -222,7 +222,7 @@ const DELETE_DEPRECATED: &str = "@1796169600";
         (status = 409, description = "`job_not_cancelable`: already terminal", body = crate::error::Body<'static>),
     )
 )]
-pub async fn cancel_by_delete(
+pub(crate) async fn cancel_by_delete(
     queue: State<Queue>,
     waiters: State<Arc<Waiters>>,
     tenant: Extension<Tenant>,

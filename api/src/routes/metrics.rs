@@ -24,7 +24,7 @@ use crate::stream_stats::StreamStats;
     summary = "Prometheus metrics",
     responses((status = 200, description = "Prometheus text exposition format. On the public listener every series of a tenant's model is left out; the operator listener (`--ops-listen`) serves them all", body = String, content_type = "text/plain; version=0.0.4"))
 )]
-pub async fn render(
+pub(crate) async fn render(
     State(queue): State<Queue>,
     State(handle): State<PrometheusHandle>,
     Extension(streams): Extension<StreamStats>,

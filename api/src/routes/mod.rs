@@ -2,21 +2,21 @@
 //! table that mounts them is [`crate::app::TABLE`]; their paths are in
 //! [`crate::paths`].
 
-pub mod datasets;
-pub mod health;
-pub mod jobs;
-pub mod metrics;
-pub mod models;
-pub mod predict;
-pub mod retrain;
-pub mod versions;
+pub(crate) mod datasets;
+pub(crate) mod health;
+pub(crate) mod jobs;
+pub(crate) mod metrics;
+pub(crate) mod models;
+pub(crate) mod predict;
+pub(crate) mod retrain;
+pub(crate) mod versions;
 
 use crate::error::ApiError;
 
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }

@@ -62,7 +62,7 @@ async fn view(queue: &Queue, internal: &str, info: ModelInfo) -> Result<ModelVie
         (status = 200, description = "The published model signatures", body = ModelList),
     )
 )]
-pub async fn list(
+pub(crate) async fn list(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
 ) -> Result<Response, ApiError> {
@@ -91,7 +91,7 @@ pub async fn list(
         (status = 404, description = "`model_not_found`", body = crate::error::Body<'static>),
     )
 )]
-pub async fn get_one(
+pub(crate) async fn get_one(
     State(queue): State<Queue>,
     State(models): State<Arc<ModelCache>>,
     Extension(tenant): Extension<Tenant>,

@@ -71,7 +71,7 @@ const INLINE_PARSE_BYTES: usize = 64 * 1024;
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
-pub async fn predict(
+pub(crate) async fn predict(
     State(queue): State<Queue>,
     State(models): State<Arc<ModelCache>>,
     State(policies): State<Arc<Policies>>,

@@ -42,7 +42,7 @@ use crate::text::clip;
 /// meaning absent; exactly one of `dataset` and `data` must be given.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RetrainRequest {
+pub(crate) struct RetrainRequest {
     dataset: Option<String>,
     data: Option<InlineRows>,
     /// Parsed on its own, so its errors are named `params.<field>`.
@@ -162,7 +162,7 @@ const COLUMNS_SHOWN: usize = 12;
         (status = 429, description = "`queue_full`: the training queue holds `--max-queue-depth` unfinished jobs; `tenant_queue_full`, `rate_limited` or `tenant_concurrency_limit`", body = crate::error::Body<'static>),
     )
 )]
-pub async fn retrain(
+pub(crate) async fn retrain(
     State(queue): State<Queue>,
     State(policies): State<Arc<Policies>>,
     State(limits): State<RequestLimits>,

@@ -43,7 +43,7 @@ use crate::tenants::Policies;
 use crate::text::clip;
 
 /// Versions shown by the listing routes, newest first.
-pub const MAX_LISTED: usize = 50;
+pub(crate) const MAX_LISTED: usize = 50;
 
 /// The 202 of an upload.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -108,7 +108,7 @@ fn model_name(tenant: &Tenant, public: &str) -> Result<String, ApiError> {
         (status = 422, description = "`invalid_input`: an empty file", body = crate::error::Body<'static>),
     )
 )]
-pub async fn upload(
+pub(crate) async fn upload(
     State(queue): State<Queue>,
     State(policies): State<Arc<Policies>>,
     State(limits): State<RequestLimits>,
@@ -199,7 +199,7 @@ pub async fn upload(
         (status = 404, description = "`model_not_found`: no version of that model", body = crate::error::Body<'static>),
     )
 )]
-pub async fn list(
+pub(crate) async fn list(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
@@ -251,7 +251,7 @@ pub(crate) async fn read_versions(
         (status = 422, description = "`invalid_input`: the body is not `{\"version\": n}`", body = crate::error::Body<'static>),
     )
 )]
-pub async fn promote(
+pub(crate) async fn promote(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
@@ -280,7 +280,7 @@ pub async fn promote(
         (status = 409, description = "`no_previous_version`", body = crate::error::Body<'static>),
     )
 )]
-pub async fn rollback(
+pub(crate) async fn rollback(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     PathParam(public): PathParam,
@@ -309,7 +309,7 @@ pub async fn rollback(
         (status = 409, description = "`version_is_current`", body = crate::error::Body<'static>),
     )
 )]
-pub async fn delete(
+pub(crate) async fn delete(
     State(queue): State<Queue>,
     Extension(tenant): Extension<Tenant>,
     axum::extract::Path((public, version)): axum::extract::Path<(String, String)>,
