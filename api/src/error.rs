@@ -10,7 +10,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared::QueueError;
 use shared::telemetry::ErrorChain;
 
@@ -109,7 +109,7 @@ pub enum ApiError {
 }
 
 /// Every `error.code` the API answers with (see the README's error tables).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     MalformedJson,
@@ -497,56 +497,15 @@ mod tests {
 
     #[test]
     fn metric_labels_spell_the_wire_codes() {
-        use ErrorCode::*;
-        let all = [
-            MalformedJson,
-            NonFiniteInput,
-            InvalidInput,
-            InvalidQuery,
-            UnsupportedMediaType,
-            PayloadTooLarge,
-            ModelNotFound,
-            JobNotFound,
-            InvalidJobId,
-            JobNotCancelable,
-            InvalidIdempotencyKey,
-            IdempotencyKeyReused,
-            QueueFull,
-            Overloaded,
-            TenantConcurrencyLimit,
-            RateLimited,
-            TenantQueueFull,
-            QuotaExceeded,
-            AmbiguousCredentials,
-            RequestTimeout,
-            TooManyConnections,
-            Unauthorized,
-            NotFound,
-            MethodNotAllowed,
-            VersionNotFound,
-            VersionNotReady,
-            NoPreviousVersion,
-            VersionIsCurrent,
-            DatasetNotFound,
-            InvalidDataset,
-            TrainingBudgetExceeded,
-            RedisUnavailable,
-            NotReplicated,
-            Internal,
-        ];
-        for code in all {
-            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
-        }
-        // The schema lists every variant (it is derived), so a variant left
-        // out of `all` above shows here.
+        // The schema lists every variant by its serde name (it is derived,
+        // so no list is kept by hand); `as_str`, which metric labels and
+        // messages use, must spell each the same.
         let schema = serde_json::to_value(<ErrorCode as utoipa::PartialSchema>::schema()).unwrap();
-        let listed: Vec<&str> = schema["enum"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap())
-            .collect();
-        let checked: Vec<&str> = all.iter().map(|c| c.as_str()).collect();
-        assert_eq!(listed, checked);
+        let names = schema["enum"].as_array().unwrap();
+        assert!(names.len() > 30, "{schema}");
+        for name in names {
+            let code: ErrorCode = serde_json::from_value(name.clone()).unwrap();
+            assert_eq!(code.as_str(), name.as_str().unwrap());
+        }
     }
 }

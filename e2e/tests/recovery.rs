@@ -108,12 +108,33 @@ async fn a_killed_workers_jobs_are_taken_over_and_finish_exactly_once() {
     assert_eq!(submitted.len(), total);
     a.proc.signal("CONT");
     b.proc.signal("CONT");
-    // Kill it mid-stream: once it has finished a few batches it is always
-    // holding started, unfinished jobs.
+    // Kill it mid-stream, at a moment it holds delivered, unfinished jobs:
+    // between two batches it holds none, and on a loaded machine the log
+    // can lag behind it, so it is stopped, looked at, and let go again
+    // until it does.
     let deadline = Instant::now() + Duration::from_secs(30);
     while a.log_events("job finished").len() < 200 {
         assert!(Instant::now() < deadline, "worker a finished nothing");
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut probe = conn(&redis);
+    loop {
+        a.proc.signal("STOP");
+        let holding: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&stream)
+            .arg("workers")
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .arg(&a_name)
+            .query(&mut probe)
+            .expect("xpending");
+        if !holding.ids.is_empty() {
+            break;
+        }
+        a.proc.signal("CONT");
+        assert!(Instant::now() < deadline, "worker a never held a job");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     a.proc.signal("KILL");
     let killed_at = Instant::now();
