@@ -10,9 +10,6 @@
 //!   into the job view verbatim and never decodes them, so they have no
 //!   Rust type here to derive from. The e2e OpenAPI test validates real
 //!   results against these schemas, which is what keeps the two in step.
-//! - The `…Doc` mirrors of types the API does not define itself, for the
-//!   document ([`crate::openapi`]) and the handler modules' `#[schema(value_type
-//!   = ...)]`: here rather than in the document, which imports the handlers.
 
 use serde::Serialize;
 use shared::tensor::{DataType, TensorSpec};

@@ -3,11 +3,13 @@
 //! method on a documented path is 405, every status the server answered in
 //! these requests is documented for its operation, and real bodies (202,
 //! job, canceled job, model list, model, health, readiness, errors, and the
-//! request bodies we send) validate against the document's schemas.
+//! request bodies we send) validate against the document's schemas. And
+//! every example the document gives is sent as a client would send it: the
+//! answer must be one the document lists, and a body example must work.
 //!
 //! That the router serves no route missing from the document is checked in
-//! `api/src/openapi.rs`: the router is built from `routes::TABLE` alone, and
-//! the unit test compares that table with the document.
+//! `api/src/app.rs`: the router is built from `app::TABLE` alone, and the
+//! unit test compares that table with the document.
 
 use std::time::Duration;
 
