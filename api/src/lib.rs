@@ -54,6 +54,7 @@ mod tenants;
 mod text;
 mod validate;
 mod waiters;
+mod whole;
 
 pub use app::{Routers, router};
 pub use config::{Config, LogFormat};

@@ -55,7 +55,7 @@ pub(crate) struct PredictRequest {
     /// instead of the current one; it must exist (404 `version_not_found`)
     /// and be `ready` (409 `version_not_ready`). Read before decoding (see
     /// `routes::predict`), accepted here.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::whole::option")]
     #[schema(minimum = 1)]
     pub model_version: Option<u32>,
     /// Accepted (KServe clients send it) and ignored.
@@ -111,6 +111,7 @@ pub(crate) struct InputTensor {
     pub name: String,
     /// Row-major shape; the first dimension is the batch.
     #[schema(inline, value_type = Vec<u32>)]
+    #[serde(deserialize_with = "crate::whole::many")]
     pub shape: Vec<i64>,
     #[schema(value_type = DataType)]
     pub datatype: String,

@@ -71,6 +71,7 @@ pub(crate) struct VersionList {
 pub(crate) struct PromoteRequest {
     /// A `ready` version of the model.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::whole::one")]
     version: u32,
 }
 

@@ -122,7 +122,10 @@ fn preview(names: &[String]) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InlineRows {
+    /// At least one feature and the target.
+    #[cfg_attr(feature = "openapi", schema(min_items = 2))]
     pub columns: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub rows: Vec<Vec<f64>>,
 }
 
