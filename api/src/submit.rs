@@ -81,6 +81,28 @@ impl Work {
     }
 }
 
+/// The headers a client's job submission reads ([`Submission::begin`]),
+/// documented once for predict and retrain: `params(..., SubmitHeaders)`.
+/// (An upload takes no `Idempotency-Key`: its version is registered before
+/// the job is queued.)
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "a document only: the handlers read the headers")]
+pub(crate) struct SubmitHeaders {
+    /// 1 to 256 bytes. A repeat with the same key and the same body bytes,
+    /// for the same model and job kind, within the API's
+    /// `--result-ttl-secs`, answers 202 with the original job
+    /// (`Idempotent-Replayed: true`) and creates nothing; the same key with
+    /// a different body is 422 `idempotency_key_reused`.
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 256)]
+    idempotency_key: Option<String>,
+    /// W3C Trace Context (`00-<32 hex trace id>-<16 hex span id>-<2 hex
+    /// flags>`). A valid one makes the job part of the caller's trace; an
+    /// invalid or repeated one is ignored and a new trace is started. The
+    /// job's `trace_id` is returned by `GET /v1/jobs/{id}`.
+    traceparent: Option<String>,
+}
+
 /// A job on its way into the queue (see the module docs).
 pub(crate) struct Submission {
     id: Uuid,

@@ -45,8 +45,7 @@ const INLINE_PARSE_BYTES: usize = 64 * 1024;
     description = "Validates the request against the model's published signature and queues it. One Redis round trip; the 202 is given only once the job's record and stream entry are written.",
     params(
         ("model" = String, Path, description = "A model some worker serves (see `GET /v1/models`)", example = "breast_cancer"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, description = "1 to 256 bytes. A repeat with the same key and the same body bytes, for the same model, within the API's `--result-ttl-secs`, answers 202 with the original job (`Idempotent-Replayed: true`) and creates nothing; the same key with a different body is 422 `idempotency_key_reused`."),
-        ("traceparent" = Option<String>, Header, description = "W3C Trace Context (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`). A valid one makes the job part of the caller's trace; an invalid or repeated one is ignored and a new trace is started. The job's `trace_id` is returned by `GET /v1/jobs/{id}`."),
+        crate::submit::SubmitHeaders,
     ),
     request_body(content = crate::validate::PredictBody, content_type = "application/json",
         examples(

@@ -132,8 +132,7 @@ const COLUMNS_SHOWN: usize = 12;
     description = "Queues a `retrain` job on the training stream. A worker trains (built-in logistic/ridge regression, or the worker's `--external-trainer`), loads the new ONNX model in ONNX Runtime, scores it and the current version (if it has the same signature) on the same holdout rows, registers it as a `ready` version (source `retrain`) and promotes it by the `promote` policy. Poll the job: `progress` while it runs, `result` (`RetrainResult`) when it ends. An unknown model name creates the model.",
     params(
         ("model" = String, Path, description = "Model name (need not exist yet)", example = "iris_classifier"),
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, description = "As for predict: a repeat with the same key and body answers with the earlier job"),
-        ("traceparent" = Option<String>, Header, description = "W3C Trace Context, as for predict"),
+        crate::submit::SubmitHeaders,
     ),
     request_body(content = RetrainRequest, content_type = "application/json",
         examples(
