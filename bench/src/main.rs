@@ -30,6 +30,7 @@ mod closed;
 mod cluster;
 mod cpu;
 mod http;
+mod instructions;
 mod limits;
 mod open;
 mod parsers;
@@ -84,6 +85,20 @@ struct Args {
     #[arg(long)]
     parsers_only: bool,
 
+    /// Jobs per loop of the instruction count (every process under
+    /// callgrind, a system of its own); 0 skips it.
+    #[arg(long, default_value_t = 2000)]
+    instructions_jobs: usize,
+
+    /// Only the instruction count.
+    #[arg(long)]
+    instructions_only: bool,
+
+    /// Store this run's instruction counts as the baseline, described by
+    /// the given text (the commit measured).
+    #[arg(long, value_name = "ABOUT")]
+    instructions_save: Option<String>,
+
     #[command(flatten)]
     cluster: cluster::ClusterArgs,
 }
@@ -113,6 +128,7 @@ async fn main() -> Result<()> {
         args.jobs = args.jobs.min(500);
         args.rates.truncate(1);
         args.open_secs = args.open_secs.min(2.0);
+        args.instructions_jobs = args.instructions_jobs.min(300);
     }
     if args.rates.is_empty() || args.workers == 0 || args.concurrency == 0 {
         bail!("--rates, --workers and --concurrency must not be empty or 0");
@@ -156,6 +172,11 @@ async fn main() -> Result<()> {
     if args.parsers_only {
         rep.print(&header);
         return parsers_verdict();
+    }
+    if args.instructions_only {
+        count_instructions(&args, &mut rep).await?;
+        rep.print(&header);
+        return Ok(());
     }
 
     progress("starting redis-server, workers and api");
@@ -298,7 +319,32 @@ async fn main() -> Result<()> {
 
     drop(api);
     drop(redis);
+    // Last, with the native system gone: valgrind is slow enough to take
+    // both cores.
+    count_instructions(&args, &mut rep).await?;
     println!();
     rep.print(&header);
     parsers_verdict()
+}
+
+async fn count_instructions(args: &Args, rep: &mut Report) -> Result<()> {
+    if args.instructions_jobs == 0 {
+        return Ok(());
+    }
+    let counts = instructions::measure(instructions::Run {
+        jobs: args.instructions_jobs,
+        concurrency: args.concurrency,
+        workers: args.workers,
+        worker_args: &args.worker_args,
+    })
+    .await?;
+    let baseline = match &args.instructions_save {
+        Some(about) => {
+            instructions::save_baseline(about, &counts)?;
+            (String::new(), instructions::Counts::new())
+        }
+        None => instructions::load_baseline()?,
+    };
+    instructions::report(rep, args.instructions_jobs, &counts, &baseline);
+    Ok(())
 }

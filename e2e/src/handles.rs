@@ -44,7 +44,10 @@ impl Api {
         Api::spawn_via(redis_url, namespace, extra, Some(&launcher))
     }
 
-    fn spawn_via(
+    /// Starts the API through `launcher`, a command that ends by exec-ing
+    /// the binary (`prlimit ... --`, `valgrind --tool=callgrind`), so the
+    /// pid is the API's.
+    pub fn spawn_via(
         redis_url: &str,
         namespace: &str,
         extra: &[&str],
@@ -77,7 +80,12 @@ impl Api {
             }
         });
         let (addr, ops_url) = rx
-            .recv_timeout(Duration::from_secs(30))
+            // A profiled API (valgrind) starts tens of times slower.
+            .recv_timeout(Duration::from_secs(if launcher.is_some() {
+                120
+            } else {
+                30
+            }))
             .unwrap_or_else(|_| panic!("api did not listen; log:\n{}", proc.log_text()));
         Api {
             proc,
@@ -116,24 +124,27 @@ impl Worker {
         Worker::spawn_with_models(redis_url, namespace, &repo_root().join("models"), extra)
     }
 
+    /// Like [`Worker::spawn`], started through `launcher` (see
+    /// [`Api::spawn_via`]).
+    pub fn spawn_via(
+        redis_url: &str,
+        namespace: &str,
+        extra: &[&str],
+        launcher: &[String],
+    ) -> Worker {
+        let args = worker_args(redis_url, namespace, &repo_root().join("models"), extra);
+        Worker {
+            proc: spawn_via("worker", Some(launcher), &args, Stdio::null()),
+        }
+    }
+
     pub fn spawn_with_models(
         redis_url: &str,
         namespace: &str,
         models_dir: &Path,
         extra: &[&str],
     ) -> Worker {
-        let mut args: Vec<String> = vec![
-            "--redis-url".into(),
-            redis_url.into(),
-            "--namespace".into(),
-            namespace.into(),
-            "--models-dir".into(),
-            models_dir.display().to_string(),
-        ];
-        if !extra.contains(&"--ort-lib") {
-            args.extend(["--ort-lib".into(), ort_lib().display().to_string()]);
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let args = worker_args(redis_url, namespace, models_dir, extra);
         Worker {
             proc: spawn("worker", &args, Stdio::null()),
         }
@@ -163,4 +174,20 @@ impl Worker {
             .filter(|v| v["fields"]["message"] == message)
             .collect()
     }
+}
+
+fn worker_args(redis_url: &str, namespace: &str, models_dir: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--redis-url".into(),
+        redis_url.into(),
+        "--namespace".into(),
+        namespace.into(),
+        "--models-dir".into(),
+        models_dir.display().to_string(),
+    ];
+    if !extra.contains(&"--ort-lib") {
+        args.extend(["--ort-lib".into(), ort_lib().display().to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
 }

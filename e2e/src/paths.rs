@@ -21,10 +21,16 @@ pub(crate) fn log_dir() -> PathBuf {
 }
 
 /// Path of a workspace binary, built (once per test process) with the same
-/// profile as the test itself, so a test never runs a stale binary.
+/// profile as the test itself, so a test never runs a stale binary; or the
+/// one in `E2E_BIN_DIR` when that is set.
 pub fn binary(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
+        // Another build's binaries (the bench measures a baseline commit
+        // with them): taken as they are, never rebuilt.
+        if let Some(dir) = std::env::var_os("E2E_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
         // Tests run from target/<profile>/deps/<test>-<hash>, examples from
         // target/<profile>/examples/, binaries (the bench) from target/<profile>/.
         let exe = std::env::current_exe().expect("current exe");

@@ -17,6 +17,9 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     appendonly: bool,
+    /// A command that execs `redis-server` (a profiler such as valgrind),
+    /// empty for none.
+    launcher: Vec<String>,
     child: Option<Child>,
 }
 
@@ -35,7 +38,18 @@ impl RedisServer {
         RedisServer::start_with(true)
     }
 
+    /// Without persistence, started through `launcher`: a command that
+    /// runs `redis-server` in its own process (`valgrind --tool=callgrind`),
+    /// so the pid is the server's.
+    pub fn start_via(launcher: &[String]) -> RedisServer {
+        RedisServer::start_with_launcher(false, launcher.to_vec())
+    }
+
     fn start_with(appendonly: bool) -> RedisServer {
+        RedisServer::start_with_launcher(appendonly, Vec::new())
+    }
+
+    fn start_with_launcher(appendonly: bool, launcher: Vec<String>) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("e2e-redis-{}-{port}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
@@ -43,6 +57,7 @@ impl RedisServer {
             port,
             dir,
             appendonly,
+            launcher,
             child: None,
         };
         server.spawn();
@@ -52,7 +67,15 @@ impl RedisServer {
     fn spawn(&mut self) {
         let log = std::fs::File::create(log_dir().join(format!("redis-{}.log", self.port)))
             .expect("cannot create redis log");
-        let child = Command::new("redis-server")
+        let mut cmd = match self.launcher.as_slice() {
+            [program, rest @ ..] => {
+                let mut c = Command::new(program);
+                c.args(rest).arg("redis-server");
+                c
+            }
+            [] => Command::new("redis-server"),
+        };
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
@@ -72,7 +95,8 @@ impl RedisServer {
             .expect("cannot start redis-server: run scripts/setup");
         self.child = Some(child);
         assert!(
-            wait_until(Duration::from_secs(10), || self.ping()),
+            // A profiled server starts tens of times slower.
+            wait_until(Duration::from_secs(60), || self.ping()),
             "redis-server on port {} did not answer PING",
             self.port
         );
