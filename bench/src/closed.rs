@@ -59,23 +59,15 @@ pub(crate) struct Burst {
 /// work, so the queue is deep and workers run full batches.
 pub(crate) async fn submit_then_poll(http: &Http, jobs: usize, conc: usize) -> Burst {
     let mut errors = Errors::default();
-    let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let (http, next) = (http.clone(), next.clone());
-        set.spawn(async move {
-            let mut out = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                let t = Instant::now();
-                out.push(http.submit().await.map(|id| (id, t.elapsed())));
-            }
-            out
-        });
-    }
+    let submits = clients(conc, jobs, http, |http, _| async move {
+        let t = Instant::now();
+        http.submit().await.map(|id| (id, t.elapsed()))
+    })
+    .await;
     let mut ids = Vec::with_capacity(jobs);
     let mut lat = Vec::with_capacity(jobs);
-    for r in set.join_all().await.into_iter().flatten() {
+    for r in submits {
         match r {
             Ok((id, d)) => {
                 ids.push(id);
@@ -87,24 +79,14 @@ pub(crate) async fn submit_then_poll(http: &Http, jobs: usize, conc: usize) -> B
     let submitted = start.elapsed();
     lat.sort();
     let ids = Arc::new(ids);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let (http, ids, next) = (http.clone(), ids.clone(), next.clone());
-        set.spawn(async move {
-            let mut errs = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(id) = ids.get(i) else { break };
-                if let Err(e) = http.wait(id, Instant::now() + JOB_DEADLINE).await {
-                    errs.push(e);
-                }
-            }
-            errs
-        });
-    }
+    let shared = ids.clone();
+    let polls = clients(conc, ids.len(), http, move |http, i| {
+        let ids = shared.clone();
+        async move { http.wait(&ids[i], Instant::now() + JOB_DEADLINE).await }
+    })
+    .await;
     let mut failed = 0;
-    for e in set.join_all().await.into_iter().flatten() {
+    for e in polls.into_iter().filter_map(Result::err) {
         failed += 1;
         errors.add(e);
     }
@@ -116,6 +98,32 @@ pub(crate) async fn submit_then_poll(http: &Http, jobs: usize, conc: usize) -> B
         jps: (ids.len() - failed) as f64 / total.as_secs_f64(),
         errors,
     }
+}
+
+/// `conc` concurrent clients sharing `n` items: each takes the next index
+/// and runs `one` on it until none is left; the outcomes, in no order.
+async fn clients<T, F, Fut>(conc: usize, n: usize, http: &Http, one: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(Http, usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..conc {
+        let (http, next, one) = (http.clone(), next.clone(), one.clone());
+        set.spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break out;
+                }
+                out.push(one(http.clone(), i).await);
+            }
+        });
+    }
+    set.join_all().await.into_iter().flatten().collect()
 }
 
 /// What [`submit_and_wait`] measured.
@@ -131,27 +139,19 @@ pub(crate) struct SubmitWait {
 /// to the end, and repeat until `jobs` jobs were started; latency is from
 /// submit to the terminal poll.
 pub(crate) async fn submit_and_wait(http: &Http, jobs: usize, conc: usize) -> SubmitWait {
-    let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..conc {
-        let (http, next) = (http.clone(), next.clone());
-        set.spawn(async move {
-            let mut out = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < jobs {
-                let t = Instant::now();
-                let r = match http.submit().await {
-                    Ok(id) => http.wait(&id, t + JOB_DEADLINE).await,
-                    Err(e) => Err(e),
-                };
-                out.push(r.map(|()| t.elapsed()));
-            }
-            out
-        });
-    }
+    let outcomes = clients(conc, jobs, http, |http, _| async move {
+        let t = Instant::now();
+        let r = match http.submit().await {
+            Ok(id) => http.wait(&id, t + JOB_DEADLINE).await,
+            Err(e) => Err(e),
+        };
+        r.map(|()| t.elapsed())
+    })
+    .await;
     let mut e2e = Vec::with_capacity(jobs);
     let mut errors = Errors::default();
-    for r in set.join_all().await.into_iter().flatten() {
+    for r in outcomes {
         match r {
             Ok(d) => e2e.push(d),
             Err(e) => errors.add(e),

@@ -75,6 +75,15 @@ struct Profiled {
 }
 
 impl Profiled {
+    fn new(name: &str, pid: u32, out: PathBuf) -> Profiled {
+        Profiled {
+            name: name.to_owned(),
+            pid,
+            out,
+            dumps: 0,
+        }
+    }
+
     fn control(&self, flag: &str) -> Result<()> {
         let st = Command::new("callgrind_control")
             .arg(flag)
@@ -160,35 +169,20 @@ pub(crate) async fn measure(run: Run<'_>) -> Result<Counts> {
     progress("instructions: starting redis-server, api and workers under callgrind");
     let (l, out) = launcher(&dir, "redis-server");
     let redis = RedisServer::start_via(&l);
-    let mut procs = vec![Profiled {
-        name: "redis-server".into(),
-        pid: redis.pid().context("redis-server has no pid")?,
-        out,
-        dumps: 0,
-    }];
+    let pid = redis.pid().context("redis-server has no pid")?;
+    let mut procs = vec![Profiled::new("redis-server", pid, out)];
     let ns = unique_namespace("bench-ir");
     let wargs: Vec<&str> = run.worker_args.iter().map(String::as_str).collect();
     let mut workers = Vec::new();
     for i in 1..=run.workers {
-        let name = format!("worker {i}");
         let (l, out) = launcher(&dir, &format!("worker-{i}"));
         let w = Worker::spawn_via(&redis.url(), &ns, &wargs, &l);
-        procs.push(Profiled {
-            name,
-            pid: w.proc.pid(),
-            out,
-            dumps: 0,
-        });
+        procs.push(Profiled::new(&format!("worker {i}"), w.proc.pid(), out));
         workers.push(w);
     }
     let (l, out) = launcher(&dir, "api");
     let api = Api::spawn_via(&redis.url(), &ns, &[], Some(&l));
-    procs.push(Profiled {
-        name: "api".into(),
-        pid: api.proc.pid(),
-        out,
-        dumps: 0,
-    });
+    procs.push(Profiled::new("api", api.proc.pid(), out));
     api.client()
         .wait_for_models(&[MODEL], Duration::from_secs(300))
         .await;
