@@ -39,12 +39,11 @@ pub struct LoadSpec {
     /// a rate the workers keep up with (zero: as fast as the API answers).
     pub pace: Duration,
     /// How long one job may be retried before the client gives up on it
-    /// (a failure the test reports).
+    /// (a failure the test reports). Giving up on one job stops the whole
+    /// load (no job is sent or resent after it), so an API that never
+    /// recovers fails the test this long after it broke, however fast or
+    /// slow the machine runs the load until then.
     pub give_up_after: Duration,
-    /// How long the whole load may run: past it no job is sent or resent
-    /// (the rest count as given up on), so an API that never recovers
-    /// fails the test in bounded time.
-    pub stop_after: Duration,
     /// Prefix of every `Idempotency-Key` (the job index follows it).
     pub key_prefix: String,
     pub body: BodyFn,
@@ -96,44 +95,30 @@ impl LoadRun {
     pub fn spawn(client: &Client, spec: LoadSpec) -> LoadRun {
         let accepted = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let gave_up = Arc::new(AtomicBool::new(false));
         let next = Arc::new(AtomicUsize::new(0));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..spec.submitters {
             let (client, spec) = (client.clone(), spec.clone());
             let (accepted, next) = (Arc::clone(&accepted), Arc::clone(&next));
-            let stop = Arc::clone(&stop);
-            let stop_at = Instant::now() + spec.stop_after;
+            let (stop, gave_up) = (Arc::clone(&stop), Arc::clone(&gave_up));
             tasks.spawn(async move {
                 let mut answers = Vec::new();
                 loop {
-                    if stop.load(Ordering::Relaxed) {
+                    if stop.load(Ordering::Relaxed) || gave_up.load(Ordering::Relaxed) {
                         return answers;
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= spec.total {
                         return answers;
                     }
-                    if Instant::now() > stop_at {
-                        answers.push(Answer {
-                            at: Instant::now(),
-                            job: i,
-                            took: Duration::ZERO,
-                            outcome: Outcome::Bad("never sent: the load ran out of time".into()),
-                        });
-                        continue;
-                    }
-                    submit_one(&client, &spec, i, stop_at, &mut answers).await;
-                    if matches!(
-                        answers.last(),
-                        Some(Answer {
-                            outcome: Outcome::Accepted { .. },
-                            ..
-                        })
-                    ) {
+                    if submit_one(&client, &spec, i, &gave_up, &mut answers).await {
                         accepted.fetch_add(1, Ordering::Relaxed);
                         if !spec.pace.is_zero() {
                             tokio::time::sleep(spec.pace).await;
                         }
+                    } else {
+                        gave_up.store(true, Ordering::Relaxed);
                     }
                 }
             });
@@ -201,14 +186,16 @@ impl LoadRun {
     }
 }
 
-/// Sends job `i` until it is accepted, or given up on.
+/// Sends job `i` until it is accepted (true), or given up on: after
+/// [`LoadSpec::give_up_after`], or at once when another job was given up
+/// on (`gave_up`) and the load ends anyway.
 async fn submit_one(
     client: &Client,
     spec: &LoadSpec,
     i: usize,
-    stop_at: Instant,
+    gave_up: &AtomicBool,
     answers: &mut Vec<Answer>,
-) {
+) -> bool {
     let body = (spec.body)(i);
     let key = format!("{}-{i}", spec.key_prefix);
     let first = Instant::now();
@@ -248,8 +235,11 @@ async fn submit_one(
             took: t.elapsed(),
             outcome,
         });
-        if accepted || first.elapsed() > spec.give_up_after || Instant::now() > stop_at {
-            return;
+        if accepted {
+            return true;
+        }
+        if first.elapsed() > spec.give_up_after || gave_up.load(Ordering::Relaxed) {
+            return false;
         }
         tokio::time::sleep(spec.retry_pause).await;
     }

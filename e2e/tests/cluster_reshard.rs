@@ -128,7 +128,6 @@ async fn jobs_flow_while_partition_slots_are_resharded_and_rebalanced() {
             // are started and finished while their slots move too.
             pace: Duration::from_millis(10),
             give_up_after: Duration::from_secs(20),
-            stop_after: Duration::from_secs(90),
             key_prefix: format!("{ns}-job"),
             body: Arc::new(move |i| json!({ "inputs": body_cases[i % body_cases.len()].inputs })),
         },

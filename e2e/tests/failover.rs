@@ -117,7 +117,6 @@ async fn kill_a_master_under_load(replicas: usize, heal: Heal) {
         retry_pause: Duration::from_millis(50),
         pace: Duration::ZERO,
         give_up_after: GIVE_UP,
-        stop_after: Duration::from_secs(60),
         key_prefix: format!("{ns}-job"),
         body: Arc::new(move |i| json!({ "inputs": body_cases[i % body_cases.len()].inputs })),
     };
