@@ -20,9 +20,19 @@ pub(crate) struct Http {
 
 impl Http {
     pub(crate) fn new(base: &str) -> Result<Http> {
+        Http::with_builder(base, reqwest::Client::builder())
+    }
+
+    /// A client whose connections come from `addr` (a loopback address
+    /// other than 127.0.0.1 is another client to the API's per-address cap).
+    pub(crate) fn from_address(base: &str, addr: std::net::IpAddr) -> Result<Http> {
+        Http::with_builder(base, reqwest::Client::builder().local_address(addr))
+    }
+
+    fn with_builder(base: &str, builder: reqwest::ClientBuilder) -> Result<Http> {
         let features: Vec<f32> = (0..128).map(|i| i as f32 / 128.0).collect();
         Ok(Http {
-            client: reqwest::Client::builder()
+            client: builder
                 .timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(16_384)
                 .build()?,
