@@ -26,8 +26,12 @@
 //!  queue, config, tenants, the parts of the state, and leaves (paths, error,
 //!  models_cache, waiters   schema, text, the connection modules)
 //! ```
+//!
+//! [`allocator`] sets the process's allocator (jemalloc) for every binary
+//! and test that links the crate.
 
 mod admission;
+mod allocator;
 mod app;
 mod auth;
 mod body_deadline;

@@ -20,9 +20,19 @@ pub(crate) struct Http {
 
 impl Http {
     pub(crate) fn new(base: &str) -> Result<Http> {
+        Http::with_builder(base, reqwest::Client::builder())
+    }
+
+    /// A client whose connections come from `addr` (a loopback address
+    /// other than 127.0.0.1 is another client to the API's per-address cap).
+    pub(crate) fn from_address(base: &str, addr: std::net::IpAddr) -> Result<Http> {
+        Http::with_builder(base, reqwest::Client::builder().local_address(addr))
+    }
+
+    fn with_builder(base: &str, builder: reqwest::ClientBuilder) -> Result<Http> {
         let features: Vec<f32> = (0..128).map(|i| i as f32 / 128.0).collect();
         Ok(Http {
-            client: reqwest::Client::builder()
+            client: builder
                 .timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(16_384)
                 .build()?,
@@ -77,13 +87,28 @@ async fn expect_json(
     expected: StatusCode,
     req: reqwest::RequestBuilder,
 ) -> Result<serde_json::Value, String> {
-    let resp = req.send().await.map_err(|e| format!("{stage}: {e}"))?;
+    let resp = req.send().await.map_err(|e| transport(stage, &e))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| format!("{stage}: {e}"))?;
+    let bytes = resp.bytes().await.map_err(|e| transport(stage, &e))?;
     if status != expected {
         return Err(http_error(stage, status, &bytes));
     }
     serde_json::from_slice(&bytes).map_err(|e| format!("{stage} body: {e}"))
+}
+
+/// A transport error by its innermost cause (refused, reset, timed out),
+/// which is what tells overload outcomes apart; reqwest's own text only
+/// says that sending failed. The URL is left out so errors group by kind.
+fn transport(stage: &str, e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    if e.is_timeout() {
+        format!("{stage}: timed out")
+    } else {
+        format!("{stage}: {cause}")
+    }
 }
 
 fn http_error(stage: &str, status: StatusCode, body: &[u8]) -> String {

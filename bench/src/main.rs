@@ -11,6 +11,8 @@
 //!   trips/s of the protocol's own calls of one job (submit, read, start,
 //!   finish, poll),
 //! * resident memory of every process, and process start to the first 202,
+//! * the API's memory targets on a fresh API ([`memory`]): long-polls open
+//!   and closed, and the peak through the overload,
 //! * the dataset parser at the upload size limit ([`parsers`]),
 //!
 //! and prints one aligned table, each figure with a ratio to a baseline from
@@ -32,6 +34,7 @@ mod cpu;
 mod http;
 mod instructions;
 mod limits;
+mod memory;
 mod open;
 mod parsers;
 mod procstat;
@@ -99,6 +102,19 @@ struct Args {
     #[arg(long, value_name = "ABOUT")]
     instructions_save: Option<String>,
 
+    /// The open-loop rate of the memory phase's overload (jobs/s).
+    #[arg(long, default_value_t = 5000)]
+    overload_rate: u32,
+
+    /// Extra argument of the memory phase's API (repeat), to measure a
+    /// configuration: `--memory-api-arg=--max-connections-per-ip --memory-api-arg=0`.
+    #[arg(long = "memory-api-arg", allow_hyphen_values = true)]
+    memory_api_args: Vec<String>,
+
+    /// Only the API memory phase (its own Redis, API and workers).
+    #[arg(long)]
+    memory_only: bool,
+
     #[command(flatten)]
     cluster: cluster::ClusterArgs,
 }
@@ -152,6 +168,25 @@ async fn main() -> Result<()> {
         ),
     ];
     let mut rep = Report { rows: Vec::new() };
+
+    if args.memory_only {
+        progress("starting redis-server");
+        let redis = RedisServer::start();
+        let ns = unique_namespace("bench");
+        // The models must be published once; then no worker may run.
+        let publisher = spawn_workers(&redis.url(), &ns, 1, &args.worker_args);
+        Api::spawn(&redis.url(), &ns, &[])
+            .client()
+            .wait_for_models(&[MODEL], Duration::from_secs(60))
+            .await;
+        drop(publisher);
+        let held = memory_phase(&args, &redis.url(), &ns, &mut rep).await?;
+        rep.print(&header);
+        if !held {
+            bail!("an API memory target was not met");
+        }
+        return Ok(());
+    }
 
     progress("limits: dataset parsing at the size limit");
     let quick = args.quick;
@@ -267,6 +302,10 @@ async fn main() -> Result<()> {
     );
     drop(workers);
 
+    // No worker runs now, as the memory phase needs.
+    // Its rows say which targets are met; the run does not fail on them.
+    memory_phase(&args, &redis.url(), &ns, &mut rep).await?;
+
     progress("process start to first 202");
     let t0 = Instant::now();
     let (redis_url, ns2) = (redis.url(), ns.clone());
@@ -362,4 +401,20 @@ async fn count_instructions(args: &Args, rep: &mut Report) -> Result<()> {
     };
     instructions::report(rep, args.instructions_jobs, &counts, &baseline);
     Ok(())
+}
+
+async fn memory_phase(args: &Args, redis_url: &str, ns: &str, rep: &mut Report) -> Result<bool> {
+    memory::measure(
+        memory::Run {
+            redis_url,
+            ns,
+            workers: args.workers,
+            worker_args: &args.worker_args,
+            api_args: &args.memory_api_args,
+            rate: args.overload_rate,
+            secs: args.open_secs,
+        },
+        rep,
+    )
+    .await
 }

@@ -25,6 +25,14 @@ impl Open {
         self.achieved < 0.9 * f64::from(self.target) || self.p99 > Duration::from_secs(1)
     }
 
+    pub(crate) fn achieved(&self) -> f64 {
+        self.achieved
+    }
+
+    pub(crate) fn errors(&self) -> &Errors {
+        &self.errors
+    }
+
     /// The rate's rows of the report.
     pub(crate) fn report(&self, rep: &mut Report) {
         let section = format!("open loop {}/s", self.target);
@@ -76,13 +84,19 @@ impl Open {
 
 /// `rate` jobs/s for `secs` seconds, each submitted on schedule.
 pub(crate) async fn open_loop(http: &Http, rate: u32, secs: f64) -> Open {
+    open_loop_from(std::slice::from_ref(http), rate, secs).await
+}
+
+/// [`open_loop`] with the jobs dealt in turn to `clients` (each with its own
+/// pool, e.g. from its own source address).
+pub(crate) async fn open_loop_from(clients: &[Http], rate: u32, secs: f64) -> Open {
     let n = (f64::from(rate) * secs).round().max(1.0) as usize;
     let period = Duration::from_secs_f64(1.0 / f64::from(rate));
     let start = Instant::now();
     let mut handles = Vec::with_capacity(n);
     for i in 0..n {
         tokio::time::sleep_until((start + period * i as u32).into()).await;
-        let http = http.clone();
+        let http = clients[i % clients.len()].clone();
         handles.push(tokio::spawn(async move {
             let t = Instant::now();
             let r = match http.submit().await {
