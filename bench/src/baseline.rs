@@ -41,7 +41,11 @@ pub(crate) async fn measure(
 ) -> Result<()> {
     let dir = repo_root().join("bench").join("baseline");
     let venv = repo_root().join(".local").join("baseline-venv").join("bin");
-    if !venv.join("python").exists() {
+    // `python -m`, not the venv's console scripts: their `#!` lines name
+    // the path the venv was built at, which a moved or linked `.local/`
+    // no longer has.
+    let python = venv.join("python");
+    if !python.exists() {
         bail!(
             "no Python baseline venv at {}: run bench/baseline/setup (scripts/bench does)",
             venv.display()
@@ -55,8 +59,10 @@ pub(crate) async fn measure(
     ];
     let mut celery = Group::spawn(
         "celery",
-        &venv.join("celery"),
+        &python,
         &[
+            "-m",
+            "celery",
             "-A",
             "tasks",
             "worker",
@@ -74,8 +80,10 @@ pub(crate) async fn measure(
     let port_arg = port.to_string();
     let mut uvicorn = Group::spawn(
         "uvicorn",
-        &venv.join("uvicorn"),
+        &python,
         &[
+            "-m",
+            "uvicorn",
             "api:api",
             "--host",
             "127.0.0.1",
