@@ -14,6 +14,8 @@
 //! * the API's memory targets on a fresh API ([`memory`]): long-polls open
 //!   and closed, and the peak through the overload,
 //! * the dataset parser at the upload size limit ([`parsers`]),
+//! * the Python baseline (FastAPI + Celery, [`baseline`]) under the same
+//!   closed loops, after our system has stopped,
 //!
 //! and prints one aligned table, each figure with a ratio to a baseline from
 //! the same run where one exists (the machine is shared and noisy).
@@ -28,6 +30,7 @@
 
 use std::time::{Duration, Instant};
 
+mod baseline;
 mod closed;
 mod cluster;
 mod cpu;
@@ -115,6 +118,15 @@ struct Args {
     #[arg(long)]
     memory_only: bool,
 
+    /// Skip the Python baseline (FastAPI + Celery, bench/baseline/).
+    #[arg(long)]
+    no_baseline: bool,
+
+    /// Jobs per closed-loop run of the Python baseline (0 skips it): it is
+    /// far slower than ours, and the ratios compare jobs/s, not totals.
+    #[arg(long, default_value_t = 2000)]
+    baseline_jobs: usize,
+
     #[command(flatten)]
     cluster: cluster::ClusterArgs,
 }
@@ -145,6 +157,7 @@ async fn main() -> Result<()> {
         args.rates.truncate(1);
         args.open_secs = args.open_secs.min(2.0);
         args.instructions_jobs = args.instructions_jobs.min(300);
+        args.baseline_jobs = args.baseline_jobs.min(300);
     }
     if args.rates.is_empty() || args.workers == 0 || args.concurrency == 0 {
         bail!("--rates, --workers and --concurrency must not be empty or 0");
@@ -358,6 +371,10 @@ async fn main() -> Result<()> {
 
     drop(api);
     drop(redis);
+    // Our system is gone: the Python one gets the cores to itself.
+    if !args.no_baseline && args.baseline_jobs > 0 {
+        baseline::measure(&mut rep, args.baseline_jobs, args.concurrency, &on).await?;
+    }
     // Last, with the native system gone: valgrind is slow enough to take
     // both cores.
     count_instructions(&args, &mut rep).await?;
