@@ -14,6 +14,7 @@ pub mod digest;
 pub mod job;
 pub mod metric_names;
 pub mod model;
+pub mod packed;
 pub mod queue;
 pub mod queue_args;
 pub mod redis_conn;

@@ -1,8 +1,8 @@
 //! Redis connections with explicit time limits, on one node or a cluster.
 //!
-//! redis-rs gives every response 500 ms by default and deadpool waits forever
-//! for a connection; neither suits us, so every connection here is built with
-//! explicit limits (an outage turns into a quick error, not a hung request).
+//! redis-rs gives every response 500 ms by default, which does not suit us,
+//! so every connection here is built with explicit limits (an outage turns
+//! into a quick error, not a hung request).
 //!
 //! # Topologies
 //!
@@ -15,15 +15,14 @@
 //!
 //! # Shapes, by traffic
 //! * [`shared`]: one multiplexed connection for a whole process, reconnected
-//!   in the background after a failure. Concurrent requests are pipelined on
-//!   one socket, so Redis reads many commands per syscall and a request costs
-//!   exactly its own round trip. The API uses it: a pool's checkout would add
-//!   a health-check round trip (deadpool-redis sends `UNWATCH` + `PING` on
-//!   every checkout) to every HTTP request.
-//! * [`Pool`]: a bounded deadpool of multiplexed connections, for callers that
-//!   check a connection out once per batch of work (the worker). On a
-//!   cluster the cluster connection is itself multiplexed per node, so the
-//!   "pool" is one shared cluster connection.
+//!   after a failure. Concurrent requests are pipelined on one socket, so
+//!   Redis reads many commands per syscall and a request costs exactly its
+//!   own round trip. The API uses it, and so does the worker, through
+//!   [`Pool`]. (The worker had a deadpool of 8 multiplexed connections:
+//!   deadpool-redis health-checks every checkout with a pipelined `UNWATCH`
+//!   and `PING`, which under load was 1.3 extra round trips per job, more
+//!   than the worker's own reads. Nothing here holds connection state, `WATCH`
+//!   or `SELECT`, that a pool would have to reset.)
 //! * [`dedicated`]: a connection of its own, for commands that block
 //!   server-side (a worker's `XREADGROUP`), with a response timeout above the
 //!   block time: a blocking read must never stall a multiplexed connection
@@ -136,11 +135,10 @@ fn config(limits: Limits) -> AsyncConnectionConfig {
 }
 
 /// An async Redis connection of either topology. Clones share the
-/// underlying socket(s), except [`Conn::Pooled`], which is checked out.
+/// underlying socket(s).
 pub enum Conn {
     Manager(ConnectionManager),
     Multiplexed(MultiplexedConnection),
-    Pooled(deadpool_redis::Connection),
     Cluster(ClusterConnection),
 }
 
@@ -151,13 +149,10 @@ impl Conn {
 }
 
 impl Clone for Conn {
-    /// A pooled connection cannot be cloned; its clone is the multiplexed
-    /// connection it wraps, which shares the socket.
     fn clone(&self) -> Conn {
         match self {
             Conn::Manager(c) => Conn::Manager(c.clone()),
             Conn::Multiplexed(c) => Conn::Multiplexed(c.clone()),
-            Conn::Pooled(c) => Conn::Multiplexed((**c).clone()),
             Conn::Cluster(c) => Conn::Cluster(c.clone()),
         }
     }
@@ -168,7 +163,6 @@ impl std::fmt::Debug for Conn {
         f.write_str(match self {
             Conn::Manager(_) => "Conn::Manager",
             Conn::Multiplexed(_) => "Conn::Multiplexed",
-            Conn::Pooled(_) => "Conn::Pooled",
             Conn::Cluster(_) => "Conn::Cluster",
         })
     }
@@ -179,7 +173,6 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Manager(c) => c.req_packed_command(cmd),
             Conn::Multiplexed(c) => c.req_packed_command(cmd),
-            Conn::Pooled(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -193,7 +186,6 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Manager(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Pooled(c) => c.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -202,7 +194,6 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Manager(c) => c.get_db(),
             Conn::Multiplexed(c) => c.get_db(),
-            Conn::Pooled(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -271,60 +262,21 @@ fn cluster(nodes: &[String], limits: Limits) -> Result<ClusterConnection, RedisE
     Ok(client.get_pending_async_connection_with_config(redis::cluster::ClusterConfig::default()))
 }
 
-/// A bounded pool of connections (see the module doc).
-#[derive(Clone)]
-pub enum Pool {
-    Single(deadpool_redis::Pool),
-    Cluster(ClusterConnection),
-}
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Pool::Single(_) => "Pool::Single",
-            Pool::Cluster(_) => "Pool::Cluster",
-        })
-    }
-}
+/// Where a unit of work gets its connection (see the module doc): one
+/// connection shared by every task of the process, [`shared`]'s, so a
+/// checkout is a clone and costs no round trip.
+#[derive(Clone, Debug)]
+pub struct Pool(Conn);
 
 impl Pool {
-    pub fn new(topology: &Topology, max_size: usize, limits: Limits) -> Result<Pool, RedisError> {
-        match topology {
-            Topology::Single(url) => single_pool(url, max_size, limits).map(Pool::Single),
-            Topology::Cluster(nodes) => cluster(nodes, limits).map(Pool::Cluster),
-        }
+    pub fn new(topology: &Topology, limits: Limits) -> Result<Pool, RedisError> {
+        shared(topology, limits).map(Pool)
     }
 
     /// A connection for one unit of work.
-    pub async fn get(&self) -> Result<Conn, crate::queue::QueueError> {
-        match self {
-            Pool::Single(p) => Ok(Conn::Pooled(p.get().await?)),
-            Pool::Cluster(c) => Ok(Conn::Cluster(c.clone())),
-        }
+    pub fn get(&self) -> Conn {
+        self.0.clone()
     }
-}
-
-fn single_pool(
-    url: &str,
-    max_size: usize,
-    limits: Limits,
-) -> Result<deadpool_redis::Pool, RedisError> {
-    use deadpool_redis::{Manager, Runtime};
-    let manager = Manager::new_with_config(url, config(limits))?;
-    deadpool_redis::Pool::builder(manager)
-        .max_size(max_size)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(limits.connect))
-        .create_timeout(Some(limits.connect))
-        .recycle_timeout(Some(limits.response))
-        .build()
-        .map_err(|e| {
-            RedisError::from((
-                ErrorKind::InvalidClientConfig,
-                "cannot build redis pool",
-                e.to_string(),
-            ))
-        })
 }
 
 /// A connection of its own, for commands that block server-side. On a

@@ -15,17 +15,11 @@ pub trait RedisFailure {
 
 impl RedisFailure for QueueError {
     fn is_redis_failure(&self) -> bool {
-        matches!(self, QueueError::Redis(_) | QueueError::Pool(_))
+        matches!(self, QueueError::Redis(_))
     }
 }
 
 impl RedisFailure for redis::RedisError {
-    fn is_redis_failure(&self) -> bool {
-        true
-    }
-}
-
-impl RedisFailure for deadpool_redis::PoolError {
     fn is_redis_failure(&self) -> bool {
         true
     }

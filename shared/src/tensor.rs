@@ -3,7 +3,8 @@
 //! A [`Tensor`] is a name, a shape and flat row-major data of one of the
 //! [`DataType`]s the system supports (the Open Inference Protocol's FP32, FP64,
 //! INT32, INT64 and BOOL). Its serde form is the compact one used on the queue
-//! (MessagePack); [`OipTensor`] renders the JSON form clients see:
+//! (MessagePack, numbers packed as bytes by [`crate::packed`]); [`OipTensor`]
+//! renders the JSON form clients see:
 //! `{"name", "shape", "datatype", "data"}`.
 
 use serde::{Deserialize, Serialize, Serializer, ser::SerializeStruct};
@@ -60,9 +61,13 @@ impl std::fmt::Display for DataType {
 /// Flat, row-major tensor contents, typed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TensorData {
+    #[serde(with = "crate::packed")]
     Fp32(Vec<f32>),
+    #[serde(with = "crate::packed")]
     Fp64(Vec<f64>),
+    #[serde(with = "crate::packed")]
     Int32(Vec<i32>),
+    #[serde(with = "crate::packed")]
     Int64(Vec<i64>),
     Bool(Vec<bool>),
 }

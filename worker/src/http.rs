@@ -195,7 +195,7 @@ struct Ready<'a> {
 /// time limits.
 async fn readyz(State(s): State<HttpState>) -> Response {
     let ping = tokio::time::timeout(s.ctx.limits.connect + s.ctx.limits.response, async {
-        let mut conn = s.ctx.pool.get().await?;
+        let mut conn = s.ctx.pool.get();
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await

@@ -94,7 +94,7 @@ pub async fn run(cfg: Config) -> Result<(), WorkerError> {
         response: Duration::from_millis(cfg.redis_timeout_ms),
     };
     let models = Arc::new(models);
-    let pool = redis_conn::Pool::new(&topology, 8, limits)?;
+    let pool = redis_conn::Pool::new(&topology, limits)?;
     let ctx = Arc::new(consumer::Context {
         streams: keys
             .all_partitions()
@@ -365,7 +365,7 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
     // Best effort: if it fails, the heartbeat goes stale within
     // `heartbeat::FRESH_WITHIN` anyway.
     let left = async {
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.pool.get();
         heartbeat::leave(&mut conn, &ctx.keys, &ctx.consumer, &served).await
     };
     match tokio::time::timeout(ctx.limits.connect + ctx.limits.response, left).await {
@@ -376,12 +376,12 @@ async fn maintain(ctx: Arc<consumer::Context>, m: Maintenance, mut stop: watch::
 }
 
 async fn beat(ctx: &consumer::Context, served: &[String]) -> Result<(), shared::QueueError> {
-    let mut conn = ctx.pool.get().await?;
+    let mut conn = ctx.pool.get();
     heartbeat::beat(&mut conn, &ctx.keys, &ctx.consumer, served).await
 }
 
 async fn release_due(ctx: &consumer::Context) -> Result<(), shared::QueueError> {
-    let mut conn = ctx.pool.get().await?;
+    let mut conn = ctx.pool.get();
     let mut streams = ctx.served_streams();
     streams.extend(ctx.train_streams());
     let moved = shared::queue::consume::release_due(
@@ -402,7 +402,7 @@ async fn trim(
     ctx: &consumer::Context,
     dead_letter_max_len: usize,
 ) -> Result<(), shared::QueueError> {
-    let mut conn = ctx.pool.get().await?;
+    let mut conn = ctx.pool.get();
     let mut streams = ctx.served_streams();
     streams.extend(ctx.train_streams());
     for stream in &streams {

@@ -164,7 +164,7 @@ async fn write_progress(
             continue;
         };
         let res = async {
-            let mut conn = pool.get().await?;
+            let mut conn = pool.get();
             consume::write_progress(&mut conn, &keys, &job_id, attempt, &json).await
         }
         .await;

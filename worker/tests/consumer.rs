@@ -229,7 +229,7 @@ fn context(redis: &Redis, keys: &Keys, model: Arc<Double>, s: &Settings) -> Arc<
             .map(|_| Arc::new(ArcSwap::from_pointee(Vec::new())))
             .collect(),
         consumer: worker::consumer::consumer_name(),
-        pool: Pool::new(&topology, 4, limits).expect("pool"),
+        pool: Pool::new(&topology, limits).expect("pool"),
         topology,
         limits,
         read_count: 8,
@@ -284,12 +284,10 @@ impl Running {
 /// What the worker's upkeep does for retries, every 20 ms.
 async fn release_due_retries(ctx: Arc<Context>, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Ok(mut conn) = ctx.pool.get().await {
-            let streams = ctx.served_streams();
-            let _ =
-                consume::release_due(&mut conn, &ctx.keys, &streams, shared::time::now_ms(), 100)
-                    .await;
-        }
+        let mut conn = ctx.pool.get();
+        let streams = ctx.served_streams();
+        let _ =
+            consume::release_due(&mut conn, &ctx.keys, &streams, shared::time::now_ms(), 100).await;
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
             _ = stop.changed() => return,
@@ -321,7 +319,7 @@ async fn submit(ctx: &Context, row: [f32; 2]) -> Uuid {
         quota: Default::default(),
         durability: Durability::Async,
     };
-    let mut conn = ctx.pool.get().await.expect("conn");
+    let mut conn = ctx.pool.get();
     let submitted = ops::submit(&mut conn, &ctx.keys, &job, &opts)
         .await
         .expect("submit");
@@ -330,7 +328,7 @@ async fn submit(ctx: &Context, row: [f32; 2]) -> Uuid {
 }
 
 async fn record(ctx: &Context, id: Uuid) -> JobRecord {
-    let mut conn = ctx.pool.get().await.expect("conn");
+    let mut conn = ctx.pool.get();
     ops::get_job(&mut conn, &ctx.keys, &id)
         .await
         .expect("get job")
@@ -352,7 +350,7 @@ async fn terminal(ctx: &Context, id: Uuid) -> JobRecord {
 
 /// Entries of the model's stream delivered and not acknowledged.
 async fn pending(ctx: &Context) -> usize {
-    let mut conn = ctx.pool.get().await.expect("conn");
+    let mut conn = ctx.pool.get();
     let reply: redis::Value = redis::cmd("XPENDING")
         .arg(ctx.keys.stream(MODEL, 0))
         .arg(GROUP)
@@ -423,7 +421,7 @@ async fn a_failing_job_is_retried_then_dead_lettered() {
     assert!((4..=5).contains(&runs), "{runs} runs");
     assert_eq!(other.status, JobStatus::Succeeded, "{other:?}");
 
-    let mut conn = ctx.pool.get().await.expect("conn");
+    let mut conn = ctx.pool.get();
     let dead = admin::list_dead(&mut conn, &ctx.keys, &DeadLetterFilter::default())
         .await
         .expect("dead letters");
@@ -451,7 +449,7 @@ async fn a_crashed_consumers_job_is_taken_over_by_another_once_its_lease_expires
     // A consumer that read the job and started its first attempt, then
     // died: the entry stays pending under its name, its lease unrenewed.
     let crashed = "crashed-consumer";
-    let mut conn = ctx.pool.get().await.expect("conn");
+    let mut conn = ctx.pool.get();
     let read = consume::read_new(&mut conn, &ctx.served_streams(), crashed, 10, 100)
         .await
         .expect("read");

@@ -89,8 +89,6 @@ pub use scripts::Durability;
 pub enum QueueError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis connection pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
     #[error("encoding a stream entry: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     #[error("corrupt data in redis: {0}")]
@@ -108,7 +106,6 @@ impl QueueError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             QueueError::Redis(e) => redis_unavailable(e),
-            QueueError::Pool(_) => true,
             QueueError::Encode(_) | QueueError::Corrupt(_) | QueueError::NotReplicated { .. } => {
                 false
             }

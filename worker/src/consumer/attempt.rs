@@ -117,7 +117,7 @@ pub(crate) async fn start_all(ctx: &Context, batch: Vec<Delivery>) -> Vec<Runnab
 
     let refs: Vec<&Delivery> = with_id.iter().collect();
     let starts = match with_retry(redis_op::START, || async {
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.pool.get();
         let now = shared::time::now_ms();
         consume::start(&mut conn, &ctx.keys, &ctx.consumer, &ctx.policy, &refs, now).await
     })
@@ -192,7 +192,7 @@ async fn ack_orphans(ctx: &Context, orphans: &[Delivery]) {
     for d in orphans {
         tracing::error!(stream = %d.stream, entry = %d.entry_id, "dropping stream entry without a job id");
         let res = async {
-            let mut conn = ctx.pool.get().await?;
+            let mut conn = ctx.pool.get();
             consume::ack(&mut conn, &d.stream, &[d.entry_id.as_str()]).await
         }
         .await;
@@ -226,7 +226,7 @@ pub(crate) async fn finish_all(
         .collect();
     let writing = child_spans(spans::WRITE_RESULT, executed.iter().map(|(r, _)| &r.span));
     let written = with_retry(redis_op::FINISH, || async {
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.pool.get();
         let now = shared::time::now_ms();
         consume::finish(&mut conn, &ctx.keys, &ctx.policy, &finishes, now).await
     })
@@ -312,7 +312,7 @@ pub(crate) fn renew_leases(
         loop {
             tick.tick().await;
             let res = async {
-                let mut conn = pool.get().await?;
+                let mut conn = pool.get();
                 consume::renew(&mut conn, &keys, &consumer, &leases).await
             }
             .await;

@@ -84,7 +84,7 @@ impl Context {
     /// Creates the consumer groups of the given stream keys (those of one
     /// read group); keys outside this namespace are skipped.
     pub async fn ensure_groups_of(&self, streams: &[String]) -> Result<(), QueueError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.pool.get();
         for stream in streams
             .iter()
             .filter(|s| self.keys.parse_stream(s).is_some())
@@ -123,7 +123,7 @@ impl Context {
 
     /// Publishes every served model's signature.
     pub async fn publish_models(&self) -> Result<(), QueueError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.pool.get();
         for model in self.models.snapshot().values() {
             let mut info = model.info().clone();
             // Promotion writes the new current version's signature; a worker

@@ -25,7 +25,7 @@ pub(crate) async fn reclaim(
     slot: usize,
 ) -> Vec<Delivery> {
     let claimed = async {
-        let mut conn = ctx.pool.get().await?;
+        let mut conn = ctx.pool.get();
         consume::reclaim(
             &mut conn,
             stream,

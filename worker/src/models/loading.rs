@@ -27,7 +27,7 @@ pub(super) async fn load(
     number: u32,
 ) -> Result<(Arc<dyn Backend>, u64), LoadError> {
     let v = {
-        let mut conn = pool.get().await?;
+        let mut conn = pool.get();
         registry::version(&mut conn, &store.keys, model, number)
             .await?
             .ok_or(LoadError::Unknown)?
@@ -41,7 +41,7 @@ pub(super) async fn load(
         let bytes = match store.cache_get(&v.sha256) {
             Some(b) => b,
             None => {
-                let mut conn = pool.get().await?;
+                let mut conn = pool.get();
                 let b = registry::blob(&mut conn, &store.keys, &v.sha256)
                     .await?
                     .ok_or(LoadError::BlobMissing)?;
@@ -130,7 +130,7 @@ impl ModelStore {
         if let Some(b) = self.cache_get(sha256) {
             return Ok(b);
         }
-        let mut conn = pool.get().await?;
+        let mut conn = pool.get();
         registry::blob(&mut conn, &self.keys, sha256)
             .await?
             .ok_or(LoadError::BlobMissing)

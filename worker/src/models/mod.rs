@@ -220,7 +220,7 @@ impl ModelStore {
     pub async fn reconcile(&self, pool: &Pool) -> Result<bool, QueueError> {
         // Holds the epoch of the last complete reconcile.
         let mut seen = self.reconciling.lock().await;
-        let mut conn = pool.get().await?;
+        let mut conn = pool.get();
         // Read before the pointers: a change after this read bumps the
         // epoch again and is picked up next time.
         let epoch = registry::epoch(&mut conn, &self.keys).await?;
@@ -317,7 +317,7 @@ impl ModelStore {
         number: u32,
     ) -> Result<ServedModel, LoadError> {
         let v = {
-            let mut conn = pool.get().await?;
+            let mut conn = pool.get();
             registry::version(&mut conn, &self.keys, model, number)
                 .await?
                 .ok_or(LoadError::Unknown)?

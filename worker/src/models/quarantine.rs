@@ -35,7 +35,7 @@ pub(super) async fn guarded<T>(
 ) -> Result<T, LoadError> {
     let consumer = &store.settings.consumer;
     let mark = || async {
-        let mut conn = pool.get().await?;
+        let mut conn = pool.get();
         loading::mark(&mut conn, &store.keys, consumer, model, number).await
     };
     mark().await?;
@@ -52,7 +52,7 @@ pub(super) async fn guarded<T>(
         _ = refresh => unreachable_refresh(),
     };
     let unmarked = async {
-        let mut conn = pool.get().await?;
+        let mut conn = pool.get();
         loading::unmark(&mut conn, &store.keys, consumer).await
     }
     .await;
@@ -72,7 +72,7 @@ fn unreachable_refresh<T>() -> Result<T, LoadError> {
 /// Quarantines the versions of other workers' stale markers; returns how
 /// many it quarantined.
 pub async fn sweep(store: &ModelStore, pool: &Pool) -> Result<usize, QueueError> {
-    let mut conn = pool.get().await?;
+    let mut conn = pool.get();
     let keys = &store.keys;
     let stale_ms = u64::try_from(store.settings.load_stale.as_millis()).unwrap_or(u64::MAX);
     let mut quarantined = 0;

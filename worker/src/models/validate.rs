@@ -28,7 +28,7 @@ pub async fn validate_job(
         JobFailure::ModelUnavailable(format!("{} (registry unavailable: {e})", job.model))
     };
     let meta = async {
-        let mut conn = pool.get().await?;
+        let mut conn = pool.get();
         registry::version(&mut conn, &store.keys, &job.model, number).await
     }
     .await;
@@ -86,7 +86,7 @@ pub async fn validate_job(
             let mut settled = v.clone();
             settled.job_id = Some(job.id);
             let res = async {
-                let mut conn = pool.get().await?;
+                let mut conn = pool.get();
                 let outcome = checked.clone().map_err(|f| Rejection {
                     code: f.code().to_owned(),
                     message: f.detail(),

@@ -49,7 +49,7 @@ async fn read(env: &Env<'_>, spec: &RetrainSpec, params: &TrainParams) -> Result
     let (bytes, name) = match &spec.data {
         TrainingData::Dataset(internal) => {
             let public = public_name(internal).to_owned();
-            let mut conn = env.pool.get().await.map_err(unavailable)?;
+            let mut conn = env.pool.get();
             match datasets::get(&mut conn, env.keys, internal).await {
                 Ok(Some((csv, _))) => (csv, Some(public)),
                 Ok(None) => return Err(JobFailure::DatasetNotFound(public)),

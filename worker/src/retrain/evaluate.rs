@@ -113,7 +113,7 @@ pub(super) async fn evaluate(
     // and gives the same outputs (else the scores would not be comparable,
     // and promoting would change what clients send and get).
     let current = {
-        let mut conn = env.pool.get().await.map_err(unavailable)?;
+        let mut conn = env.pool.get();
         match registry::current(&mut conn, env.keys, model).await {
             Ok(Some(n)) => registry::version(&mut conn, env.keys, model, n)
                 .await

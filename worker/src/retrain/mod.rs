@@ -221,7 +221,7 @@ async fn register_and_decide(
         _ => None,
     };
     let params_json = serde_json::to_value(params).unwrap_or_default();
-    let mut conn = env.pool.get().await.map_err(unavailable)?;
+    let mut conn = env.pool.get();
 
     // A job taken over after its worker died may have registered already:
     // the same job and bytes reuse that version instead of adding another.

@@ -13,7 +13,8 @@ local channel, model = ARGV[6], ARGV[7]
 local stream, dead = KEYS[1], KEYS[2]
 
 local function start(job, usage, entry, id, deadline)
-  local st = redis.call('HGET', job, 'status')
+  local f = redis.call('HMGET', job, 'status', 'attempts')
+  local st = f[1]
   if not st then
     redis.call('XACK', stream, group, entry)
     return -1
@@ -22,7 +23,7 @@ local function start(job, usage, entry, id, deadline)
     redis.call('XACK', stream, group, entry)
     return -2
   end
-  local attempts = tonumber(redis.call('HGET', job, 'attempts') or '0')
+  local attempts = tonumber(f[2] or '0')
   local function fail(code, message, to_dead)
     local err = cjson.encode({code = code, message = message})
     redis.call('HSET', job, 'status', 'failed', 'finished_at', now, 'error', err)
@@ -46,8 +47,11 @@ local function start(job, usage, entry, id, deadline)
       ' attempts: the workers running it stopped or lost their lease each time', true)
     return -4
   end
-  local n = redis.call('HINCRBY', job, 'attempts', 1)
-  redis.call('HSET', job, 'status', 'running', 'started_at', now, 'worker', consumer)
+  -- The attempt is counted in the same HSET (read above, in this same
+  -- atomic call), not by an HINCRBY of its own.
+  local n = attempts + 1
+  redis.call('HSET', job, 'status', 'running', 'started_at', now, 'worker', consumer,
+    'attempts', n)
   return n
 end
 
