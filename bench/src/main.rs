@@ -16,6 +16,7 @@
 //! * the dataset parser at the upload size limit ([`parsers`]),
 //! * the Python baseline (FastAPI + Celery, [`baseline`]) under the same
 //!   closed loops, after our system has stopped,
+//! * instructions per job of every process ([`instructions`], callgrind),
 //!
 //! and prints one aligned table, each figure with a ratio to a baseline from
 //! the same run where one exists (the machine is shared and noisy).
@@ -23,6 +24,9 @@
 //! This file is the command line and the order of the phases; each phase
 //! and its rows of the report live in its own module ([`closed`], [`open`],
 //! [`limits`], [`cpu`], [`parsers`]).
+//!
+//! `--profile-only` instead draws flamegraphs of the closed loop
+//! ([`profiles`], `scripts/profile`).
 //!
 //! `--cluster` runs instead the Redis topology comparison ([`cluster`]):
 //! one node against a 6-node Redis Cluster, unpartitioned and partitioned,
@@ -41,6 +45,7 @@ mod memory;
 mod open;
 mod parsers;
 mod procstat;
+mod profiles;
 mod report;
 mod workers;
 
@@ -117,6 +122,15 @@ struct Args {
     /// Only the API memory phase (its own Redis, API and workers).
     #[arg(long)]
     memory_only: bool,
+
+    /// Only the flamegraphs of the closed loop (`scripts/profile`), written
+    /// to `--profile-dir`.
+    #[arg(long)]
+    profile_only: bool,
+
+    /// Where `--profile-only` writes its SVGs and Redis's commandstats.
+    #[arg(long, default_value = "bench/profiles")]
+    profile_dir: std::path::PathBuf,
 
     /// Skip the Python baseline (FastAPI + Celery, bench/baseline/).
     #[arg(long)]
@@ -199,6 +213,17 @@ async fn main() -> Result<()> {
             bail!("an API memory target was not met");
         }
         return Ok(());
+    }
+
+    if args.profile_only {
+        return profiles::record(profiles::Run {
+            dir: &args.profile_dir,
+            jobs: args.jobs,
+            concurrency: args.concurrency,
+            workers: args.workers,
+            worker_args: &args.worker_args,
+        })
+        .await;
     }
 
     progress("limits: dataset parsing at the size limit");
