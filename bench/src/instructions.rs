@@ -27,6 +27,7 @@ use e2e::{Api, RedisServer, Worker, repo_root, unique_namespace};
 
 use crate::closed::{submit_and_wait, submit_then_poll, warm_up};
 use crate::http::Http;
+use crate::profiles::parse_commandstats;
 use crate::report::Report;
 use crate::{MODEL, progress};
 
@@ -64,6 +65,19 @@ impl Loop {
 
 /// Instructions per job, by loop and process name.
 pub(crate) type Counts = BTreeMap<(Loop, String), f64>;
+
+/// Per loop, how the jobs were grouped, read from the profiled Redis's
+/// `INFO commandstats`: Redis's and the workers' counts per job depend on
+/// it (a start and a finish script per batch), and it follows the timing.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Grouping {
+    /// Jobs per worker read (`XREADGROUP` calls that returned or not).
+    pub jobs_per_read: f64,
+    /// Script calls (`EVALSHA`) per job, all processes together.
+    pub scripts_per_job: f64,
+}
+
+pub(crate) type Groupings = BTreeMap<Loop, Grouping>;
 
 /// One process under callgrind: its name in the report, pid, and the dump
 /// file prefix (`<prefix>.<n>` is the n-th dump).
@@ -159,7 +173,7 @@ pub(crate) struct Run<'a> {
 }
 
 /// Starts the profiled system, counts both loops, and stops it.
-pub(crate) async fn measure(run: Run<'_>) -> Result<Counts> {
+pub(crate) async fn measure(run: Run<'_>) -> Result<(Counts, Groupings)> {
     let dir = repo_root()
         .join("target")
         .join("bench-callgrind")
@@ -190,8 +204,13 @@ pub(crate) async fn measure(run: Run<'_>) -> Result<Counts> {
     warm_up(&http).await?;
     warm_up(&http).await?;
 
+    let mut stats = redis::Client::open(redis.url())?
+        .get_multiplexed_async_connection()
+        .await?;
     let mut counts = Counts::new();
-    let idle = Duration::from_secs(2);
+    let mut groupings = Groupings::new();
+    // Long enough to see the upkeep timers (100 ms, 1 s) many times over.
+    let idle = Duration::from_secs(5);
     for p in &procs {
         p.zero()?;
     }
@@ -210,6 +229,10 @@ pub(crate) async fn measure(run: Run<'_>) -> Result<Counts> {
         for p in &procs {
             p.zero()?;
         }
+        redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async::<()>(&mut stats)
+            .await?;
         let t0 = Instant::now();
         let errors = match lp {
             Loop::SubmitWait => {
@@ -225,6 +248,23 @@ pub(crate) async fn measure(run: Run<'_>) -> Result<Counts> {
             Loop::Idle => continue,
         };
         let secs = t0.elapsed().as_secs_f64();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut stats)
+            .await?;
+        let calls = |name: &str| {
+            parse_commandstats(&info)
+                .into_iter()
+                .find(|c| c.name == name)
+                .map_or(0.0, |c| c.calls)
+        };
+        groupings.insert(
+            lp,
+            Grouping {
+                jobs_per_read: run.jobs as f64 / calls("xreadgroup").max(1.0),
+                scripts_per_job: calls("evalsha") / run.jobs as f64,
+            },
+        );
         let mut system = 0.0;
         for p in &mut procs {
             // Net of the timers' idle rate over the window: under callgrind
@@ -250,7 +290,7 @@ pub(crate) async fn measure(run: Run<'_>) -> Result<Counts> {
     drop(api);
     drop(workers);
     drop(redis);
-    Ok(counts)
+    Ok((counts, groupings))
 }
 
 /// The row that sums API, Redis and workers (the load generator is not the
@@ -295,7 +335,12 @@ pub(crate) fn save_baseline(about: &str, counts: &Counts) -> Result<()> {
 
 /// Rows: per loop and process, the instructions per job, the share of the
 /// system, and the ratio to the baseline.
-pub(crate) fn report(rep: &mut Report, jobs: usize, counts: &Counts, baseline: &(String, Counts)) {
+pub(crate) fn report(
+    rep: &mut Report,
+    jobs: usize,
+    (counts, groupings): &(Counts, Groupings),
+    baseline: &(String, Counts),
+) {
     for ((lp, name), n) in counts {
         let section = match lp {
             Loop::Idle => "instructions per second, idle".to_owned(),
@@ -313,6 +358,18 @@ pub(crate) fn report(rep: &mut Report, jobs: usize, counts: &Counts, baseline: &
             _ => String::new(),
         };
         rep.row(&section, name, thousands(*n), format!("{share}{base}"));
+    }
+    for (lp, g) in groupings {
+        let section = format!("instructions per job ({}, {jobs} jobs)", lp.name());
+        rep.row(
+            &section,
+            "jobs per worker read (XREADGROUP)",
+            format!("{:.1}", g.jobs_per_read),
+            format!(
+                "{:.2} script calls per job; Redis's and the workers' counts follow the batching",
+                g.scripts_per_job
+            ),
+        );
     }
     if !baseline.0.is_empty() {
         rep.row(

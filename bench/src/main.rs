@@ -421,7 +421,7 @@ async fn count_instructions(args: &Args, rep: &mut Report) -> Result<()> {
     .await;
     // A busy machine can slow the profiled Redis past the clients' timeout:
     // then the counts are refused, but the rest of the table still prints.
-    let counts = match measured {
+    let measured = match measured {
         Ok(c) => c,
         Err(e) if args.instructions_save.is_none() => {
             rep.row(
@@ -436,12 +436,12 @@ async fn count_instructions(args: &Args, rep: &mut Report) -> Result<()> {
     };
     let baseline = match &args.instructions_save {
         Some(about) => {
-            instructions::save_baseline(about, &counts)?;
+            instructions::save_baseline(about, &measured.0)?;
             (String::new(), instructions::Counts::new())
         }
         None => instructions::load_baseline()?,
     };
-    instructions::report(rep, args.instructions_jobs, &counts, &baseline);
+    instructions::report(rep, args.instructions_jobs, &measured, &baseline);
     Ok(())
 }
 

@@ -8,7 +8,9 @@
 //! drawn by inferno (`inferno-collapse-perf`, `inferno-flamegraph`, installed
 //! by `scripts/profile` from crates.io) into `<dir>/<process>.svg`, and
 //! Redis's own per-command figures (`INFO commandstats`, reset before the
-//! loop) go to `<dir>/redis-commandstats.txt`, per job.
+//! loop) go to `<dir>/redis-commandstats.txt`, per job. `<dir>/<process>-top.txt`
+//! lists the frames with the most samples; the folded stacks stay in
+//! `target/bench-profiles/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -128,6 +130,15 @@ fn draw(dir: &Path, name: &str) -> Result<PathBuf> {
     let svg = pipe("inferno-flamegraph", &["--title", &title], &folded)?;
     let out = dir.join(format!("{name}.svg"));
     std::fs::write(&out, svg)?;
+    // The folded stacks, for inferno-flamegraph options or a diff
+    // (inferno-diff-folded) against another build's; too big to keep in git.
+    let keep = Path::new("target").join("bench-profiles");
+    std::fs::create_dir_all(&keep)?;
+    std::fs::write(keep.join(format!("{name}.folded")), &folded)?;
+    std::fs::write(
+        dir.join(format!("{name}-top.txt")),
+        top_frames(name, &String::from_utf8_lossy(&folded), 30),
+    )?;
     std::fs::remove_file(&data)?;
     Ok(out)
 }
@@ -153,10 +164,55 @@ fn pipe(cmd: &str, args: &[&str], input: &[u8]) -> Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
-/// `INFO commandstats` as calls and µs per job, busiest first.
-fn commandstats_per_job(info: &str, jobs: usize) -> String {
-    let mut rows: Vec<(String, f64, f64, f64)> = info
-        .lines()
+/// The frames with the most samples of their own (leaves of the folded
+/// stacks) and the most samples under them (any frame of a stack, counted
+/// once per stack): the flamegraph's widest towers, as text.
+fn top_frames(name: &str, folded: &str, n: usize) -> String {
+    use std::collections::{HashMap, HashSet};
+    let mut own: HashMap<&str, u64> = HashMap::new();
+    let mut under: HashMap<&str, u64> = HashMap::new();
+    let mut total = 0u64;
+    for line in folded.lines() {
+        let Some((stack, count)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        total += count;
+        let frames: Vec<&str> = stack.split(';').collect();
+        if let Some(leaf) = frames.last() {
+            *own.entry(leaf).or_default() += count;
+        }
+        let distinct: HashSet<&str> = frames.into_iter().collect();
+        for f in distinct {
+            *under.entry(f).or_default() += count;
+        }
+    }
+    let pct = |c: u64| 100.0 * c as f64 / total.max(1) as f64;
+    let mut out = format!("# {name}: {total} samples (perf record -F 999 -g, closed loop)\n");
+    for (title, map) in [("own samples", &own), ("samples under the frame", &under)] {
+        let mut rows: Vec<(&str, u64)> = map.iter().map(|(k, v)| (*k, *v)).collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.1));
+        out.push_str(&format!("\n## {title}\n"));
+        for (frame, c) in rows.into_iter().take(n) {
+            out.push_str(&format!("{:5.1}%  {frame}\n", pct(c)));
+        }
+    }
+    out
+}
+
+/// One row of `INFO commandstats`.
+pub(crate) struct CmdStat {
+    pub name: String,
+    pub calls: f64,
+    pub usec: f64,
+    pub usec_per_call: f64,
+}
+
+/// The rows of `INFO commandstats` (`cmdstat_<name>:calls=..,usec=..,...`).
+pub(crate) fn parse_commandstats(info: &str) -> Vec<CmdStat> {
+    info.lines()
         .filter_map(|l| {
             let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
             let field = |k: &str| {
@@ -164,24 +220,34 @@ fn commandstats_per_job(info: &str, jobs: usize) -> String {
                     .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
                     .and_then(|v| v.parse::<f64>().ok())
             };
-            let (calls, usec) = (field("calls")?, field("usec")?);
-            let n = jobs.max(1) as f64;
-            Some((
-                name.to_owned(),
-                calls / n,
-                usec / n,
-                field("usec_per_call")?,
-            ))
+            Some(CmdStat {
+                name: name.to_owned(),
+                calls: field("calls")?,
+                usec: field("usec")?,
+                usec_per_call: field("usec_per_call")?,
+            })
         })
-        .collect();
-    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+        .collect()
+}
+
+/// `INFO commandstats` as calls and µs per job, busiest first.
+fn commandstats_per_job(info: &str, jobs: usize) -> String {
+    let mut rows = parse_commandstats(info);
+    rows.sort_by(|a, b| b.usec.total_cmp(&a.usec));
+    let n = jobs.max(1) as f64;
     let mut out = format!(
         "# INFO commandstats over {jobs} jobs of the closed loop (scripts/profile), per job\n\
          # commands a script calls count too (under evalsha's time as well as their own)\n\
          # command\tcalls per job\tµs per job\tµs per call\n"
     );
-    for (name, calls, usec, per_call) in rows {
-        out.push_str(&format!("{name}\t{calls:.2}\t{usec:.2}\t{per_call:.2}\n"));
+    for r in rows {
+        out.push_str(&format!(
+            "{}\t{:.2}\t{:.2}\t{:.2}\n",
+            r.name,
+            r.calls / n,
+            r.usec / n,
+            r.usec_per_call
+        ));
     }
     out
 }
