@@ -252,9 +252,10 @@ pub(crate) async fn measure(run: Run<'_>) -> Result<(Counts, Groupings)> {
             .arg("commandstats")
             .query_async(&mut stats)
             .await?;
+        let stats_rows = parse_commandstats(&info);
         let calls = |name: &str| {
-            parse_commandstats(&info)
-                .into_iter()
+            stats_rows
+                .iter()
                 .find(|c| c.name == name)
                 .map_or(0.0, |c| c.calls)
         };
