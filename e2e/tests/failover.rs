@@ -228,9 +228,19 @@ async fn kill_a_master_under_load(replicas: usize, heal: Heal) {
         window.is_some(),
         "no request was refused: the kill did not reach the load"
     );
+    // What the API logged for them (a 500 logs its cause), so a rare
+    // failure says which Redis answer the API did not expect.
+    let internal: Vec<String> = api
+        .proc
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("\"internal error\""))
+        .take(5)
+        .map(str::to_owned)
+        .collect();
     assert!(
         bad.is_empty(),
-        "{} answers were neither 202 nor a well-formed 503, e.g. {:?}",
+        "{} answers were neither 202 nor a well-formed 503, e.g. {:?}; the API's internal errors: {internal:?}",
         bad.len(),
         &bad[..bad.len().min(5)]
     );
