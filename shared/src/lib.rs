@@ -21,6 +21,7 @@ pub mod redis_conn;
 pub mod redis_errors;
 pub mod retrain;
 pub mod shutdown;
+pub mod span_fields;
 pub mod telemetry;
 pub mod tensor;
 pub mod time;

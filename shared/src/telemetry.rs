@@ -135,6 +135,7 @@ pub fn init_with(opts: &Options<'_>) -> Result<Telemetry, TelemetryError> {
             .json()
             .with_current_span(true)
             .with_span_list(false)
+            .fmt_fields(crate::span_fields::SpanFields)
             .with_filter(filter)
             .boxed()
     } else {
