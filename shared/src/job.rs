@@ -1,8 +1,6 @@
 //! The job as clients and operators see it: kind, status, error and the record
 //! kept in Redis. The queue protocol that moves jobs lives in [`crate::queue`].
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -169,26 +167,50 @@ impl JobRecord {
         "cancel_ttl",
     ];
 
-    /// Builds the record from the hash fields; `None` when the hash is empty
-    /// (unknown or expired job). Unknown extra fields are ignored so newer
-    /// writers do not break older readers.
-    pub fn from_fields(
+    /// Builds the record from `(field, value)` pairs as `HGETALL` answers
+    /// them (fields [`JobRecord::FIELDS`] does not name are ignored).
+    pub fn from_pairs(
         id: Uuid,
-        mut fields: HashMap<String, String>,
+        pairs: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Option<JobRecord>, String> {
-        if fields.is_empty() {
+        let mut values = vec![None; Self::FIELDS.len()];
+        for (k, v) in pairs {
+            if let Some(i) = Self::FIELDS.iter().position(|f| *f == k) {
+                values[i] = Some(v);
+            }
+        }
+        Self::from_values(id, values)
+    }
+
+    /// Builds the record from the values of [`JobRecord::FIELDS`], in that
+    /// order, as `HMGET` answers them; `None` when none is set (unknown or
+    /// expired job). Read by position rather than gathered into a map: the
+    /// job view reads a record per request, and hashing every field name
+    /// cost more than the rest of the conversion.
+    pub fn from_values(
+        id: Uuid,
+        mut values: Vec<Option<String>>,
+    ) -> Result<Option<JobRecord>, String> {
+        if values.len() != Self::FIELDS.len() {
+            return Err(format!(
+                "job record read with {} values for {} fields",
+                values.len(),
+                Self::FIELDS.len()
+            ));
+        }
+        if values.iter().all(Option::is_none) {
             return Ok(None);
         }
-        let mut take = |k: &str| fields.remove(k).filter(|v| !v.is_empty());
-        let kind = take("kind")
+        let mut take = |i: usize| values[i].take().filter(|v| !v.is_empty());
+        let kind = take(field::KIND)
             .and_then(|s| JobKind::parse(&s))
             .ok_or("job record has no valid kind")?;
-        let status = take("status")
+        let status = take(field::STATUS)
             .and_then(|s| JobStatus::parse(&s))
             .ok_or("job record has no valid status")?;
-        let model = take("model").ok_or("job record has no model")?;
+        let model = take(field::MODEL).ok_or("job record has no model")?;
         let int = |v: Option<String>| v.and_then(|s| s.parse::<i64>().ok());
-        let error = match take("error") {
+        let error = match take(field::ERROR) {
             Some(s) => Some(
                 serde_json::from_str::<JobError>(&s)
                     .map_err(|e| format!("job record has a corrupt error: {e}"))?,
@@ -199,22 +221,69 @@ impl JobRecord {
             id,
             kind,
             model,
-            model_version: take("model_version"),
+            model_version: take(field::MODEL_VERSION),
             status,
-            attempts: int(take("attempts"))
+            attempts: int(take(field::ATTEMPTS))
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
-            created_at_ms: int(take("created_at")).unwrap_or(0),
-            started_at_ms: int(take("started_at")),
-            finished_at_ms: int(take("finished_at")),
-            deadline_ms: int(take("deadline")),
-            result_json: take("result"),
+            created_at_ms: int(take(field::CREATED_AT)).unwrap_or(0),
+            started_at_ms: int(take(field::STARTED_AT)),
+            finished_at_ms: int(take(field::FINISHED_AT)),
+            deadline_ms: int(take(field::DEADLINE)),
+            result_json: take(field::RESULT),
             error,
-            traceparent: take("traceparent"),
-            progress_json: take("progress"),
-            cancel_requested_at_ms: int(take("cancel_requested")),
+            traceparent: take(field::TRACEPARENT),
+            progress_json: take(field::PROGRESS),
+            cancel_requested_at_ms: int(take(field::CANCEL_REQUESTED)),
         }))
     }
+}
+
+/// Positions in [`JobRecord::FIELDS`], found by name at compile time: a
+/// name missing from the list fails the build.
+mod field {
+    use super::JobRecord;
+
+    const fn at(name: &str) -> usize {
+        let fields = JobRecord::FIELDS;
+        let mut i = 0;
+        while i < fields.len() {
+            if eq(fields[i].as_bytes(), name.as_bytes()) {
+                return i;
+            }
+            i += 1;
+        }
+        panic!("not a field of JobRecord::FIELDS")
+    }
+
+    const fn eq(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    pub(super) const KIND: usize = at("kind");
+    pub(super) const MODEL: usize = at("model");
+    pub(super) const MODEL_VERSION: usize = at("model_version");
+    pub(super) const STATUS: usize = at("status");
+    pub(super) const ATTEMPTS: usize = at("attempts");
+    pub(super) const CREATED_AT: usize = at("created_at");
+    pub(super) const STARTED_AT: usize = at("started_at");
+    pub(super) const FINISHED_AT: usize = at("finished_at");
+    pub(super) const DEADLINE: usize = at("deadline");
+    pub(super) const RESULT: usize = at("result");
+    pub(super) const ERROR: usize = at("error");
+    pub(super) const TRACEPARENT: usize = at("traceparent");
+    pub(super) const PROGRESS: usize = at("progress");
+    pub(super) const CANCEL_REQUESTED: usize = at("cancel_requested");
 }
 
 #[cfg(test)]
@@ -241,11 +310,25 @@ mod tests {
         assert!(JobStatus::Failed.is_terminal());
     }
 
+    /// The values `HMGET` of [`JobRecord::FIELDS`] would answer for a hash
+    /// holding `pairs` (fields the list does not name are not read).
+    fn values(pairs: &[(&str, &str)]) -> Vec<Option<String>> {
+        JobRecord::FIELDS
+            .iter()
+            .map(|f| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == f)
+                    .map(|(_, v)| (*v).to_owned())
+            })
+            .collect()
+    }
+
     #[test]
-    fn record_from_fields_parses_and_rejects_garbage() {
+    fn record_from_values_parses_and_rejects_garbage() {
         let id = Uuid::now_v7();
-        assert_eq!(JobRecord::from_fields(id, HashMap::new()), Ok(None));
-        let fields: HashMap<String, String> = [
+        assert_eq!(JobRecord::from_values(id, values(&[])), Ok(None));
+        let fields = values(&[
             ("kind", "predict"),
             ("status", "failed"),
             ("model", "mlp128"),
@@ -260,24 +343,49 @@ mod tests {
                 "traceparent",
                 "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             ),
+            ("progress", r#"{"epoch":1}"#),
+            ("cancel_requested", "1900"),
             ("future_field", "x"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let rec = JobRecord::from_fields(id, fields).unwrap().unwrap();
+        ]);
+        let rec = JobRecord::from_values(id, fields).unwrap().unwrap();
+        assert_eq!(rec.kind, JobKind::Predict);
+        assert_eq!(rec.model, "mlp128");
+        assert_eq!(rec.model_version.as_deref(), Some("abc"));
         assert_eq!(rec.status, JobStatus::Failed);
         assert_eq!(rec.attempts, 2);
+        assert_eq!(rec.created_at_ms, 1000);
         assert_eq!(rec.started_at_ms, Some(1500));
+        assert_eq!(rec.finished_at_ms, Some(2000));
         assert_eq!(rec.deadline_ms, Some(1800));
         assert_eq!(rec.error.unwrap().code, "inference_error");
         assert_eq!(rec.result_json, None);
+        assert_eq!(rec.progress_json.as_deref(), Some(r#"{"epoch":1}"#));
+        assert_eq!(rec.cancel_requested_at_ms, Some(1900));
         assert!(rec.traceparent.is_some_and(|t| t.starts_with("00-4bf92f")));
+        let done = values(&[
+            ("kind", "predict"),
+            ("status", "succeeded"),
+            ("model", "m"),
+            ("result", "[1]"),
+        ]);
+        let rec = JobRecord::from_values(id, done).unwrap().unwrap();
+        assert_eq!(rec.result_json.as_deref(), Some("[1]"));
+        let pairs = [
+            ("status", "queued"),
+            ("payload", "x"),
+            ("kind", "retrain"),
+            ("model", "m"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let rec = JobRecord::from_pairs(id, pairs).unwrap().unwrap();
+        assert_eq!(
+            (rec.kind, rec.status),
+            (JobKind::Retrain, JobStatus::Queued)
+        );
+        assert_eq!(JobRecord::from_pairs(id, []), Ok(None));
 
-        let bad: HashMap<String, String> = [("kind", "predict"), ("status", "weird")]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        assert!(JobRecord::from_fields(id, bad).is_err());
+        let bad = values(&[("kind", "predict"), ("status", "weird")]);
+        assert!(JobRecord::from_values(id, bad).is_err());
+        assert!(JobRecord::from_values(id, vec![None; 3]).is_err());
     }
 }

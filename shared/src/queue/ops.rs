@@ -189,10 +189,6 @@ pub fn share(bound: u64, parts: u16, p: u16) -> u64 {
     (bound / n + u64::from(p < bound % n)).max(1)
 }
 
-fn record_from(id: Uuid, fields: HashMap<String, String>) -> Result<Option<JobRecord>, QueueError> {
-    JobRecord::from_fields(id, fields).map_err(QueueError::Corrupt)
-}
-
 /// Reads a job's record; `None` for an unknown or expired id.
 pub async fn get_job(
     conn: &mut impl ConnectionLike,
@@ -204,12 +200,7 @@ pub async fn get_job(
         .arg(&JobRecord::FIELDS[..])
         .query_async(conn)
         .await?;
-    let fields = JobRecord::FIELDS
-        .iter()
-        .zip(values)
-        .filter_map(|(k, v)| Some(((*k).to_owned(), v?)))
-        .collect();
-    record_from(*id, fields)
+    JobRecord::from_values(*id, values).map_err(QueueError::Corrupt)
 }
 
 /// What [`cancel`] did.
@@ -256,11 +247,8 @@ pub async fn cancel(
     let tag = reply.next();
     let record = |reply: std::vec::IntoIter<String>| {
         let mut reply = reply;
-        let mut fields = HashMap::new();
-        while let (Some(k), Some(v)) = (reply.next(), reply.next()) {
-            fields.insert(k, v);
-        }
-        match record_from(*id, fields)? {
+        let pairs = std::iter::from_fn(|| Some((reply.next()?, reply.next()?)));
+        match JobRecord::from_pairs(*id, pairs).map_err(QueueError::Corrupt)? {
             Some(job) => Ok(Box::new(job)),
             None => Err(QueueError::Corrupt(format!(
                 "job {id} vanished while being canceled"
