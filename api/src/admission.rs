@@ -2,7 +2,8 @@
 //! process is full, or refused because the tenant used its share or its rate.
 //!
 //! ```text
-//!  request ─▶ pool: a `?wait=` poll → long-poll pool, anything else → request pool
+//!  request ─▶ the key's tenant ([`ApiKeys::tenant_of`])    no → 401 unauthorized
+//!          ─▶ pool: a `?wait=` poll → long-poll pool, anything else → request pool
 //!          ─▶ a free slot of the process's pool?          no → 503 overloaded
 //!          ─▶ a free slot of the tenant's share of it?    no → 429 tenant_concurrency_limit
 //!          ─▶ a token in the tenant's bucket, and in the bucket
@@ -38,7 +39,7 @@ use shared::queue::ratelimit::{self, Bucket, Level, Rate, Verdict};
 use shared::redis_errors::count_redis_error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::auth::Tenant;
+use crate::auth::{ApiKeys, Tenant};
 use crate::error::{ApiError, RateLimitInfo};
 use crate::metrics::{UNKNOWN_MODEL, count_rejection, redis_op};
 use crate::models_cache::ModelCache;
@@ -198,24 +199,30 @@ fn buckets(
     out
 }
 
+/// The layer in front of every tenant route: the caller's tenant from its
+/// key, then the pools, shares and rates of the module docs.
 pub(crate) async fn admit(
+    State(keys): State<Arc<ApiKeys>>,
     State(queue): State<Queue>,
     State(policies): State<Arc<Policies>>,
     State(models): State<Arc<ModelCache>>,
     State(pools): State<Arc<Pools>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
+    // Authentication is part of this layer rather than one of its own:
+    // each `from_fn` layer costs every request a boxed future and a clone
+    // of the service below it.
+    let tenant = match keys.tenant_of(req.headers()) {
+        Ok(tenant) => tenant,
+        Err(e) => return e.into_response(),
+    };
+    req.extensions_mut().insert(tenant.clone());
     // An `Arc` inside: cloning it allocates nothing.
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map(MatchedPath::as_str);
     // Only tenant routes come here (health, readiness and metrics have a
-    // router of their own and never take a slot); authentication runs
-    // first, and a request without a tenant is refused rather than let
-    // through unbounded.
-    let Some(tenant) = req.extensions().get::<Tenant>().cloned() else {
-        return ApiError::Unauthorized.into_response();
-    };
+    // router of their own and never take a slot).
     let policy = policies.of(tenant.name());
     // Only a model bucket, or a predict's rejection label, needs the name.
     let model = (policy.model_rate.is_some() || route == Some(paths::PREDICT))

@@ -6,17 +6,19 @@
 //!
 //! ```text
 //!  public:   edge layers ─┬─ open routes (/healthz, /readyz, /metrics, /openapi.json; tenants left out)
-//!                         └─ authenticate ─▶ admit ─▶ tenant routes (/v1/..., and the 404 fallback)
+//!                         └─ admit (authenticate, then shed) ─▶ tenant routes (/v1/..., and the 404 fallback)
 //!  overflow: edge layers ── open routes; anything else 503 too_many_connections
 //!  ops:      edge layers ── open routes with operator detail (every tenant)
 //! ```
 //!
-//! The edge layers, outermost first: `Connection: close` when a body was
-//! left unread ([`conn_reuse`]), per-request metrics and tracing
-//! ([`metrics::track`]), the request-body deadlines ([`body_deadline`]),
-//! panic containment and the body limit. Authentication runs before
-//! [`admission`] (the request pools, the tenant's share of them, its rate
-//! limits), so admission knows the tenant.
+//! The edge layers, outermost first: [`edge_layer`] (the request's span and
+//! metrics, [`metrics::Tracked`]; the request-body deadlines,
+//! [`body_deadline`]; `Connection: close` when a body was left unread,
+//! [`conn_reuse`]), panic containment and the body limit. The first three
+//! are one middleware, not three: each `from_fn` layer costs a boxed
+//! future and a clone of the inner service per request. [`admission`]
+//! authenticates first (the same layer, for the same reason), then applies
+//! the request pools, the tenant's share of them and its rate limits.
 
 use std::any::Any;
 
@@ -27,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use axum::{Extension, Router};
 use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::paths::{
@@ -37,7 +40,7 @@ use crate::routes::health::Audience;
 use crate::routes::{self, datasets, health, jobs, models, predict, retrain, versions};
 use crate::state::AppState;
 use crate::stream_stats::StreamStats;
-use crate::{admission, auth, body_deadline, conn_reuse, metrics};
+use crate::{admission, body_deadline, conn_reuse, metrics};
 
 /// The routers of the two listeners and of the probe reserve.
 pub struct Routers {
@@ -64,10 +67,6 @@ impl Routers {
             .layer(middleware::from_fn_with_state(
                 state.clone(),
                 admission::admit,
-            ))
-            .layer(middleware::from_fn_with_state(
-                state.clone(),
-                auth::authenticate,
             ));
         let public = open(Audience::Public, &streams).merge(tenant);
         let overflow = open(Audience::Public, &streams).fallback(too_many_connections);
@@ -118,10 +117,7 @@ fn edge(router: Router<AppState>, state: &AppState, listener: &'static str) -> R
     router
         .layer(DefaultBodyLimit::max(state.max_body_bytes()))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(middleware::from_fn_with_state(bodies, enforce_body_rules))
-        // Inside `track`, so cut-off bodies are counted with their 408.
-        .layer(middleware::from_fn(metrics::track))
-        .layer(middleware::from_fn(conn_reuse::close_if_body_unread))
+        .layer(middleware::from_fn_with_state(bodies, edge_layer))
         .with_state(state.clone())
 }
 
@@ -131,24 +127,27 @@ struct BodyEdge {
     listener: &'static str,
 }
 
-/// Holds the request body to [`body_deadline`]'s rules. A body that broke
-/// one is answered 408 `request_timeout`, whatever the handler made of its
-/// failed read (an upload handler would call it too large).
-async fn enforce_body_rules(State(edge): State<BodyEdge>, req: Request, next: Next) -> Response {
-    let (req, outcome) = body_deadline::wrap(req, edge.rules);
-    let res = next.run(req).await;
-    match outcome.timed_out() {
-        Some(broken) => {
-            ::metrics::counter!(
-                shared::metric_names::HTTP_TIMEOUTS,
-                "listener" => edge.listener,
-                "phase" => "body"
-            )
-            .increment(1);
-            ApiError::RequestTimeout(broken.to_string()).into_response()
-        }
-        None => res,
+/// What every request goes through at the edge: its span and metrics, the
+/// body deadlines, and `Connection: close` for an unread body. A body that
+/// broke a deadline rule is answered 408 `request_timeout`, whatever the
+/// handler made of its failed read (an upload handler would call it too
+/// large), and counted with that 408.
+async fn edge_layer(State(edge): State<BodyEdge>, req: Request, next: Next) -> Response {
+    let (tracked, span) = metrics::Tracked::start(&req);
+    let (req, body) = body_deadline::wrap(req, edge.rules);
+    let mut res = next.run(req).instrument(span).await;
+    if let Some(broken) = body.timed_out() {
+        ::metrics::counter!(
+            shared::metric_names::HTTP_TIMEOUTS,
+            "listener" => edge.listener,
+            "phase" => "body"
+        )
+        .increment(1);
+        res = ApiError::RequestTimeout(broken.to_string()).into_response();
     }
+    tracked.finish(res.status());
+    conn_reuse::close_if_body_unread(&mut res, &body);
+    res
 }
 
 async fn too_many_connections() -> ApiError {

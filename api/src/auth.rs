@@ -12,8 +12,10 @@
 //! ```
 //!
 //! A request names its key with `Authorization: Bearer <key>` (or
-//! `X-API-Key: <key>`); [`authenticate`] hashes it, looks the digest up and
-//! attaches the caller's [`Tenant`] to the request. Without a keys file the
+//! `X-API-Key: <key>`); [`ApiKeys::tenant_of`] hashes it and looks the digest up, and the
+//! tenant layer ([`crate::admission::admit`]) attaches the caller's
+//! [`Tenant`] to the request (probes, scrapers and the OpenAPI document are
+//! outside that layer: they carry no keys). Without a keys file the
 //! API is open and every request belongs to [`Tenant::DEFAULT`], so a
 //! single-team set-up needs no configuration.
 //!
@@ -29,10 +31,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
 use axum::http::{HeaderMap, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use shared::model::{DEFAULT_TENANT, Qualified, valid_model_name, valid_tenant_name};
 
@@ -207,24 +206,6 @@ fn presented_key(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
         Some(text)
     };
     Ok(key.filter(|k| !k.is_empty()))
-}
-
-/// Middleware of the tenant routes (and their 404 fallback): attaches the
-/// caller's [`Tenant`] or answers 401. Health, readiness, metrics and the
-/// OpenAPI document are in a router of their own, outside this layer:
-/// probes and scrapers carry no keys.
-pub(crate) async fn authenticate(
-    State(keys): State<Arc<ApiKeys>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    match keys.tenant_of(req.headers()) {
-        Ok(tenant) => {
-            req.extensions_mut().insert(tenant);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
 }
 
 #[cfg(test)]

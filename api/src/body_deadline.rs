@@ -29,6 +29,10 @@
 //! handler made of the failure ([`Outcome`] tells it), and the unread rest of
 //! the body makes hyper close the connection after that answer.
 //!
+//! The same wrapper notes whether the handler read the body to its end
+//! ([`Outcome::left_unread`]), which [`crate::conn_reuse`] needs: one
+//! wrapper, so a body is boxed and polled through one layer, not two.
+//!
 //! This module depends on nothing else in the crate, so the extractors can
 //! recognise a [`BodyTimeout`] in an error chain ([`find_timeout`]) without
 //! an import circle.
@@ -36,12 +40,14 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
+use axum::http::{HeaderMap, header};
 use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -95,31 +101,53 @@ impl fmt::Display for BodyTimeout {
 impl StdError for BodyTimeout {}
 
 /// What became of a wrapped body, readable after the handler has answered.
+/// Holds nothing for a request that declared no body.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Outcome(Arc<OnceLock<BodyTimeout>>);
+pub(crate) struct Outcome(Option<Arc<Seen>>);
+
+#[derive(Debug, Default)]
+struct Seen {
+    broken: OnceLock<BodyTimeout>,
+    read_to_end: AtomicBool,
+}
 
 impl Outcome {
     /// The rule the body broke, if it broke one.
     pub(crate) fn timed_out(&self) -> Option<&BodyTimeout> {
-        self.0.get()
+        self.0.as_ref()?.broken.get()
     }
+
+    /// The request declared a body and the handler did not read all of it.
+    pub(crate) fn left_unread(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|s| !s.read_to_end.load(Ordering::Acquire))
+    }
+}
+
+/// A body follows the head: a non-zero Content-Length, or chunked encoding.
+pub(crate) fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
 }
 
 /// Wraps the body of `req` in the deadline rules, if the request declares a
 /// body at all (GETs and empty bodies pass untouched).
 pub(crate) fn wrap(req: Request, rules: BodyRules) -> (Request, Outcome) {
-    let outcome = Outcome::default();
-    if !crate::conn_reuse::declares_body(req.headers()) {
-        return (req, outcome);
+    if !declares_body(req.headers()) {
+        return (req, Outcome::default());
     }
-    let tracked = outcome.clone();
+    let seen = Arc::new(Seen::default());
+    let outcome = Outcome(Some(Arc::clone(&seen)));
     let req = req.map(|inner| {
         Body::new(Deadline {
             inner,
             rules,
             clock: None,
             timer: None,
-            outcome: tracked,
+            seen,
         })
     });
     (req, outcome)
@@ -185,7 +213,7 @@ struct Deadline {
     // Allocated only once the body first has to wait: a body that arrives
     // in one piece never needs a timer.
     timer: Option<Pin<Box<Sleep>>>,
-    outcome: Outcome,
+    seen: Arc<Seen>,
 }
 
 impl HttpBody for Deadline {
@@ -197,7 +225,7 @@ impl HttpBody for Deadline {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let this = self.get_mut();
-        if this.outcome.timed_out().is_some() {
+        if this.seen.broken.get().is_some() {
             return Poll::Ready(None);
         }
         let clock = this.clock.get_or_insert_with(|| {
@@ -208,7 +236,11 @@ impl HttpBody for Deadline {
                 received: 0,
             }
         });
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.seen.read_to_end.store(true, Ordering::Release);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref()
                     && !data.is_empty()
@@ -233,7 +265,7 @@ impl HttpBody for Deadline {
                     }
                 }
                 let broken = clock.broken(&this.rules, Instant::now(), rate);
-                let _ = this.outcome.0.set(broken.clone());
+                let _ = this.seen.broken.set(broken.clone());
                 Poll::Ready(Some(Err(axum::Error::new(broken))))
             }
             other => other,
@@ -241,7 +273,7 @@ impl HttpBody for Deadline {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.outcome.timed_out().is_some() || self.inner.is_end_stream()
+        self.seen.broken.get().is_some() || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -9,79 +9,45 @@
 //! not retry a POST. Saying `Connection: close` makes the client open a
 //! fresh connection instead.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-
-use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
+use axum::http::{HeaderValue, header};
 use axum::response::Response;
-use http_body::{Frame, SizeHint};
 
-pub(crate) async fn close_if_body_unread(req: Request, next: Next) -> Response {
-    if !declares_body(req.headers()) {
-        return next.run(req).await;
-    }
-    let read_to_end = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&read_to_end);
-    let req = req.map(|inner| Body::new(Tracked { inner, flag }));
-    let mut res = next.run(req).await;
-    if !read_to_end.load(Ordering::Acquire) {
+use crate::body_deadline::Outcome;
+
+/// Says `Connection: close` on `res` when its request's body (as wrapped by
+/// [`crate::body_deadline::wrap`]) was left unread.
+pub(crate) fn close_if_body_unread(res: &mut Response, body: &Outcome) {
+    if body.left_unread() {
         res.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    res
-}
-
-/// A body follows the head: a non-zero Content-Length, or chunked encoding.
-pub(crate) fn declares_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING)
-        || headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
-
-/// The request body, flagging when it has been read to its end.
-struct Tracked {
-    inner: Body,
-    flag: Arc<AtomicBool>,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) || this.inner.is_end_stream() {
-            this.flag.store(true, Ordering::Release);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::body_deadline::{self, BodyRules};
     use axum::Router;
+    use axum::body::{Body, Bytes};
+    use axum::extract::Request;
     use axum::http::StatusCode;
+    use axum::middleware::Next;
     use axum::routing::post;
     use tower::ServiceExt;
+
+    async fn edge(req: Request, next: Next) -> Response {
+        let rules = BodyRules {
+            stall: Duration::from_secs(5),
+            min_bytes_per_sec: 0,
+            grace: Duration::from_secs(1),
+        };
+        let (req, body) = body_deadline::wrap(req, rules);
+        let mut res = next.run(req).await;
+        close_if_body_unread(&mut res, &body);
+        res
+    }
 
     async fn call(app: &Router, body: &'static str) -> Response {
         let req = Request::post("/")
@@ -95,12 +61,13 @@ mod tests {
     async fn only_answers_that_left_the_body_unread_close_the_connection() {
         let reads = Router::new()
             .route("/", post(|b: Bytes| async move { b.len().to_string() }))
-            .layer(axum::middleware::from_fn(close_if_body_unread));
+            .layer(axum::middleware::from_fn(edge));
         let ignores = Router::new()
             .route("/", post(|| async { StatusCode::NOT_FOUND }))
-            .layer(axum::middleware::from_fn(close_if_body_unread));
+            .layer(axum::middleware::from_fn(edge));
 
         let res = call(&reads, "hello").await;
+        assert_eq!(res.status(), StatusCode::OK);
         assert!(res.headers().get(header::CONNECTION).is_none());
         let res = call(&ignores, "hello").await;
         assert_eq!(res.headers()[header::CONNECTION], "close");

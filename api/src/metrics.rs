@@ -1,5 +1,5 @@
-//! Prometheus metrics: the process-wide recorder, the per-request middleware
-//! (tracing span, request counter, latency histogram), Redis error counting
+//! Prometheus metrics: the process-wide recorder, each request's span,
+//! counter and latency histogram ([`Tracked`]), Redis error counting
 //! and the public view of a scrape. `GET /metrics` itself is the handler in
 //! `routes::metrics`, which appends the queue gauges sampled at scrape time
 //! ([`crate::stream_stats`]).
@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::Response;
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
@@ -43,7 +41,6 @@ pub(crate) use shared::metric_names::{
 use shared::model::TENANT_SEPARATOR;
 // The one Redis error count both binaries keep; re-exported for the routes.
 use shared::redis_errors::count_redis_error;
-use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::models_cache::ModelCache;
@@ -222,19 +219,37 @@ pub(crate) fn public_view(text: &str) -> String {
     out
 }
 
-/// Wraps every request (matched or not) in a span and records its outcome.
-pub(crate) async fn track(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = method_label(req.method());
-    let route = route_label(req.extensions().get::<MatchedPath>());
-    let span = tracing::info_span!("request", method, route, job_id = tracing::field::Empty);
-    let res = next.run(req).instrument(span).await;
-    let status = status_label(res.status());
-    metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route, "status" => status.clone())
-        .record(start.elapsed().as_secs_f64());
-    metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
-        .increment(1);
-    res
+/// One request's metrics, from its head to its answer (the edge layer in
+/// [`crate::app`] holds it around every request, matched or not).
+pub(crate) struct Tracked {
+    start: Instant,
+    method: &'static str,
+    route: &'static str,
+}
+
+impl Tracked {
+    /// Starts counting `req`, and opens the span it is to run in.
+    pub(crate) fn start(req: &Request) -> (Tracked, tracing::Span) {
+        let method = method_label(req.method());
+        let route = route_label(req.extensions().get::<MatchedPath>());
+        let span = tracing::info_span!("request", method, route, job_id = tracing::field::Empty);
+        let tracked = Tracked {
+            start: Instant::now(),
+            method,
+            route,
+        };
+        (tracked, span)
+    }
+
+    /// Counts the answer.
+    pub(crate) fn finish(self, status: StatusCode) {
+        let (method, route) = (self.method, self.route);
+        let status = status_label(status);
+        metrics::histogram!(HTTP_DURATION, "method" => method, "route" => route, "status" => status.clone())
+            .record(self.start.elapsed().as_secs_f64());
+        metrics::counter!(HTTP_REQUESTS, "method" => method, "route" => route, "status" => status)
+            .increment(1);
+    }
 }
 
 /// Counts a refused submission. `model` must be a published model's name or
