@@ -16,26 +16,8 @@
 //! after the same long-polls (`bench --memory-only`). It also costs fewer
 //! instructions per job (callgrind: 342k against 392k for the API).
 //!
-//! `muzzy_decay_ms:0`: pages go straight from dirty to returned
-//! (`MADV_DONTNEED`), so they leave the resident set at once rather than
-//! after a second decay. The settings can be overridden at run time through
-//! the `_RJEM_MALLOC_CONF` environment variable (the crate's jemalloc is
-//! built with the `_rjem_` prefix).
-//!
-//! The `jemalloc` feature (on by default) selects it; without it the
-//! process uses the system allocator.
+//! The options are [`shared::allocator`]'s. The `jemalloc` feature (on by
+//! default) selects it; without it the process uses the system allocator.
 
 #[cfg(feature = "jemalloc")]
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's start-up options, read once when it initialises (its
-/// `malloc_conf` symbol: a pointer to a NUL-terminated string).
-#[cfg(feature = "jemalloc")]
-#[allow(unsafe_code, non_upper_case_globals)]
-// the SAFETY note below
-// SAFETY: jemalloc declares `extern const char *malloc_conf` (prefixed
-// `_rjem_`) and only reads it; a reference to a byte array is a thin pointer
-// to bytes that live for the whole program and end with a NUL.
-#[unsafe(export_name = "_rjem_malloc_conf")]
-static malloc_conf: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+shared::jemalloc_allocator!();

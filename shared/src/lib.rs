@@ -9,9 +9,12 @@
 //! through the same module, so the two sides cannot drift apart: every Redis
 //! key, stream field and Lua script lives in `queue/`.
 
+#[cfg(feature = "jemalloc")]
+pub mod allocator;
 pub mod backoff;
 pub mod digest;
 pub mod job;
+pub mod json_log;
 pub mod metric_names;
 pub mod model;
 pub mod packed;
@@ -21,7 +24,6 @@ pub mod redis_conn;
 pub mod redis_errors;
 pub mod retrain;
 pub mod shutdown;
-pub mod span_fields;
 pub mod telemetry;
 pub mod tensor;
 pub mod time;

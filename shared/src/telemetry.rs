@@ -4,7 +4,8 @@
 //! * Logs: `tracing` with a JSON or a human-readable format
 //!   (`LOG_FORMAT=json|pretty`) filtered by `RUST_LOG`. Logs go to stderr;
 //!   stdout stays free for machine-readable lines such as the API's
-//!   `LISTENING <addr>`. In JSON each line carries the fields of the span it
+//!   `LISTENING <addr>`. In JSON ([`crate::json_log`], the same lines as
+//!   `tracing-subscriber`'s JSON format, cheaper) each line carries the fields of the span it
 //!   was logged in under `span`: a job's lines are logged in its span
 //!   (`submit` in the API, `job` in the worker), which holds `job_id`,
 //!   `model`, `attempt` and `trace_id` (and `parent_span_id` on the worker).
@@ -132,10 +133,10 @@ pub fn init_with(opts: &Options<'_>) -> Result<Telemetry, TelemetryError> {
     let fmt_layer = if opts.format.eq_ignore_ascii_case("json") {
         tfmt::layer()
             .with_writer(std::io::stderr)
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .fmt_fields(crate::span_fields::SpanFields)
+            // As `.json()` would: no colour codes in machine-read lines.
+            .with_ansi(false)
+            .fmt_fields(crate::json_log::SpanFields)
+            .event_format(crate::json_log::JsonLines)
             .with_filter(filter)
             .boxed()
     } else {

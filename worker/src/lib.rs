@@ -19,8 +19,10 @@
 //! * [`watchdog`]: time limits and cancellation of inference runs, and the
 //!   run limits every job is held to.
 //! * [`memlimit`]: the worker's own memory ceiling (`--max-memory-mb`).
+//! * [`allocator`]: jemalloc in place of glibc's malloc.
 //! * [`http`]: metrics, liveness and readiness on `--metrics-listen`.
 
+mod allocator;
 pub mod backend;
 mod config;
 pub mod consumer;
