@@ -1,6 +1,7 @@
 //! The API's queue operations at the edges the end-to-end tests cannot reach
 //! cheaply: a cancel racing a running job or a parked retry, how queue
-//! depth is measured, and idempotency records outliving their jobs.
+//! depth is measured, idempotency records outliving their jobs, and what a
+//! retry leaves in a record.
 
 mod common;
 
@@ -503,4 +504,84 @@ async fn a_canceled_running_job_that_fails_transiently_is_not_retried() {
     .unwrap();
     assert_eq!(moved, 0, "nothing went back on the stream");
     assert_eq!(usage(&env).await.jobs, 0);
+}
+
+/// The worker's successful end of attempt `attempt` of `id`.
+fn succeed(d: &Delivery, id: Uuid, attempt: u32) -> Finish<'_> {
+    Finish {
+        delivery: d,
+        job_id: id,
+        attempt,
+        model_version: "",
+        outcome: Outcome::Succeeded {
+            result_json: "[1.0]".into(),
+        },
+    }
+}
+
+/// The fields of `id`'s record only a retry writes that are still there.
+async fn retry_fields(env: &Env, id: &Uuid) -> Vec<String> {
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(env.keys.job(id))
+        .query_async(&mut env.conn().await)
+        .await
+        .unwrap();
+    fields
+        .into_iter()
+        .filter(|f| ["payload", "retry_at", "last_error"].contains(&f.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_job_that_succeeds_after_a_retry_keeps_none_of_the_retrys_fields() {
+    let env = Env::start().await;
+    env.publish(&mlp("mlp128", 128)).await;
+    let first = submit(&env, features_body(128)).await;
+    let retried = submit(&env, features_body(128)).await;
+    let got = read_all(&env).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(start(&env, &got[0]).await, Start::Run(1));
+    assert_eq!(start(&env, &got[1]).await, Start::Run(1));
+    let now = shared::time::now_ms();
+    let ends = [succeed(&got[0], first, 1), retry_now(&got[1], retried, now)];
+    consume::finish(&mut env.conn().await, &env.keys, &POLICY, &ends, now)
+        .await
+        .unwrap();
+    assert!(retry_fields(&env, &first).await.is_empty());
+    assert_eq!(
+        retry_fields(&env, &retried).await.len(),
+        3,
+        "parked for its retry"
+    );
+
+    let moved = consume::release_due(
+        &mut env.conn().await,
+        &env.keys,
+        &[env.keys.stream("mlp128", 0)],
+        now + 1,
+        10,
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, 1);
+    let again = read_all(&env).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(start(&env, &again[0]).await, Start::Run(2));
+    // `release_due` took the payload and due time back; the last error stays
+    // until the job ends, and its end (attempt 2) deletes it.
+    assert_eq!(retry_fields(&env, &retried).await, ["last_error"]);
+    let now = shared::time::now_ms();
+    consume::finish(
+        &mut env.conn().await,
+        &env.keys,
+        &POLICY,
+        &[succeed(&again[0], retried, 2)],
+        now,
+    )
+    .await
+    .unwrap();
+    assert!(retry_fields(&env, &retried).await.is_empty());
+    let r = env.send(get(&format!("/v1/jobs/{retried}"))).await;
+    assert_eq!(r.json()["status"], "succeeded", "{}", r.text());
+    assert_eq!(r.json()["attempts"], 2);
 }

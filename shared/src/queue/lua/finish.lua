@@ -48,7 +48,10 @@ local function finish(job, usage, entry, attempt, mode, ttl, version, result, er
   if result ~= '' then record[#record + 1] = 'result'; record[#record + 1] = result end
   if err ~= '' then record[#record + 1] = 'error'; record[#record + 1] = err end
   redis.call('HSET', job, unpack(record))
-  redis.call('HDEL', job, 'payload', 'retry_at', 'last_error')
+  -- Only a retry writes these (the branch above), and a retried job runs
+  -- again as attempt 2 or later (a replay resets the count and deletes
+  -- them), so a first attempt has none to delete: one call fewer per job.
+  if attempt ~= '1' then redis.call('HDEL', job, 'payload', 'retry_at', 'last_error') end
   redis.call('EXPIRE', job, ttl)
   usage_release(usage, 'jobs', 1)
   usage_release(usage, 'bytes', f[3])
