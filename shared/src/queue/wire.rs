@@ -231,7 +231,18 @@ impl JobEnvelope {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-        rmp_serde::to_vec_named(self)
+        // Sized up front: grown from empty, the buffer was reallocated as
+        // it filled (callgrind: a third of the encode's instructions).
+        let tensors: usize = match &self.spec {
+            JobSpec::Predict { inputs, .. } => inputs
+                .iter()
+                .map(|t| t.name.len() + 8 * (t.shape.len() + t.data.len()) + 16)
+                .sum(),
+            JobSpec::Validate { .. } | JobSpec::Retrain(_) => 0,
+        };
+        let mut buf = Vec::with_capacity(256 + self.model.len() + tensors);
+        rmp_serde::encode::write_named(&mut buf, self)?;
+        Ok(buf)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<JobEnvelope, rmp_serde::decode::Error> {
