@@ -275,6 +275,7 @@ impl Submission {
                 policies.of(tenant.name()).job_quota()
             },
             durability: policy.durability,
+            index_ttl_secs: policy.index_ttl_secs,
         };
         let outcome = async {
             let mut conn = queue.conn();
