@@ -10,7 +10,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use e2e::tenancy::KeysFile;
-use e2e::{Api, Client, ModelsDir, RedisServer, Reply, StatusCode, Worker, unique_namespace};
+use e2e::{
+    Api, Client, ModelsDir, RedisCluster, RedisServer, Reply, StatusCode, Worker, unique_namespace,
+};
 use serde_json::{Value, json};
 use shared::Keys;
 use shared::model::ModelInfo;
@@ -361,6 +363,63 @@ async fn bad_items_are_reported_by_index_and_atomic_batches_are_all_or_nothing()
         7,
         "a refused request queued something"
     );
+
+    // The index expires with the records: its bucket outlives its hour by
+    // the longest record TTL (here the default 86400 s), and an entry
+    // whose record is gone is skipped.
+    let keys = Keys::new(&ns);
+    let first: uuid::Uuid = queued[0].parse().expect("uuid");
+    let bucket = shared::queue::index::bucket_of(shared::queue::index::id_ms(&first));
+    let mut conn = redis.client().get_connection().expect("redis");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(keys.job_index("default", 0, bucket))
+        .query(&mut conn)
+        .expect("TTL");
+    assert!((86_400..=86_400 + 3_600).contains(&ttl), "index TTL {ttl}");
+    let _: () = redis::cmd("DEL")
+        .arg(keys.job(&first))
+        .query(&mut conn)
+        .expect("DEL");
+    let (left, _) = list_all(&c, "", 2).await;
+    let left = ids_of(&left);
+    assert_eq!(left.len(), 6);
+    assert!(!left.contains(&queued[0]));
+    assert_newest_first(&left);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_and_search_work_on_a_cluster_with_partitions() {
+    let cluster = RedisCluster::start();
+    let ns = unique_namespace("cbulk");
+    let url = cluster.url();
+    let _w = Worker::spawn(&url, &ns, &["--partitions", "3"]);
+    let api = Api::spawn(&url, &ns, &["--partitions", "3"]);
+    let c = api.client();
+    c.wait_for_models(&["mlp128"], Duration::from_secs(30))
+        .await;
+    let items: Vec<Value> = (0..300).map(|i| row(i as f32)).collect();
+    let r = bulk(&c, "mlp128", &json!({ "items": items })).await;
+    let ids = accepted_ids(&r);
+    let partition = |id: &String| id[id.len() - 4..].to_owned();
+    let spread: HashSet<String> = ids.iter().map(partition).collect();
+    assert_eq!(spread.len(), 3, "a bulk spreads over the partitions");
+    // An atomic batch keeps to one partition.
+    let ten: Vec<Value> = (0..10).map(|i| row(i as f32)).collect();
+    let r = bulk(&c, "mlp128", &json!({ "atomic": true, "items": ten })).await;
+    let atomic_ids = accepted_ids(&r);
+    let one: HashSet<String> = atomic_ids.iter().map(partition).collect();
+    assert_eq!(one.len(), 1, "{atomic_ids:?}");
+
+    let (found, _) = list_all(&c, "", 45).await;
+    let found = ids_of(&found);
+    assert_newest_first(&found);
+    let mut expected: Vec<String> = ids.iter().chain(&atomic_ids).cloned().collect();
+    expected.reverse();
+    assert_eq!(found, expected);
+    for id in &ids[..3] {
+        let job = c.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(job["status"], "succeeded", "{job}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
