@@ -11,7 +11,9 @@
 //! `MEMORY USAGE <key> SAMPLES 0` summed over the index keys of phase 2
 //! (found with `SCAN MATCH {ns}:*:jobs:*`), per job and per million jobs.
 //!
-//! `cargo run --release -p e2e --example bulk_rate -- 100000 1000`
+//! `cargo run --release -p e2e --example bulk_rate -- 100000 1000` (a batch
+//! of 0 runs the single submits alone, and with `E2E_BIN_DIR` any API
+//! build: the Redis time per submit script is printed after them).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -131,17 +133,19 @@ async fn main() {
     let bulk_ns = unique_namespace("rate-bulk");
     publish_mlp128(&redis, &single_ns).await;
     publish_mlp128(&redis, &bulk_ns).await;
-    let unbounded = ["--max-queue-depth", "0", "--max-bulk", "10000"];
-    let single_api = Api::spawn(&redis.url(), &single_ns, &unbounded);
-    let bulk_api = Api::spawn(&redis.url(), &bulk_ns, &unbounded);
-    for api in [&single_api, &bulk_api] {
-        api.client()
-            .wait_for_models(&["mlp128"], Duration::from_secs(30))
-            .await;
-    }
+    let single_api = Api::spawn(&redis.url(), &single_ns, &["--max-queue-depth", "0"]);
+    single_api
+        .client()
+        .wait_for_models(&["mlp128"], Duration::from_secs(30))
+        .await;
     // Quotas: the default tenant's 1,000,000 jobs and 1 GiB are ample for
     // a run of 100,000 per phase.
 
+    let mut stats = redis.client().get_connection().expect("redis");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut stats)
+        .expect("CONFIG RESETSTAT");
     let c = Arc::new(single_api.client());
     let single = run(CLIENTS, jobs, 1, move |n| {
         let c: Arc<Client> = c.clone();
@@ -152,6 +156,23 @@ async fn main() {
     })
     .await;
     println!("single submits: {jobs} jobs, {CLIENTS} clients: {single:.0} jobs/s");
+    // What the submit script costs Redis per job (its index entry included).
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut stats)
+        .expect("INFO commandstats");
+    for line in info.lines().filter(|l| l.starts_with("cmdstat_evalsha")) {
+        println!("redis, single submits: {line}");
+    }
+    if batch == 0 {
+        return;
+    }
+    let unbounded = ["--max-queue-depth", "0", "--max-bulk", "10000"];
+    let bulk_api = Api::spawn(&redis.url(), &bulk_ns, &unbounded);
+    bulk_api
+        .client()
+        .wait_for_models(&["mlp128"], Duration::from_secs(30))
+        .await;
 
     let c = Arc::new(bulk_api.client());
     let body = Arc::new(json!({ "items": (0..batch).map(row).collect::<Vec<_>>() }));
