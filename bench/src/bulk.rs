@@ -29,12 +29,18 @@ pub(crate) struct Bulk {
 /// Submits `jobs` jobs in requests of [`BATCH`], then polls each to the end
 /// with `conc` clients.
 pub(crate) async fn bulk_then_poll(http: &Http, jobs: usize, conc: usize) -> Bulk {
-    let requests = jobs.div_ceil(BATCH);
-    let body = http.bulk_body(BATCH);
+    let requests = jobs.div_ceil(BATCH).max(1);
+    // Full requests, and the last one with what is left.
+    let full = http.bulk_body(BATCH);
+    let last = http.bulk_body(jobs.saturating_sub((requests - 1) * BATCH).max(1));
     let mut errors = Errors::default();
     let start = Instant::now();
-    let submits = clients(CLIENTS, requests, http, move |http, _| {
-        let body = body.clone();
+    let submits = clients(CLIENTS, requests, http, move |http, i| {
+        let body = if i + 1 == requests {
+            last.clone()
+        } else {
+            full.clone()
+        };
         async move { http.submit_bulk(body).await }
     })
     .await;
