@@ -5,7 +5,8 @@
 //! Only the caller's tenant's index is read, and each record is checked to
 //! be the tenant's again, so another tenant's job never appears. The work of
 //! one page is bounded: at most [`MAX_EXAMINED`] index entries are examined
-//! (their records read, in pipelines of one round trip per partition), so a
+//! (their records read, [`index::records`]: in pipelines of one round trip
+//! per partition), so a
 //! filter that matches few jobs (`model`, `status`) answers a short or even
 //! empty page with a `next_cursor` rather than reading on; a client pages
 //! until `next_cursor` is `null`. Entries whose record has expired are
@@ -18,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shared::job::{JobRecord, JobStatus};
 use shared::queue::index::{self, Walk};
-use shared::queue::ops;
 use uuid::Uuid;
 
 use super::jobs::{JobView, view};
@@ -122,7 +122,7 @@ pub(crate) async fn list_jobs(
         }
         examined += ids.len();
         last = ids.last().copied();
-        let records = ops::get_jobs(&mut conn, queue.keys(), &ids)
+        let records = index::records(&mut conn, queue.keys(), &ids)
             .await
             .map_err(redis_failed(redis_op::LIST_JOBS))?;
         found.extend(

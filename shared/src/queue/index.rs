@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use super::QueueError;
 use super::keys::{INDEX_BUCKET_MS, Keys, Partition, partition_of};
+use crate::job::JobRecord;
 
 /// The Unix ms a UUIDv7 carries in its first 48 bits.
 pub fn id_ms(id: &Uuid) -> i64 {
@@ -47,7 +48,7 @@ pub fn expires_at_secs(bucket: i64, ttl_secs: u64) -> i64 {
 }
 
 /// Positions of `ids`, grouped by partition (so by slot), in order.
-pub(crate) fn by_partition(ids: &[Uuid]) -> BTreeMap<Partition, Vec<usize>> {
+fn by_partition(ids: &[Uuid]) -> BTreeMap<Partition, Vec<usize>> {
     let mut groups: BTreeMap<Partition, Vec<usize>> = BTreeMap::new();
     for (i, id) in ids.iter().enumerate() {
         groups.entry(partition_of(id)).or_default().push(i);
@@ -177,6 +178,30 @@ impl Walk {
         }
         Ok(Vec::new())
     }
+}
+
+/// Reads the records of the ids a [`Walk`] found, in `ids` order (`None` for an unknown or
+/// expired id): one pipelined round trip per partition, since a cluster
+/// refuses a pipeline that crosses slots.
+pub async fn records(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    ids: &[Uuid],
+) -> Result<Vec<Option<JobRecord>>, QueueError> {
+    let mut out: Vec<Option<JobRecord>> = (0..ids.len()).map(|_| None).collect();
+    for (_, members) in by_partition(ids) {
+        let mut pipe = redis::pipe();
+        for &i in &members {
+            pipe.cmd("HMGET")
+                .arg(keys.job(&ids[i]))
+                .arg(&JobRecord::FIELDS[..]);
+        }
+        let replies: Vec<Vec<Option<String>>> = pipe.query_async(conn).await?;
+        for (&i, values) in members.iter().zip(replies) {
+            out[i] = JobRecord::from_values(ids[i], values).map_err(QueueError::Corrupt)?;
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

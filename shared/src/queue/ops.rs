@@ -374,30 +374,6 @@ pub async fn get_job(
     JobRecord::from_values(*id, values).map_err(QueueError::Corrupt)
 }
 
-/// Reads many jobs' records, in `ids` order (`None` for an unknown or
-/// expired id): one pipelined round trip per partition, since a cluster
-/// refuses a pipeline that crosses slots.
-pub async fn get_jobs(
-    conn: &mut impl ConnectionLike,
-    keys: &Keys,
-    ids: &[Uuid],
-) -> Result<Vec<Option<JobRecord>>, QueueError> {
-    let mut out: Vec<Option<JobRecord>> = (0..ids.len()).map(|_| None).collect();
-    for (_, members) in index::by_partition(ids) {
-        let mut pipe = redis::pipe();
-        for &i in &members {
-            pipe.cmd("HMGET")
-                .arg(keys.job(&ids[i]))
-                .arg(&JobRecord::FIELDS[..]);
-        }
-        let replies: Vec<Vec<Option<String>>> = pipe.query_async(conn).await?;
-        for (&i, values) in members.iter().zip(replies) {
-            out[i] = JobRecord::from_values(ids[i], values).map_err(QueueError::Corrupt)?;
-        }
-    }
-    Ok(out)
-}
-
 /// What [`cancel`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Canceled {
