@@ -453,4 +453,18 @@ async fn a_queue_bound_reached_mid_batch_refuses_only_what_does_not_fit() {
     }
     assert_eq!(item_code(&r, 3), "queue_full");
     assert_eq!(count_jobs(&c).await, 5);
+    // An atomic batch that fits is counted in the tenant's usage job by
+    // job, as single submits are: 5 + 2 unfinished jobs.
+    let api = Api::spawn(&redis.url(), &ns, &["--max-queue-depth", "7"]);
+    let c = api.client();
+    let two: Vec<Value> = (0..2).map(|i| row(i as f32)).collect();
+    let r = bulk(&c, "mlp128", &json!({ "atomic": true, "items": two })).await;
+    assert_eq!(accepted_ids(&r).len(), 2);
+    let mut conn = redis.client().get_connection().expect("redis");
+    let jobs: u64 = redis::cmd("HGET")
+        .arg(Keys::new(&ns).job_usage("default", 0))
+        .arg("jobs")
+        .query(&mut conn)
+        .expect("HGET usage");
+    assert_eq!(jobs, 7);
 }

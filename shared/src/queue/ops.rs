@@ -154,7 +154,7 @@ impl Call {
 enum Role<'a> {
     /// Not in one: checked and counted on its own.
     Alone,
-    /// Checks the bounds for, and counts, the whole batch.
+    /// Checks the bounds for the whole batch.
     First { jobs: usize, bytes: usize },
     /// Runs only if the job before it (`previous`, its record key) was
     /// written.
@@ -280,13 +280,15 @@ pub async fn submit(
 ///
 /// `atomic`: every job must be in one partition (else
 /// [`QueueError::Corrupt`], nothing sent). The first call checks the bounds
-/// for the whole batch and counts all of it; every later one runs only if
-/// the one before it wrote its job. So either every job is written or none
-/// is, and then every answer is the first one's refusal. Idempotency keys
-/// are not checked. Another client's submit may run between two calls of
-/// the batch, and its own bound check sees only the part of the batch
-/// written so far: the queue bound may be passed by less than the batch's
-/// size while it is written (the quota is not: the first call counted it).
+/// for the whole batch; every later one runs only if the one before it
+/// wrote its job. So either every job is written or none is, and then every
+/// answer is the first one's refusal. Idempotency keys are not checked.
+/// Each call counts its own job in the tenant's usage, so a pipeline cut
+/// short (a dropped connection) leaves counted exactly the jobs written.
+/// Another client's submit may run between two calls of the batch, and its
+/// own bound check sees only the part of the batch written so far: the
+/// queue bound and the quota may be passed by less than the batch's size
+/// while it is written.
 pub async fn submit_many(
     conn: &mut impl ConnectionLike,
     keys: &Keys,

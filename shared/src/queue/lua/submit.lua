@@ -14,9 +14,10 @@
 --       18 role in an atomic batch: '' (none), 'first' or 'next',
 --       19 and 20 for 'first': the batch's jobs and payload bytes
 -- An atomic batch is sent as one pipeline of calls in one partition: the
--- first checks the bounds for the whole batch and counts all of it in the
--- usage; each next one runs only if the job before it was written (so if
--- the first was refused, every one is), and checks nothing else.
+-- first checks the bounds for the whole batch; each next one runs only if
+-- the job before it was written (so if the first was refused, every one
+-- is), and checks nothing else. Every call counts its own job in the usage,
+-- so a pipeline cut short leaves counted only the jobs it wrote.
 -- Answers: {'created', id} | {'exists', id, same body '1'|'0', value} |
 --          {'full', depth} | {'quota', field, used, limit} | {'aborted'}
 local role = ARGV[18]
@@ -34,8 +35,7 @@ elseif KEYS[5] then
   end
 end
 local size = string.len(ARGV[2])
--- What this call counts in (and checks the bounds for): itself, or a whole
--- atomic batch.
+-- What this call checks the bounds for: itself, or a whole atomic batch.
 local n, n_bytes = 1, size
 if role == 'first' then n, n_bytes = tonumber(ARGV[19]), tonumber(ARGV[20]) end
 if role ~= 'next' then
@@ -73,10 +73,8 @@ if ARGV[6] ~= '' then record[#record + 1] = 'deadline'; record[#record + 1] = AR
 if ARGV[13] ~= '' then record[#record + 1] = 'traceparent'; record[#record + 1] = ARGV[13] end
 redis.call('HSET', KEYS[1], unpack(record))
 redis.call('XADD', KEYS[2], '*', ARGV[11], ARGV[1], ARGV[12], ARGV[2])
-if role ~= 'next' then
-  redis.call('HINCRBY', KEYS[3], 'jobs', n)
-  redis.call('HINCRBY', KEYS[3], 'bytes', n_bytes)
-end
+redis.call('HINCRBY', KEYS[3], 'jobs', 1)
+redis.call('HINCRBY', KEYS[3], 'bytes', size)
 -- Score 0: members sort by id, and a UUIDv7 sorts by its time.
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
 redis.call('EXPIREAT', KEYS[4], ARGV[17])
