@@ -33,11 +33,13 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::paths::{
-    CANCEL, DATASET, DATASETS, HEALTHZ, JOB, METRICS, MODEL, MODELS, OPENAPI, PREDICT, PROMOTE,
-    READYZ, RETRAIN, ROLLBACK, VERSION, VERSIONS,
+    CANCEL, DATASET, DATASETS, HEALTHZ, JOB, JOBS, METRICS, MODEL, MODELS, OPENAPI, PREDICT,
+    PREDICT_BATCH, PROMOTE, READYZ, RETRAIN, ROLLBACK, VERSION, VERSIONS,
 };
 use crate::routes::health::Audience;
-use crate::routes::{self, datasets, health, jobs, models, predict, retrain, versions};
+use crate::routes::{
+    self, batch, datasets, health, jobs, models, predict, retrain, search, versions,
+};
 use crate::state::AppState;
 use crate::stream_stats::StreamStats;
 use crate::{admission, body_deadline, conn_reuse, metrics};
@@ -190,12 +192,24 @@ pub(crate) struct Route {
 /// from this table alone, and the OpenAPI tests check the document against
 /// it in both directions, so a route cannot be added without being
 /// documented.
-pub(crate) const TABLE: [Route; 20] = [
+pub(crate) const TABLE: [Route; 22] = [
     Route {
         method: Method::POST,
         path: PREDICT,
         access: Access::Tenant,
         handler: |m| on(m, predict::predict),
+    },
+    Route {
+        method: Method::POST,
+        path: PREDICT_BATCH,
+        access: Access::Tenant,
+        handler: |m| on(m, batch::predict_batch),
+    },
+    Route {
+        method: Method::GET,
+        path: JOBS,
+        access: Access::Tenant,
+        handler: |m| on(m, search::list_jobs),
     },
     Route {
         method: Method::GET,

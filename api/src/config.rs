@@ -47,6 +47,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_train_work: u64,
 
+    /// Most items one bulk submit (`POST /v1/models/{model}/predict/batch`)
+    /// may carry; its body is bounded by `--max-body-bytes` as well.
+    #[arg(long, env = "MAX_BULK", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_bulk: u32,
+
     /// Upper bound for the `?wait=` long-poll of `GET /v1/jobs/{id}`, in seconds.
     #[arg(long, env = "MAX_WAIT_SECS", default_value_t = 30)]
     pub max_wait_secs: u64,
@@ -202,6 +208,8 @@ pub struct RequestLimits {
     pub max_dataset_bytes: usize,
     /// Most epochs x rows x features a retrain job may ask for.
     pub max_train_work: u64,
+    /// Most items of one bulk submit.
+    pub max_bulk: usize,
 }
 
 impl Config {
@@ -225,6 +233,7 @@ impl Config {
             max_model_bytes: self.max_model_bytes,
             max_dataset_bytes: self.max_dataset_bytes,
             max_train_work: self.max_train_work,
+            max_bulk: self.max_bulk as usize,
         }
     }
 
@@ -264,6 +273,7 @@ mod tests {
         assert!(Config::try_parse_from(["api", "--max-body-bytes", "-1"]).is_err());
         assert_eq!(c.result_ttl_secs, 86_400);
         assert_eq!(c.canceled_ttl_secs, 86_400);
+        assert_eq!(c.max_bulk, 1000);
         assert_eq!(c.max_queue_depth, 100_000);
         assert_eq!(c.max_concurrent_requests, 1024);
         assert!(Config::try_parse_from(["api", "--max-concurrent-requests", "0"]).is_err());

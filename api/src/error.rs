@@ -24,6 +24,12 @@ pub enum ApiError {
     InvalidInput(String),
     #[error("{0}")]
     InvalidQuery(String),
+    #[error("a bulk submit takes 1 to {max} items, got {got}")]
+    TooManyItems { got: usize, max: usize },
+    /// An item of an atomic bulk submit was refused: the whole request is
+    /// answered as the item would have been, naming it.
+    #[error("items[{index}]: {error}")]
+    InBatch { index: usize, error: Box<ApiError> },
     #[error("request content-type must be application/json")]
     UnsupportedMediaType,
     #[error("request content-type must be text/csv")]
@@ -116,6 +122,7 @@ pub enum ErrorCode {
     NonFiniteInput,
     InvalidInput,
     InvalidQuery,
+    TooManyItems,
     UnsupportedMediaType,
     PayloadTooLarge,
     ModelNotFound,
@@ -157,6 +164,7 @@ impl ErrorCode {
             ErrorCode::NonFiniteInput => "non_finite_input",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::TooManyItems => "too_many_items",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::ModelNotFound => "model_not_found",
@@ -201,6 +209,10 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
             }
             ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery),
+            ApiError::TooManyItems { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooManyItems)
+            }
+            ApiError::InBatch { error, .. } => error.wire(),
             ApiError::UnsupportedMediaType | ApiError::NotCsv => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 ErrorCode::UnsupportedMediaType,
@@ -353,7 +365,21 @@ pub(crate) struct Detail<'a> {
     /// Stable, for programs.
     code: ErrorCode,
     /// One sentence, for people.
-    message: &'a str,
+    #[schema(value_type = String)]
+    message: std::borrow::Cow<'a, str>,
+}
+
+impl ApiError {
+    /// The error's `{"code", "message"}`, as its answer's body holds it
+    /// (what a bulk submit reports for each item it refused). Every message
+    /// is bounded, whatever a variant carries: a client's text echoed back
+    /// must never make the answer large.
+    pub(crate) fn detail(&self) -> Detail<'static> {
+        Detail {
+            code: self.code(),
+            message: crate::text::clip_message(&self.to_string()).into(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -373,14 +399,8 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        // Every message is bounded, whatever a variant carries: a client's
-        // text echoed back must never make the answer large.
-        let message = crate::text::clip_message(&self.to_string());
         let body = serde_json::to_vec(&Body {
-            error: Detail {
-                code: self.code(),
-                message: &message,
-            },
+            error: self.detail(),
         })
         // Two plain strings always serialise; keep a literal fallback anyway
         // rather than a panic on the error path.

@@ -7,8 +7,10 @@
 //! back to a `&'static str` label without allocating.
 
 pub(crate) const PREDICT: &str = "/v1/models/{model}/predict";
+pub(crate) const PREDICT_BATCH: &str = "/v1/models/{model}/predict/batch";
 pub(crate) const MODELS: &str = "/v1/models";
 pub(crate) const MODEL: &str = "/v1/models/{model}";
+pub(crate) const JOBS: &str = "/v1/jobs";
 pub(crate) const JOB: &str = "/v1/jobs/{id}";
 pub(crate) const CANCEL: &str = "/v1/jobs/{id}/cancel";
 pub(crate) const HEALTHZ: &str = "/healthz";
@@ -23,7 +25,23 @@ pub(crate) const RETRAIN: &str = "/v1/models/{model}/retrain";
 pub(crate) const DATASETS: &str = "/v1/datasets";
 pub(crate) const DATASET: &str = "/v1/datasets/{name}";
 
-pub(crate) const ALL: [&str; 16] = [
-    PREDICT, MODELS, MODEL, JOB, CANCEL, HEALTHZ, READYZ, METRICS, OPENAPI, VERSIONS, VERSION,
-    PROMOTE, ROLLBACK, RETRAIN, DATASETS, DATASET,
+pub(crate) const ALL: [&str; 18] = [
+    PREDICT,
+    PREDICT_BATCH,
+    JOBS,
+    MODELS,
+    MODEL,
+    JOB,
+    CANCEL,
+    HEALTHZ,
+    READYZ,
+    METRICS,
+    OPENAPI,
+    VERSIONS,
+    VERSION,
+    PROMOTE,
+    ROLLBACK,
+    RETRAIN,
+    DATASETS,
+    DATASET,
 ];

@@ -24,6 +24,9 @@ pub(crate) struct QueuePolicy {
     pub idempotency_ttl_secs: u64,
     /// TTL of a canceled job's record.
     pub canceled_ttl_secs: u64,
+    /// How long a job index bucket outlives its hour: the longest record
+    /// TTL the API knows (see [`shared::queue::index`]).
+    pub index_ttl_secs: u64,
     /// Whether a 202 waits for a replica's copy of the job.
     pub durability: shared::queue::Durability,
 }

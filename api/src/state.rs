@@ -93,6 +93,7 @@ impl AppState {
             max_queue_depth: config.max_queue_depth,
             idempotency_ttl_secs: config.result_ttl_secs,
             canceled_ttl_secs: config.canceled_ttl_secs,
+            index_ttl_secs: config.result_ttl_secs.max(config.canceled_ttl_secs),
             durability: config.queue.durability(),
         };
         Ok(AppState {

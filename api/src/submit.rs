@@ -9,8 +9,10 @@
 //! 3. [`Submission::enqueue`]: one Redis script ([`ops::submit`]) that
 //!    deduplicates on the key (scoped by model and job kind), applies the
 //!    model's queue bound and the tenant's quota on unfinished jobs and
-//!    bytes, and writes the record and the stream entry together; then the
-//!    counters, and an [`Accepted`] the handler turns into its 202.
+//!    bytes, and writes the record, the stream entry and the tenant's job
+//!    index entry together; then the counters, and an [`Accepted`] the
+//!    handler turns into its 202. A bulk submit does the same for each of
+//!    its jobs, pipelined ([`enqueue_many`]).
 //!
 //! Limits that do not depend on the job (the tenant's share of request
 //! slots, its rates) were applied before the handler ran
@@ -23,6 +25,7 @@ use serde::Serialize;
 use shared::Keys;
 use shared::digest::sha256_hex;
 use shared::job::{JobKind, JobStatus};
+use shared::queue::keys::Partition;
 use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
 use shared::queue::wire::{JobEnvelope, JobSpec, RetrainSpec};
 use shared::telemetry::{self, spans};
@@ -180,10 +183,38 @@ impl Submission {
         headers: &HeaderMap,
     ) -> Result<Submission, ApiError> {
         let key_hash = idempotency_key(headers)?;
-        let model = tenant.model_key(public);
         // The id names the job's partition (see `shared::queue::keys`): the
         // idempotency key's, or the next in turn.
-        let id = keys.new_job_id(keys.pick_partition(key_hash.as_deref()));
+        let p = keys.pick_partition(key_hash.as_deref());
+        Ok(Submission::start(
+            keys, tenant, public, headers, key_hash, p,
+        ))
+    }
+
+    /// One job of a bulk submit: as [`Submission::begin`], without an
+    /// `Idempotency-Key` (the bulk route refuses one), in `partition` if
+    /// given (an atomic batch keeps to one), else the next in turn.
+    pub(crate) fn begin_item(
+        keys: &Keys,
+        tenant: &Tenant,
+        public: &str,
+        headers: &HeaderMap,
+        partition: Option<Partition>,
+    ) -> Submission {
+        let p = partition.unwrap_or_else(|| keys.pick_partition(None));
+        Submission::start(keys, tenant, public, headers, None, p)
+    }
+
+    fn start(
+        keys: &Keys,
+        tenant: &Tenant,
+        public: &str,
+        headers: &HeaderMap,
+        key_hash: Option<String>,
+        partition: Partition,
+    ) -> Submission {
+        let model = tenant.model_key(public);
+        let id = keys.new_job_id(partition);
         let client = client_trace(headers);
         // Without export the ids are made here, so the span gets its trace
         // id at creation: recording it afterwards re-encodes the span's JSON
@@ -201,14 +232,14 @@ impl Submission {
             span.record("trace_id", tracing::field::display(t.trace_id));
             t
         });
-        Ok(Submission {
+        Submission {
             id,
             model,
             public: public.to_owned(),
             span,
             trace,
             key_hash,
-        })
+        }
     }
 
     pub(crate) fn id(&self) -> Uuid {
@@ -240,6 +271,28 @@ impl Submission {
         work: Work,
         body_hash: Option<String>,
     ) -> Result<Accepted, ApiError> {
+        let (job, kind) = self.envelope(work);
+        let opts = options(
+            queue,
+            policies,
+            tenant,
+            kind,
+            self.key_hash.as_deref(),
+            body_hash.as_deref(),
+        );
+        let outcome = async {
+            let mut conn = queue.conn();
+            ops::submit(&mut conn, queue.keys(), &job, &opts)
+                .await
+                .map_err(redis_failed(redis_op::SUBMIT))
+        }
+        .instrument(self.span.clone())
+        .await?;
+        self.settle(outcome, kind)
+    }
+
+    /// The job's envelope, and its kind.
+    fn envelope(&self, work: Work) -> (JobEnvelope, JobKind) {
         let (spec, deadline_ms) = work.into_spec();
         let kind = spec.kind();
         let job = JobEnvelope {
@@ -250,63 +303,34 @@ impl Submission {
             traceparent: Some(self.trace.to_string()),
             spec,
         };
-        let policy = queue.policy();
-        let opts = SubmitOptions {
-            // A control job is the registry's own work, never refused for
-            // a full model queue.
-            max_queue_depth: if kind == JobKind::Validate {
-                0
-            } else {
-                policy.max_queue_depth
-            },
-            idempotency: self.key_hash.as_deref().zip(body_hash.as_deref()).map(
-                |(key_hash, body_hash)| Idempotency {
-                    key_hash,
-                    body_hash,
-                    ttl_secs: policy.idempotency_ttl_secs,
-                },
-            ),
-            // Nor for the tenant's queue quota: the version is registered
-            // already (within its own quota), and refusing its check would
-            // leave it `validating` for good.
-            quota: if kind == JobKind::Validate {
-                Default::default()
-            } else {
-                policies.of(tenant.name()).job_quota()
-            },
-            durability: policy.durability,
-        };
-        let outcome = async {
-            let mut conn = queue.conn();
-            let outcome = ops::submit(&mut conn, queue.keys(), &job, &opts)
-                .await
-                .map_err(redis_failed(redis_op::SUBMIT))?;
-            match outcome {
-                // Debug: the worker's "job finished" is the one info line per job.
-                Submitted::Created => tracing::debug!(kind = kind.as_str(), "job queued"),
-                // The line is about the earlier job, not the one never created.
-                Submitted::Duplicate { id, .. } => {
-                    tracing::Span::current().record("job_id", tracing::field::display(id));
-                    tracing::info!("idempotent retry, answered with the earlier job");
-                }
-                Submitted::KeyReused(id) => {
-                    tracing::Span::current().record("job_id", tracing::field::display(id));
-                    tracing::info!("idempotency key reused for another body");
-                }
-                // Debug: under overload these fire per request; metrics count them.
-                Submitted::QueueFull { depth } => tracing::debug!(depth, "queue full, job refused"),
-                Submitted::OverQuota(q) => {
-                    tracing::debug!(
-                        quota = q.kind.as_str(),
-                        used = q.used,
-                        "tenant over quota, job refused"
-                    )
-                }
+        (job, kind)
+    }
+
+    /// What the script did, logged in the job's span and counted, as the
+    /// handler's answer.
+    fn settle(self, outcome: Submitted, kind: JobKind) -> Result<Accepted, ApiError> {
+        self.span.in_scope(|| match outcome {
+            // Debug: the worker's "job finished" is the one info line per job.
+            Submitted::Created => tracing::debug!(kind = kind.as_str(), "job queued"),
+            // The line is about the earlier job, not the one never created.
+            Submitted::Duplicate { id, .. } => {
+                tracing::Span::current().record("job_id", tracing::field::display(id));
+                tracing::info!("idempotent retry, answered with the earlier job");
             }
-            Ok::<_, ApiError>(outcome)
-        }
-        .instrument(self.span.clone())
-        .await?;
+            Submitted::KeyReused(id) => {
+                tracing::Span::current().record("job_id", tracing::field::display(id));
+                tracing::info!("idempotency key reused for another body");
+            }
+            // Debug: under overload these fire per request; metrics count them.
+            Submitted::QueueFull { depth } => tracing::debug!(depth, "queue full, job refused"),
+            Submitted::OverQuota(q) => {
+                tracing::debug!(
+                    quota = q.kind.as_str(),
+                    used = q.used,
+                    "tenant over quota, job refused"
+                )
+            }
+        });
         let label = || SharedString::from(self.model.clone());
         match outcome {
             Submitted::Created => {
@@ -330,6 +354,79 @@ impl Submission {
             Submitted::QueueFull { .. } => Err(ApiError::QueueFull(self.public)),
             Submitted::OverQuota(q) => Err(ApiError::over_quota(q)),
         }
+    }
+}
+
+/// Queues many predictions of one request (a bulk submit) the way
+/// [`Submission::enqueue`] queues one: the same script per job, with the
+/// same bounds, pipelined ([`ops::submit_many`]: one Redis round trip per
+/// partition). Each job is accepted or refused on its own, in order, or
+/// with `atomic` (all in one partition, see [`Submission::begin_item`]) all
+/// of them or none. The answers are in `jobs` order. An error for the whole
+/// (Redis unreachable) leaves unknown which jobs were written: the client
+/// may list its jobs (`GET /v1/jobs`).
+pub(crate) async fn enqueue_many(
+    queue: &Queue,
+    policies: &Policies,
+    tenant: &Tenant,
+    jobs: Vec<(Submission, Work)>,
+    atomic: bool,
+) -> Result<Vec<Result<Accepted, ApiError>>, ApiError> {
+    let (submissions, envelopes): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .map(|(sub, work)| {
+            let (job, kind) = sub.envelope(work);
+            ((sub, kind), job)
+        })
+        .unzip();
+    // Bulk submits take no Idempotency-Key; every job is a prediction.
+    let opts = options(queue, policies, tenant, JobKind::Predict, None, None);
+    let mut conn = queue.conn();
+    let outcomes = ops::submit_many(&mut conn, queue.keys(), &envelopes, &opts, atomic)
+        .await
+        .map_err(redis_failed(redis_op::SUBMIT))?;
+    Ok(submissions
+        .into_iter()
+        .zip(outcomes)
+        .map(|((sub, kind), outcome)| sub.settle(outcome, kind))
+        .collect())
+}
+
+/// The bounds and deduplication of a job of `kind` (see the module docs).
+fn options<'a>(
+    queue: &Queue,
+    policies: &Policies,
+    tenant: &Tenant,
+    kind: JobKind,
+    key_hash: Option<&'a str>,
+    body_hash: Option<&'a str>,
+) -> SubmitOptions<'a> {
+    let policy = queue.policy();
+    SubmitOptions {
+        // A control job is the registry's own work, never refused for
+        // a full model queue.
+        max_queue_depth: if kind == JobKind::Validate {
+            0
+        } else {
+            policy.max_queue_depth
+        },
+        idempotency: key_hash
+            .zip(body_hash)
+            .map(|(key_hash, body_hash)| Idempotency {
+                key_hash,
+                body_hash,
+                ttl_secs: policy.idempotency_ttl_secs,
+            }),
+        // Nor for the tenant's queue quota: the version is registered
+        // already (within its own quota), and refusing its check would
+        // leave it `validating` for good.
+        quota: if kind == JobKind::Validate {
+            Default::default()
+        } else {
+            policies.of(tenant.name()).job_quota()
+        },
+        durability: policy.durability,
+        index_ttl_secs: policy.index_ttl_secs,
     }
 }
 

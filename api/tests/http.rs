@@ -277,9 +277,21 @@ async fn request_errors_have_their_status_code_and_json_shape() {
     env.send(get("/no/such/route"))
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
-    env.send(get("/v1/jobs"))
+    env.send(get("/v1/job"))
         .await
         .assert_error(StatusCode::NOT_FOUND, "not_found");
+    env.send(get("/v1/jobs?limit=0"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    env.send(get("/v1/jobs?cursor=nope"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    env.send(get("/v1/jobs?status=done"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
+    env.send(get("/v1/jobs?since=yesterday"))
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_query");
 
     let r = env.send(get(PREDICT)).await;
     r.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");

@@ -306,6 +306,7 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
         idempotency: None,
         quota: Default::default(),
         durability: shared::queue::Durability::Async,
+        index_ttl_secs: 60,
     };
     let got = ops::submit(&mut env.conn().await, &env.keys, &job, &opts)
         .await

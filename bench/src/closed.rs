@@ -102,7 +102,7 @@ pub(crate) async fn submit_then_poll(http: &Http, jobs: usize, conc: usize) -> B
 
 /// `conc` concurrent clients sharing `n` items: each takes the next index
 /// and runs `one` on it until none is left; the outcomes, in no order.
-async fn clients<T, F, Fut>(conc: usize, n: usize, http: &Http, one: F) -> Vec<T>
+pub(crate) async fn clients<T, F, Fut>(conc: usize, n: usize, http: &Http, one: F) -> Vec<T>
 where
     T: Send + 'static,
     F: Fn(Http, usize) -> Fut + Clone + Send + 'static,

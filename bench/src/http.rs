@@ -60,6 +60,42 @@ impl Http {
             .ok_or_else(|| "submit: no job_id".into())
     }
 
+    /// One bulk submit of `body` (`{"items": [...]}`, every item the
+    /// bench's predict body); the job ids of a 202, else an error text
+    /// (a refused item included).
+    pub(crate) async fn submit_bulk(&self, body: Arc<Vec<u8>>) -> Result<Vec<String>, String> {
+        let v = expect_json(
+            "bulk submit",
+            StatusCode::ACCEPTED,
+            self.client
+                .post(format!("{}/v1/models/{MODEL}/predict/batch", self.base))
+                .header("content-type", "application/json")
+                .body(body.as_ref().clone()),
+        )
+        .await?;
+        let items = v["items"].as_array().ok_or("bulk submit: no items")?;
+        items
+            .iter()
+            .map(|item| match item["job_id"].as_str() {
+                Some(id) => Ok(id.to_owned()),
+                None => Err(format!("bulk submit: item {}", item["error"]["code"])),
+            })
+            .collect()
+    }
+
+    /// A bulk body of `n` copies of the bench's predict body.
+    pub(crate) fn bulk_body(&self, n: usize) -> Arc<Vec<u8>> {
+        let mut body = b"{\"items\":[".to_vec();
+        for i in 0..n {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&self.body);
+        }
+        body.extend_from_slice(b"]}");
+        Arc::new(body)
+    }
+
     /// Long-polls (`?wait=5`) until the job is terminal; Ok when it succeeded.
     pub(crate) async fn wait(&self, id: &str, deadline: Instant) -> Result<(), String> {
         loop {

@@ -112,6 +112,7 @@ const SUBMIT: SubmitOptions<'static> = SubmitOptions {
         max_bytes: 1 << 30,
     },
     durability: Durability::Async,
+    index_ttl_secs: 86_400,
 };
 
 const POLICY: Policy = Policy {

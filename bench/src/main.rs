@@ -4,7 +4,8 @@
 //! `--workers` release `worker`s with the demo `models/` (through the `e2e`
 //! harness), all on 127.0.0.1, then measures in one run:
 //!
-//! * closed loop (submit burst, then submit → long-poll per client),
+//! * closed loop (submit burst, then submit → long-poll per client), and the
+//!   burst again as bulk submits of 1,000 ([`bulk`]),
 //! * open loop at fixed rates until the first saturated one,
 //! * the closed loop again with workers on `--read-count 1`,
 //! * limits ([`limits`]): in-process ONNX Runtime rows/s, and Redis round
@@ -35,6 +36,7 @@
 use std::time::{Duration, Instant};
 
 mod baseline;
+mod bulk;
 mod closed;
 mod cluster;
 mod cpu;
@@ -291,6 +293,10 @@ async fn main() -> Result<()> {
         format!("{:.3}", on.e2e_jps / limits.redis_jobs),
         String::new(),
     );
+    progress(&format!("bulk submit: {} jobs", args.jobs));
+    bulk::bulk_then_poll(&http, args.jobs, args.concurrency)
+        .await
+        .report(&mut rep, &on_label, &on);
 
     let api_closed = rss_kib(api.proc.pid());
     for &rate in &args.rates {

@@ -342,6 +342,44 @@ async fn the_document_matches_the_router_and_real_responses() {
     // A finished job cannot be canceled: 409.
     check_reply(&doc, "DELETE", "/v1/jobs/{id}", &client.delete(&job).await);
     check_reply(&doc, "GET", "/v1/models", &client.get("/v1/models").await);
+    // Bulk submit: queued and refused items, an atomic refusal; the listing.
+    let batch = "/v1/models/{model}/predict/batch";
+    let send_batch = |body: Value| {
+        client.send(
+            client
+                .http
+                .post(format!("{}/v1/models/mlp128/predict/batch", client.base))
+                .json(&body),
+        )
+    };
+    let mixed = json!({"items": [features(128), features(3)]});
+    let reply = send_batch(mixed.clone()).await;
+    assert_eq!(reply.json["refused"], 1, "{}", reply.text);
+    check_reply(&doc, "POST", batch, &reply);
+    let mut atomic = mixed;
+    atomic["atomic"] = json!(true);
+    let reply = send_batch(atomic).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        reply.text
+    );
+    check_reply(&doc, "POST", batch, &reply);
+    let page = client.get("/v1/jobs?limit=2").await;
+    assert_eq!(
+        page.json["jobs"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        page.text
+    );
+    check_reply(&doc, "GET", "/v1/jobs", &page);
+    check_reply(
+        &doc,
+        "GET",
+        "/v1/jobs",
+        &client.get("/v1/jobs?limit=x").await,
+    );
     check_reply(
         &doc,
         "GET",

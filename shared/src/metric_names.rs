@@ -67,6 +67,8 @@ pub mod redis_op {
     // API
     pub const SUBMIT: &str = "submit";
     pub const GET_JOB: &str = "get_job";
+    /// `GET /v1/jobs`: the job index and the records it names.
+    pub const LIST_JOBS: &str = "list_jobs";
     pub const CANCEL: &str = "cancel";
     pub const LIST_MODELS: &str = "list_models";
     pub const GET_MODEL: &str = "get_model";

@@ -318,6 +318,7 @@ async fn submit(ctx: &Context, row: [f32; 2]) -> Uuid {
         idempotency: None,
         quota: Default::default(),
         durability: Durability::Async,
+        index_ttl_secs: 60,
     };
     let mut conn = ctx.pool.get();
     let submitted = ops::submit(&mut conn, &ctx.keys, &job, &opts)

@@ -26,7 +26,9 @@ use utoipa::OpenApi;
 use self::responses::Common;
 use crate::error::ApiError;
 use crate::paths;
-use crate::routes::{datasets, health, jobs, metrics, models, predict, retrain, versions};
+use crate::routes::{
+    batch, datasets, health, jobs, metrics, models, predict, retrain, search, versions,
+};
 
 /// The document, rendered once.
 #[utoipa::path(
@@ -57,6 +59,8 @@ pub(crate) async fn serve() -> Result<Response, ApiError> {
     ),
     paths(
         predict::predict,
+        batch::predict_batch,
+        search::list_jobs,
         jobs::get_job,
         jobs::cancel,
         jobs::cancel_by_delete,

@@ -306,7 +306,11 @@ async fn read(queue: &Queue, tenant: &Tenant, id: &Uuid) -> Result<JobRecord, Ap
 }
 
 fn render(tenant: &Tenant, job: &JobRecord) -> Result<Response, ApiError> {
-    let rec = &job;
+    Ok(axum::Json(view(tenant, job)?).into_response())
+}
+
+/// The job as `tenant` sees it.
+pub(crate) fn view<'a>(tenant: &Tenant, rec: &'a JobRecord) -> Result<JobView<'a>, ApiError> {
     let result = match rec.result_json.as_deref() {
         // Validated (a scan, no allocation) so a corrupt record cannot make
         // the whole response invalid JSON.
@@ -315,7 +319,7 @@ fn render(tenant: &Tenant, job: &JobRecord) -> Result<Response, ApiError> {
         })?),
         None => None,
     };
-    Ok(axum::Json(JobView {
+    Ok(JobView {
         job_id: rec.id,
         kind: rec.kind.as_str(),
         model: tenant.public_name(&rec.model).unwrap_or(&rec.model),
@@ -341,7 +345,6 @@ fn render(tenant: &Tenant, job: &JobRecord) -> Result<Response, ApiError> {
             .as_deref()
             .and_then(|p| serde_json::from_str::<&RawValue>(p).ok()),
     })
-    .into_response())
 }
 
 /// A worker's error as the tenant may read it: its models named as it knows

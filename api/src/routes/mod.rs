@@ -2,6 +2,7 @@
 //! table that mounts them is [`crate::app::TABLE`]; their paths are in
 //! [`crate::paths`].
 
+pub(crate) mod batch;
 pub(crate) mod datasets;
 pub(crate) mod health;
 pub(crate) mod jobs;
@@ -9,6 +10,7 @@ pub(crate) mod metrics;
 pub(crate) mod models;
 pub(crate) mod predict;
 pub(crate) mod retrain;
+pub(crate) mod search;
 pub(crate) mod versions;
 
 use crate::error::ApiError;

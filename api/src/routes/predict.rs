@@ -113,17 +113,7 @@ async fn submit(
     model_label: &mut SharedString,
 ) -> Result<Response, ApiError> {
     let PathParam(public) = path?;
-    // From here on the model is named as Redis and the workers know it.
-    let model = tenant
-        .qualify(&public)
-        .ok_or_else(|| ApiError::ModelNotFound(clip(&public)))?;
-    let Some(info) = models
-        .get(&model)
-        .await
-        .map_err(redis_failed(shared::metric_names::redis_op::GET_MODEL))?
-    else {
-        return Err(ApiError::ModelNotFound(public));
-    };
+    let (model, info) = published(models, tenant, &public).await?;
     *model_label = SharedString::from(model.clone());
     // The job's span starts here, so an exported trace covers validation too.
     let submission = Submission::begin(queue.keys(), tenant, &public, headers)?;
@@ -159,8 +149,28 @@ async fn submit(
         .into_response())
 }
 
+/// The model a tenant names, as Redis and the workers know it, and its
+/// published signature; 404 `model_not_found` if no worker serves it.
+pub(crate) async fn published(
+    models: &ModelCache,
+    tenant: &Tenant,
+    public: &str,
+) -> Result<(String, Arc<ModelInfo>), ApiError> {
+    let model = tenant
+        .qualify(public)
+        .ok_or_else(|| ApiError::ModelNotFound(clip(public)))?;
+    match models
+        .get(&model)
+        .await
+        .map_err(redis_failed(shared::metric_names::redis_op::GET_MODEL))?
+    {
+        Some(info) => Ok((model, info)),
+        None => Err(ApiError::ModelNotFound(public.to_owned())),
+    }
+}
+
 /// Runs `f` on the body here when it is small, else on the blocking pool.
-async fn off_executor_if_large<T: Send + 'static>(
+pub(crate) async fn off_executor_if_large<T: Send + 'static>(
     body: &Bytes,
     f: impl FnOnce(&[u8]) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -174,7 +184,7 @@ async fn off_executor_if_large<T: Send + 'static>(
 }
 
 /// The signature of a pinned version, which must exist and be `ready`.
-async fn pinned_signature(
+pub(crate) async fn pinned_signature(
     queue: &Queue,
     model: &str,
     public: &str,

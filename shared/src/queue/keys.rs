@@ -11,7 +11,7 @@
 //!
 //! | tag            | keys under it                                          | why together                |
 //! |----------------|--------------------------------------------------------|-----------------------------|
-//! | `{p<i>.<k>}`   | partition `i`: jobs, streams, retries, dead letters, jobs' usage, idempotency | submit, start, finish, cancel, replay each touch a job with its stream and counters |
+//! | `{p<i>.<k>}`   | partition `i`: jobs, streams, retries, dead letters, jobs' usage, idempotency, the job index | submit, start, finish, cancel, replay each touch a job with its stream and counters |
 //! | `{reg}`        | registry, signatures, datasets, heartbeats, load markers, datasets' usage | register, promote, quarantine, dataset writes touch several of them |
 //! | `{t.<tenant>}` | a tenant's rate buckets                                | one request draws from the tenant's and its model's bucket at once |
 //!
@@ -61,6 +61,7 @@
 //! | `{ns}:{P}:dead`                   | stream  | the partition's dead letters: jobs that exhausted their attempts |
 //! | `{ns}:{P}:usage:{tenant}`         | hash    | a tenant's unfinished `jobs`/`bytes` in the partition ([`super::usage`]) |
 //! | `{ns}:{P}:idem:{model}:{kind}:{key hash}` | string | `{job id} {body hash}` for an `Idempotency-Key`, one namespace per model and job kind |
+//! | `{ns}:{P}:jobs:{tenant}:{bucket}` | zset | the job index ([`super::index`]): ids of the tenant's jobs submitted into the partition in hour `bucket` (Unix ms / [`INDEX_BUCKET_MS`]), all scored 0 so they sort by id (UUIDv7: by time); written by the submit script, expires [`Keys::job_index`]'s retention after the hour ends |
 //! | `{ns}:{reg}:models`               | hash    | model name → signature JSON, written by workers         |
 //! | `{ns}:{reg}:registry:{model}`     | hash    | model versions ([`super::registry`]): `seq` counter, `{n}` → version JSON, `sig:{n}` → signature JSON |
 //! | `{ns}:{reg}:current`              | hash    | model → current version number                          |
@@ -118,6 +119,10 @@ pub const MAX_PARTITIONS: u16 = 1024;
 
 /// A partition number, `0..P`.
 pub type Partition = u16;
+
+/// The span of one bucket of the job index ([`Keys::job_index`]), in ms:
+/// an hour, so a bucket outlives its last record by at most an hour.
+pub const INDEX_BUCKET_MS: i64 = 3_600_000;
 
 /// The "model" naming the stream a job of `kind` for `model` travels on:
 /// the one rule the API's submit, retries and dead-letter replays share.
@@ -342,6 +347,14 @@ impl Keys {
         format!("{}:usage:{}", self.part(p), tenant)
     }
 
+    /// The job index of `tenant` in partition `p` for hour `bucket` (Unix
+    /// ms / [`INDEX_BUCKET_MS`]; see [`super::index`]). The tenant name is
+    /// followed by the bucket number, which holds no `:`, so two tenants'
+    /// keys never collide.
+    pub fn job_index(&self, tenant: &str, p: Partition, bucket: i64) -> String {
+        format!("{}:jobs:{}:{}", self.part(p), tenant, bucket)
+    }
+
     /// A tenant's dataset usage counters (see [`super::usage`]).
     pub fn dataset_usage(&self, tenant: &str) -> String {
         format!("{}:usage:{}", self.inner.registry, tenant)
@@ -511,6 +524,10 @@ mod tests {
         assert_eq!(k.dead_letters(2), format!("{p2}:dead"));
         assert_eq!(k.job_usage("acme", 2), format!("{p2}:usage:acme"));
         assert_eq!(
+            k.job_index("acme", 2, 493_000),
+            format!("{p2}:jobs:acme:493000")
+        );
+        assert_eq!(
             k.idempotency(2, "m", JobKind::Predict, "ab12"),
             format!("{p2}:idem:m:predict:ab12")
         );
@@ -558,6 +575,7 @@ mod tests {
                 k.delayed("m", p),
                 k.dead_letters(p),
                 k.job_usage("acme", p),
+                k.job_index("acme", p, 7),
                 k.idempotency(p, "m", JobKind::Predict, "ab"),
             ] {
                 assert_eq!(slot(&key), s, "{key}");

@@ -5,7 +5,11 @@
 //!
 //! ```text
 //!  API    ── submit (Lua): idempotency check, queue-depth check, HSET job:{id} status=queued,
-//!                          XADD stream:{model} * id {id} job <msgpack>               (one round trip)
+//!                          XADD stream:{model} * id {id} job <msgpack>,
+//!                          ZADD jobs:{tenant}:{hour} 0 {id}                          (one round trip;
+//!                          a bulk submit pipelines the calls, one round trip per partition)
+//!  API    ── GET /v1/jobs: ZRANGE jobs:{tenant}:{hour} BYLEX REV per partition, newest hours first,
+//!                          then HMGET job:{id} of each id found
 //!  worker ── XREADGROUP GROUP workers {consumer} COUNT n BLOCK t STREAMS stream:{m1} … > …
 //!         ── XAUTOCLAIM entries whose lease (idle time) expired              (takeover of dead workers)
 //!         ── start (Lua): deadline and attempt checks, status → running, attempts += 1
@@ -63,13 +67,15 @@
 //! tenant holds (counted by the scripts that change it, checked against its
 //! quotas on the way in); [`loading`] the load markers that quarantine a
 //! version that killed its worker; [`blobs`] the operator's sweep of
-//! unreferenced model bytes.
+//! unreferenced model bytes; [`index`] the per-tenant job index behind
+//! `GET /v1/jobs`, written by the submit script.
 
 pub mod admin;
 pub mod blobs;
 pub mod consume;
 pub mod datasets;
 pub mod heartbeat;
+pub mod index;
 pub mod keys;
 pub mod loading;
 pub mod ops;

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::QueueError;
+use super::index;
 use super::keys::{GROUP, Keys, partition_of};
 use super::scripts::{self, CANCEL, Durability, SUBMIT};
 use super::usage::{JobQuota, OverQuota};
@@ -32,6 +33,10 @@ pub struct SubmitOptions<'a> {
     pub quota: JobQuota,
     /// Whether the 202 waits for a replica's copy.
     pub durability: Durability,
+    /// How long the job's index bucket outlives its hour, in seconds (see
+    /// [`super::index`]): at least the longest record TTL, so an entry
+    /// outlives its record.
+    pub index_ttl_secs: u64,
 }
 
 /// A client's idempotency key, reduced to digests so arbitrary header bytes
@@ -50,7 +55,8 @@ pub struct Idempotency<'a> {
 /// What [`submit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Submitted {
-    /// The job was written: record, stream entry and idempotency key.
+    /// The job was written: record, stream entry, index entry and
+    /// idempotency key.
     Created,
     /// The same key with the same body was accepted before as job `id`,
     /// now in `status`; nothing was written.
@@ -65,11 +71,138 @@ pub enum Submitted {
     OverQuota(OverQuota),
 }
 
+/// One job's submit script call, its keys and arguments (see [`submit`]).
+struct Call {
+    job_key: String,
+    payload: Vec<u8>,
+    id: String,
+    p: super::keys::Partition,
+    idem_key: Option<String>,
+    index_key: String,
+    index_expires_at: i64,
+}
+
+impl Call {
+    fn new(keys: &Keys, job: &JobEnvelope, opts: &SubmitOptions<'_>) -> Result<Call, QueueError> {
+        let p = partition_of(&job.id);
+        let bucket = index::bucket_of(index::id_ms(&job.id));
+        Ok(Call {
+            job_key: keys.job(&job.id),
+            payload: job.encode()?,
+            id: job.id.to_string(),
+            p,
+            idem_key: opts
+                .idempotency
+                .map(|i| keys.idempotency(p, &job.model, job.kind(), i.key_hash)),
+            index_key: keys.job_index(tenant_of(&job.model), p, bucket),
+            index_expires_at: index::expires_at_secs(bucket, opts.index_ttl_secs),
+        })
+    }
+
+    fn invocation(
+        &self,
+        keys: &Keys,
+        job: &JobEnvelope,
+        opts: &SubmitOptions<'_>,
+        replaceable: &str,
+        role: Role<'_>,
+    ) -> redis::ScriptInvocation<'static> {
+        let parts = keys.partitions();
+        let p = self.p;
+        let mut inv = SUBMIT.key(&self.job_key);
+        inv.key(keys.stream_of(job.kind(), &job.model, &job.id))
+            .key(keys.job_usage(tenant_of(&job.model), p))
+            .key(&self.index_key);
+        match role {
+            Role::Next { previous } => {
+                inv.key(previous);
+            }
+            Role::Alone | Role::First { .. } => {
+                if let Some(k) = &self.idem_key {
+                    inv.key(k);
+                }
+            }
+        }
+        inv.arg(&self.id)
+            .arg(&self.payload)
+            .arg(job.kind().as_str())
+            .arg(&job.model)
+            .arg(job.submitted_at_ms)
+            .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
+            .arg(share(opts.max_queue_depth, parts, p))
+            .arg(GROUP)
+            .arg(opts.idempotency.map_or("", |i| i.body_hash))
+            .arg(opts.idempotency.map_or(1, |i| i.ttl_secs.max(1)))
+            .arg(FIELD_ID)
+            .arg(FIELD_JOB)
+            .arg(job.traceparent.as_deref().unwrap_or_default())
+            .arg(share(opts.quota.max_jobs, parts, p))
+            .arg(share(opts.quota.max_bytes, parts, p))
+            .arg(replaceable)
+            .arg(self.index_expires_at);
+        match role {
+            Role::Alone => inv.arg("").arg("").arg(""),
+            Role::First { jobs, bytes } => inv.arg("first").arg(jobs).arg(bytes),
+            Role::Next { .. } => inv.arg("next").arg("").arg(""),
+        };
+        inv
+    }
+}
+
+/// A call's part in an atomic batch (see `lua/submit.lua`).
+#[derive(Clone, Copy)]
+enum Role<'a> {
+    /// Not in one: checked and counted on its own.
+    Alone,
+    /// Checks the bounds for the whole batch.
+    First { jobs: usize, bytes: usize },
+    /// Runs only if the job before it (`previous`, its record key) was
+    /// written.
+    Next { previous: &'a str },
+}
+
+/// The script's answer, before an `exists` is resolved.
+enum Reply {
+    Done(Submitted),
+    /// `{'exists', id, same body, value}`: the key names an earlier job.
+    Exists {
+        earlier: Uuid,
+        same_body: bool,
+        value: String,
+    },
+}
+
+fn parse_reply(reply: &[String]) -> Result<Reply, QueueError> {
+    let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
+    match field(0) {
+        "created" => Ok(Reply::Done(Submitted::Created)),
+        "exists" => Ok(Reply::Exists {
+            earlier: Uuid::parse_str(field(1)).map_err(|_| {
+                QueueError::Corrupt(format!("idempotency record names job {:?}", field(1)))
+            })?,
+            same_body: field(2) == "1",
+            value: field(3).to_owned(),
+        }),
+        "full" => Ok(Reply::Done(Submitted::QueueFull {
+            depth: field(1).parse().unwrap_or(u64::MAX),
+        })),
+        "quota" => Ok(Reply::Done(Submitted::OverQuota(OverQuota::from_reply(
+            field(1),
+            field(2),
+            field(3),
+        )?))),
+        other => Err(QueueError::Corrupt(format!(
+            "submit script answered {other:?}"
+        ))),
+    }
+}
+
 /// Checks the idempotency key, then the queue depth, then the tenant's
-/// quota, then writes the job record, its stream entry and the idempotency
-/// key and counts the job in the tenant's usage, atomically
-/// (`lua/submit.lua`): the record and the stream entry are written together
-/// or not at all, so there is never one without the other.
+/// quota, then writes the job record, its stream entry, its entry in the
+/// tenant's job index ([`super::index`]) and the idempotency key and counts
+/// the job in the tenant's usage, atomically (`lua/submit.lua`): the record
+/// and the stream entry are written together or not at all, so there is
+/// never one without the other.
 ///
 /// Everything lives in the partition the job's id names
 /// ([`Keys::new_job_id`]); the queue-depth and quota bounds are the
@@ -95,85 +228,125 @@ pub async fn submit(
     job: &JobEnvelope,
     opts: &SubmitOptions<'_>,
 ) -> Result<Submitted, QueueError> {
-    let payload = job.encode()?;
-    let id = job.id.to_string();
-    let p = partition_of(&job.id);
-    let parts = keys.partitions();
-    let job_key = keys.job(&job.id);
-    let idem_key = opts
-        .idempotency
-        .map(|i| keys.idempotency(p, &job.model, job.kind(), i.key_hash));
+    let call = Call::new(keys, job, opts)?;
     let mut replaceable = String::new();
     for _ in 0..3 {
-        let mut inv = SUBMIT.key(&job_key);
-        inv.key(keys.stream_of(job.kind(), &job.model, &job.id))
-            .key(keys.job_usage(tenant_of(&job.model), p));
-        if let Some(k) = &idem_key {
-            inv.key(k);
-        }
-        inv.arg(&id)
-            .arg(&payload)
-            .arg(job.kind().as_str())
-            .arg(&job.model)
-            .arg(job.submitted_at_ms)
-            .arg(job.deadline_ms.map(|ms| ms.to_string()).unwrap_or_default())
-            .arg(share(opts.max_queue_depth, parts, p))
-            .arg(GROUP)
-            .arg(opts.idempotency.map_or("", |i| i.body_hash))
-            .arg(opts.idempotency.map_or(1, |i| i.ttl_secs.max(1)))
-            .arg(FIELD_ID)
-            .arg(FIELD_JOB)
-            .arg(job.traceparent.as_deref().unwrap_or_default())
-            .arg(share(opts.quota.max_jobs, parts, p))
-            .arg(share(opts.quota.max_bytes, parts, p))
-            .arg(&replaceable);
+        let inv = call.invocation(keys, job, opts, &replaceable, Role::Alone);
         let reply: Vec<String> =
-            scripts::invoke(conn, &SUBMIT, &job_key, &inv, opts.durability).await?;
-        let field = |i: usize| reply.get(i).map(String::as_str).unwrap_or_default();
-        return match field(0) {
-            "created" => Ok(Submitted::Created),
-            "exists" => {
-                let earlier = Uuid::parse_str(field(1)).map_err(|_| {
-                    QueueError::Corrupt(format!("idempotency record names job {:?}", field(1)))
-                })?;
-                let status: Option<String> = redis::cmd("HGET")
-                    .arg(keys.job(&earlier))
-                    .arg("status")
-                    .query_async(conn)
-                    .await?;
-                match status {
-                    Some(st) if field(2) == "1" => Ok(Submitted::Duplicate {
-                        id: earlier,
-                        status: JobStatus::parse(&st).ok_or_else(|| {
-                            QueueError::Corrupt(format!("job {earlier} has status {st:?}"))
-                        })?,
-                    }),
-                    Some(_) => Ok(Submitted::KeyReused(earlier)),
-                    // The earlier job's record is gone (expired, e.g.
-                    // under a short canceled TTL): nothing is left to
-                    // return, so the key is taken over.
-                    None => {
-                        replaceable = field(3).to_owned();
-                        continue;
-                    }
-                }
-            }
-            "full" => Ok(Submitted::QueueFull {
-                depth: field(1).parse().unwrap_or(u64::MAX),
+            scripts::invoke(conn, &SUBMIT, &call.job_key, &inv, opts.durability).await?;
+        let (earlier, same_body, value) = match parse_reply(&reply)? {
+            Reply::Done(done) => return Ok(done),
+            Reply::Exists {
+                earlier,
+                same_body,
+                value,
+            } => (earlier, same_body, value),
+        };
+        let status: Option<String> = redis::cmd("HGET")
+            .arg(keys.job(&earlier))
+            .arg("status")
+            .query_async(conn)
+            .await?;
+        return match status {
+            Some(st) if same_body => Ok(Submitted::Duplicate {
+                id: earlier,
+                status: JobStatus::parse(&st).ok_or_else(|| {
+                    QueueError::Corrupt(format!("job {earlier} has status {st:?}"))
+                })?,
             }),
-            "quota" => Ok(Submitted::OverQuota(OverQuota::from_reply(
-                field(1),
-                field(2),
-                field(3),
-            )?)),
-            other => Err(QueueError::Corrupt(format!(
-                "submit script answered {other:?}"
-            ))),
+            Some(_) => Ok(Submitted::KeyReused(earlier)),
+            // The earlier job's record is gone (expired, e.g. under a
+            // short canceled TTL): nothing is left to return, so the key is
+            // taken over.
+            None => {
+                replaceable = value;
+                continue;
+            }
         };
     }
     Err(QueueError::Corrupt(
         "an idempotency key kept changing while it was taken over".into(),
     ))
+}
+
+/// [`submit`] for many jobs at once (bulk submit): the same script, the
+/// calls pipelined in one round trip per partition
+/// ([`scripts::invoke_all`]). Answers come back in `jobs` order.
+///
+/// Not `atomic`: each job is checked and written on its own, as by
+/// [`submit`] (its queue bound and its tenant's quota apply per job, in
+/// order). A job whose idempotency key named an earlier job (nothing was
+/// written for it) is resolved by [`submit`] afterwards.
+///
+/// `atomic`: every job must be in one partition (else
+/// [`QueueError::Corrupt`], nothing sent). The first call checks the bounds
+/// for the whole batch; every later one runs only if the one before it
+/// wrote its job. So either every job is written or none is, and then every
+/// answer is the first one's refusal. Idempotency keys are not checked.
+/// Each call counts its own job in the tenant's usage, so a pipeline cut
+/// short (a dropped connection) leaves counted exactly the jobs written.
+/// Another client's submit may run between two calls of the batch, and its
+/// own bound check sees only the part of the batch written so far: the
+/// queue bound and the quota may be passed by less than the batch's size
+/// while it is written.
+pub async fn submit_many(
+    conn: &mut impl ConnectionLike,
+    keys: &Keys,
+    jobs: &[JobEnvelope],
+    opts: &SubmitOptions<'_>,
+    atomic: bool,
+) -> Result<Vec<Submitted>, QueueError> {
+    let calls = jobs
+        .iter()
+        .map(|job| Call::new(keys, job, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    if atomic && calls.windows(2).any(|w| w[0].p != w[1].p) {
+        return Err(QueueError::Corrupt(
+            "an atomic batch spans partitions".into(),
+        ));
+    }
+    let first = Role::First {
+        jobs: calls.len(),
+        bytes: calls.iter().map(|c| c.payload.len()).sum(),
+    };
+    let invocations: Vec<_> = calls
+        .iter()
+        .zip(jobs)
+        .enumerate()
+        .map(|(i, (call, job))| {
+            let role = match (atomic, i.checked_sub(1)) {
+                (false, _) => Role::Alone,
+                (true, None) => first,
+                (true, Some(prev)) => Role::Next {
+                    previous: &calls[prev].job_key,
+                },
+            };
+            call.invocation(keys, job, opts, "", role)
+        })
+        .collect();
+    let first_keys: Vec<&str> = calls.iter().map(|c| c.job_key.as_str()).collect();
+    let replies: Vec<Vec<String>> =
+        scripts::invoke_all(conn, &SUBMIT, &first_keys, &invocations, opts.durability).await?;
+    let mut out = Vec::with_capacity(jobs.len());
+    for (reply, job) in replies.iter().zip(jobs) {
+        if reply.first().map(String::as_str) == Some("aborted") {
+            // Only ever after a refused first call.
+            match out.first() {
+                Some(refused) if *refused != Submitted::Created => out.push(*refused),
+                _ => {
+                    return Err(QueueError::Corrupt(
+                        "an atomic batch was cut after its first job".into(),
+                    ));
+                }
+            }
+            continue;
+        }
+        out.push(match parse_reply(reply)? {
+            Reply::Done(done) => done,
+            Reply::Exists { .. } => submit(conn, keys, job, opts).await?,
+        });
+    }
+    Ok(out)
 }
 
 /// Partition `p`'s share of a bound over `parts` partitions: the bound
