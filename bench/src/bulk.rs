@@ -3,11 +3,9 @@
 //! clients, then long-polled to the end, as the burst polls its single
 //! submits.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use crate::JOB_DEADLINE;
-use crate::closed::{Closed, clients};
+use crate::closed::{Closed, clients, poll_all};
 use crate::http::{Errors, Http};
 use crate::report::Report;
 
@@ -52,21 +50,11 @@ pub(crate) async fn bulk_then_poll(http: &Http, jobs: usize, conc: usize) -> Bul
         }
     }
     let submitted = start.elapsed();
-    let ids = Arc::new(ids);
-    let shared = ids.clone();
-    let polls = clients(conc, ids.len(), http, move |http, i| {
-        let ids = shared.clone();
-        async move { http.wait(&ids[i], Instant::now() + JOB_DEADLINE).await }
-    })
-    .await;
-    let mut failed = 0;
-    for e in polls.into_iter().filter_map(Result::err) {
-        failed += 1;
-        errors.add(e);
-    }
+    let accepted = ids.len();
+    let failed = poll_all(http, ids, conc, &mut errors).await;
     Bulk {
-        submit_jps: ids.len() as f64 / submitted.as_secs_f64(),
-        jps: (ids.len() - failed) as f64 / start.elapsed().as_secs_f64(),
+        submit_jps: accepted as f64 / submitted.as_secs_f64(),
+        jps: (accepted - failed) as f64 / start.elapsed().as_secs_f64(),
         errors,
     }
 }

@@ -78,10 +78,29 @@ pub(crate) async fn submit_then_poll(http: &Http, jobs: usize, conc: usize) -> B
     }
     let submitted = start.elapsed();
     lat.sort();
+    let accepted = ids.len();
+    let failed = poll_all(http, ids, conc, &mut errors).await;
+    let total = start.elapsed();
+    Burst {
+        submit_rps: lat.len() as f64 / submitted.as_secs_f64(),
+        submit_p50: pct(&lat, 50.0),
+        submit_p99: pct(&lat, 99.0),
+        jps: (accepted - failed) as f64 / total.as_secs_f64(),
+        errors,
+    }
+}
+
+/// Long-polls every job of `ids` to its end with `conc` clients; the
+/// number that did not succeed, each counted into `errors`.
+pub(crate) async fn poll_all(
+    http: &Http,
+    ids: Vec<String>,
+    conc: usize,
+    errors: &mut Errors,
+) -> usize {
     let ids = Arc::new(ids);
-    let shared = ids.clone();
     let polls = clients(conc, ids.len(), http, move |http, i| {
-        let ids = shared.clone();
+        let ids = ids.clone();
         async move { http.wait(&ids[i], Instant::now() + JOB_DEADLINE).await }
     })
     .await;
@@ -90,14 +109,7 @@ pub(crate) async fn submit_then_poll(http: &Http, jobs: usize, conc: usize) -> B
         failed += 1;
         errors.add(e);
     }
-    let total = start.elapsed();
-    Burst {
-        submit_rps: lat.len() as f64 / submitted.as_secs_f64(),
-        submit_p50: pct(&lat, 50.0),
-        submit_p99: pct(&lat, 99.0),
-        jps: (ids.len() - failed) as f64 / total.as_secs_f64(),
-        errors,
-    }
+    failed
 }
 
 /// `conc` concurrent clients sharing `n` items: each takes the next index
