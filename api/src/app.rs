@@ -34,11 +34,12 @@ use tracing::Instrument;
 use crate::error::ApiError;
 use crate::paths::{
     CANCEL, DATASET, DATASETS, HEALTHZ, JOB, JOBS, METRICS, MODEL, MODELS, OPENAPI, PREDICT,
-    PREDICT_BATCH, PROMOTE, READYZ, RETRAIN, ROLLBACK, VERSION, VERSIONS,
+    PREDICT_BATCH, PROMOTE, READYZ, RETRAIN, ROLLBACK, VERSION, VERSIONS, WEBHOOK_SECRET,
+    WEBHOOK_SECRET_ROTATE,
 };
 use crate::routes::health::Audience;
 use crate::routes::{
-    self, batch, datasets, health, jobs, models, predict, retrain, search, versions,
+    self, batch, datasets, health, jobs, models, predict, retrain, search, versions, webhooks,
 };
 use crate::state::AppState;
 use crate::stream_stats::StreamStats;
@@ -192,7 +193,7 @@ pub(crate) struct Route {
 /// from this table alone, and the OpenAPI tests check the document against
 /// it in both directions, so a route cannot be added without being
 /// documented.
-pub(crate) const TABLE: [Route; 22] = [
+pub(crate) const TABLE: [Route; 24] = [
     Route {
         method: Method::POST,
         path: PREDICT,
@@ -204,6 +205,18 @@ pub(crate) const TABLE: [Route; 22] = [
         path: PREDICT_BATCH,
         access: Access::Tenant,
         handler: |m| on(m, batch::predict_batch),
+    },
+    Route {
+        method: Method::GET,
+        path: WEBHOOK_SECRET,
+        access: Access::Tenant,
+        handler: |m| on(m, webhooks::get_secret),
+    },
+    Route {
+        method: Method::POST,
+        path: WEBHOOK_SECRET_ROTATE,
+        access: Access::Tenant,
+        handler: |m| on(m, webhooks::rotate_secret),
     },
     Route {
         method: Method::GET,

@@ -49,6 +49,11 @@ impl Tenant {
         Tenant(Arc::from(Tenant::DEFAULT))
     }
 
+    /// The tenant called `name` (as a model's internal name carries it).
+    pub fn named(name: &str) -> Tenant {
+        Tenant(Arc::from(name))
+    }
+
     pub fn name(&self) -> &str {
         &self.0
     }

@@ -26,6 +26,9 @@ pub struct Config {
     #[command(flatten)]
     pub queue: shared::queue_args::QueueArgs,
 
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookArgs,
+
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -24,6 +24,12 @@ pub enum ApiError {
     InvalidInput(String),
     #[error("{0}")]
     InvalidQuery(String),
+    #[error("{0}")]
+    InvalidWebhook(String),
+    #[error(
+        "webhook destination is in a loopback, private, link-local or otherwise internal address range"
+    )]
+    WebhookNotAllowed,
     #[error("a bulk submit takes 1 to {max} items, got {got}")]
     TooManyItems { got: usize, max: usize },
     /// An item of an atomic bulk submit was refused: the whole request is
@@ -122,6 +128,8 @@ pub enum ErrorCode {
     NonFiniteInput,
     InvalidInput,
     InvalidQuery,
+    InvalidWebhook,
+    WebhookNotAllowed,
     TooManyItems,
     UnsupportedMediaType,
     PayloadTooLarge,
@@ -164,6 +172,8 @@ impl ErrorCode {
             ErrorCode::NonFiniteInput => "non_finite_input",
             ErrorCode::InvalidInput => "invalid_input",
             ErrorCode::InvalidQuery => "invalid_query",
+            ErrorCode::InvalidWebhook => "invalid_webhook",
+            ErrorCode::WebhookNotAllowed => "webhook_not_allowed",
             ErrorCode::TooManyItems => "too_many_items",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -209,6 +219,13 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidInput)
             }
             ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery),
+            ApiError::InvalidWebhook(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::InvalidWebhook)
+            }
+            ApiError::WebhookNotAllowed => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::WebhookNotAllowed,
+            ),
             ApiError::TooManyItems { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooManyItems)
             }

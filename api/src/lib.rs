@@ -57,7 +57,9 @@ mod submit;
 mod tenants;
 mod text;
 mod validate;
+mod view;
 mod waiters;
+mod webhooks;
 mod whole;
 
 pub use app::{Routers, router};

@@ -16,6 +16,7 @@
 //! | `kind`, `reason` | job kinds, [`ApiError`] codes | Rust enums |
 //! | `op` | [`redis_op`] | constants |
 //! | `listener`, `phase` | `public`/`ops`, `header`/`idle`/`body` | constants |
+//! | `outcome` | `delivered`, `retrying`, `dead` (webhook calls) | constants |
 //!
 //! Never a job id. The public listener's `/metrics` leaves out every series
 //! of a tenant's model ([`public_view`]); the operator listener shows all.
@@ -36,7 +37,7 @@ use shared::metric_names::{
 };
 pub(crate) use shared::metric_names::{
     HTTP_DURATION, HTTP_REQUESTS, JOBS_CANCELED, JOBS_DEDUPLICATED, JOBS_REJECTED, JOBS_SUBMITTED,
-    REDIS_ERRORS, redis_op,
+    REDIS_ERRORS, WEBHOOK_CALL_DURATION, WEBHOOK_CALLS, redis_op,
 };
 use shared::model::TENANT_SEPARATOR;
 // The one Redis error count both binaries keep; re-exported for the routes.
@@ -134,6 +135,15 @@ fn describe() {
     metrics::describe_counter!(
         HTTP_CONNECTIONS_OVERFLOW,
         "Connections admitted past a full table to the probe reserve (one request, probes and metrics only)."
+    );
+    metrics::describe_counter!(
+        WEBHOOK_CALLS,
+        "Webhook call attempts, by outcome (delivered, retrying, dead)."
+    );
+    metrics::describe_histogram!(
+        WEBHOOK_CALL_DURATION,
+        metrics::Unit::Seconds,
+        "Time of one webhook call attempt, to the receiver's answer or the failure."
     );
     metrics::describe_counter!(
         HTTP_TIMEOUTS,

@@ -24,8 +24,10 @@ pub(crate) const ROLLBACK: &str = "/v1/models/{model}/rollback";
 pub(crate) const RETRAIN: &str = "/v1/models/{model}/retrain";
 pub(crate) const DATASETS: &str = "/v1/datasets";
 pub(crate) const DATASET: &str = "/v1/datasets/{name}";
+pub(crate) const WEBHOOK_SECRET: &str = "/v1/webhooks/secret";
+pub(crate) const WEBHOOK_SECRET_ROTATE: &str = "/v1/webhooks/secret/rotate";
 
-pub(crate) const ALL: [&str; 18] = [
+pub(crate) const ALL: [&str; 20] = [
     PREDICT,
     PREDICT_BATCH,
     JOBS,
@@ -44,4 +46,6 @@ pub(crate) const ALL: [&str; 18] = [
     RETRAIN,
     DATASETS,
     DATASET,
+    WEBHOOK_SECRET,
+    WEBHOOK_SECRET_ROTATE,
 ];

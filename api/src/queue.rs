@@ -29,6 +29,11 @@ pub(crate) struct QueuePolicy {
     pub index_ttl_secs: u64,
     /// Whether a 202 waits for a replica's copy of the job.
     pub durability: shared::queue::Durability,
+    /// Whether webhooks may point at internal addresses
+    /// (`--webhook-allow-private`).
+    pub webhook_allow_private: bool,
+    /// How long a rotated-out signing secret still signs.
+    pub webhook_secret_overlap_secs: u64,
 }
 
 impl Queue {

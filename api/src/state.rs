@@ -41,6 +41,8 @@ pub enum StartupError {
     Tenants(#[from] TenantsError),
     #[error("the queue namespace must not be empty nor hold braces")]
     EmptyNamespace,
+    #[error("cannot build the webhook client: {0}")]
+    WebhookClient(#[source] reqwest::Error),
 }
 
 #[derive(Clone)]
@@ -61,6 +63,8 @@ struct Inner {
     limits: RequestLimits,
     pools: Arc<Pools>,
     body_rules: BodyRules,
+    /// `None` when this process does not dispatch (`--webhook-dispatch false`).
+    _dispatcher: Option<crate::webhooks::dispatch::Dispatcher>,
 }
 
 impl AppState {
@@ -89,12 +93,28 @@ impl AppState {
             Arc::clone(&waiters),
         );
         let metrics = crate::metrics::handle(&models);
+        let dispatcher = config
+            .webhooks
+            .webhook_dispatch
+            .then(|| {
+                crate::webhooks::dispatch::Dispatcher::spawn(
+                    &topology,
+                    limits,
+                    redis.clone(),
+                    &keys,
+                    &config.webhooks,
+                )
+            })
+            .transpose()
+            .map_err(StartupError::WebhookClient)?;
         let policy = QueuePolicy {
             max_queue_depth: config.max_queue_depth,
             idempotency_ttl_secs: config.result_ttl_secs,
             canceled_ttl_secs: config.canceled_ttl_secs,
             index_ttl_secs: config.result_ttl_secs.max(config.canceled_ttl_secs),
             durability: config.queue.durability(),
+            webhook_allow_private: config.webhooks.webhook_allow_private,
+            webhook_secret_overlap_secs: config.webhooks.webhook_secret_overlap_secs,
         };
         Ok(AppState {
             inner: Arc::new(Inner {
@@ -113,6 +133,7 @@ impl AppState {
                     config.max_long_polls,
                 )),
                 body_rules: config.body_rules(),
+                _dispatcher: dispatcher,
             }),
         })
     }

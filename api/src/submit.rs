@@ -27,6 +27,7 @@ use shared::digest::sha256_hex;
 use shared::job::{JobKind, JobStatus};
 use shared::queue::keys::Partition;
 use shared::queue::ops::{self, Idempotency, SubmitOptions, Submitted};
+use shared::queue::webhooks::Subscription;
 use shared::queue::wire::{JobEnvelope, JobSpec, RetrainSpec};
 use shared::telemetry::{self, spans};
 use shared::tensor::Tensor;
@@ -116,6 +117,8 @@ pub(crate) struct Submission {
     span: Span,
     trace: TraceContext,
     key_hash: Option<String>,
+    /// The request's own webhook ([`Submission::set_webhook`]).
+    webhook: Option<Subscription>,
 }
 
 /// The job a submission produced, or the earlier one its key named.
@@ -239,7 +242,14 @@ impl Submission {
             span,
             trace,
             key_hash,
+            webhook: None,
         }
+    }
+
+    /// The webhook the request asked for; without one the job gets its
+    /// tenant's default, if any.
+    pub(crate) fn set_webhook(&mut self, webhook: Option<Subscription>) {
+        self.webhook = webhook;
     }
 
     pub(crate) fn id(&self) -> Uuid {
@@ -272,7 +282,8 @@ impl Submission {
         body_hash: Option<String>,
     ) -> Result<Accepted, ApiError> {
         let (job, kind) = self.envelope(work);
-        let opts = options(
+        let webhook = webhook_of(self.webhook.as_ref(), policies, tenant, kind);
+        let mut opts = options(
             queue,
             policies,
             tenant,
@@ -280,6 +291,7 @@ impl Submission {
             self.key_hash.as_deref(),
             body_hash.as_deref(),
         );
+        opts.webhook = webhook;
         let outcome = async {
             let mut conn = queue.conn();
             ops::submit(&mut conn, queue.keys(), &job, &opts)
@@ -371,6 +383,7 @@ pub(crate) async fn enqueue_many(
     tenant: &Tenant,
     jobs: Vec<(Submission, Work)>,
     atomic: bool,
+    webhook: Option<&Subscription>,
 ) -> Result<Vec<Result<Accepted, ApiError>>, ApiError> {
     let (submissions, envelopes): (Vec<_>, Vec<_>) = jobs
         .into_iter()
@@ -380,7 +393,8 @@ pub(crate) async fn enqueue_many(
         })
         .unzip();
     // Bulk submits take no Idempotency-Key; every job is a prediction.
-    let opts = options(queue, policies, tenant, JobKind::Predict, None, None);
+    let mut opts = options(queue, policies, tenant, JobKind::Predict, None, None);
+    opts.webhook = webhook_of(webhook, policies, tenant, JobKind::Predict);
     let mut conn = queue.conn();
     let outcomes = ops::submit_many(&mut conn, queue.keys(), &envelopes, &opts, atomic)
         .await
@@ -427,7 +441,22 @@ fn options<'a>(
         },
         durability: policy.durability,
         index_ttl_secs: policy.index_ttl_secs,
+        webhook: None,
     }
+}
+
+/// A job's webhook: the request's, else its tenant's default; never for a
+/// control job, which is the registry's own work.
+fn webhook_of<'a>(
+    requested: Option<&'a Subscription>,
+    policies: &'a Policies,
+    tenant: &Tenant,
+    kind: JobKind,
+) -> Option<&'a Subscription> {
+    if kind == JobKind::Validate {
+        return None;
+    }
+    requested.or(policies.of(tenant.name()).webhook.as_ref())
 }
 
 /// The hex SHA-256 of the `Idempotency-Key` header, if sent. Any bytes a

@@ -14,6 +14,7 @@
 //!     max_models: 100
 //!     model_rate: { per_sec: 50, burst: 100 }   # each of its models' routes
 //!     request_share: 0.25                       # of --max-concurrent-requests
+//!     webhook: { url: "https://acme.example/hooks", events: [completed] }
 //! ```
 //!
 //! Fields and their built-in defaults are [`Policy`]'s. Without a file every
@@ -37,6 +38,7 @@ use shared::queue::datasets::DatasetQuota;
 use shared::queue::ratelimit::Rate;
 use shared::queue::registry;
 use shared::queue::usage::JobQuota;
+use shared::queue::webhooks::{Event, Subscription};
 use shared::queue::wire::RegistryLimits;
 
 /// One tenant's limits, as resolved from the file.
@@ -62,6 +64,8 @@ pub struct Policy {
     pub rate: Option<Rate>,
     /// Requests naming one of its models, per model.
     pub model_rate: Option<Rate>,
+    /// The webhook of every job that does not name its own.
+    pub webhook: Option<Subscription>,
 }
 
 impl Policy {
@@ -80,6 +84,7 @@ impl Policy {
             long_poll_share: share,
             rate: None,
             model_rate: None,
+            webhook: None,
         }
     }
 
@@ -142,6 +147,12 @@ impl Policy {
         if let Some(r) = &o.model_rate {
             self.model_rate = r.as_ref().map(RateSpec::as_rate);
         }
+        if let Some(w) = &o.webhook {
+            self.webhook = w.as_ref().map(|w| Subscription {
+                url: w.url.clone(),
+                events: w.events.clone().unwrap_or_else(|| vec![Event::Completed]),
+            });
+        }
     }
 }
 
@@ -162,6 +173,17 @@ struct Overrides {
     rate: Option<Option<RateSpec>>,
     #[serde(default, deserialize_with = "present")]
     model_rate: Option<Option<RateSpec>>,
+    #[serde(default, deserialize_with = "present")]
+    webhook: Option<Option<WebhookSpec>>,
+}
+
+/// `{url, events}`; `events` defaults to `[completed]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookSpec {
+    url: String,
+    #[serde(default)]
+    events: Option<Vec<Event>>,
 }
 
 /// A field that is present, `null` included (absent stays `None`).
@@ -291,6 +313,17 @@ fn check(o: &Overrides, at: &str) -> Result<(), String> {
             && !(s > 0.0 && s <= 1.0)
         {
             return Err(format!("{at}.{name} must be more than 0 and at most 1"));
+        }
+    }
+    if let Some(Some(w)) = &o.webhook {
+        // The operator's own choice: only its form is checked here (an
+        // internal address is theirs to allow with --webhook-allow-private,
+        // and the dispatcher checks again).
+        if crate::webhooks::guard::check_url(&w.url, true).is_err() {
+            return Err(format!("{at}.webhook.url must be an http or https URL"));
+        }
+        if w.events.as_ref().is_some_and(Vec::is_empty) {
+            return Err(format!("{at}.webhook.events must name at least one event"));
         }
     }
     for (name, rate) in [("rate", &o.rate), ("model_rate", &o.model_rate)] {

@@ -58,6 +58,19 @@ pub(crate) struct PredictRequest {
     #[serde(default, deserialize_with = "crate::whole::option")]
     #[schema(minimum = 1)]
     pub model_version: Option<u32>,
+    /// An `http` or `https` URL to call, signed, when the job's events
+    /// happen (see the README's webhooks); without it, the tenant's default
+    /// webhook, if any. Internal addresses are refused (422
+    /// `webhook_not_allowed`). Not for the items of a bulk submit, whose
+    /// webhook is the request's.
+    #[serde(default)]
+    #[schema(max_length = 2048)]
+    pub webhook: Option<String>,
+    /// Which events call the webhook: `start` (each attempt), `progress`
+    /// (retrain epochs), `completed`; `[completed]` if left out.
+    #[serde(default)]
+    #[schema(min_items = 1)]
+    pub webhook_events_filter: Option<Vec<shared::queue::webhooks::Event>>,
     /// Accepted (KServe clients send it) and ignored.
     #[serde(default, rename = "id")]
     #[schema(value_type = Option<String>)]

@@ -307,6 +307,7 @@ async fn unbounded_queue_and_depth_reported_by_the_script() {
         quota: Default::default(),
         durability: shared::queue::Durability::Async,
         index_ttl_secs: 60,
+        webhook: None,
     };
     let got = ops::submit(&mut env.conn().await, &env.keys, &job, &opts)
         .await

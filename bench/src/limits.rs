@@ -113,6 +113,7 @@ const SUBMIT: SubmitOptions<'static> = SubmitOptions {
     },
     durability: Durability::Async,
     index_ttl_secs: 86_400,
+    webhook: None,
 };
 
 const POLICY: Policy = Policy {

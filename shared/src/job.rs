@@ -118,6 +118,12 @@ pub struct JobRecord {
     /// When a client asked to cancel the job while it ran (Unix ms); its
     /// worker stops it at its next check.
     pub cancel_requested_at_ms: Option<i64>,
+    /// The job's webhook subscription (JSON, see
+    /// [`crate::queue::webhooks::Subscription`]).
+    pub webhook_json: Option<String>,
+    /// What became of its webhook calls (JSON, event →
+    /// [`crate::queue::webhooks::DeliveryState`]).
+    pub webhook_deliveries_json: Option<String>,
 }
 
 /// The first `N` of `all`, at compile time: [`JobRecord::FIELDS`] is a
@@ -136,7 +142,7 @@ impl JobRecord {
     /// The hash fields a record is built from. Readers fetch only these
     /// (HMGET): the hash also holds worker-side fields, among them a binary
     /// payload parked while a retry waits, that are no reader's business.
-    pub const FIELDS: [&'static str; 14] = first(&Self::ALL_FIELDS);
+    pub const FIELDS: [&'static str; 16] = first(&Self::ALL_FIELDS);
 
     /// Every hash field a job record may hold: [`JobRecord::FIELDS`] first,
     /// then the fields only the scripts use (the payload size the usage release
@@ -144,7 +150,7 @@ impl JobRecord {
     /// and last error, a cancel's TTL). The one list of record fields: a test
     /// in `queue::scripts` keeps every Lua literal a script uses as a record
     /// field in it.
-    pub const ALL_FIELDS: [&'static str; 20] = [
+    pub const ALL_FIELDS: [&'static str; 23] = [
         "kind",
         "model",
         "model_version",
@@ -159,12 +165,15 @@ impl JobRecord {
         "traceparent",
         "progress",
         "cancel_requested",
+        "webhook",
+        "webhook_deliveries",
         "bytes",
         "worker",
         "payload",
         "retry_at",
         "last_error",
         "cancel_ttl",
+        "hook",
     ];
 
     /// Builds the record from `(field, value)` pairs as `HGETALL` answers
@@ -235,6 +244,8 @@ impl JobRecord {
             traceparent: take(field::TRACEPARENT),
             progress_json: take(field::PROGRESS),
             cancel_requested_at_ms: int(take(field::CANCEL_REQUESTED)),
+            webhook_json: take(field::WEBHOOK),
+            webhook_deliveries_json: take(field::WEBHOOK_DELIVERIES),
         }))
     }
 }
@@ -284,6 +295,8 @@ mod field {
     pub(super) const TRACEPARENT: usize = at("traceparent");
     pub(super) const PROGRESS: usize = at("progress");
     pub(super) const CANCEL_REQUESTED: usize = at("cancel_requested");
+    pub(super) const WEBHOOK: usize = at("webhook");
+    pub(super) const WEBHOOK_DELIVERIES: usize = at("webhook_deliveries");
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub const HTTP_CONNECTIONS_OVERFLOW: &str = "onnxq_http_connections_overflow_tot
 /// Connections cut off by a timeout, by `listener` and `phase` (`header`,
 /// `idle`, `body`).
 pub const HTTP_TIMEOUTS: &str = "onnxq_http_timeouts_total";
+pub const WEBHOOK_CALLS: &str = "onnxq_webhook_calls_total";
+pub const WEBHOOK_CALL_DURATION: &str = "onnxq_webhook_call_duration_seconds";
 
 // --------------------------------------------------------------- worker
 
@@ -80,6 +82,8 @@ pub mod redis_op {
     pub const DATASETS: &str = "datasets";
     /// Token buckets of the request rate limits.
     pub const RATE_LIMIT: &str = "rate_limit";
+    /// Webhook signing secrets.
+    pub const WEBHOOKS: &str = "webhooks";
     // worker
     pub const CONNECT: &str = "connect";
     pub const READ: &str = "read";

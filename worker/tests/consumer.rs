@@ -319,6 +319,7 @@ async fn submit(ctx: &Context, row: [f32; 2]) -> Uuid {
         quota: Default::default(),
         durability: Durability::Async,
         index_ttl_secs: 60,
+        webhook: None,
     };
     let mut conn = ctx.pool.get();
     let submitted = ops::submit(&mut conn, &ctx.keys, &job, &opts)

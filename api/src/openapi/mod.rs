@@ -27,7 +27,7 @@ use self::responses::Common;
 use crate::error::ApiError;
 use crate::paths;
 use crate::routes::{
-    batch, datasets, health, jobs, metrics, models, predict, retrain, search, versions,
+    batch, datasets, health, jobs, metrics, models, predict, retrain, search, versions, webhooks,
 };
 
 /// The document, rendered once.
@@ -76,6 +76,8 @@ pub(crate) async fn serve() -> Result<Response, ApiError> {
         datasets::get_one,
         datasets::list,
         datasets::delete,
+        webhooks::get_secret,
+        webhooks::rotate_secret,
         health::healthz,
         health::readyz,
         metrics::render,
@@ -88,6 +90,7 @@ pub(crate) async fn serve() -> Result<Response, ApiError> {
         (name = "models", description = "Model signatures published by workers"),
         (name = "registry", description = "Model versions: upload, validation, promotion and rollback"),
         (name = "training", description = "Datasets and retrain jobs"),
+        (name = "webhooks", description = "The secret webhook calls are signed with"),
         (name = "operations", description = "Health, readiness, metrics and this document")
     )
 )]

@@ -44,6 +44,7 @@ use crate::state::AppState;
 use crate::submit::{self, Submission, Work};
 use crate::tenants::Policies;
 use crate::validate::{self, PredictRequest};
+use crate::webhooks::WebhookFields;
 
 /// The bulk body: the items, each a predict body, and whether one bad item
 /// fails them all.
@@ -60,6 +61,15 @@ pub(crate) struct BatchRequest {
     /// index and the rest are queued.
     #[serde(default)]
     atomic: Option<bool>,
+    /// The webhook of every job of the batch (items may not name their
+    /// own); as `webhook` of a single predict.
+    #[serde(default)]
+    #[schema(max_length = 2048)]
+    webhook: Option<String>,
+    /// As `webhook_events_filter` of a single predict.
+    #[serde(default)]
+    #[schema(min_items = 1)]
+    webhook_events_filter: Option<Vec<shared::queue::webhooks::Event>>,
 }
 
 /// The 202 body of a bulk submit.
@@ -164,12 +174,27 @@ pub(crate) async fn predict_batch(
             let parsed: Vec<_> = batch
                 .items
                 .iter()
-                .map(|item| extract::parse::<PredictRequest>(item.get().as_bytes()))
+                .map(|item| {
+                    extract::parse::<PredictRequest>(item.get().as_bytes()).and_then(|r| {
+                        if r.webhook.is_some() || r.webhook_events_filter.is_some() {
+                            return Err(ApiError::InvalidWebhook(
+                                "set the webhook once, on the bulk request, not on its items"
+                                    .into(),
+                            ));
+                        }
+                        Ok(r)
+                    })
+                })
                 .collect();
-            Ok((parsed, batch.atomic.unwrap_or(false)))
+            let webhook = WebhookFields {
+                webhook: batch.webhook,
+                webhook_events_filter: batch.webhook_events_filter,
+            };
+            Ok((parsed, batch.atomic.unwrap_or(false), webhook))
         })
         .await;
-        let (parsed, atomic) = batch?;
+        let (parsed, atomic, webhook) = batch?;
+        let webhook = webhook.subscription(queue.policy().webhook_allow_private)?;
         let signatures = pins(&queue, &model, &public, &parsed).await?;
         let checked =
             off_executor_if_large(&body, move |_| Ok(to_work(parsed, &info, &signatures))).await?;
@@ -179,6 +204,7 @@ pub(crate) async fn predict_batch(
             tenant: &tenant,
             public: &public,
             headers: &headers,
+            webhook: webhook.as_ref(),
         };
         queue_items(parts, checked, atomic, &model_label).await
     }
@@ -196,6 +222,7 @@ struct Parts<'a> {
     tenant: &'a Tenant,
     public: &'a str,
     headers: &'a HeaderMap,
+    webhook: Option<&'a shared::queue::webhooks::Subscription>,
 }
 
 /// Queues the valid items (all of them or none, when `atomic`) and
@@ -238,8 +265,15 @@ async fn queue_items(
         }
     }
     if !valid.is_empty() {
-        let done =
-            submit::enqueue_many(parts.queue, parts.policies, parts.tenant, valid, atomic).await?;
+        let done = submit::enqueue_many(
+            parts.queue,
+            parts.policies,
+            parts.tenant,
+            valid,
+            atomic,
+            parts.webhook,
+        )
+        .await?;
         for (i, outcome) in positions.into_iter().zip(done) {
             // Atomic: refused whole (the first job's refusal), nothing queued.
             if atomic && let Err(e) = outcome {

@@ -11,7 +11,6 @@
 //! terminating the inference run, ending it `canceled` (202, poll the job);
 //! a finished one gets 409.
 
-use std::borrow::Cow;
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +20,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use shared::job::JobError;
+use serde::Deserialize;
 use shared::job::JobRecord;
 use shared::queue::ops::{self, Canceled};
-use shared::time::rfc3339_ms;
 use shared::trace::TraceContext;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -39,61 +35,12 @@ use crate::metrics::{JOBS_CANCELED, redis_failed, redis_op};
 use crate::paths;
 use crate::queue::Queue;
 use crate::text::clip;
+use crate::view::{JobView, view};
 use crate::waiters::Waiters;
 
 #[derive(Deserialize)]
 pub(crate) struct JobQuery {
     wait: Option<f64>,
-}
-
-/// The job as clients see it. `result` is the worker's JSON spliced in
-/// verbatim, never decoded and re-encoded.
-///
-/// Every field is always present (`null` when not applicable).
-#[derive(Serialize, utoipa::ToSchema)]
-#[schema(as = Job)]
-pub(crate) struct JobView<'a> {
-    job_id: Uuid,
-    #[schema(value_type = shared::job::JobKind)]
-    kind: &'static str,
-    model: &'a str,
-    /// The registry version number the job ran on (as text), once run.
-    #[schema(required = true)]
-    model_version: Option<&'a str>,
-    #[schema(value_type = shared::job::JobStatus)]
-    status: &'static str,
-    /// Attempts started so far (retries and takeovers included).
-    attempts: u32,
-    #[schema(format = DateTime)]
-    created_at: String,
-    #[schema(required = true, format = DateTime)]
-    started_at: Option<String>,
-    #[schema(required = true, format = DateTime)]
-    finished_at: Option<String>,
-    /// Latest start time the client asked for.
-    #[schema(required = true, format = DateTime)]
-    deadline: Option<String>,
-    /// Set when `succeeded`.
-    #[schema(required = true, value_type = Option<crate::schema::AnyJobResult>)]
-    result: Option<&'a RawValue>,
-    /// Set when `failed`.
-    #[schema(required = true, value_type = Option<JobError>)]
-    error: Option<Cow<'a, JobError>>,
-    /// When a cancel of the running job was asked for; the job ends
-    /// `canceled` once its worker sees it (or as it was ending anyway).
-    #[schema(required = true, format = DateTime)]
-    cancel_requested_at: Option<String>,
-    /// The W3C trace id the job's spans and log lines carry: the client's
-    /// `traceparent` trace, or one the API started.
-    #[schema(required = true)]
-    trace_id: Option<String>,
-    /// The stored W3C `traceparent`: the trace id and the API's submit span.
-    #[schema(required = true)]
-    traceparent: Option<&'a str>,
-    /// A retrain job's progress, as its worker last wrote it (kept after
-    /// the job ends); `null` for other kinds and before training starts.
-    #[schema(required = true, value_type = Option<shared::retrain::Progress>)]
-    progress: Option<&'a RawValue>,
 }
 
 #[utoipa::path(
@@ -307,58 +254,6 @@ async fn read(queue: &Queue, tenant: &Tenant, id: &Uuid) -> Result<JobRecord, Ap
 
 fn render(tenant: &Tenant, job: &JobRecord) -> Result<Response, ApiError> {
     Ok(axum::Json(view(tenant, job)?).into_response())
-}
-
-/// The job as `tenant` sees it.
-pub(crate) fn view<'a>(tenant: &Tenant, rec: &'a JobRecord) -> Result<JobView<'a>, ApiError> {
-    let result = match rec.result_json.as_deref() {
-        // Validated (a scan, no allocation) so a corrupt record cannot make
-        // the whole response invalid JSON.
-        Some(json) => Some(serde_json::from_str::<&RawValue>(json).map_err(|e| {
-            ApiError::Internal(anyhow::anyhow!("job {} has a corrupt result: {e}", rec.id))
-        })?),
-        None => None,
-    };
-    Ok(JobView {
-        job_id: rec.id,
-        kind: rec.kind.as_str(),
-        model: tenant.public_name(&rec.model).unwrap_or(&rec.model),
-        model_version: rec.model_version.as_deref(),
-        status: rec.status.as_str(),
-        attempts: rec.attempts,
-        created_at: rfc3339_ms(rec.created_at_ms),
-        started_at: rec.started_at_ms.map(rfc3339_ms),
-        finished_at: rec.finished_at_ms.map(rfc3339_ms),
-        deadline: rec.deadline_ms.map(rfc3339_ms),
-        result,
-        error: rec.error.as_ref().map(|e| public_error(tenant, e)),
-        cancel_requested_at: rec.cancel_requested_at_ms.map(rfc3339_ms),
-        trace_id: rec
-            .traceparent
-            .as_deref()
-            .and_then(TraceContext::parse)
-            .map(|t| t.trace_id.to_string()),
-        traceparent: rec.traceparent.as_deref(),
-        // Informational: a corrupt progress is left out, not an error.
-        progress: rec
-            .progress_json
-            .as_deref()
-            .and_then(|p| serde_json::from_str::<&RawValue>(p).ok()),
-    })
-}
-
-/// A worker's error as the tenant may read it: its models named as it knows
-/// them (workers name models internally, `{tenant}~{model}`).
-fn public_error<'a>(tenant: &Tenant, e: &'a JobError) -> Cow<'a, JobError> {
-    let prefix = format!("{}{}", tenant.name(), shared::model::TENANT_SEPARATOR);
-    if e.message.contains(&prefix) {
-        Cow::Owned(JobError {
-            code: e.code.clone(),
-            message: e.message.replace(&prefix, ""),
-        })
-    } else {
-        Cow::Borrowed(e)
-    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ pub(crate) mod predict;
 pub(crate) mod retrain;
 pub(crate) mod search;
 pub(crate) mod versions;
+pub(crate) mod webhooks;
 
 use crate::error::ApiError;
 

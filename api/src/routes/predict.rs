@@ -29,6 +29,7 @@ use crate::submit::{Submission, Work};
 use crate::tenants::Policies;
 use crate::text::clip;
 use crate::validate::{self, PredictRequest};
+use crate::webhooks::WebhookFields;
 
 /// Bodies up to this size are parsed on the async executor; larger ones (up
 /// to `--max-body-bytes`) take tens of milliseconds and go to the blocking
@@ -65,7 +66,7 @@ const INLINE_PARSE_BYTES: usize = 64 * 1024;
         (status = 404, description = "`model_not_found`: no worker serves that model", body = crate::error::Body<'static>),
         (status = 413, description = "`payload_too_large`: the body is over `--max-body-bytes`", body = crate::error::Body<'static>),
         (status = 415, description = "`unsupported_media_type`: the content type is not JSON", body = crate::error::Body<'static>),
-        (status = 422, description = "`invalid_input` (the message names what was expected) or `idempotency_key_reused`", body = crate::error::Body<'static>),
+        (status = 422, description = "`invalid_input` (the message names what was expected), `idempotency_key_reused`, `invalid_webhook` or `webhook_not_allowed`", body = crate::error::Body<'static>),
         (status = 429, description = "`queue_full`: the model's queue holds `--max-queue-depth` unfinished jobs; `tenant_queue_full`: the tenant's unfinished jobs (or their payload bytes) are at its quota; `rate_limited` or `tenant_concurrency_limit` (see the admission rules above)", body = crate::error::Body<'static>,
             headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
@@ -116,17 +117,24 @@ async fn submit(
     let (model, info) = published(models, tenant, &public).await?;
     *model_label = SharedString::from(model.clone());
     // The job's span starts here, so an exported trace covers validation too.
-    let submission = Submission::begin(queue.keys(), tenant, &public, headers)?;
+    let mut submission = Submission::begin(queue.keys(), tenant, &public, headers)?;
     let JsonBody(body) = body?;
     let hash_body = submission.wants_body_hash();
     // One typed parse: the pin is the field serde decoded, escapes and all.
-    let (req, body_hash) = off_executor_if_large(&body, move |b| {
+    let (mut req, body_hash) = off_executor_if_large(&body, move |b| {
         Ok((
             extract::parse::<PredictRequest>(b)?,
             hash_body.then(|| sha256_hex(b)),
         ))
     })
     .await?;
+    submission.set_webhook(
+        WebhookFields {
+            webhook: req.webhook.take(),
+            webhook_events_filter: req.webhook_events_filter.take(),
+        }
+        .subscription(queue.policy().webhook_allow_private)?,
+    );
     let pinned = req.model_version;
     let info = match pinned {
         None => info,

@@ -49,6 +49,8 @@ pub(crate) struct RetrainRequest {
     params: Option<serde_json::Value>,
     promote: Option<PromotePolicy>,
     trainer: Option<TrainerKind>,
+    webhook: Option<String>,
+    webhook_events_filter: Option<Vec<shared::queue::webhooks::Event>>,
 }
 
 /// Written out rather than derived: a derive cannot say "exactly one of
@@ -91,6 +93,21 @@ impl PartialSchema for RetrainRequest {
                 "trainer",
                 nullable_ref("TrainerKind", "Which program trains; default `builtin`"),
             )
+            .property(
+                "webhook",
+                ObjectBuilder::new()
+                    .schema_type(SchemaType::Array(vec![Type::String, Type::Null]))
+                    .max_length(Some(crate::webhooks::guard::MAX_URL_BYTES))
+                    .description(Some("An http or https URL to call, signed, on the job's events (see `webhook_events_filter`); without it, the tenant's default webhook")),
+            )
+            .property(
+                "webhook_events_filter",
+                utoipa::openapi::schema::ArrayBuilder::new()
+                    .schema_type(SchemaType::Array(vec![Type::Array, Type::Null]))
+                    .items(utoipa::openapi::Ref::from_schema_name("Event"))
+                    .min_items(Some(1))
+                    .description(Some("Which events call the webhook: `start`, `progress` (each epoch), `completed`; default `[completed]`")),
+            )
             .additional_properties(Some(AdditionalProperties::FreeForm(false)));
         exactly_one_of(
             fields,
@@ -117,6 +134,7 @@ impl utoipa::ToSchema for RetrainRequest {
         out.push(("TrainParams".into(), TrainParams::schema()));
         out.push(("PromotePolicy".into(), PromotePolicy::schema()));
         out.push(("TrainerKind".into(), TrainerKind::schema()));
+        out.push(("Event".into(), shared::queue::webhooks::Event::schema()));
         <TrainParams as utoipa::ToSchema>::schemas(out);
     }
 }
@@ -173,9 +191,16 @@ pub(crate) async fn retrain(
     if !valid_model_name(&public) {
         return Err(ApiError::ModelNotFound(clip(&public)));
     }
-    let submission = Submission::begin(queue.keys(), &tenant, &public, &headers)?;
+    let mut submission = Submission::begin(queue.keys(), &tenant, &public, &headers)?;
     let JsonBody(body) = body?;
-    let req: RetrainRequest = extract::parse(&body)?;
+    let mut req: RetrainRequest = extract::parse(&body)?;
+    submission.set_webhook(
+        crate::webhooks::WebhookFields {
+            webhook: req.webhook.take(),
+            webhook_events_filter: req.webhook_events_filter.take(),
+        }
+        .subscription(queue.policy().webhook_allow_private)?,
+    );
     let params: TrainParams = match req.params {
         Some(mut v) => {
             crate::whole::normalize(&mut v);

@@ -21,13 +21,13 @@ use shared::job::{JobRecord, JobStatus};
 use shared::queue::index::{self, Walk};
 use uuid::Uuid;
 
-use super::jobs::{JobView, view};
 use crate::auth::Tenant;
 use crate::error::ApiError;
 use crate::metrics::{redis_failed, redis_op};
 use crate::paths;
 use crate::queue::Queue;
 use crate::text::clip;
+use crate::view::{JobView, view};
 
 /// Jobs per page unless `limit` says otherwise.
 const DEFAULT_LIMIT: usize = 50;

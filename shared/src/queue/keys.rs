@@ -62,6 +62,10 @@
 //! | `{ns}:{P}:usage:{tenant}`         | hash    | a tenant's unfinished `jobs`/`bytes` in the partition ([`super::usage`]) |
 //! | `{ns}:{P}:idem:{model}:{kind}:{key hash}` | string | `{job id} {body hash}` for an `Idempotency-Key`, one namespace per model and job kind |
 //! | `{ns}:{P}:jobs:{tenant}:{bucket}` | zset | the job index ([`super::index`]): ids of the tenant's jobs submitted into the partition in hour `bucket` (Unix ms / [`INDEX_BUCKET_MS`]), all scored 0 so they sort by id (UUIDv7: by time); written by the submit script, expires [`Keys::job_index`]'s retention after the hour ends |
+//! | `{ns}:{P}:webhooks`               | stream  | the webhook outbox ([`super::webhooks`]): calls queued by the scripts that change a job, read by group [`super::webhooks::GROUP`], deleted once settled |
+//! | `{ns}:{P}:webhooks:retries`       | zset    | calls waiting out a back-off, scored by due time (ms) |
+//! | `{ns}:{P}:webhooks:dead`          | stream  | calls that exhausted their retries, for `jobctl webhooks` |
+//! | `{ns}:{t.<tenant>}:webhook-secrets` | hash  | a tenant's signing secrets: `current`, `previous`, `previous_until` (ms) |
 //! | `{ns}:{reg}:models`               | hash    | model name → signature JSON, written by workers         |
 //! | `{ns}:{reg}:registry:{model}`     | hash    | model versions ([`super::registry`]): `seq` counter, `{n}` → version JSON, `sig:{n}` → signature JSON |
 //! | `{ns}:{reg}:current`              | hash    | model → current version number                          |
@@ -183,6 +187,14 @@ fn partition_tag(i: Partition) -> String {
         }
     }
     format!("p{i}")
+}
+
+/// The keys of a partition's webhook delivery ([`Keys::webhooks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookKey {
+    Outbox,
+    Retries,
+    Dead,
 }
 
 /// Builds the keys of one namespace.
@@ -358,6 +370,22 @@ impl Keys {
     /// A tenant's dataset usage counters (see [`super::usage`]).
     pub fn dataset_usage(&self, tenant: &str) -> String {
         format!("{}:usage:{}", self.inner.registry, tenant)
+    }
+
+    /// Partition `p`'s webhook outbox, its retries and its dead letters
+    /// ([`super::webhooks`]); `part` is [`WebhookKey`].
+    pub fn webhooks(&self, p: Partition, part: WebhookKey) -> String {
+        let suffix = match part {
+            WebhookKey::Outbox => "",
+            WebhookKey::Retries => ":retries",
+            WebhookKey::Dead => ":dead",
+        };
+        format!("{}:webhooks{suffix}", self.part(p))
+    }
+
+    /// A tenant's webhook signing secrets ([`super::webhooks::secrets`]).
+    pub fn webhook_secrets(&self, tenant: &str) -> String {
+        format!("{}:{{t.{}}}:webhook-secrets", self.inner.ns, tenant)
     }
 
     /// A tenant's request token bucket (see [`super::ratelimit`]).

@@ -85,6 +85,7 @@ pub mod registry;
 pub mod scripts;
 pub mod stats;
 pub mod usage;
+pub mod webhooks;
 pub mod wire;
 
 pub use keys::Keys;

@@ -14,9 +14,10 @@ use uuid::Uuid;
 
 use super::QueueError;
 use super::index;
-use super::keys::{GROUP, Keys, partition_of};
+use super::keys::{GROUP, Keys, WebhookKey, partition_of};
 use super::scripts::{self, CANCEL, Durability, SUBMIT};
 use super::usage::{JobQuota, OverQuota};
+use super::webhooks::Subscription;
 use super::wire::{FIELD_ID, FIELD_JOB, JobEnvelope};
 use crate::job::{JobKind, JobRecord, JobStatus};
 use crate::model::{ModelInfo, tenant_of};
@@ -37,6 +38,8 @@ pub struct SubmitOptions<'a> {
     /// [`super::index`]): at least the longest record TTL, so an entry
     /// outlives its record.
     pub index_ttl_secs: u64,
+    /// The jobs' webhook, if any (see [`super::webhooks`]).
+    pub webhook: Option<&'a Subscription>,
 }
 
 /// A client's idempotency key, reduced to digests so arbitrary header bytes
@@ -80,6 +83,8 @@ struct Call {
     idem_key: Option<String>,
     index_key: String,
     index_expires_at: i64,
+    /// The subscription's JSON and its flags, or empty.
+    webhook: (String, String),
 }
 
 impl Call {
@@ -96,6 +101,13 @@ impl Call {
                 .map(|i| keys.idempotency(p, &job.model, job.kind(), i.key_hash)),
             index_key: keys.job_index(tenant_of(&job.model), p, bucket),
             index_expires_at: index::expires_at_secs(bucket, opts.index_ttl_secs),
+            webhook: match opts.webhook {
+                Some(w) => (
+                    serde_json::to_string(w).map_err(|e| QueueError::Corrupt(e.to_string()))?,
+                    w.flags(),
+                ),
+                None => Default::default(),
+            },
         })
     }
 
@@ -145,6 +157,7 @@ impl Call {
             Role::First { jobs, bytes } => inv.arg("first").arg(jobs).arg(bytes),
             Role::Next { .. } => inv.arg("next").arg("").arg(""),
         };
+        inv.arg(&self.webhook.0).arg(&self.webhook.1);
         inv
     }
 }
@@ -411,6 +424,7 @@ pub async fn cancel(
     let mut inv = CANCEL.key(keys.job(id));
     inv.key(keys.delayed_of(kind, model, id))
         .key(keys.job_usage(tenant_of(model), partition_of(id)))
+        .key(keys.webhooks(partition_of(id), WebhookKey::Outbox))
         .arg(now_ms)
         .arg(ttl_secs.max(1))
         .arg(keys.job_finished_channel())

@@ -23,6 +23,7 @@ fn script(parts: &[&str]) -> Script {
 const USAGE_RELEASE: &str = include_str!("lua/usage_release.lua");
 const ENTRY_PAYLOAD: &str = include_str!("lua/entry_payload.lua");
 const REGISTRY_COMMON: &str = include_str!("lua/registry_common.lua");
+const WEBHOOK_QUEUE: &str = include_str!("lua/webhook_queue.lua");
 
 macro_rules! scripts {
     ($($(#[$doc:meta])* $name:ident = [$($part:expr),*];)*) => {
@@ -42,15 +43,15 @@ scripts! {
     /// [`super::ops::submit`].
     SUBMIT = [include_str!("lua/submit.lua")];
     /// [`super::ops::cancel`].
-    CANCEL = [USAGE_RELEASE, include_str!("lua/cancel.lua")];
+    CANCEL = [WEBHOOK_QUEUE, USAGE_RELEASE, include_str!("lua/cancel.lua")];
     /// [`super::consume::start`].
-    START = [ENTRY_PAYLOAD, USAGE_RELEASE, include_str!("lua/start.lua")];
+    START = [WEBHOOK_QUEUE, ENTRY_PAYLOAD, USAGE_RELEASE, include_str!("lua/start.lua")];
     /// [`super::consume::finish`].
-    FINISH = [ENTRY_PAYLOAD, USAGE_RELEASE, include_str!("lua/finish.lua")];
+    FINISH = [WEBHOOK_QUEUE, ENTRY_PAYLOAD, USAGE_RELEASE, include_str!("lua/finish.lua")];
     /// [`super::consume::renew`].
     RENEW = [include_str!("lua/renew.lua")];
     /// [`super::consume::write_progress`].
-    PROGRESS = [include_str!("lua/progress.lua")];
+    PROGRESS = [WEBHOOK_QUEUE, include_str!("lua/progress.lua")];
     /// [`super::consume::release_due`].
     RELEASE_DUE = [include_str!("lua/release_due.lua")];
     /// [`super::consume::trim_acked`].
@@ -83,6 +84,14 @@ scripts! {
     DELETE_VERSION = [REGISTRY_COMMON, include_str!("lua/delete_version.lua")];
     /// The dead-letter replay.
     REPLAY = [include_str!("lua/replay.lua")];
+    /// [`super::webhooks::outbox::settle`].
+    WEBHOOK_SETTLE = [include_str!("lua/webhook_settle.lua")];
+    /// [`super::webhooks::outbox::release_due`].
+    WEBHOOK_RELEASE = [include_str!("lua/webhook_release.lua")];
+    /// [`super::webhooks::outbox::replay`].
+    WEBHOOK_REPLAY = [include_str!("lua/webhook_replay.lua")];
+    /// [`super::webhooks::secrets::rotate`].
+    WEBHOOK_ROTATE = [include_str!("lua/webhook_rotate.lua")];
 }
 
 /// How sure a write must be before the caller acts on it.
@@ -205,7 +214,7 @@ mod tests {
     use crate::job::{JobRecord, JobStatus};
 
     /// The scripts that read or write job records.
-    const JOB_SCRIPTS: [&str; 8] = [
+    const JOB_SCRIPTS: [&str; 9] = [
         "SUBMIT",
         "CANCEL",
         "START",
@@ -214,6 +223,7 @@ mod tests {
         "PROGRESS",
         "RELEASE_DUE",
         "REPLAY",
+        "WEBHOOK_SETTLE",
     ];
 
     /// The argument text of every `redis.call('CMD', ...)` in `src`,
@@ -338,6 +348,10 @@ mod tests {
             include_str!("lua/release_due.lua"),
             include_str!("lua/cancel.lua"),
             include_str!("lua/replay.lua"),
+            include_str!("lua/webhook_settle.lua"),
+            include_str!("lua/webhook_release.lua"),
+            include_str!("lua/webhook_replay.lua"),
+            include_str!("lua/webhook_rotate.lua"),
         ] {
             let head: String = file.lines().take_while(|l| l.starts_with("--")).collect();
             assert!(head.contains("KEYS") && head.contains("ARGV"), "{head}");

@@ -9,7 +9,7 @@ use super::read::Delivery;
 use super::{by_stream, scatter};
 use crate::job::JobError;
 use crate::queue::QueueError;
-use crate::queue::keys::{GROUP, Keys, partition_of};
+use crate::queue::keys::{GROUP, Keys, WebhookKey, partition_of};
 use crate::queue::scripts::{Durability, FINISH, START, invoke_all};
 
 /// What [`start`] decided for one job.
@@ -62,6 +62,7 @@ pub async fn start(
             let (model, p) = keys.parse_stream(stream).unwrap_or(("", 0));
             let mut inv = START.key(*stream);
             inv.key(keys.dead_letters(p))
+                .key(keys.webhooks(p, WebhookKey::Outbox))
                 .arg(now_ms)
                 .arg(consumer)
                 .arg(GROUP)
@@ -175,6 +176,7 @@ pub async fn finish(
             let mut inv = FINISH.key(*stream);
             inv.key(keys.dead_letters(p))
                 .key(keys.delayed(model, p))
+                .key(keys.webhooks(p, WebhookKey::Outbox))
                 .arg(GROUP)
                 .arg(now_ms)
                 .arg(&channel)

@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::{by_stream, scatter};
 use crate::queue::QueueError;
-use crate::queue::keys::{GROUP, Keys};
+use crate::queue::keys::{GROUP, Keys, WebhookKey, partition_of};
 use crate::queue::scripts::{Durability, PROGRESS, RENEW, invoke_all};
 
 /// One running job whose lease [`renew`] keeps.
@@ -82,8 +82,10 @@ pub async fn write_progress(
 ) -> Result<bool, QueueError> {
     let written: i64 = PROGRESS
         .key(keys.job(job_id))
+        .key(keys.webhooks(partition_of(job_id), WebhookKey::Outbox))
         .arg(attempt)
         .arg(progress_json)
+        .arg(job_id.to_string())
         .invoke_async(conn)
         .await?;
     Ok(written == 1)

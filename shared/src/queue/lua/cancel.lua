@@ -1,8 +1,10 @@
 -- Cancels a job: queued → canceled at once; running → cancel_requested,
 -- which the worker's lease renewal sees.
--- KEYS: 1 job record, 2 delayed set of its stream, 3 tenant's job usage
+-- KEYS: 1 job record, 2 delayed set of its stream, 3 tenant's job usage,
+--       4 its partition's webhook outbox
 -- ARGV: 1 now, 2 ttl, 3 channel, 4 job id
-local st = redis.call('HGET', KEYS[1], 'status')
+local f = redis.call('HMGET', KEYS[1], 'status', 'hook', 'attempts')
+local st = f[1]
 if not st then return {'missing'} end
 local tag
 if st == 'queued' then
@@ -14,6 +16,7 @@ if st == 'queued' then
   usage_release(KEYS[3], 'jobs', 1)
   usage_release(KEYS[3], 'bytes', redis.call('HGET', KEYS[1], 'bytes'))
   redis.call('PUBLISH', ARGV[3], ARGV[4])
+  webhook_queue(KEYS[4], f[2], 'c', ARGV[4], 'completed', f[3] or '0')
   tag = 'canceled'
 elseif st == 'running' then
   if redis.call('HSETNX', KEYS[1], 'cancel_requested', ARGV[1]) == 1 then

@@ -1,17 +1,18 @@
 -- Ends attempts of one stream's jobs: a compare-and-set on the attempt,
 -- then the outcome, the ack and the wake-up, atomically.
 -- One call per stream finishes every job of a batch (see START).
--- KEYS: 1 stream, 2 its partition's dead letters, 3 its delayed set, then
---       for each job: its record, its tenant's job usage
+-- KEYS: 1 stream, 2 its partition's dead letters, 3 its delayed set,
+--       4 its webhook outbox, then for each job: its record, its tenant's
+--       job usage
 -- ARGV: group, now, channel, model, then for each job: entry, attempt,
 --       mode (succeeded|failed|dead|retry|canceled), ttl, model_version,
 --       result, error, job id, retry_at
 local group, now, channel, model = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local stream, dead, delayed = KEYS[1], KEYS[2], KEYS[3]
+local stream, dead, delayed, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local function finish(job, usage, entry, attempt, mode, ttl, version, result, err, id, retry_at)
   local f = redis.call('HMGET', job, 'attempts', 'status', 'bytes', 'cancel_ttl',
-    'cancel_requested')
+    'cancel_requested', 'hook')
   if not f[1] then
     redis.call('XACK', stream, group, entry)
     return -1
@@ -61,12 +62,13 @@ local function finish(job, usage, entry, attempt, mode, ttl, version, result, er
   end
   redis.call('XACK', stream, group, entry)
   redis.call('PUBLISH', channel, id)
+  webhook_queue(outbox, f[6], 'c', id, 'completed', attempt)
   return 1
 end
 
 local out = {}
-for i = 4, #KEYS, 2 do
-  local a = 4 + (i - 4) / 2 * 9
+for i = 5, #KEYS, 2 do
+  local a = 4 + (i - 5) / 2 * 9
   out[#out + 1] = finish(KEYS[i], KEYS[i + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3],
     ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7], ARGV[a + 8], ARGV[a + 9])
 end

@@ -3,17 +3,17 @@
 -- One call starts every job of a batch read from one stream: a script call
 -- costs Redis ~12 us on top of its commands, so one per job was a third of
 -- Redis's time per job.
--- KEYS: 1 stream, 2 its partition's dead letters, then for each job: its
---       record, its tenant's job usage
+-- KEYS: 1 stream, 2 its partition's dead letters, 3 its webhook outbox,
+--       then for each job: its record, its tenant's job usage
 -- ARGV: now, consumer, group, max_attempts, failed_ttl, channel, model, then
 --       for each job: entry, job id, deadline ('' = none)
 local now, consumer, group = ARGV[1], ARGV[2], ARGV[3]
 local max_attempts, failed_ttl = tonumber(ARGV[4]), ARGV[5]
 local channel, model = ARGV[6], ARGV[7]
-local stream, dead = KEYS[1], KEYS[2]
+local stream, dead, outbox = KEYS[1], KEYS[2], KEYS[3]
 
 local function start(job, usage, entry, id, deadline)
-  local f = redis.call('HMGET', job, 'status', 'attempts')
+  local f = redis.call('HMGET', job, 'status', 'attempts', 'hook')
   local st = f[1]
   if not st then
     redis.call('XACK', stream, group, entry)
@@ -37,6 +37,7 @@ local function start(job, usage, entry, id, deadline)
     end
     redis.call('XACK', stream, group, entry)
     redis.call('PUBLISH', channel, id)
+    webhook_queue(outbox, f[3], 'c', id, 'completed', attempts)
   end
   if deadline ~= '' and tonumber(now) > tonumber(deadline) then
     fail('deadline_exceeded', 'the job was not started before its deadline', false)
@@ -52,12 +53,13 @@ local function start(job, usage, entry, id, deadline)
   local n = attempts + 1
   redis.call('HSET', job, 'status', 'running', 'started_at', now, 'worker', consumer,
     'attempts', n)
+  webhook_queue(outbox, f[3], 's', id, 'start', n)
   return n
 end
 
 local out = {}
-for i = 3, #KEYS, 2 do
-  local a = 7 + (i - 3) / 2 * 3
+for i = 4, #KEYS, 2 do
+  local a = 7 + (i - 4) / 2 * 3
   out[#out + 1] = start(KEYS[i], KEYS[i + 1], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
 end
 return out

@@ -12,7 +12,9 @@
 --       16 idempotency value this call may replace ('' = none),
 --       17 when the index bucket expires (Unix seconds),
 --       18 role in an atomic batch: '' (none), 'first' or 'next',
---       19 and 20 for 'first': the batch's jobs and payload bytes
+--       19 and 20 for 'first': the batch's jobs and payload bytes,
+--       21 webhook subscription JSON ('' = none), 22 its event flags
+--       (see WEBHOOK_QUEUE)
 -- An atomic batch is sent as one pipeline of calls in one partition: the
 -- first checks the bounds for the whole batch; each next one runs only if
 -- the job before it was written (so if the first was refused, every one
@@ -71,6 +73,10 @@ local record = {'kind', ARGV[3], 'model', ARGV[4], 'status', 'queued',
   'attempts', 0, 'created_at', ARGV[5], 'bytes', size}
 if ARGV[6] ~= '' then record[#record + 1] = 'deadline'; record[#record + 1] = ARGV[6] end
 if ARGV[13] ~= '' then record[#record + 1] = 'traceparent'; record[#record + 1] = ARGV[13] end
+if ARGV[21] ~= '' then
+  record[#record + 1] = 'webhook'; record[#record + 1] = ARGV[21]
+  record[#record + 1] = 'hook'; record[#record + 1] = ARGV[22]
+end
 redis.call('HSET', KEYS[1], unpack(record))
 redis.call('XADD', KEYS[2], '*', ARGV[11], ARGV[1], ARGV[12], ARGV[2])
 redis.call('HINCRBY', KEYS[3], 'jobs', 1)
