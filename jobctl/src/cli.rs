@@ -47,6 +47,40 @@ pub(crate) enum Command {
     /// count the references of versions stored before reference counts
     /// existed (run once after upgrading; safe to run any time).
     SweepBlobs(SweepArgs),
+    /// Webhook calls that exhausted their retries: list them, send them
+    /// again.
+    Webhooks {
+        #[command(subcommand)]
+        command: WebhooksCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WebhooksCommand {
+    /// List dead webhook calls, oldest first (per partition).
+    List(WebhookListArgs),
+    /// Put dead webhook calls back in their outbox (same webhook-id,
+    /// retries counted again from zero).
+    Replay(WebhookReplayArgs),
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct WebhookListArgs {
+    /// Show at most this many.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct WebhookReplayArgs {
+    /// Every dead webhook call.
+    #[arg(long, conflicts_with = "entry")]
+    pub all: bool,
+    /// The dead-letter entries to replay (the first column of `list`).
+    pub entry: Vec<String>,
 }
 
 #[derive(Debug, ClapArgs)]

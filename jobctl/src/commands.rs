@@ -16,9 +16,10 @@ use shared::time::now_ms;
 
 use crate::cli::{
     Args, Command, DeadCommand, ListArgs, ReplayArgs, Selection, ShowArgs, SweepArgs,
+    WebhooksCommand,
 };
 use crate::error::CliError;
-use crate::render;
+use crate::{render, webhooks};
 
 /// Runs the parsed command.
 pub(crate) async fn run(args: Args) -> Result<(), CliError> {
@@ -36,6 +37,12 @@ pub(crate) async fn run(args: Args) -> Result<(), CliError> {
         Command::Replay(a) => replay(&mut conn, &keys, &a, &mut out).await?,
         Command::Stats(a) => stats(&mut conn, &keys, a.json, &mut out).await?,
         Command::SweepBlobs(a) => sweep_blobs(&mut conn, &keys, &a, &mut out).await?,
+        Command::Webhooks {
+            command: WebhooksCommand::List(a),
+        } => webhooks::list(&mut conn, &keys, &a, &mut out).await?,
+        Command::Webhooks {
+            command: WebhooksCommand::Replay(a),
+        } => webhooks::replay(&mut conn, &keys, &a, &mut out).await?,
     }
     out.flush()?;
     Ok(())

@@ -25,6 +25,10 @@ pub(crate) enum CliError {
          (add --dry-run to see the selection first)"
     )]
     NoSelector,
+    #[error(
+        "say which webhook calls to replay: --all, or their entry ids (see `jobctl webhooks list`)"
+    )]
+    NoWebhookSelector,
     #[error("no dead letter for job {0}")]
     NotFound(Uuid),
     #[error(

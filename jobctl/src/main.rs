@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod error;
 mod render;
+mod webhooks;
 
 use std::process::ExitCode;
 
