@@ -27,7 +27,8 @@ pub struct WebhookArgs {
     /// Let webhooks call loopback, private, link-local and other internal
     /// addresses (refused by default: SSRF). For tests and trusted
     /// networks only.
-    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE", default_value_t = false,
+          action = clap::ArgAction::Set)]
     pub webhook_allow_private: bool,
 
     /// Whether this process delivers webhook calls (every replica may; at
