@@ -85,7 +85,18 @@ impl Http {
 
     /// A bulk body of `n` copies of the bench's predict body.
     pub(crate) fn bulk_body(&self, n: usize) -> Arc<Vec<u8>> {
-        let mut body = b"{\"items\":[".to_vec();
+        self.bulk_body_with(n, "")
+    }
+
+    /// [`Http::bulk_body`] with `fields` (JSON members, e.g. a webhook)
+    /// before the items.
+    pub(crate) fn bulk_body_with(&self, n: usize, fields: &str) -> Arc<Vec<u8>> {
+        let mut body = b"{".to_vec();
+        if !fields.is_empty() {
+            body.extend_from_slice(fields.as_bytes());
+            body.push(b',');
+        }
+        body.extend_from_slice(b"\"items\":[");
         for i in 0..n {
             if i > 0 {
                 body.push(b',');

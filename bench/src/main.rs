@@ -6,6 +6,7 @@
 //!
 //! * closed loop (submit burst, then submit → long-poll per client), and the
 //!   burst again as bulk submits of 1,000 ([`bulk`]),
+//! * webhook delivery latency, finish to receipt ([`webhooks`]),
 //! * open loop at fixed rates until the first saturated one,
 //! * the closed loop again with workers on `--read-count 1`,
 //! * limits ([`limits`]): in-process ONNX Runtime rows/s, and Redis round
@@ -49,6 +50,7 @@ mod parsers;
 mod procstat;
 mod profiles;
 mod report;
+mod webhooks;
 mod workers;
 
 use anyhow::{Result, bail};
@@ -258,7 +260,8 @@ async fn main() -> Result<()> {
     let redis = RedisServer::start();
     let ns = unique_namespace("bench");
     let mut workers = spawn_workers(&redis.url(), &ns, args.workers, &args.worker_args);
-    let api = Api::spawn(&redis.url(), &ns, &[]);
+    // Loopback webhooks: the receiver of the webhook phase is this process.
+    let api = Api::spawn(&redis.url(), &ns, &["--webhook-allow-private", "true"]);
     api.client()
         .wait_for_models(&[MODEL], Duration::from_secs(60))
         .await;
@@ -297,6 +300,8 @@ async fn main() -> Result<()> {
     bulk::bulk_then_poll(&http, args.jobs, args.concurrency)
         .await
         .report(&mut rep, &on_label, &on);
+    progress("webhooks: 2000 jobs");
+    webhooks::measure(&http, 2000).await?.report(&mut rep);
 
     let api_closed = rss_kib(api.proc.pid());
     for &rate in &args.rates {
