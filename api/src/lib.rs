@@ -19,12 +19,14 @@
 //!  app                     the route table and the routers; nothing imports it
 //!  openapi, state          the document; AppState, the parts put together
 //!  routes::*               handlers, each on the parts it uses (`State<Queue>`, ...)
-//!  submit, extract,        what handlers share
+//!  webhooks::dispatch      the webhook dispatcher, started by the state
+//!  submit, extract, view,  what handlers share (view: the job as clients see it)
 //!  validate, stream_stats
 //!  admission, auth         the tenant routes' middleware
 //!  metrics, events         the recorder and its counters; the event listener
 //!  queue, config, tenants, the parts of the state, and leaves (paths, error,
-//!  models_cache, waiters   schema, text, the connection modules)
+//!  models_cache, waiters   schema, text, the connection modules; webhooks' flags,
+//!                          subscription checks and destination guard)
 //! ```
 //!
 //! [`allocator`] sets the process's allocator (jemalloc) for every binary

@@ -2,7 +2,8 @@
 //! blocking command: a stream walked in XRANGE pages, the keyspace walked
 //! with SCAN, and the time a stream entry id carries. The dead-letter
 //! listing ([`super::admin`]) and the lag fallback ([`super::stats`]) both
-//! walk streams through [`Pages`].
+//! walk streams through [`Pages`]. [`autoclaim`] is the one takeover of
+//! unacknowledged entries, for the workers and the webhook dispatchers.
 
 use redis::aio::ConnectionLike;
 use redis::streams::{StreamId, StreamRangeReply};
@@ -131,6 +132,30 @@ pub(super) async fn scan_keys(
 /// Redis appended the entry, by Redis's clock.
 pub(super) fn entry_id_ms(entry_id: &str) -> Option<i64> {
     entry_id.split('-').next()?.parse().ok()
+}
+
+/// Takes over up to `count` entries of `stream` that `group` delivered
+/// longer than `min_idle_ms` ago and nobody acknowledged, for `consumer`:
+/// the one takeover of the workers' leases and the webhook dispatchers'.
+pub(super) async fn autoclaim(
+    conn: &mut impl ConnectionLike,
+    stream: &str,
+    group: &str,
+    consumer: &str,
+    min_idle_ms: u64,
+    count: usize,
+) -> Result<Vec<StreamId>, QueueError> {
+    let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        .arg(stream)
+        .arg(group)
+        .arg(consumer)
+        .arg(min_idle_ms)
+        .arg("0-0")
+        .arg("COUNT")
+        .arg(count)
+        .query_async(conn)
+        .await?;
+    Ok(reply.claimed)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! and the plain acknowledgement of entries that carry no job.
 
 use redis::aio::ConnectionLike;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamId, StreamReadReply};
 use uuid::Uuid;
 
 use crate::model::tenant_of;
@@ -102,18 +102,9 @@ pub async fn reclaim(
     lease_ms: u64,
     count: usize,
 ) -> Result<Vec<Delivery>, QueueError> {
-    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-        .arg(stream)
-        .arg(GROUP)
-        .arg(consumer)
-        .arg(lease_ms)
-        .arg("0-0")
-        .arg("COUNT")
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    Ok(reply
-        .claimed
+    let claimed =
+        crate::queue::paging::autoclaim(conn, stream, GROUP, consumer, lease_ms, count).await?;
+    Ok(claimed
         .into_iter()
         .map(|entry| Delivery::from_entry(stream, entry))
         .collect())

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use redis::Value;
 use redis::aio::ConnectionLike;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use uuid::Uuid;
 
 use super::{Call, DeliveryState, Event, GROUP};
@@ -122,17 +122,10 @@ pub async fn reclaim(
     lease_ms: u64,
     count: usize,
 ) -> Result<Vec<Queued>, QueueError> {
-    let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-        .arg(keys.webhooks(p, WebhookKey::Outbox))
-        .arg(GROUP)
-        .arg(consumer)
-        .arg(lease_ms)
-        .arg("0-0")
-        .arg("COUNT")
-        .arg(count)
-        .query_async(conn)
-        .await?;
-    Ok(reply.claimed.into_iter().map(Queued::from_entry).collect())
+    let outbox = keys.webhooks(p, WebhookKey::Outbox);
+    let claimed =
+        crate::queue::paging::autoclaim(conn, &outbox, GROUP, consumer, lease_ms, count).await?;
+    Ok(claimed.into_iter().map(Queued::from_entry).collect())
 }
 
 /// Acknowledges and deletes an entry no dispatcher can read.
