@@ -33,12 +33,12 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::paths::{
-    CANCEL, DATASET, DATASETS, HEALTHZ, JOB, JOBS, METRICS, MODEL, MODELS, OPENAPI, PREDICT,
-    PREDICT_BATCH, PROMOTE, READYZ, RETRAIN, ROLLBACK, VERSION, VERSIONS,
+    CANCEL, DATASET, DATASETS, EVENTS, HEALTHZ, JOB, JOBS, METRICS, MODEL, MODELS, OPENAPI,
+    PREDICT, PREDICT_BATCH, PROMOTE, READYZ, RETRAIN, ROLLBACK, VERSION, VERSIONS, WS,
 };
 use crate::routes::health::Audience;
 use crate::routes::{
-    self, batch, datasets, health, jobs, models, predict, retrain, search, versions,
+    self, batch, datasets, health, job_events, jobs, models, predict, retrain, search, versions, ws,
 };
 use crate::state::AppState;
 use crate::stream_stats::StreamStats;
@@ -192,7 +192,7 @@ pub(crate) struct Route {
 /// from this table alone, and the OpenAPI tests check the document against
 /// it in both directions, so a route cannot be added without being
 /// documented.
-pub(crate) const TABLE: [Route; 22] = [
+pub(crate) const TABLE: [Route; 24] = [
     Route {
         method: Method::POST,
         path: PREDICT,
@@ -234,6 +234,18 @@ pub(crate) const TABLE: [Route; 22] = [
         path: CANCEL,
         access: Access::Tenant,
         handler: |m| on(m, jobs::cancel),
+    },
+    Route {
+        method: Method::GET,
+        path: EVENTS,
+        access: Access::Tenant,
+        handler: |m| on(m, job_events::job_events),
+    },
+    Route {
+        method: Method::GET,
+        path: WS,
+        access: Access::Tenant,
+        handler: |m| on(m, ws::session),
     },
     Route {
         method: Method::DELETE,

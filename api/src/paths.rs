@@ -13,6 +13,8 @@ pub(crate) const MODEL: &str = "/v1/models/{model}";
 pub(crate) const JOBS: &str = "/v1/jobs";
 pub(crate) const JOB: &str = "/v1/jobs/{id}";
 pub(crate) const CANCEL: &str = "/v1/jobs/{id}/cancel";
+pub(crate) const EVENTS: &str = "/v1/jobs/{id}/events";
+pub(crate) const WS: &str = "/v1/ws";
 pub(crate) const HEALTHZ: &str = "/healthz";
 pub(crate) const READYZ: &str = "/readyz";
 pub(crate) const METRICS: &str = "/metrics";
@@ -25,7 +27,7 @@ pub(crate) const RETRAIN: &str = "/v1/models/{model}/retrain";
 pub(crate) const DATASETS: &str = "/v1/datasets";
 pub(crate) const DATASET: &str = "/v1/datasets/{name}";
 
-pub(crate) const ALL: [&str; 18] = [
+pub(crate) const ALL: [&str; 20] = [
     PREDICT,
     PREDICT_BATCH,
     JOBS,
@@ -33,6 +35,8 @@ pub(crate) const ALL: [&str; 18] = [
     MODEL,
     JOB,
     CANCEL,
+    EVENTS,
+    WS,
     HEALTHZ,
     READYZ,
     METRICS,

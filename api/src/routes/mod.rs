@@ -5,6 +5,7 @@
 pub(crate) mod batch;
 pub(crate) mod datasets;
 pub(crate) mod health;
+pub(crate) mod job_events;
 pub(crate) mod jobs;
 pub(crate) mod metrics;
 pub(crate) mod models;
@@ -12,6 +13,7 @@ pub(crate) mod predict;
 pub(crate) mod retrain;
 pub(crate) mod search;
 pub(crate) mod versions;
+pub(crate) mod ws;
 
 use crate::error::ApiError;
 

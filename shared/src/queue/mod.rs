@@ -68,7 +68,9 @@
 //! quotas on the way in); [`loading`] the load markers that quarantine a
 //! version that killed its worker; [`blobs`] the operator's sweep of
 //! unreferenced model bytes; [`index`] the per-tenant job index behind
-//! `GET /v1/jobs`, written by the submit script.
+//! `GET /v1/jobs`, written by the submit script; [`watch`] the mark that
+//! makes a job's scripts publish every transition for the API's event
+//! streams.
 
 pub mod admin;
 pub mod blobs;
@@ -85,6 +87,7 @@ pub mod registry;
 pub mod scripts;
 pub mod stats;
 pub mod usage;
+pub mod watch;
 pub mod wire;
 
 pub use keys::Keys;

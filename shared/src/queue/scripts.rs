@@ -83,6 +83,8 @@ scripts! {
     DELETE_VERSION = [REGISTRY_COMMON, include_str!("lua/delete_version.lua")];
     /// The dead-letter replay.
     REPLAY = [include_str!("lua/replay.lua")];
+    /// [`super::watch::watch_job`].
+    WATCH = [include_str!("lua/watch.lua")];
 }
 
 /// How sure a write must be before the caller acts on it.
@@ -205,7 +207,7 @@ mod tests {
     use crate::job::{JobRecord, JobStatus};
 
     /// The scripts that read or write job records.
-    const JOB_SCRIPTS: [&str; 8] = [
+    const JOB_SCRIPTS: [&str; 9] = [
         "SUBMIT",
         "CANCEL",
         "START",
@@ -214,6 +216,7 @@ mod tests {
         "PROGRESS",
         "RELEASE_DUE",
         "REPLAY",
+        "WATCH",
     ];
 
     /// The argument text of every `redis.call('CMD', ...)` in `src`,

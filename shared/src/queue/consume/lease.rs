@@ -84,6 +84,10 @@ pub async fn write_progress(
         .key(keys.job(job_id))
         .arg(attempt)
         .arg(progress_json)
+        // Published only for a job an event stream follows (see
+        // `lua/progress.lua`).
+        .arg(keys.job_finished_channel())
+        .arg(job_id.to_string())
         .invoke_async(conn)
         .await?;
     Ok(written == 1)

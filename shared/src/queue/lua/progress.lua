@@ -1,8 +1,10 @@
 -- Writes a running job's progress, only for its current attempt.
--- KEYS: job; ARGV: attempt, progress JSON
-local f = redis.call('HMGET', KEYS[1], 'status', 'attempts')
+-- KEYS: job; ARGV: attempt, progress JSON, channel, job id
+local f = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'watched')
 if f[1] == 'running' and f[2] == ARGV[1] then
   redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+  -- Only a job an event stream follows (`watched`) tells of its progress.
+  if f[3] then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
   return 1
 end
 return 0

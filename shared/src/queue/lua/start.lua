@@ -13,7 +13,7 @@ local channel, model = ARGV[6], ARGV[7]
 local stream, dead = KEYS[1], KEYS[2]
 
 local function start(job, usage, entry, id, deadline)
-  local f = redis.call('HMGET', job, 'status', 'attempts')
+  local f = redis.call('HMGET', job, 'status', 'attempts', 'watched')
   local st = f[1]
   if not st then
     redis.call('XACK', stream, group, entry)
@@ -52,6 +52,9 @@ local function start(job, usage, entry, id, deadline)
   local n = attempts + 1
   redis.call('HSET', job, 'status', 'running', 'started_at', now, 'worker', consumer,
     'attempts', n)
+  -- Only a job an event stream follows (`watched`, set by the API) tells
+  -- of its start: the others pay nothing for it.
+  if f[3] then redis.call('PUBLISH', channel, id) end
   return n
 end
 
