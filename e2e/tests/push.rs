@@ -43,14 +43,7 @@ async fn a_retrain_stream_resumes_after_a_reconnect_and_ends_with_the_job_view()
     let _worker = Worker::spawn(&redis.url(), &ns, &[]);
     c.wait_for_models(&["breast_cancer"], WAIT).await;
     let csv = std::fs::read(repo_root().join("models/datasets/breast_cancer.csv")).expect("csv");
-    let put = c
-        .send(
-            c.http
-                .put(format!("{}/v1/datasets/bc", c.base))
-                .header("content-type", "text/csv")
-                .body(csv),
-        )
-        .await;
+    let put = c.put_dataset("bc", csv).await;
     assert!(put.status.is_success(), "{}", put.text);
     let r = c
         .send(

@@ -13,6 +13,8 @@
 //!  worker ── XREADGROUP GROUP workers {consumer} COUNT n BLOCK t STREAMS stream:{m1} … > …
 //!         ── XAUTOCLAIM entries whose lease (idle time) expired              (takeover of dead workers)
 //!         ── start (Lua): deadline and attempt checks, status → running, attempts += 1
+//!                          (PUBLISH job-finished only if the record is `watched`, as progress
+//!                          and a retry do: an event stream follows it)
 //!         ── inference on a blocking thread, leases renewed meanwhile (XCLAIM JUSTID)
 //!         ── finish (Lua): if attempts unchanged → result | error | retry via delayed set |
 //!                          dead letter; EXPIRE per state; XACK; PUBLISH job-finished
