@@ -15,8 +15,13 @@
 //! process only adds latency and memory. Waiting polls (`GET /v1/jobs/{id}
 //! ?wait=N`) cost no CPU while they wait, so they have a pool of their own
 //! (`--max-long-polls`): a tenant holding a thousand of them does not take
-//! the slots another tenant's submissions need. A tenant's share of each
-//! pool comes from its [`Policy`](crate::tenants::Policy).
+//! the slots another tenant's submissions need. Event streams (`GET
+//! /v1/jobs/{id}/events`) and WebSocket sessions (`/v1/ws`) take a slot of
+//! the same pool and hold it until they end ([`StreamSlots`]), so hostile
+//! clients cannot hold more of them than `--max-long-polls` allows. A
+//! tenant's share of each pool comes from its [`Policy`](crate::tenants::Policy).
+//! A WebSocket session draws one token per job it submits ([`draw`]), as
+//! the HTTP route would.
 //!
 //! Rate limits are token buckets in Redis ([`shared::queue::ratelimit`]),
 //! shared by every API replica: one bucket per tenant for all its requests,
@@ -116,6 +121,20 @@ struct Held {
 #[derive(Deserialize)]
 struct WaitQuery {
     wait: Option<f64>,
+}
+
+/// The long-poll slots of a stream (an event stream, a WebSocket session),
+/// which answers before it ends: the handler keeps them with its body or
+/// its socket, so they are given back when the stream ends.
+#[derive(Clone)]
+pub(crate) struct StreamSlots {
+    _held: Arc<Held>,
+}
+
+/// A route that streams: it goes to the long-poll pool, and keeps its slots
+/// until it ends.
+fn is_stream(route: Option<&str>) -> bool {
+    matches!(route, Some(paths::EVENTS | paths::WS))
 }
 
 /// A poll that will wait: it goes to the long-poll pool.
@@ -237,37 +256,63 @@ pub(crate) async fn admit(
         }
         e.into_response()
     };
-    let _held = match take_slots(&pools, &tenant, policy, is_long_poll(&req, route)) {
+    let stream = is_stream(route);
+    let held = match take_slots(&pools, &tenant, policy, stream || is_long_poll(&req, route)) {
         Ok(h) => h,
         Err(e) => return refuse(e),
     };
-    let buckets = buckets(&queue, &tenant, policy, model.as_deref());
-    let mut shown = None;
-    if !buckets.is_empty() {
-        let only: Vec<Bucket> = buckets.iter().map(|(_, b)| b.clone()).collect();
-        let mut conn = queue.conn();
-        match ratelimit::take(&mut conn, &only).await {
-            Ok(Verdict::Allowed(levels)) => shown = tightest(&buckets, &levels),
-            Ok(Verdict::Limited { index, retry_in_ms }) => {
-                let (name, b) = &buckets[index];
-                return refuse(ApiError::RateLimited(RateLimitInfo {
-                    policy: name,
-                    rate: b.rate,
-                    remaining: 0,
-                    reset_secs: retry_in_ms.div_ceil(1000).max(1),
-                }));
-            }
-            Err(e) => {
-                count_redis_error(redis_op::RATE_LIMIT, &e);
-                tracing::debug!(error = %e, "rate limit unavailable; letting the request through");
-            }
-        }
-    }
+    let _held = if stream {
+        req.extensions_mut().insert(StreamSlots {
+            _held: Arc::new(held),
+        });
+        None
+    } else {
+        Some(held)
+    };
+    let shown = match draw(&queue, &tenant, policy, model.as_deref()).await {
+        Ok(shown) => shown,
+        Err(e) => return refuse(e),
+    };
     let mut res = next.run(req).await;
     if let Some(info) = shown {
         info.write_headers(res.headers_mut());
     }
     res
+}
+
+/// One token from the tenant's bucket and from `model`'s (its internal
+/// name, if the API knows it): the bucket closest to empty, for the
+/// headers, or `rate_limited`. If Redis cannot answer, the request goes
+/// through (see the module docs).
+pub(crate) async fn draw(
+    queue: &Queue,
+    tenant: &Tenant,
+    policy: &Policy,
+    model: Option<&str>,
+) -> Result<Option<RateLimitInfo>, ApiError> {
+    let buckets = buckets(queue, tenant, policy, model);
+    if buckets.is_empty() {
+        return Ok(None);
+    }
+    let only: Vec<Bucket> = buckets.iter().map(|(_, b)| b.clone()).collect();
+    let mut conn = queue.conn();
+    match ratelimit::take(&mut conn, &only).await {
+        Ok(Verdict::Allowed(levels)) => Ok(tightest(&buckets, &levels)),
+        Ok(Verdict::Limited { index, retry_in_ms }) => {
+            let (name, b) = &buckets[index];
+            Err(ApiError::RateLimited(RateLimitInfo {
+                policy: name,
+                rate: b.rate,
+                remaining: 0,
+                reset_secs: retry_in_ms.div_ceil(1000).max(1),
+            }))
+        }
+        Err(e) => {
+            count_redis_error(redis_op::RATE_LIMIT, &e);
+            tracing::debug!(error = %e, "rate limit unavailable; letting the request through");
+            Ok(None)
+        }
+    }
 }
 
 /// The bucket closest to empty: the one the `RateLimit` header describes.

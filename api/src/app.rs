@@ -33,13 +33,14 @@ use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::paths::{
-    CANCEL, DATASET, DATASETS, HEALTHZ, JOB, JOBS, METRICS, MODEL, MODELS, OPENAPI, PREDICT,
-    PREDICT_BATCH, PROMOTE, READYZ, RETRAIN, ROLLBACK, VERSION, VERSIONS, WEBHOOK_SECRET,
-    WEBHOOK_SECRET_ROTATE,
+    CANCEL, DATASET, DATASETS, EVENTS, HEALTHZ, JOB, JOBS, METRICS, MODEL, MODELS, OPENAPI,
+    PREDICT, PREDICT_BATCH, PROMOTE, READYZ, RETRAIN, ROLLBACK, VERSION, VERSIONS, WEBHOOK_SECRET,
+    WEBHOOK_SECRET_ROTATE, WS,
 };
 use crate::routes::health::Audience;
 use crate::routes::{
-    self, batch, datasets, health, jobs, models, predict, retrain, search, versions, webhooks,
+    self, batch, datasets, health, job_events, jobs, models, predict, retrain, search, versions,
+    webhooks, ws,
 };
 use crate::state::AppState;
 use crate::stream_stats::StreamStats;
@@ -193,7 +194,7 @@ pub(crate) struct Route {
 /// from this table alone, and the OpenAPI tests check the document against
 /// it in both directions, so a route cannot be added without being
 /// documented.
-pub(crate) const TABLE: [Route; 24] = [
+pub(crate) const TABLE: [Route; 26] = [
     Route {
         method: Method::POST,
         path: PREDICT,
@@ -247,6 +248,18 @@ pub(crate) const TABLE: [Route; 24] = [
         path: CANCEL,
         access: Access::Tenant,
         handler: |m| on(m, jobs::cancel),
+    },
+    Route {
+        method: Method::GET,
+        path: EVENTS,
+        access: Access::Tenant,
+        handler: |m| on(m, job_events::job_events),
+    },
+    Route {
+        method: Method::GET,
+        path: WS,
+        access: Access::Tenant,
+        handler: |m| on(m, ws::session),
     },
     Route {
         method: Method::DELETE,

@@ -92,6 +92,26 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_long_polls: u32,
 
+    /// Longest event stream (`GET /v1/jobs/{id}/events`), in seconds: then
+    /// it closes and the client resumes with `Last-Event-ID`, so a stream
+    /// cannot hold its long-poll slot for ever.
+    #[arg(long, env = "MAX_STREAM_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stream_secs: u64,
+
+    /// Jobs one WebSocket session (`/v1/ws`) may have in flight (submitted,
+    /// not yet pushed back): a predict past it is refused with
+    /// `in_flight_limit` until a result has been pushed.
+    #[arg(long, env = "WS_MAX_IN_FLIGHT", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub ws_max_in_flight: u32,
+
+    /// A WebSocket session with no job in flight and no message from the
+    /// client for this many seconds is closed (its long-poll slot freed).
+    #[arg(long, env = "WS_IDLE_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_idle_secs: u64,
+
     /// Tenant policies (YAML): quotas, shares of the request pools, rate
     /// limits; re-read on SIGHUP. Unset: the built-in defaults for every
     /// tenant (see the README's Security model).
@@ -213,6 +233,12 @@ pub struct RequestLimits {
     pub max_train_work: u64,
     /// Most items of one bulk submit.
     pub max_bulk: usize,
+    /// Longest event stream.
+    pub max_stream: Duration,
+    /// Jobs in flight per WebSocket session.
+    pub ws_max_in_flight: usize,
+    /// A quiet WebSocket session's life.
+    pub ws_idle: Duration,
 }
 
 impl Config {
@@ -237,6 +263,9 @@ impl Config {
             max_dataset_bytes: self.max_dataset_bytes,
             max_train_work: self.max_train_work,
             max_bulk: self.max_bulk as usize,
+            max_stream: Duration::from_secs(self.max_stream_secs),
+            ws_max_in_flight: self.ws_max_in_flight as usize,
+            ws_idle: Duration::from_secs(self.ws_idle_secs),
         }
     }
 

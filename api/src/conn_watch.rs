@@ -220,19 +220,42 @@ pub async fn watch(activity: &Activity, t: Timeouts, mut stop: watch::Receiver<b
     }
 }
 
-/// A socket that reports reads to its connection's [`Activity`].
-pub struct Watched<T> {
+/// A socket that reports reads to its connection's [`Activity`], and holds
+/// `H` as long as it lives.
+pub struct Watched<T, H = ()> {
     inner: T,
     activity: Arc<Activity>,
+    /// What must live as long as the socket, also once a WebSocket upgrade
+    /// took it out of its HTTP connection (the connection's table slot).
+    _hold: H,
 }
 
 impl<T> Watched<T> {
     pub fn new(inner: T, activity: Arc<Activity>) -> Watched<T> {
-        Watched { inner, activity }
+        Watched {
+            inner,
+            activity,
+            _hold: (),
+        }
+    }
+
+    /// The same socket, holding `hold` until it is dropped.
+    pub fn holding<H>(self, hold: H) -> Watched<T, H> {
+        Watched {
+            inner: self.inner,
+            activity: self.activity,
+            _hold: hold,
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+/// Marks a response whose body streams for long (an event stream): its
+/// connection counts as busy until the body ends, so neither the idle
+/// timeout nor a shutdown's close of quiet connections cuts it.
+#[derive(Debug, Clone, Copy)]
+pub struct Streaming;
+
+impl<T: AsyncRead + Unpin, H: Unpin> AsyncRead for Watched<T, H> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -247,7 +270,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl<T: AsyncWrite + Unpin, H: Unpin> AsyncWrite for Watched<T, H> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

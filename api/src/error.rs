@@ -61,6 +61,11 @@ pub enum ApiError {
     QueueFull(String),
     #[error("the server is handling too many requests, retry later")]
     Overloaded,
+    /// A WebSocket session has `--ws-max-in-flight` jobs not yet pushed back.
+    #[error("this session has {0} jobs in flight, its limit; send more once results come back")]
+    InFlightLimit(usize),
+    #[error("this route takes a WebSocket upgrade (GET with `Upgrade: websocket`)")]
+    UpgradeRequired,
     #[error("this tenant has as many requests in progress as its share allows, retry later")]
     TenantConcurrency,
     #[error("rate limit of the {} policy reached, retry in {} s", .0.policy, .0.reset_secs)]
@@ -141,6 +146,8 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     QueueFull,
     Overloaded,
+    InFlightLimit,
+    UpgradeRequired,
     TenantConcurrencyLimit,
     RateLimited,
     TenantQueueFull,
@@ -185,6 +192,8 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::InFlightLimit => "in_flight_limit",
+            ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::TenantConcurrencyLimit => "tenant_concurrency_limit",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TenantQueueFull => "tenant_queue_full",
@@ -252,6 +261,8 @@ impl ApiError {
             ),
             ApiError::QueueFull(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::QueueFull),
             ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
+            ApiError::InFlightLimit(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::InFlightLimit),
+            ApiError::UpgradeRequired => (StatusCode::UPGRADE_REQUIRED, ErrorCode::UpgradeRequired),
             ApiError::TenantConcurrency => (
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::TenantConcurrencyLimit,

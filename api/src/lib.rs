@@ -6,6 +6,8 @@
 //!  client ─ POST /v1/models/{m}/predict ─▶ validate ─▶ queue::ops::submit ─▶ 202 + Location
 //!  client ─ GET /v1/jobs/{id}?wait=5 ────▶ HGETALL; sleep on Waiters ◀─ events (pub/sub) ◀─ worker PUBLISH
 //!  client ─ DELETE /v1/jobs/{id} ────────▶ queue::ops::cancel (queued → canceled, PUBLISH) ─▶ 200 | 409
+//!  client ─ GET /v1/jobs/{id}/events ────▶ mark watched + read; sleep on Waiters; an SSE event per change
+//!  client ═ /v1/ws (WebSocket) ══════════▶ predict messages through submit; results pushed as jobs end
 //! ```
 //!
 //! [`Routers`] ([`app`]) builds the whole HTTP surface from an [`AppState`]

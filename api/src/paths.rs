@@ -13,6 +13,8 @@ pub(crate) const MODEL: &str = "/v1/models/{model}";
 pub(crate) const JOBS: &str = "/v1/jobs";
 pub(crate) const JOB: &str = "/v1/jobs/{id}";
 pub(crate) const CANCEL: &str = "/v1/jobs/{id}/cancel";
+pub(crate) const EVENTS: &str = "/v1/jobs/{id}/events";
+pub(crate) const WS: &str = "/v1/ws";
 pub(crate) const HEALTHZ: &str = "/healthz";
 pub(crate) const READYZ: &str = "/readyz";
 pub(crate) const METRICS: &str = "/metrics";
@@ -27,7 +29,7 @@ pub(crate) const DATASET: &str = "/v1/datasets/{name}";
 pub(crate) const WEBHOOK_SECRET: &str = "/v1/webhooks/secret";
 pub(crate) const WEBHOOK_SECRET_ROTATE: &str = "/v1/webhooks/secret/rotate";
 
-pub(crate) const ALL: [&str; 20] = [
+pub(crate) const ALL: [&str; 22] = [
     PREDICT,
     PREDICT_BATCH,
     JOBS,
@@ -35,6 +37,8 @@ pub(crate) const ALL: [&str; 20] = [
     MODEL,
     JOB,
     CANCEL,
+    EVENTS,
+    WS,
     HEALTHZ,
     READYZ,
     METRICS,

@@ -18,8 +18,13 @@
 //! Shutdown, when `stop` turns true: the accept loop ends and the listener is
 //! dropped (new connections are refused); quiet connections close at once
 //! (the watchdog); every other connection is told to finish its request and
-//! close (hyper's graceful shutdown, through [`GracefulShutdown`]), and
-//! [`serve`] returns once all of them have. The caller bounds that wait
+//! close (hyper's graceful shutdown), and [`serve`] returns once all of them
+//! have ([`GracefulShutdown`] counts them). A connection upgraded to a
+//! WebSocket leaves hyper: it keeps its table slot (held by its socket) and
+//! ends itself when the application state begins the shutdown.
+//!
+//! A response marked [`Streaming`] (an event stream) keeps its connection
+//! busy until its body ends, so the idle timeout does not cut it. The caller bounds that wait
 //! (`--shutdown-grace-secs`). Long-polls are woken by the application state,
 //! not here.
 
@@ -30,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -40,7 +46,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::conn_limits::{Admission, ConnTable, Slot, TableLimits};
-use crate::conn_watch::{self, Activity, Closed, Timeouts, Watched};
+use crate::conn_watch::{self, Activity, Closed, Streaming, Timeouts, Watched};
 
 /// After an accept error that is not about one connection (out of
 /// descriptors or memory), the loop waits this long before the next accept:
@@ -148,10 +154,14 @@ impl Connection {
             stop,
             name,
         } = self;
+        // Held for the task's life: `serve` waits for every connection's.
+        let _counted = graceful;
         // Small JSON answers: waiting for more to coalesce only adds latency.
         let _ = stream.set_nodelay(true);
         let activity = Activity::new();
-        let io = TokioIo::new(Watched::new(stream, activity.clone()));
+        // The socket holds the slot: an upgraded one (a WebSocket) outlives
+        // this task and stays counted in the table until it closes.
+        let io = TokioIo::new(Watched::new(stream, activity.clone()).holding(slot));
         let service = {
             let activity = activity.clone();
             hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -159,16 +169,45 @@ impl Connection {
                 let app = app.clone();
                 async move {
                     let res = app.oneshot(req.map(Body::new)).await;
-                    // The response is hyper's to write now; from here the
-                    // connection counts as idle.
-                    drop(guard);
-                    res
+                    match res {
+                        // An event stream: busy until its body ends.
+                        Ok(res) if res.extensions().get::<Streaming>().is_some() => {
+                            Ok(res.map(|body| {
+                                Body::new(body.map_frame(move |frame| {
+                                    let _busy = &guard;
+                                    frame
+                                }))
+                            }))
+                        }
+                        // The response is hyper's to write now; from here
+                        // the connection counts as idle.
+                        res => {
+                            drop(guard);
+                            res
+                        }
+                    }
                 }
             })
         };
-        let conn = graceful.watch(http.serve_connection(io, service));
+        // hyper-util's graceful watcher takes no upgradeable connection, so
+        // the graceful close is asked for here when `stop` turns true.
+        let conn = http.serve_connection(io, service).with_upgrades();
+        let mut conn = std::pin::pin!(conn);
+        let mut stopping = stop.clone();
+        let mut asked = false;
+        let served = async {
+            loop {
+                tokio::select! {
+                    res = conn.as_mut() => return res,
+                    _ = stopping.wait_for(|s| *s), if !asked => {
+                        asked = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        };
         tokio::select! {
-            res = conn => {
+            res = served => {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, listener = name, "connection ended with an error");
                 }
@@ -180,7 +219,6 @@ impl Connection {
                 }
             }
         }
-        drop(slot);
     }
 }
 

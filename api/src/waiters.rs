@@ -44,7 +44,9 @@ impl Waiters {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub fn register(&self, id: Uuid) -> Registration<'_> {
+    /// Owned (the registration holds the registry), so an event stream or
+    /// a WebSocket session can keep it across awaits in a `'static` task.
+    pub fn register(self: &Arc<Self>, id: Uuid) -> Registration {
         let notify = {
             let mut jobs = self.lock();
             let entry = jobs.entry(id).or_insert_with(|| Entry {
@@ -55,7 +57,7 @@ impl Waiters {
             Arc::clone(&entry.notify)
         };
         Registration {
-            waiters: self,
+            waiters: Arc::clone(self),
             id,
             notify,
         }
@@ -105,20 +107,20 @@ impl Waiters {
 
 /// One request's interest in one job; deregisters on drop.
 #[derive(Debug)]
-pub struct Registration<'a> {
-    waiters: &'a Waiters,
+pub struct Registration {
+    waiters: Arc<Waiters>,
     id: Uuid,
     notify: Arc<Notify>,
 }
 
-impl Registration<'_> {
+impl Registration {
     /// A wake-up future; `enable` it (or poll it) before reading the job.
     pub fn notified(&self) -> Notified<'_> {
         self.notify.notified()
     }
 }
 
-impl Drop for Registration<'_> {
+impl Drop for Registration {
     fn drop(&mut self) {
         let mut jobs = self.waiters.lock();
         if let Some(entry) = jobs.get_mut(&self.id) {
@@ -138,7 +140,7 @@ mod tests {
 
     #[tokio::test]
     async fn enabled_waiter_sees_a_wake_sent_before_it_awaits() {
-        let w = Waiters::new();
+        let w = Arc::new(Waiters::new());
         let id = Uuid::now_v7();
         let reg = w.register(id);
         let mut n = pin!(reg.notified());
@@ -151,7 +153,7 @@ mod tests {
 
     #[tokio::test]
     async fn wake_targets_one_job_and_wake_all_reaches_everyone() {
-        let w = Waiters::new();
+        let w = Arc::new(Waiters::new());
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let (ra, rb) = (w.register(a), w.register(b));
         let mut na = pin!(ra.notified());
@@ -171,7 +173,7 @@ mod tests {
 
     #[test]
     fn entries_are_removed_with_their_last_registration() {
-        let w = Waiters::new();
+        let w = Arc::new(Waiters::new());
         let id = Uuid::now_v7();
         let r1 = w.register(id);
         let r2 = w.register(id);

@@ -5,7 +5,8 @@
 //! harness), all on 127.0.0.1, then measures in one run:
 //!
 //! * closed loop (submit burst, then submit → long-poll per client), and the
-//!   burst again as bulk submits of 1,000 ([`bulk`]),
+//!   burst again as bulk submits of 1,000 ([`bulk`]) and through WebSocket
+//!   sessions, results pushed ([`ws`]),
 //! * webhook delivery latency, finish to receipt ([`webhooks`]),
 //! * open loop at fixed rates until the first saturated one,
 //! * the closed loop again with workers on `--read-count 1`,
@@ -52,6 +53,7 @@ mod profiles;
 mod report;
 mod webhooks;
 mod workers;
+mod ws;
 
 use anyhow::{Result, bail};
 use clap::Parser;
@@ -297,9 +299,12 @@ async fn main() -> Result<()> {
         String::new(),
     );
     progress(&format!("bulk submit: {} jobs", args.jobs));
-    bulk::bulk_then_poll(&http, args.jobs, args.concurrency)
+    let bulk = bulk::bulk_then_poll(&http, args.jobs, args.concurrency).await;
+    bulk.report(&mut rep, &on_label, &on);
+    progress(&format!("websocket sessions: {} jobs", args.jobs));
+    ws::burst(&api.base_url, args.jobs)
         .await
-        .report(&mut rep, &on_label, &on);
+        .report(&mut rep, &on_label, &on, &bulk);
     progress("webhooks: 2000 jobs");
     webhooks::measure(&http, 2000).await?.report(&mut rep);
 

@@ -104,6 +104,17 @@ impl Client {
         }
     }
 
+    /// `PUT /v1/datasets/{name}` of CSV bytes.
+    pub async fn put_dataset(&self, name: &str, csv: Vec<u8>) -> Reply {
+        self.send(
+            self.http
+                .put(format!("{}/v1/datasets/{name}", self.base))
+                .header("content-type", "text/csv")
+                .body(csv),
+        )
+        .await
+    }
+
     pub async fn get(&self, path: &str) -> Reply {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await

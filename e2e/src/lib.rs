@@ -10,14 +10,16 @@
 //! The pieces, all re-exported here: where the binaries and logs are
 //! (`paths`), child processes (`process`, [`Proc`]), the [`Api`] and
 //! [`Worker`] handles (`handles`), the HTTP [`Client`] (`client`), model
-//! fixtures (`fixtures`), and the Redis servers ([`redis_server`],
-//! [`cluster`], [`topology`]).
+//! fixtures (`fixtures`), the Redis servers ([`redis_server`],
+//! [`cluster`], [`topology`]), and the clients of the push routes, SSE and
+//! WebSocket ([`push`]).
 
 pub mod cluster;
 pub mod keyed_load;
 pub mod onnx_build;
 pub mod procfs;
 pub mod prom;
+pub mod push;
 pub mod redis_server;
 pub mod tenancy;
 pub mod topology;

@@ -20,14 +20,7 @@ fn breast_cancer_csv() -> Vec<u8> {
 }
 
 async fn put_dataset(c: &Client, name: &str, csv: Vec<u8>) -> Value {
-    let r = c
-        .send(
-            c.http
-                .put(format!("{}/v1/datasets/{name}", c.base))
-                .header("content-type", "text/csv")
-                .body(csv),
-        )
-        .await;
+    let r = c.put_dataset(name, csv).await;
     assert!(
         r.status == StatusCode::CREATED || r.status == StatusCode::OK,
         "{}",

@@ -13,14 +13,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 async fn put_dataset(c: &Client) {
     let csv = std::fs::read(repo_root().join("models/datasets/breast_cancer.csv")).expect("csv");
-    let r = c
-        .send(
-            c.http
-                .put(format!("{}/v1/datasets/bc", c.base))
-                .header("content-type", "text/csv")
-                .body(csv),
-        )
-        .await;
+    let r = c.put_dataset("bc", csv).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
 

@@ -147,10 +147,11 @@ impl JobRecord {
     /// Every hash field a job record may hold: [`JobRecord::FIELDS`] first,
     /// then the fields only the scripts use (the payload size the usage release
     /// reads, the worker of the attempt, a retry's parked payload, due time
-    /// and last error, a cancel's TTL). The one list of record fields: a test
+    /// and last error, a cancel's TTL, the mark of a job an event stream
+    /// follows, [`crate::queue::watch`]). The one list of record fields: a test
     /// in `queue::scripts` keeps every Lua literal a script uses as a record
     /// field in it.
-    pub const ALL_FIELDS: [&'static str; 23] = [
+    pub const ALL_FIELDS: [&'static str; 24] = [
         "kind",
         "model",
         "model_version",
@@ -174,6 +175,7 @@ impl JobRecord {
         "last_error",
         "cancel_ttl",
         "hook",
+        "watched",
     ];
 
     /// Builds the record from `(field, value)` pairs as `HGETALL` answers

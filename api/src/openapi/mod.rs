@@ -27,7 +27,8 @@ use self::responses::Common;
 use crate::error::ApiError;
 use crate::paths;
 use crate::routes::{
-    batch, datasets, health, jobs, metrics, models, predict, retrain, search, versions, webhooks,
+    batch, datasets, health, job_events, jobs, metrics, models, predict, retrain, search, versions,
+    webhooks, ws,
 };
 
 /// The document, rendered once.
@@ -64,6 +65,8 @@ pub(crate) async fn serve() -> Result<Response, ApiError> {
         jobs::get_job,
         jobs::cancel,
         jobs::cancel_by_delete,
+        job_events::job_events,
+        ws::session,
         models::list,
         models::get_one,
         versions::upload,

@@ -194,7 +194,7 @@ pub(crate) async fn cancel_by_delete(
 /// RFC 9745.
 const DEPRECATION: HeaderName = HeaderName::from_static("deprecation");
 
-fn job_id(raw: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     let id = Uuid::parse_str(raw).map_err(|_| ApiError::InvalidJobId(clip(raw)))?;
     tracing::Span::current().record("job_id", tracing::field::display(id));
     Ok(id)
@@ -220,9 +220,9 @@ fn wait_duration(
 /// Reads the job until it is terminal or `wait` has passed. The waiter is
 /// registered and armed before each read, so a finish published between the
 /// read and the sleep still wakes it.
-async fn wait_terminal(
+pub(crate) async fn wait_terminal(
     queue: &Queue,
-    waiters: &Waiters,
+    waiters: &Arc<Waiters>,
     tenant: &Tenant,
     id: Uuid,
     wait: Duration,
@@ -243,7 +243,7 @@ async fn wait_terminal(
 
 /// The job, if it exists and is the tenant's: a job belongs to the tenant
 /// of its model (see [`crate::auth`]).
-async fn read(queue: &Queue, tenant: &Tenant, id: &Uuid) -> Result<JobRecord, ApiError> {
+pub(crate) async fn read(queue: &Queue, tenant: &Tenant, id: &Uuid) -> Result<JobRecord, ApiError> {
     let mut conn = queue.conn();
     ops::get_job(&mut conn, queue.keys(), id)
         .await

@@ -5,6 +5,7 @@
 pub(crate) mod batch;
 pub(crate) mod datasets;
 pub(crate) mod health;
+pub(crate) mod job_events;
 pub(crate) mod jobs;
 pub(crate) mod metrics;
 pub(crate) mod models;
@@ -13,6 +14,7 @@ pub(crate) mod retrain;
 pub(crate) mod search;
 pub(crate) mod versions;
 pub(crate) mod webhooks;
+pub(crate) mod ws;
 
 use crate::error::ApiError;
 

@@ -25,7 +25,7 @@ use crate::metrics::{UNKNOWN_MODEL, count_rejection, redis_failed};
 use crate::models_cache::ModelCache;
 use crate::paths;
 use crate::queue::Queue;
-use crate::submit::{Submission, Work};
+use crate::submit::{Accepted, Submission, Work};
 use crate::tenants::Policies;
 use crate::text::clip;
 use crate::validate::{self, PredictRequest};
@@ -80,25 +80,49 @@ pub(crate) async fn predict(
     headers: HeaderMap,
     body: Result<JsonBody, ApiError>,
 ) -> Result<Response, ApiError> {
-    let mut model_label = SharedString::const_str(UNKNOWN_MODEL);
     let parts = Parts {
         queue: &queue,
         models: &models,
         policies: &policies,
     };
-    let res = submit(parts, &tenant, path, &headers, body, &mut model_label).await;
-    if let Err(e) = &res {
-        count_rejection(model_label, e);
+    match path {
+        Ok(PathParam(public)) => {
+            let body = body.map(|JsonBody(b)| b);
+            submit_one(parts, &tenant, &public, &headers, body)
+                .await
+                .map(Accepted::into_response)
+        }
+        Err(e) => {
+            count_rejection(SharedString::const_str(UNKNOWN_MODEL), &e);
+            Err(e)
+        }
     }
-    res
 }
 
 /// The parts of the state a predict uses.
 #[derive(Clone, Copy)]
-struct Parts<'a> {
-    queue: &'a Queue,
-    models: &'a ModelCache,
-    policies: &'a Policies,
+pub(crate) struct Parts<'a> {
+    pub(crate) queue: &'a Queue,
+    pub(crate) models: &'a ModelCache,
+    pub(crate) policies: &'a Policies,
+}
+
+/// One predict of `public` with `body` (its JSON bytes), validated and
+/// queued, its refusal counted: the HTTP route's work, which the WebSocket
+/// session ([`super::ws`]) does per message.
+pub(crate) async fn submit_one(
+    parts: Parts<'_>,
+    tenant: &Tenant,
+    public: &str,
+    headers: &HeaderMap,
+    body: Result<Bytes, ApiError>,
+) -> Result<Accepted, ApiError> {
+    let mut model_label = SharedString::const_str(UNKNOWN_MODEL);
+    let res = submit(parts, tenant, public, headers, body, &mut model_label).await;
+    if let Err(e) = &res {
+        count_rejection(model_label, e);
+    }
+    res
 }
 
 async fn submit(
@@ -108,17 +132,16 @@ async fn submit(
         policies,
     }: Parts<'_>,
     tenant: &Tenant,
-    path: Result<PathParam, ApiError>,
+    public: &str,
     headers: &HeaderMap,
-    body: Result<JsonBody, ApiError>,
+    body: Result<Bytes, ApiError>,
     model_label: &mut SharedString,
-) -> Result<Response, ApiError> {
-    let PathParam(public) = path?;
-    let (model, info) = published(models, tenant, &public).await?;
+) -> Result<Accepted, ApiError> {
+    let (model, info) = published(models, tenant, public).await?;
     *model_label = SharedString::from(model.clone());
     // The job's span starts here, so an exported trace covers validation too.
-    let mut submission = Submission::begin(queue.keys(), tenant, &public, headers)?;
-    let JsonBody(body) = body?;
+    let mut submission = Submission::begin(queue.keys(), tenant, public, headers)?;
+    let body = body?;
     let hash_body = submission.wants_body_hash();
     // One typed parse: the pin is the field serde decoded, escapes and all.
     let (mut req, body_hash) = off_executor_if_large(&body, move |b| {
@@ -138,7 +161,7 @@ async fn submit(
     let pinned = req.model_version;
     let info = match pinned {
         None => info,
-        Some(v) => pinned_signature(queue, &model, &public, v).await?,
+        Some(v) => pinned_signature(queue, &model, public, v).await?,
     };
     let deadline = req.deadline.clone();
     let inputs = off_executor_if_large(&body, move |_| validate::to_tensors(req, &info)).await?;
@@ -151,10 +174,9 @@ async fn submit(
         pinned,
         deadline_ms,
     };
-    Ok(submission
+    submission
         .enqueue(queue, policies, tenant, work, body_hash)
-        .await?
-        .into_response())
+        .await
 }
 
 /// The model a tenant names, as Redis and the workers know it, and its

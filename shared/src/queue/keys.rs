@@ -85,7 +85,7 @@
 //!
 //! | channel                    | carries                                                       |
 //! |----------------------------|---------------------------------------------------------------|
-//! | `{ns}:events:job-finished` | job ids, published when a job reaches a terminal state        |
+//! | `{ns}:events:job-finished` | job ids, published when a job reaches a terminal state; for a job an event stream follows (`watched`, [`super::watch`]) also at each start, progress and retry |
 //! | `{ns}:events:models`       | model names, published when a signature changes               |
 //! | `{ns}:events:registry`     | model names, published when a model's current version changes |
 //!

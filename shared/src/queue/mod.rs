@@ -13,6 +13,8 @@
 //!  worker ── XREADGROUP GROUP workers {consumer} COUNT n BLOCK t STREAMS stream:{m1} … > …
 //!         ── XAUTOCLAIM entries whose lease (idle time) expired              (takeover of dead workers)
 //!         ── start (Lua): deadline and attempt checks, status → running, attempts += 1
+//!                          (PUBLISH job-finished only if the record is `watched`, as progress
+//!                          and a retry do: an event stream follows it)
 //!         ── inference on a blocking thread, leases renewed meanwhile (XCLAIM JUSTID)
 //!         ── finish (Lua): if attempts unchanged → result | error | retry via delayed set |
 //!                          dead letter; EXPIRE per state; XACK; PUBLISH job-finished
@@ -68,7 +70,9 @@
 //! quotas on the way in); [`loading`] the load markers that quarantine a
 //! version that killed its worker; [`blobs`] the operator's sweep of
 //! unreferenced model bytes; [`index`] the per-tenant job index behind
-//! `GET /v1/jobs`, written by the submit script.
+//! `GET /v1/jobs`, written by the submit script; [`watch`] the mark that
+//! makes a job's scripts publish every transition for the API's event
+//! streams.
 
 pub mod admin;
 pub mod blobs;
@@ -85,6 +89,7 @@ pub mod registry;
 pub mod scripts;
 pub mod stats;
 pub mod usage;
+pub mod watch;
 pub mod webhooks;
 pub mod wire;
 

@@ -92,6 +92,8 @@ scripts! {
     WEBHOOK_REPLAY = [include_str!("lua/webhook_replay.lua")];
     /// [`super::webhooks::secrets::rotate`].
     WEBHOOK_ROTATE = [include_str!("lua/webhook_rotate.lua")];
+    /// [`super::watch::watch_job`].
+    WATCH = [include_str!("lua/watch.lua")];
 }
 
 /// How sure a write must be before the caller acts on it.
@@ -214,7 +216,7 @@ mod tests {
     use crate::job::{JobRecord, JobStatus};
 
     /// The scripts that read or write job records.
-    const JOB_SCRIPTS: [&str; 9] = [
+    const JOB_SCRIPTS: [&str; 10] = [
         "SUBMIT",
         "CANCEL",
         "START",
@@ -224,6 +226,7 @@ mod tests {
         "RELEASE_DUE",
         "REPLAY",
         "WEBHOOK_SETTLE",
+        "WATCH",
     ];
 
     /// The argument text of every `redis.call('CMD', ...)` in `src`,

@@ -85,6 +85,9 @@ pub async fn write_progress(
         .key(keys.webhooks(partition_of(job_id), WebhookKey::Outbox))
         .arg(attempt)
         .arg(progress_json)
+        // Published only for a job an event stream follows (see
+        // `lua/progress.lua`).
+        .arg(keys.job_finished_channel())
         .arg(job_id.to_string())
         .invoke_async(conn)
         .await?;

@@ -12,7 +12,7 @@ local stream, dead, delayed, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 
 local function finish(job, usage, entry, attempt, mode, ttl, version, result, err, id, retry_at)
   local f = redis.call('HMGET', job, 'attempts', 'status', 'bytes', 'cancel_ttl',
-    'cancel_requested', 'hook')
+    'cancel_requested', 'hook', 'watched')
   if not f[1] then
     redis.call('XACK', stream, group, entry)
     return -1
@@ -35,6 +35,8 @@ local function finish(job, usage, entry, attempt, mode, ttl, version, result, er
     if version ~= '' then redis.call('HSET', job, 'model_version', version) end
     redis.call('ZADD', delayed, retry_at, id)
     redis.call('XACK', stream, group, entry)
+    -- A followed job (`watched`) tells of its retry; the others pay nothing.
+    if f[7] then redis.call('PUBLISH', channel, id) end
     return 1
   end
   local status = 'failed'

@@ -13,7 +13,7 @@ local channel, model = ARGV[6], ARGV[7]
 local stream, dead, outbox = KEYS[1], KEYS[2], KEYS[3]
 
 local function start(job, usage, entry, id, deadline)
-  local f = redis.call('HMGET', job, 'status', 'attempts', 'hook')
+  local f = redis.call('HMGET', job, 'status', 'attempts', 'hook', 'watched')
   local st = f[1]
   if not st then
     redis.call('XACK', stream, group, entry)
@@ -54,6 +54,9 @@ local function start(job, usage, entry, id, deadline)
   redis.call('HSET', job, 'status', 'running', 'started_at', now, 'worker', consumer,
     'attempts', n)
   webhook_queue(outbox, f[3], 's', id, 'start', n)
+  -- Only a job an event stream follows (`watched`, set by the API) tells
+  -- of its start: the others pay nothing for it.
+  if f[4] then redis.call('PUBLISH', channel, id) end
   return n
 end
 
