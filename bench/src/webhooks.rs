@@ -2,7 +2,9 @@
 //! in this process on loopback, and for each call the time from the job's
 //! `finished_at` (the worker's clock, this machine's) to the call's
 //! arrival: the outbox, the dispatcher's read, the job read, signing and
-//! the HTTP call.
+//! the HTTP call. Measured for a burst (jobs submitted at once in bulk
+//! requests, their calls queued behind each other) and for jobs sent one
+//! at a time.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,11 +37,27 @@ async fn receive(State(arrivals): State<Arrivals>, body: Bytes) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+/// Jobs sent one at a time, each after the previous one's call arrived.
+const SINGLES: usize = 50;
+
 /// What [`measure`] saw.
 pub(crate) struct Latency {
     calls: Vec<Duration>,
     jobs: usize,
+    /// The calls of [`SINGLES`] jobs sent one at a time.
+    singles: Vec<Duration>,
     errors: Errors,
+}
+
+fn received(arrivals: &Arrivals) -> usize {
+    arrivals.lock().map(|a| a.len()).unwrap_or(0)
+}
+
+/// Waits until `n` calls arrived, or `deadline`.
+async fn wait_for(arrivals: &Arrivals, n: usize, deadline: Instant) {
+    while received(arrivals) < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Submits `jobs` jobs (in bulk requests) with a webhook and waits for
@@ -68,16 +86,36 @@ pub(crate) async fn measure(http: &Http, jobs: usize) -> anyhow::Result<Latency>
             Err(e) => errors.add(e),
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while arrivals.lock().map(|a| a.len()).unwrap_or(0) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server.abort();
+    wait_for(&arrivals, sent, Instant::now() + Duration::from_secs(60)).await;
     let mut calls = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
     calls.sort();
+    // The same, one job at a time: the latency of a call with nothing
+    // queued before it.
+    let one = http.bulk_body_with(1, &format!("\"webhook\":{}", serde_json::json!(url)));
+    for _ in 0..SINGLES {
+        let before = received(&arrivals);
+        match http.submit_bulk(Arc::clone(&one)).await {
+            Ok(_) => {
+                wait_for(
+                    &arrivals,
+                    before + 1,
+                    Instant::now() + Duration::from_secs(10),
+                )
+                .await
+            }
+            Err(e) => errors.add(e),
+        }
+    }
+    server.abort();
+    let mut singles = arrivals
+        .lock()
+        .map(|a| a[calls.len().min(a.len())..].to_vec())
+        .unwrap_or_default();
+    singles.sort();
     Ok(Latency {
         calls,
         jobs: sent,
+        singles,
         errors,
     })
 }
@@ -94,7 +132,17 @@ impl Latency {
         if self.calls.is_empty() {
             return;
         }
-        rep.row(sec, "p50", ms(pct(&self.calls, 50.0)), String::new());
-        rep.row(sec, "p99", ms(pct(&self.calls, 99.0)), String::new());
+        rep.row(sec, "burst p50", ms(pct(&self.calls, 50.0)), String::new());
+        rep.row(sec, "burst p99", ms(pct(&self.calls, 99.0)), String::new());
+        if !self.singles.is_empty() {
+            let note = format!("{} jobs, one at a time", self.singles.len());
+            rep.row(sec, "single p50", ms(pct(&self.singles, 50.0)), note);
+            rep.row(
+                sec,
+                "single p99",
+                ms(pct(&self.singles, 99.0)),
+                String::new(),
+            );
+        }
     }
 }
